@@ -1,0 +1,237 @@
+// Package flow assembles TCP connections from a stream of client packets, as
+// method.md section 2 defines them, and hands each finished connection to a
+// callback. It does not classify: package classify turns a finished Conn into
+// a stage, tags and a signature.
+//
+// # Rules
+//
+//   - A connection is keyed by (client IP, client port, server IP, server
+//     port); the client is the sender of the SYN (SYN set, ACK clear). A packet
+//     whose reversed key belongs to a known connection comes from the server
+//     and is ignored (the method is one-directional on purpose), as is a
+//     SYN+ACK that belongs to no known connection.
+//   - A packet that belongs to no known connection opens one, SYN or not; a
+//     connection whose first packet (in timestamp, then sequence order) is not
+//     a client SYN is reported as such (long-lived connections already open
+//     when the capture began) and classify excludes it.
+//   - Only the first PacketCap client packets of a connection are kept; the
+//     rest are counted and ignored.
+//   - A connection is finished, and handed to the callback, when it reaches
+//     the packet cap, when it has been silent (no client packet) for
+//     IdleTimeout, when a client SYN with a new initial sequence number
+//     arrives after it was reset or closed with a FIN (port reuse), when it
+//     is evicted because MaxOpen connections are open, or at Flush (end of
+//     input). Resets and FINs do not finish a connection at once: more RSTs
+//     (injectors send several) and FINs may follow, and they belong to it.
+//   - After it is finished a connection stays known for Linger (measured from
+//     its last packet) as a small tombstone without packets, so that its late
+//     packets (retransmissions, packets beyond the cap, server packets) are
+//     ignored instead of opening a new connection without a SYN. A SYN with the
+//     finished connection's initial sequence number (a retransmission) is
+//     ignored too; a SYN with another one opens a new connection.
+//
+// # Time
+//
+// Time is the packets' own timestamps: the table's clock is the largest
+// timestamp seen, so a capture file is classified exactly as a live stream of
+// the same packets would be. Packets of a connection are ordered by
+// timestamp, then by sequence number (timestamps of some capture paths are
+// coarse), then by arrival. Timestamps are kept with microsecond resolution
+// relative to the connection's first packet, which is also the resolution of
+// this ordering.
+//
+// # Memory
+//
+// State is bounded by MaxOpen connections (open and tombstones together;
+// tombstones are evicted first, and evicting one loses nothing). Connections
+// live in slabs of fixed-size entries indexed by an open-addressing hash table
+// of 32-bit slots, and their packets in a pool of 4-packet chunks, so the
+// steady state allocates nothing per packet and the garbage collector scans
+// no pointers.
+package flow
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"time"
+
+	"github.com/connscope/connscope/packet"
+)
+
+// Defaults of method.md.
+const (
+	DefaultPacketCap   = 10
+	DefaultIdleTimeout = 3 * time.Second
+	DefaultLinger      = 30 * time.Second
+	DefaultMaxOpen     = 1 << 20
+	// MaxPacketCap is the largest packet cap accepted.
+	MaxPacketCap = 64
+)
+
+// Config says how connections are assembled. The zero value of a field means
+// its default.
+type Config struct {
+	// PacketCap is N, the number of client packets of a connection that count.
+	PacketCap int
+	// IdleTimeout is how long a connection must be silent to be judged timed
+	// out (method.md section 3).
+	IdleTimeout time.Duration
+	// Linger is how long a finished connection is remembered after its last
+	// packet, so that its late packets are ignored. At least IdleTimeout.
+	Linger time.Duration
+	// MaxOpen bounds the number of connections held (open and finished).
+	MaxOpen int
+}
+
+// Validate fills defaults and checks ranges.
+func (c *Config) Validate() error {
+	if c.PacketCap == 0 {
+		c.PacketCap = DefaultPacketCap
+	}
+	if c.IdleTimeout == 0 {
+		c.IdleTimeout = DefaultIdleTimeout
+	}
+	if c.Linger == 0 {
+		c.Linger = DefaultLinger
+	}
+	if c.MaxOpen == 0 {
+		c.MaxOpen = DefaultMaxOpen
+	}
+	switch {
+	case c.PacketCap < 1 || c.PacketCap > MaxPacketCap:
+		return fmt.Errorf("packet cap %d is out of range: it must be between 1 and %d", c.PacketCap, MaxPacketCap)
+	case c.IdleTimeout < time.Millisecond:
+		return fmt.Errorf("idle timeout %s is too short: it must be at least 1ms (the method uses 3s)", c.IdleTimeout)
+	case c.Linger < c.IdleTimeout:
+		return fmt.Errorf("linger %s must be at least the idle timeout %s", c.Linger, c.IdleTimeout)
+	case c.MaxOpen < 2:
+		return fmt.Errorf("max open connections %d is out of range: it must be at least 2", c.MaxOpen)
+	}
+	return nil
+}
+
+// Key identifies a connection from the client's side.
+type Key struct {
+	ClientIP, ServerIP     [16]byte
+	ClientPort, ServerPort uint16
+	// IPVersion is 4 or 6.
+	IPVersion uint8
+}
+
+// Client returns the client's address.
+func (k *Key) Client() netip.Addr { return addr(k.ClientIP, k.IPVersion) }
+
+// Server returns the server's address.
+func (k *Key) Server() netip.Addr { return addr(k.ServerIP, k.IPVersion) }
+
+func (k *Key) reverse() Key {
+	return Key{ClientIP: k.ServerIP, ServerIP: k.ClientIP, ClientPort: k.ServerPort, ServerPort: k.ClientPort, IPVersion: k.IPVersion}
+}
+
+func addr(ip [16]byte, v uint8) netip.Addr {
+	a := netip.AddrFrom16(ip)
+	if v == 4 {
+		return a.Unmap()
+	}
+	return a
+}
+
+// Packet is what a connection keeps of one client packet.
+type Packet struct {
+	// Timestamp in nanoseconds since the Unix epoch (microsecond resolution
+	// unless it is the connection's first packet).
+	Timestamp int64
+	Seq, Ack  uint32
+	IPID      uint16
+	TTL       uint8
+	Flags     packet.Flags
+}
+
+// SYN is what is kept of a connection's client SYN beyond the Packet fields:
+// what scanner attribution needs.
+type SYN struct {
+	Window     uint16
+	NumOptions uint8
+	// FirstOption is the kind of the first TCP option (0 when none).
+	FirstOption uint8
+	DF          bool
+}
+
+// End says why a connection was finished.
+type End uint8
+
+// Reasons a connection is finished.
+const (
+	// EndIdle: silent for the idle timeout.
+	EndIdle End = iota + 1
+	// EndCap: the packet cap was reached.
+	EndCap
+	// EndReused: a new SYN arrived after an RST or FIN.
+	EndReused
+	// EndEvicted: evicted to keep the table within MaxOpen.
+	EndEvicted
+	// EndInput: the input ended (Flush).
+	EndInput
+)
+
+var endNames = [...]string{"", "idle", "cap", "reused", "evicted", "input"}
+
+func (e End) String() string {
+	if int(e) < len(endNames) {
+		return endNames[e]
+	}
+	return fmt.Sprintf("End(%d)", e)
+}
+
+// Conn is a finished connection as handed to the callback. It and its
+// Packets slice are only valid during the callback.
+type Conn struct {
+	Key
+	// Packets are the counted client packets, ordered (at most PacketCap).
+	Packets []Packet
+	// SYN describes the first client SYN that arrived (zero if none).
+	SYN SYN
+	// HasSYN is true when a client SYN was seen.
+	HasSYN bool
+	// Cap is the packet cap in force.
+	Cap int
+	// Silent is true when, at the time it was finished, no client packet of
+	// the connection had arrived for at least the idle timeout.
+	Silent bool
+	// End says why it was finished.
+	End End
+}
+
+// Stats counts what the table saw. Packets that were not kept are counted
+// by reason; nothing is dropped silently.
+type Stats struct {
+	// Packets offered to Add.
+	Packets uint64 `json:"packets"`
+	// Counted packets kept in connections.
+	Counted uint64 `json:"counted_packets"`
+	// BeyondCap: client packets after the cap, or after the connection was
+	// finished (retransmissions, late packets).
+	BeyondCap uint64 `json:"ignored_beyond_cap_or_after_end"`
+	// Reverse: server-to-client packets of known connections.
+	Reverse uint64 `json:"ignored_reverse_direction"`
+	// OrphanSYNACK: SYN+ACK packets of no known connection.
+	OrphanSYNACK uint64 `json:"ignored_orphan_synack"`
+	// Connections opened and finished.
+	Opened   uint64 `json:"connections_opened"`
+	Finished uint64 `json:"connections_finished"`
+	// Evicted open connections (finished early, End == EndEvicted) and
+	// evicted tombstones (no loss).
+	EvictedOpen      uint64 `json:"evicted_open_connections"`
+	EvictedTombstone uint64 `json:"evicted_finished_connections"`
+	// Open is the number of open (unfinished) connections now, PeakOpen the
+	// most at any time; Held counts tombstones too.
+	Open     int `json:"open_connections"`
+	PeakOpen int `json:"peak_open_connections"`
+	Held     int `json:"held_connections"`
+	PeakHeld int `json:"peak_held_connections"`
+}
+
+// ErrBadPacket is returned by Add for a record that cannot be part of a
+// connection (unknown IP version).
+var ErrBadPacket = errors.New("bad packet record")

@@ -1,0 +1,540 @@
+package flow
+
+import (
+	"hash/maphash"
+	"unsafe"
+
+	"github.com/connscope/connscope/packet"
+)
+
+// Callback receives each finished connection. The Conn is reused after the
+// callback returns.
+type Callback func(*Conn)
+
+// Table assembles connections. It is not safe for concurrent use.
+type Table struct {
+	cfg    Config
+	emit   Callback
+	now    int64 // the clock: the largest timestamp seen (ns)
+	idle   int64
+	linger int64
+
+	index index
+	conns connPool
+	chnks chunkPool
+	open  list // unfinished connections, least recently active first
+	done  list // tombstones, least recently active first
+
+	stats Stats
+	out   Conn
+	buf   []Packet
+}
+
+// New returns a table that hands finished connections to emit.
+func New(cfg Config, emit Callback) (*Table, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	t := &Table{
+		cfg:    cfg,
+		emit:   emit,
+		idle:   int64(cfg.IdleTimeout),
+		linger: int64(cfg.Linger),
+		buf:    make([]Packet, 0, cfg.PacketCap),
+	}
+	t.index.init()
+	return t, nil
+}
+
+// Config returns the configuration in force (defaults filled).
+func (t *Table) Config() Config { return t.cfg }
+
+// Stats returns the counters so far.
+func (t *Table) Stats() Stats { return t.stats }
+
+// Now returns the table's clock (ns since the epoch).
+func (t *Table) Now() int64 { return t.now }
+
+// entry is one connection's state: 88 bytes.
+type entry struct {
+	key        Key
+	first      int64 // timestamp of the first packet that arrived (ns)
+	last       int64 // latest timestamp of a counted packet; of any packet once done
+	prev, next uint32
+	head       uint32 // first packet chunk (0: none)
+	hash       uint32
+	synSeq     uint32
+	syn        SYN
+	n          uint8 // packets kept
+	state      uint8
+}
+
+const (
+	stDone uint8 = 1 << iota
+	stHasSYN
+	stRST
+	stFIN
+)
+
+// chunk holds 4 packets: 68 bytes.
+type chunk struct {
+	p    [chunkLen]cpkt
+	next uint32
+}
+
+const chunkLen = 4
+
+// cpkt is a packet as kept in a chunk: 16 bytes.
+type cpkt struct {
+	off   int32 // microseconds after the entry's first packet
+	seq   uint32
+	ack   uint32
+	ipid  uint16
+	ttl   uint8
+	flags packet.Flags
+}
+
+// Add offers one packet to the table. Packets are expected roughly in
+// timestamp order (as captured); the table's clock only moves forward.
+func (t *Table) Add(r *packet.Record) error {
+	if r.IPVersion != 4 && r.IPVersion != 6 {
+		return ErrBadPacket
+	}
+	t.stats.Packets++
+	if r.Timestamp > t.now {
+		t.now = r.Timestamp
+		t.expire()
+	}
+	k := Key{ClientIP: r.SrcIP, ServerIP: r.DstIP, ClientPort: r.SrcPort, ServerPort: r.DstPort, IPVersion: r.IPVersion}
+	h := hashKey(&t.index.seed, &k)
+	clientSYN := r.Flags&(packet.SYN|packet.ACK) == packet.SYN
+
+	if id := t.index.find(&k, h, &t.conns); id != 0 {
+		e := t.conns.at(id)
+		switch {
+		case e.state&stDone != 0:
+			if !clientSYN || (e.state&stHasSYN != 0 && e.synSeq == r.Seq) {
+				// A late packet of a finished connection.
+				t.stats.BeyondCap++
+				if r.Timestamp > e.last {
+					e.last = r.Timestamp
+				}
+				t.done.moveToBack(&t.conns, id)
+				return nil
+			}
+			t.remove(id) // a new connection on the same ports
+		case clientSYN && e.state&(stRST|stFIN) != 0 && e.state&stHasSYN != 0 && e.synSeq != r.Seq:
+			t.finish(id, EndReused)
+			t.remove(id)
+		default:
+			t.append(id, e, r, clientSYN)
+			return nil
+		}
+	} else {
+		rk := k.reverse()
+		if t.index.find(&rk, hashKey(&t.index.seed, &rk), &t.conns) != 0 {
+			t.stats.Reverse++
+			return nil
+		}
+		if r.Flags.Has(packet.SYN | packet.ACK) {
+			t.stats.OrphanSYNACK++
+			return nil
+		}
+	}
+	t.openConn(&k, h, r, clientSYN)
+	return nil
+}
+
+// Advance moves the clock to now (ns) if it is later, finishing connections
+// that have been silent for the idle timeout. A live source calls it
+// periodically so that silence is noticed when no packets arrive.
+func (t *Table) Advance(now int64) {
+	if now > t.now {
+		t.now = now
+		t.expire()
+	}
+}
+
+// Flush finishes every open connection (EndInput) and forgets all state: the
+// end of the input.
+func (t *Table) Flush() {
+	for t.open.head != 0 {
+		t.finish(t.open.head, EndInput)
+	}
+	for t.done.head != 0 {
+		t.remove(t.done.head)
+	}
+}
+
+func (t *Table) openConn(k *Key, h uint32, r *packet.Record, clientSYN bool) {
+	if t.stats.Held >= t.cfg.MaxOpen {
+		t.evict()
+	}
+	id := t.conns.alloc()
+	e := t.conns.at(id)
+	*e = entry{key: *k, first: r.Timestamp, last: r.Timestamp, hash: h}
+	t.index.insert(id, h, &t.conns)
+	t.open.pushBack(&t.conns, id)
+	t.stats.Opened++
+	t.stats.Open++
+	t.stats.Held++
+	if t.stats.Open > t.stats.PeakOpen {
+		t.stats.PeakOpen = t.stats.Open
+	}
+	if t.stats.Held > t.stats.PeakHeld {
+		t.stats.PeakHeld = t.stats.Held
+	}
+	t.append(id, e, r, clientSYN)
+}
+
+func (t *Table) append(id uint32, e *entry, r *packet.Record, clientSYN bool) {
+	off := (r.Timestamp - e.first) / 1000
+	if off > 1<<31-1 {
+		off = 1<<31 - 1
+	} else if off < -1<<31 {
+		off = -1 << 31
+	}
+	p := cpkt{off: int32(off), seq: r.Seq, ack: r.Ack, ipid: r.IPID, ttl: r.TTL, flags: r.Flags}
+	// The chunk for packet number e.n: the one holding packet e.n-1, or a
+	// new one linked after it.
+	var c uint32
+	if e.n == 0 {
+		c = t.chnks.alloc()
+		e.head = c
+	} else {
+		c = e.head
+		for i := (int(e.n) - 1) / chunkLen; i > 0; i-- {
+			c = t.chnks.at(c).next
+		}
+		if e.n%chunkLen == 0 {
+			nc := t.chnks.alloc()
+			t.chnks.at(c).next = nc
+			c = nc
+		}
+	}
+	t.chnks.at(c).p[e.n%chunkLen] = p
+	e.n++
+	t.stats.Counted++
+	if clientSYN && e.state&stHasSYN == 0 {
+		e.state |= stHasSYN
+		e.synSeq = r.Seq
+		e.syn = SYN{Window: r.Window, NumOptions: r.NumOptions, DF: r.DF}
+		if r.NumOptions > 0 {
+			e.syn.FirstOption = r.Options[0]
+		}
+	}
+	if r.Flags&packet.RST != 0 {
+		e.state |= stRST
+	}
+	if r.Flags&packet.FIN != 0 {
+		e.state |= stFIN
+	}
+	if r.Timestamp > e.last {
+		e.last = r.Timestamp
+	}
+	t.open.moveToBack(&t.conns, id)
+	if int(e.n) >= t.cfg.PacketCap {
+		t.finish(id, EndCap)
+	}
+}
+
+// finish hands the open connection id to the callback and turns it into a
+// tombstone.
+func (t *Table) finish(id uint32, end End) {
+	e := t.conns.at(id)
+	t.buf = t.buf[:0]
+	lastOff := int32((e.last - e.first) / 1000)
+	c := e.head
+	for i := 0; i < int(e.n); i++ {
+		ch := t.chnks.at(c)
+		p := ch.p[i%chunkLen]
+		ts := e.first + int64(p.off)*1000
+		if p.off == 0 {
+			ts = e.first
+		} else if p.off == lastOff {
+			ts = e.last
+		}
+		t.buf = append(t.buf, Packet{Timestamp: ts, Seq: p.seq, Ack: p.ack, IPID: p.ipid, TTL: p.ttl, Flags: p.flags})
+		if i%chunkLen == chunkLen-1 {
+			c = ch.next
+		}
+	}
+	sortPackets(t.buf)
+	t.out = Conn{
+		Key:     e.key,
+		Packets: t.buf,
+		SYN:     e.syn,
+		HasSYN:  e.state&stHasSYN != 0,
+		Cap:     t.cfg.PacketCap,
+		Silent:  t.now-e.last >= t.idle,
+		End:     end,
+	}
+	t.stats.Finished++
+	if end == EndEvicted {
+		t.stats.EvictedOpen++
+	}
+	t.emit(&t.out)
+
+	// Tombstone: free the packets, move to the done list.
+	t.freeChunks(e)
+	e.state |= stDone
+	t.open.remove(&t.conns, id)
+	t.done.pushBack(&t.conns, id)
+	t.stats.Open--
+}
+
+func (t *Table) freeChunks(e *entry) {
+	for c := e.head; c != 0; {
+		next := t.chnks.at(c).next
+		t.chnks.free(c)
+		c = next
+	}
+	e.head = 0
+}
+
+// remove forgets a tombstone.
+func (t *Table) remove(id uint32) {
+	e := t.conns.at(id)
+	t.index.delete(id, e.hash, &t.conns)
+	t.done.remove(&t.conns, id)
+	t.conns.free(id)
+	t.stats.Held--
+}
+
+// evict makes room for one connection: the least recently active tombstone,
+// or else the least recently active open connection (finished early).
+func (t *Table) evict() {
+	if t.done.head != 0 {
+		t.remove(t.done.head)
+		t.stats.EvictedTombstone++
+		return
+	}
+	id := t.open.head
+	t.finish(id, EndEvicted)
+	t.remove(id)
+}
+
+func (t *Table) expire() {
+	for t.open.head != 0 && t.now-t.conns.at(t.open.head).last >= t.idle {
+		t.finish(t.open.head, EndIdle)
+	}
+	for t.done.head != 0 && t.now-t.conns.at(t.done.head).last >= t.linger {
+		t.remove(t.done.head)
+	}
+}
+
+// sortPackets orders packets by timestamp, then sequence number (serial
+// arithmetic), keeping arrival order for ties. Insertion sort: n <= 64 and
+// usually already in order.
+func sortPackets(p []Packet) {
+	for i := 1; i < len(p); i++ {
+		for j := i; j > 0 && before(&p[j], &p[j-1]); j-- {
+			p[j], p[j-1] = p[j-1], p[j]
+		}
+	}
+}
+
+func before(a, b *Packet) bool {
+	if a.Timestamp != b.Timestamp {
+		return a.Timestamp < b.Timestamp
+	}
+	return int32(a.Seq-b.Seq) < 0
+}
+
+// hashKey hashes the 37 meaningful bytes of a key (Key has no interior
+// padding: two 16-byte arrays, two uint16s and a uint8).
+func hashKey(seed *maphash.Seed, k *Key) uint32 {
+	b := unsafe.Slice((*byte)(unsafe.Pointer(k)), keyBytes)
+	h := maphash.Bytes(*seed, b)
+	return uint32(h ^ h>>32)
+}
+
+const keyBytes = 16 + 16 + 2 + 2 + 1
+
+// index is an open-addressing hash table (linear probing, backward-shift
+// deletion) from keys to entry ids; a slot holds an id (0: empty). The
+// entries hold their keys and hashes.
+type index struct {
+	slots []uint32
+	mask  uint32
+	count int
+	seed  maphash.Seed
+}
+
+func (x *index) init() {
+	x.seed = maphash.MakeSeed()
+	x.slots = make([]uint32, 1024)
+	x.mask = 1023
+}
+
+func (x *index) find(k *Key, h uint32, p *connPool) uint32 {
+	for i := h & x.mask; ; i = (i + 1) & x.mask {
+		id := x.slots[i]
+		if id == 0 {
+			return 0
+		}
+		e := p.at(id)
+		if e.hash == h && e.key == *k {
+			return id
+		}
+	}
+}
+
+func (x *index) insert(id, h uint32, p *connPool) {
+	if (x.count+1)*2 > len(x.slots) {
+		x.grow(p)
+	}
+	i := h & x.mask
+	for x.slots[i] != 0 {
+		i = (i + 1) & x.mask
+	}
+	x.slots[i] = id
+	x.count++
+}
+
+func (x *index) delete(id, h uint32, p *connPool) {
+	i := h & x.mask
+	for x.slots[i] != id {
+		i = (i + 1) & x.mask
+	}
+	// Backward-shift deletion: move later members of the probe run into the
+	// hole when their home slot allows it.
+	for j := i; ; {
+		j = (j + 1) & x.mask
+		sid := x.slots[j]
+		if sid == 0 {
+			break
+		}
+		home := p.at(sid).hash & x.mask
+		// The entry at j may move to i if home is not cyclically in (i, j].
+		if (j-home)&x.mask >= (j-i)&x.mask {
+			x.slots[i] = sid
+			i = j
+		}
+	}
+	x.slots[i] = 0
+	x.count--
+}
+
+func (x *index) grow(p *connPool) {
+	old := x.slots
+	x.slots = make([]uint32, len(old)*2)
+	x.mask = uint32(len(x.slots) - 1)
+	for _, id := range old {
+		if id == 0 {
+			continue
+		}
+		i := p.at(id).hash & x.mask
+		for x.slots[i] != 0 {
+			i = (i + 1) & x.mask
+		}
+		x.slots[i] = id
+	}
+}
+
+// list is a doubly linked list of entries through their prev/next fields.
+type list struct{ head, tail uint32 }
+
+func (l *list) pushBack(p *connPool, id uint32) {
+	e := p.at(id)
+	e.prev, e.next = l.tail, 0
+	if l.tail != 0 {
+		p.at(l.tail).next = id
+	} else {
+		l.head = id
+	}
+	l.tail = id
+}
+
+func (l *list) remove(p *connPool, id uint32) {
+	e := p.at(id)
+	if e.prev != 0 {
+		p.at(e.prev).next = e.next
+	} else {
+		l.head = e.next
+	}
+	if e.next != 0 {
+		p.at(e.next).prev = e.prev
+	} else {
+		l.tail = e.prev
+	}
+	e.prev, e.next = 0, 0
+}
+
+func (l *list) moveToBack(p *connPool, id uint32) {
+	if l.tail == id {
+		return
+	}
+	l.remove(p, id)
+	l.pushBack(p, id)
+}
+
+// Pools: entries and chunks live in pages of fixed size, addressed by a
+// 32-bit id (0 is nil), with an intrusive free list. Pages are never
+// returned: the table's memory is its high-water mark.
+const (
+	pageBits = 12
+	pageSize = 1 << pageBits
+)
+
+type connPool struct {
+	pages [][]entry
+	n     uint32 // ids handed out so far, including 0
+	freeL uint32
+}
+
+func (p *connPool) at(id uint32) *entry { return &p.pages[id>>pageBits][id&(pageSize-1)] }
+
+func (p *connPool) alloc() uint32 {
+	if p.freeL != 0 {
+		id := p.freeL
+		p.freeL = p.at(id).next
+		return id
+	}
+	if p.n == 0 {
+		p.n = 1 // id 0 is nil
+	}
+	if int(p.n>>pageBits) == len(p.pages) {
+		p.pages = append(p.pages, make([]entry, pageSize))
+	}
+	id := p.n
+	p.n++
+	return id
+}
+
+func (p *connPool) free(id uint32) {
+	*p.at(id) = entry{next: p.freeL}
+	p.freeL = id
+}
+
+type chunkPool struct {
+	pages [][]chunk
+	n     uint32
+	freeL uint32
+}
+
+func (p *chunkPool) at(id uint32) *chunk { return &p.pages[id>>pageBits][id&(pageSize-1)] }
+
+func (p *chunkPool) alloc() uint32 {
+	if p.freeL != 0 {
+		id := p.freeL
+		c := p.at(id)
+		p.freeL = c.next
+		c.next = 0
+		return id
+	}
+	if p.n == 0 {
+		p.n = 1
+	}
+	if int(p.n>>pageBits) == len(p.pages) {
+		p.pages = append(p.pages, make([]chunk, pageSize))
+	}
+	id := p.n
+	p.n++
+	return id
+}
+
+func (p *chunkPool) free(id uint32) {
+	p.at(id).next = p.freeL
+	p.freeL = id
+}

@@ -1,0 +1,158 @@
+// Package offline runs the classification engine over capture files: it
+// reads them (merged by timestamp, as one stream), assembles connections with
+// package flow, judges them with package classify, and hands each one to a
+// callback. It renders nothing (see package report) and keeps no results.
+//
+// A corrupt or truncated file stops the reading of that file only: the
+// packets read before the bad byte still count, the other files are read to
+// their end, every open connection is judged at the end, and the errors are
+// returned for the caller to report.
+package offline
+
+import (
+	"container/heap"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+
+	"github.com/connscope/connscope/classifier/capture"
+	"github.com/connscope/connscope/classifier/classify"
+	"github.com/connscope/connscope/classifier/flow"
+	"github.com/connscope/connscope/packet"
+)
+
+// Stats sums what was read and assembled.
+type Stats struct {
+	Files              int        `json:"files"`
+	Frames             int64      `json:"frames"`
+	Bytes              int64      `json:"bytes"`
+	SkippedNonTCP      int64      `json:"skipped_non_tcp"`
+	SkippedUndecodable int64      `json:"skipped_undecodable"`
+	Flow               flow.Stats `json:"flow"`
+}
+
+// Run classifies the packets of files. emit receives every finished
+// connection with its judgement; the Conn is only valid during the call.
+// The returned error joins the errors of files that could not be read to
+// their end; the connections they held up to that point were emitted.
+func Run(files []string, cfg flow.Config, emit func(*flow.Conn, classify.Result)) (Stats, error) {
+	var st Stats
+	tab, err := flow.New(cfg, func(c *flow.Conn) { emit(c, classify.Classify(c)) })
+	if err != nil {
+		return st, err
+	}
+	var errs []error
+	var srcs []*source
+	for _, name := range files {
+		s, err := open(name)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		srcs = append(srcs, s)
+	}
+	st.Files = len(files)
+
+	// Merge the files by timestamp: a heap of sources keyed by the
+	// timestamp of their next packet.
+	h := make(sourceHeap, 0, len(srcs))
+	for _, s := range srcs {
+		if s.advance() {
+			h = append(h, s)
+		}
+	}
+	heap.Init(&h)
+	for len(h) > 0 {
+		s := h[0]
+		if len(h) == 1 {
+			// One source left: no merging needed.
+			for {
+				if err := tab.Add(&s.rec); err != nil {
+					return st, err
+				}
+				if !s.advance() {
+					break
+				}
+			}
+			heap.Pop(&h)
+			break
+		}
+		if err := tab.Add(&s.rec); err != nil {
+			return st, err
+		}
+		if s.advance() {
+			heap.Fix(&h, 0)
+		} else {
+			heap.Pop(&h)
+		}
+	}
+	tab.Flush()
+
+	for _, s := range srcs {
+		rs := s.r.Stats()
+		st.Frames += rs.Frames
+		st.Bytes += rs.Bytes
+		st.SkippedNonTCP += rs.SkippedNonTCP
+		st.SkippedUndecodable += rs.SkippedUndecodable
+		if s.err != nil {
+			errs = append(errs, s.err)
+		}
+		s.f.Close()
+	}
+	st.Flow = tab.Stats()
+	return st, errors.Join(errs...)
+}
+
+type source struct {
+	f   *os.File
+	r   *capture.Reader
+	rec packet.Record
+	err error
+}
+
+func open(name string) (*source, error) {
+	f, err := os.Open(name)
+	if err != nil {
+		return nil, err
+	}
+	r, err := capture.NewReader(f, name)
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	return &source{f: f, r: r}, nil
+}
+
+// advance reads the next packet into s.rec; false at the end or on error
+// (kept in s.err).
+func (s *source) advance() bool {
+	err := s.r.Next(&s.rec)
+	switch {
+	case err == nil:
+		return true
+	case errors.Is(err, io.EOF):
+		return false
+	default:
+		var fe *capture.FormatError
+		var le *capture.LinkTypeError
+		if !errors.As(err, &fe) && !errors.As(err, &le) {
+			err = fmt.Errorf("%s: %w", s.f.Name(), err)
+		}
+		s.err = err
+		return false
+	}
+}
+
+type sourceHeap []*source
+
+func (h sourceHeap) Len() int           { return len(h) }
+func (h sourceHeap) Less(i, j int) bool { return h[i].rec.Timestamp < h[j].rec.Timestamp }
+func (h sourceHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
+func (h *sourceHeap) Push(x any)        { *h = append(*h, x.(*source)) }
+func (h *sourceHeap) Pop() any {
+	old := *h
+	s := old[len(old)-1]
+	*h = old[:len(old)-1]
+	return s
+}

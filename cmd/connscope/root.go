@@ -1,0 +1,18 @@
+package main
+
+import (
+	"github.com/spf13/cobra"
+)
+
+func newRootCommand() *cobra.Command {
+	root := &cobra.Command{
+		Use:   "connscope",
+		Short: "Sample the first packets of TCP connections and classify how they ended",
+		Long: `connscope classifies TCP connections that end early in resets or timeouts,
+by the stage where they ended, tags and signatures (Cloudflare Radar's method).`,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.AddCommand(newClassifyCommand())
+	return root
+}
