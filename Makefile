@@ -1,0 +1,51 @@
+# connscope: the commands a developer and CI run. Every target that needs
+# tools installs them through hack/ scripts first (idempotent, Debian 12, root).
+
+GO      ?= go
+BIN     := bin/connscope
+PKGS    := ./...
+FUZZTIME ?= 30s
+
+.PHONY: all build test test-unit lint fuzz bench demo setup setup-test clean
+
+all: build
+
+build:
+	$(GO) build -o $(BIN) ./cmd/connscope
+
+## setup-test installs what the tests drive: namespaces, netfilter, capture
+## tools, real clients, scanners and an injector.
+setup-test:
+	bash hack/setup-scenarios.sh
+
+## test runs every test: lint, unit tests, fuzz seed corpora, and the
+## real-traffic scenario tests in network namespaces (as root).
+test: setup-test lint
+	$(GO) test -count=1 -timeout 30m $(PKGS)
+
+## test-unit runs the tests that need neither root nor tools.
+test-unit:
+	CONNSCOPE_SKIP_ROOT_TESTS=1 $(GO) test -count=1 $(PKGS)
+
+lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go' | grep -v '^vendor/')); \
+	if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet $(PKGS)
+
+## fuzz runs each fuzz target for FUZZTIME (go test runs their seeds always).
+fuzz:
+	$(GO) test ./packet -run '^$$' -fuzz FuzzDecode -fuzztime $(FUZZTIME)
+	$(GO) test ./classifier/capture -run '^$$' -fuzz FuzzReader -fuzztime $(FUZZTIME)
+
+## bench compares connscope classify with a bare read and with peers
+## (tshark, argus, tcptrace) on one synthetic capture; see hack/bench.
+bench:
+	bash hack/bench/run.sh
+
+## demo classifies the bundled real-traffic scenario captures and prints the
+## Radar-style summary and the table.
+demo: build
+	bash hack/demo.sh
+
+clean:
+	rm -rf bin .cache
