@@ -105,8 +105,8 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("idle timeout %s is too short: it must be at least 1ms (the method uses 3s)", c.IdleTimeout)
 	case c.Linger < c.IdleTimeout:
 		return fmt.Errorf("linger %s must be at least the idle timeout %s", c.Linger, c.IdleTimeout)
-	case c.MaxOpen < 2:
-		return fmt.Errorf("max open connections %d is out of range: it must be at least 2", c.MaxOpen)
+	case c.MaxOpen < 2 || c.MaxOpen > MaxMaxOpen:
+		return fmt.Errorf("max open connections %d is out of range: it must be between 2 and %d", c.MaxOpen, MaxMaxOpen)
 	}
 	return nil
 }

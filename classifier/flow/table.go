@@ -130,7 +130,9 @@ func (t *Table) Add(r *packet.Record) error {
 			t.append(id, e, r, clientSYN)
 			return nil
 		}
-	} else {
+	} else if !clientSYN {
+		// A client SYN opens a connection whatever the other direction holds;
+		// any other packet may be the server's side of a known connection.
 		rk := k.reverse()
 		if t.index.find(&rk, hashKey(&t.index.seed, &rk), &t.conns) != 0 {
 			t.stats.Reverse++
@@ -352,14 +354,25 @@ func hashKey(seed *maphash.Seed, k *Key) uint32 {
 const keyBytes = 16 + 16 + 2 + 2 + 1
 
 // index is an open-addressing hash table (linear probing, backward-shift
-// deletion) from keys to entry ids; a slot holds an id (0: empty). The
-// entries hold their keys and hashes.
+// deletion) from keys to entry ids. A slot holds an entry id in its low
+// idBits and the top bits of the key's hash above them (0: empty), so that a
+// probe touches an entry only when those bits match: a lookup that misses
+// (every new connection, and its reverse key) reads no entry at all.
 type index struct {
 	slots []uint32
 	mask  uint32
 	count int
 	seed  maphash.Seed
 }
+
+const (
+	idBits = 24 // at most 16 M entries
+	idMask = 1<<idBits - 1
+	// MaxMaxOpen is the largest MaxOpen a table accepts.
+	MaxMaxOpen = idMask - 1
+)
+
+func slotTag(h uint32) uint32 { return h &^ idMask }
 
 func (x *index) init() {
 	x.seed = maphash.MakeSeed()
@@ -368,14 +381,17 @@ func (x *index) init() {
 }
 
 func (x *index) find(k *Key, h uint32, p *connPool) uint32 {
+	tag := slotTag(h)
 	for i := h & x.mask; ; i = (i + 1) & x.mask {
-		id := x.slots[i]
-		if id == 0 {
+		s := x.slots[i]
+		if s == 0 {
 			return 0
 		}
-		e := p.at(id)
-		if e.hash == h && e.key == *k {
-			return id
+		if s&^idMask == tag {
+			id := s & idMask
+			if e := p.at(id); e.key == *k {
+				return id
+			}
 		}
 	}
 }
@@ -388,27 +404,28 @@ func (x *index) insert(id, h uint32, p *connPool) {
 	for x.slots[i] != 0 {
 		i = (i + 1) & x.mask
 	}
-	x.slots[i] = id
+	x.slots[i] = id | slotTag(h)
 	x.count++
 }
 
 func (x *index) delete(id, h uint32, p *connPool) {
+	want := id | slotTag(h)
 	i := h & x.mask
-	for x.slots[i] != id {
+	for x.slots[i] != want {
 		i = (i + 1) & x.mask
 	}
 	// Backward-shift deletion: move later members of the probe run into the
 	// hole when their home slot allows it.
 	for j := i; ; {
 		j = (j + 1) & x.mask
-		sid := x.slots[j]
-		if sid == 0 {
+		s := x.slots[j]
+		if s == 0 {
 			break
 		}
-		home := p.at(sid).hash & x.mask
+		home := p.at(s&idMask).hash & x.mask
 		// The entry at j may move to i if home is not cyclically in (i, j].
 		if (j-home)&x.mask >= (j-i)&x.mask {
-			x.slots[i] = sid
+			x.slots[i] = s
 			i = j
 		}
 	}
@@ -420,15 +437,15 @@ func (x *index) grow(p *connPool) {
 	old := x.slots
 	x.slots = make([]uint32, len(old)*2)
 	x.mask = uint32(len(x.slots) - 1)
-	for _, id := range old {
-		if id == 0 {
+	for _, s := range old {
+		if s == 0 {
 			continue
 		}
-		i := p.at(id).hash & x.mask
+		i := p.at(s&idMask).hash & x.mask
 		for x.slots[i] != 0 {
 			i = (i + 1) & x.mask
 		}
-		x.slots[i] = id
+		x.slots[i] = s
 	}
 }
 
