@@ -60,6 +60,15 @@ func runClassify(cmd *cobra.Command, o classifyOptions, files []string) error {
 	default:
 		return fmt.Errorf("--format %q is not one of table, json, radar", o.format)
 	}
+	if o.cfg.PacketCap < 1 || o.cfg.PacketCap > flow.MaxPacketCap {
+		return fmt.Errorf("--packet-cap %d: packet cap must be between 1 and %d", o.cfg.PacketCap, flow.MaxPacketCap)
+	}
+	if o.cfg.IdleTimeout <= 0 {
+		return fmt.Errorf("--idle-timeout %s: idle timeout must be positive", o.cfg.IdleTimeout)
+	}
+	if o.cfg.MaxOpen < 2 {
+		return fmt.Errorf("--max-open %d: must be at least 2", o.cfg.MaxOpen)
+	}
 	if o.cfg.Linger == 0 {
 		o.cfg.Linger = max(flow.DefaultLinger, o.cfg.IdleTimeout)
 	}

@@ -1,0 +1,261 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/connscope/connscope/classifier/capture"
+	"github.com/connscope/connscope/packet"
+)
+
+var base = time.Date(2026, 11, 24, 10, 0, 0, 123456789, time.UTC).UnixNano()
+
+// writeCapture writes connections as a raw-IP pcap file: one per client
+// port, each a string of flags ("S", "A", "PA", "R", "RA", "FA") 10 ms
+// apart, connections 1 ms apart.
+func writeCapture(t *testing.T, conns map[uint16][]string) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "in.pcap")
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	w, err := capture.NewPcapWriter(f, 101, 262144, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ports := make([]uint16, 0, len(conns))
+	for p := range conns {
+		ports = append(ports, p)
+	}
+	slices.Sort(ports)
+	type ev struct {
+		ts  int64
+		rec packet.Record
+	}
+	var evs []ev
+	for i, port := range ports {
+		seq := uint32(1000)
+		for j, fl := range conns[port] {
+			r := packet.Record{SrcPort: port, DstPort: 443, TTL: 64, IPID: uint16(j + 1), Window: 64240}
+			r.SetSrc(netip.MustParseAddr("192.0.2.1"))
+			r.SetDst(netip.MustParseAddr("198.51.100.2"))
+			for _, c := range fl {
+				r.Flags |= map[rune]packet.Flags{'S': packet.SYN, 'A': packet.ACK, 'P': packet.PSH, 'R': packet.RST, 'F': packet.FIN}[c]
+			}
+			r.Seq = seq
+			if r.Flags.Has(packet.SYN) {
+				seq++
+			}
+			if r.Flags.Has(packet.PSH) {
+				r.PayloadLen = 50
+				seq += 50
+			}
+			if r.Flags.Has(packet.RST) {
+				r.IPID = 0
+			}
+			r.Timestamp = base + int64(i)*int64(time.Millisecond) + int64(j)*int64(10*time.Millisecond)
+			evs = append(evs, ev{r.Timestamp, r})
+		}
+	}
+	slices.SortStableFunc(evs, func(a, b ev) int { return int(a.ts - b.ts) })
+	for _, e := range evs {
+		b := capture.BuildPacket(&e.rec)
+		if err := w.WritePacket(e.ts, b, len(b)+int(e.rec.PayloadLen)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return path
+}
+
+func runCLI(t *testing.T, args ...string) (string, string, error) {
+	t.Helper()
+	cmd := newRootCommand()
+	var out, errb bytes.Buffer
+	cmd.SetOut(&out)
+	cmd.SetErr(&errb)
+	cmd.SetArgs(args)
+	err := cmd.Execute()
+	return out.String(), errb.String(), err
+}
+
+func TestJSONHasExactlyTheContractKeys(t *testing.T) {
+	path := writeCapture(t, map[uint16][]string{
+		40001: {"S", "A", "PA", "R"},
+		40002: {"S", "S"},
+	})
+	out, _, err := runCLI(t, "classify", "--format", "json", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	if len(lines) != 2 {
+		t.Fatalf("got %d lines, want 2:\n%s", len(lines), out)
+	}
+	want := []string{"dst_ip", "dst_port", "excluded", "first_seen", "ip_version", "last_seen", "packets", "signature", "src_ip", "src_port", "stage", "tags"}
+	byPort := map[float64]map[string]any{}
+	for _, l := range lines {
+		var m map[string]any
+		if err := json.Unmarshal([]byte(l), &m); err != nil {
+			t.Fatalf("%v: %s", err, l)
+		}
+		keys := make([]string, 0, len(m))
+		for k := range m {
+			keys = append(keys, k)
+		}
+		slices.Sort(keys)
+		if !slices.Equal(keys, want) {
+			t.Fatalf("keys %v, want %v", keys, want)
+		}
+		byPort[m["src_port"].(float64)] = m
+	}
+	a := byPort[40001]
+	if a["stage"] != "post_psh" || a["signature"] != "PSH+ACK → RST" || a["excluded"] != "" || a["packets"] != 4.0 ||
+		a["src_ip"] != "192.0.2.1" || a["dst_ip"] != "198.51.100.2" || a["ip_version"] != 4.0 {
+		t.Errorf("post_psh connection: %v", a)
+	}
+	if a["first_seen"] != "2026-11-24T10:00:00.123456789Z" || a["last_seen"] != "2026-11-24T10:00:00.153456789Z" {
+		t.Errorf("times %v %v", a["first_seen"], a["last_seen"])
+	}
+	if tags := a["tags"].([]any); len(tags) != 2 || tags[0] != "reset" || tags[1] != "single_rst" {
+		t.Errorf("tags %v", tags)
+	}
+	b := byPort[40002]
+	if b["stage"] != "" || b["excluded"] != "multiple_syn" || len(b["tags"].([]any)) != 0 || b["signature"] != "" {
+		t.Errorf("excluded connection: %v", b)
+	}
+}
+
+func TestRadarSummaryShape(t *testing.T) {
+	path := writeCapture(t, map[uint16][]string{
+		40001: {"S", "R"},
+		40002: {"S", "A", "PA", "A", "FA"},
+		40003: {"S", "A", "PA", "PA", "RA"},
+		40004: {"S", "A"},
+	})
+	out, _, err := runCLI(t, "classify", "--format", "radar", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var r struct {
+		Success bool `json:"success"`
+		Result  struct {
+			Meta struct {
+				DateRange []struct {
+					StartTime string `json:"startTime"`
+				} `json:"dateRange"`
+				Normalization string `json:"normalization"`
+			} `json:"meta"`
+			Summary0   map[string]string `json:"summary_0"`
+			Tags       map[string]int    `json:"tags"`
+			Signatures map[string]int    `json:"signatures"`
+			Excluded   map[string]int    `json:"excluded"`
+		} `json:"result"`
+	}
+	if err := json.Unmarshal([]byte(out), &r); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	// 40004 is silent for less than the idle timeout when the input ends:
+	// incomplete, so the shares are of the three others.
+	want := map[string]string{"post_syn": "33.333", "post_ack": "0.000", "post_psh": "0.000", "later_in_flow": "33.333", "no_match": "33.333"}
+	if !r.Success || !maps(r.Result.Summary0, want) || r.Result.Meta.Normalization != "PERCENTAGE" || len(r.Result.Meta.DateRange) != 1 {
+		t.Fatalf("got %s", out)
+	}
+	if r.Result.Tags["reset"] != 2 || r.Result.Tags["timeout"] != 0 || r.Result.Signatures["SYN → RST"] != 1 ||
+		r.Result.Signatures["PSH+ACK; Data → RST+ACK"] != 1 || r.Result.Excluded["incomplete"] != 1 {
+		t.Errorf("counts: tags %v signatures %v", r.Result.Tags, r.Result.Signatures)
+	}
+	if _, ok := r.Result.Excluded["multiple_syn"]; !ok {
+		t.Errorf("exclusion counts missing: %v", r.Result.Excluded)
+	}
+	// With an idle timeout shorter than its silence, the same connection times out: the idle
+	// timeout is what decides.
+	out, _, err = runCLI(t, "classify", "--format", "radar", "--idle-timeout", "25ms", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out, `"post_ack": "25.000"`) {
+		t.Errorf("with a 25ms idle timeout the SYN;ACK connection should be a post_ack timeout:\n%s", out)
+	}
+}
+
+func maps(a, b map[string]string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k, v := range a {
+		if b[k] != v {
+			return false
+		}
+	}
+	return true
+}
+
+func TestTruncatedFileReportsOffsetAfterTheConnectionsBeforeIt(t *testing.T) {
+	path := writeCapture(t, map[uint16][]string{
+		40001: {"S", "R"},
+		40002: {"S", "A", "PA", "R"},
+	})
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Cut in the middle of the last record.
+	if err := os.WriteFile(path, data[:len(data)-10], 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, _, err := runCLI(t, "classify", "--format", "json", path)
+	if err == nil {
+		t.Fatal("no error for a truncated file")
+	}
+	if !strings.Contains(err.Error(), path) || !strings.Contains(err.Error(), "byte ") {
+		t.Errorf("error %q does not name the file and the byte offset", err)
+	}
+	if !strings.Contains(out, `"src_port":40001`) || !strings.Contains(out, `"src_port":40002`) {
+		t.Errorf("connections before the bad record were not reported:\n%s", out)
+	}
+}
+
+func TestBadFlagsAreRejectedWithTheirName(t *testing.T) {
+	path := writeCapture(t, map[uint16][]string{40001: {"S"}})
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"classify", "--format", "xml", path}, "--format"},
+		{[]string{"classify", "--packet-cap", "0", path}, "packet cap"},
+		{[]string{"classify", "--packet-cap", "65", path}, "packet cap"},
+		{[]string{"classify", "--idle-timeout", "-1s", path}, "idle timeout"},
+		{[]string{"classify"}, "requires at least 1 arg"},
+		{[]string{"classify", filepath.Join(t.TempDir(), "missing.pcap")}, "no such file"},
+	} {
+		_, _, err := runCLI(t, tc.args...)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%v: error %v, want it to mention %q", tc.args, err, tc.want)
+		}
+	}
+}
+
+func TestTableListsAnomalousConnections(t *testing.T) {
+	path := writeCapture(t, map[uint16][]string{
+		40001: {"S", "A", "PA", "R"},
+		40002: {"S", "A", "PA", "A", "FA"},
+	})
+	out, _, err := runCLI(t, "classify", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"Connections: 2 classified", "post_psh", "50.000", "PSH+ACK → RST", "192.0.2.1:40001 -> 198.51.100.2:443", "Anomalous connections (1)"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("table lacks %q:\n%s", want, out)
+		}
+	}
+}
