@@ -1,0 +1,329 @@
+package capture
+
+// Real captures: tcpdump records TCP traffic on the loopback interface of
+// a network namespace this test creates (and deletes), as Ethernet (lo),
+// Linux SLL and SLL2 (the "any" device, which in the namespace is lo) and
+// NFLOG, and editcap converts each file to pcapng. Needs root,
+// ip, tcpdump and editcap; skipped with a message otherwise. No packet
+// leaves the namespace, and the host's own netfilter rules are not touched
+// (the NFLOG rule lives in the namespace and goes with it).
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/connscope/connscope/packet"
+)
+
+const helperEnv = "CONNSCOPE_CAPTURE_TRAFFIC_PORT"
+
+// Traffic the helper makes, per address family, toward port P:
+// a connection sending dataLen bytes and closing with FIN, and one sending
+// rstLen bytes and closing with RST (SO_LINGER 0).
+const (
+	dataLen = 1000
+	rstLen  = 200
+)
+
+func TestRealCaptures(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to create a network namespace and capture in it")
+	}
+	for _, tool := range []string{"ip", "tcpdump", "editcap"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skipf("needs %s (apt-get install -y iproute2 tcpdump tshark)", tool)
+		}
+	}
+	ns := "cs-cap-" + randomHex(4)
+	run(t, "ip", "netns", "add", ns)
+	t.Cleanup(func() {
+		if out, err := exec.Command("ip", "netns", "del", ns).CombinedOutput(); err != nil {
+			t.Errorf("ip netns del %s: %v: %s", ns, err, out)
+		}
+	})
+	run(t, "ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up")
+
+	// NFLOG of every TCP packet, in the namespace only; cut to 128 bytes
+	// like the agent's copy range, and sent at once (threshold 1; else the
+	// kernel batches until its buffer fills or a 1 s timer). Skipped if
+	// the kernel or iptables cannot.
+	const group = "7"
+	nflogOK := true
+	for _, ipt := range []string{"iptables", "ip6tables"} {
+		out, err := exec.Command("ip", "netns", "exec", ns, ipt, "-A", "OUTPUT", "-p", "tcp",
+			"-j", "NFLOG", "--nflog-group", group, "--nflog-size", "128", "--nflog-threshold", "1").CombinedOutput()
+		if err != nil {
+			t.Logf("no NFLOG capture: %s in the namespace: %v: %s", ipt, err, out)
+			nflogOK = false
+		}
+	}
+
+	dir := t.TempDir()
+	port := 20000 + int(randomUint16())%40000
+	type capture struct {
+		file     string
+		args     []string
+		linkType uint32
+		snaplen  int
+	}
+	caps := []capture{
+		// Full frames need a large ring: lo's 64 KiB MTU makes each ring
+		// slot 256 KiB, and the 2 MiB default drops bursts.
+		{"ether.pcap", []string{"-i", "lo", "-B", "65536"}, LinkTypeEthernet, 0},
+		{"sll.pcap", []string{"-i", "any", "-y", "LINUX_SLL", "-B", "65536"}, LinkTypeLinuxSLL, 0},
+		{"sll2.pcap", []string{"-i", "any", "-y", "LINUX_SLL2", "-s", "128"}, LinkTypeSLL2, 128},
+	}
+	if nflogOK {
+		caps = append(caps, capture{"nflog.pcap", []string{"-i", "nflog:" + group}, LinkTypeNFLOG, 128})
+	}
+	var dumps []*exec.Cmd
+	for _, c := range caps {
+		args := append([]string{"netns", "exec", ns, "tcpdump", "--immediate-mode", "-U", "-Z", "root", "-w", filepath.Join(dir, c.file)}, c.args...)
+		if c.linkType != LinkTypeNFLOG {
+			args = append(args, "tcp")
+		}
+		dumps = append(dumps, startTcpdump(t, args))
+	}
+
+	start := time.Now()
+	helper := exec.Command("ip", "netns", "exec", ns, os.Args[0], "-test.run=^TestCaptureTrafficHelper$", "-test.v")
+	helper.Env = append(os.Environ(), helperEnv+"="+strconv.Itoa(port))
+	if out, err := helper.CombinedOutput(); err != nil {
+		t.Fatalf("traffic helper: %v\n%s", err, out)
+	}
+	time.Sleep(500 * time.Millisecond)
+	end := time.Now()
+	for _, d := range dumps {
+		stopTcpdump(t, d)
+	}
+
+	for _, c := range caps {
+		pcap := filepath.Join(dir, c.file)
+		ngFile := strings.TrimSuffix(pcap, ".pcap") + ".pcapng"
+		run(t, "editcap", "-F", "pcapng", pcap, ngFile)
+		for _, f := range []string{pcap, ngFile} {
+			t.Run(filepath.Base(f), func(t *testing.T) {
+				checkRealCapture(t, f, c.linkType, uint16(port), start, end)
+			})
+		}
+	}
+}
+
+// checkRealCapture reads a capture of the helper's traffic and checks the
+// client's packets toward port.
+func checkRealCapture(t *testing.T, file string, linkType uint32, port uint16, start, end time.Time) {
+	data, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := NewReader(bytes.NewReader(data), filepath.Base(file))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, lt, _, err := r.NextFrame(); err != nil || lt != linkType {
+		t.Fatalf("first frame: link type %d, err %v; want link type %d", lt, err, linkType)
+	}
+	r, _ = NewReader(bytes.NewReader(data), filepath.Base(file))
+	type seen struct{ syn, data, rst, fin bool }
+	got := map[uint8]*seen{4: {}, 6: {}}
+	for {
+		var rec packet.Record
+		err := r.Next(&rec)
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if rec.Timestamp < start.Add(-time.Second).UnixNano() || rec.Timestamp > end.Add(time.Second).UnixNano() {
+			t.Errorf("timestamp %s outside the capture's %s..%s", time.Unix(0, rec.Timestamp), start, end)
+		}
+		if rec.DstPort != port {
+			continue // server to client, or the probe of a closed port
+		}
+		s := got[rec.IPVersion]
+		switch {
+		case rec.Flags == packet.SYN:
+			s.syn = true
+			if k := rec.OptionKinds(); string(k) != string([]uint8{2, 4, 8, 1, 3}) {
+				t.Errorf("IPv%d SYN option kinds %v, want Linux's [2 4 8 1 3]", rec.IPVersion, k)
+			}
+			if rec.IPVersion == 4 && !rec.DF {
+				t.Errorf("IPv4 SYN without DF")
+			}
+		case rec.Flags.Has(packet.PSH|packet.ACK) && rec.PayloadLen == dataLen:
+			s.data = true
+		case rec.Flags.Has(packet.RST):
+			s.rst = true
+			if rec.PayloadLen != 0 {
+				t.Errorf("RST with %d payload bytes", rec.PayloadLen)
+			}
+		case rec.Flags.Has(packet.FIN):
+			s.fin = true
+		}
+	}
+	for v, s := range got {
+		if !s.syn || !s.data || !s.rst || !s.fin {
+			t.Errorf("IPv%d: saw SYN %v, %d-byte PSH+ACK %v, RST %v, FIN %v; want all", v, s.syn, dataLen, s.data, s.rst, s.fin)
+		}
+	}
+	st := r.Stats()
+	if st.SkippedUndecodable != 0 || st.TCP == 0 || st.Bytes != int64(len(data)) {
+		t.Errorf("stats %+v", st)
+	}
+}
+
+// TestCaptureTrafficHelper is the traffic maker TestRealCaptures runs in
+// its network namespace; on its own it does nothing.
+func TestCaptureTrafficHelper(t *testing.T) {
+	p := os.Getenv(helperEnv)
+	if p == "" {
+		return
+	}
+	for _, host := range []string{"127.0.0.1", "::1"} {
+		addr := net.JoinHostPort(host, p)
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		done := make(chan error, 2)
+		go func() {
+			for i := 0; i < 2; i++ {
+				c, err := ln.Accept()
+				if err != nil {
+					done <- err
+					return
+				}
+				go func(c net.Conn) {
+					defer c.Close()
+					c.SetDeadline(time.Now().Add(5 * time.Second))
+					buf := make([]byte, 4096)
+					n, _ := io.ReadAtLeast(c, buf, 1)
+					if n > 0 {
+						c.Write([]byte("ok"))
+					}
+					io.Copy(io.Discard, c)
+					done <- nil
+				}(c)
+			}
+		}()
+		// A graceful connection, then one closed with RST.
+		for _, rst := range []bool{false, true} {
+			c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+			if err != nil {
+				t.Fatal(err)
+			}
+			c.SetDeadline(time.Now().Add(5 * time.Second))
+			n := dataLen
+			if rst {
+				n = rstLen
+			}
+			if _, err := c.Write(bytes.Repeat([]byte("x"), n)); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := io.ReadFull(c, make([]byte, 2)); err != nil {
+				t.Fatal(err)
+			}
+			if rst {
+				c.(*net.TCPConn).SetLinger(0)
+			}
+			c.Close()
+		}
+		for i := 0; i < 2; i++ {
+			if err := <-done; err != nil {
+				t.Fatal(err)
+			}
+		}
+		ln.Close()
+		// A closed port: the kernel answers the SYN with RST+ACK.
+		closed := net.JoinHostPort(host, "1")
+		if c, err := net.DialTimeout("tcp", closed, time.Second); err == nil {
+			c.Close()
+		}
+	}
+	fmt.Println("traffic done")
+}
+
+func startTcpdump(t *testing.T, args []string) *exec.Cmd {
+	t.Helper()
+	cmd := exec.Command("ip", args...)
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { // only if the test failed before stopTcpdump
+		if cmd.ProcessState == nil {
+			cmd.Process.Kill()
+			cmd.Wait()
+		}
+	})
+	ready := make(chan string, 1)
+	go func() {
+		sc := bufio.NewScanner(stderr)
+		var all strings.Builder
+		for sc.Scan() {
+			all.WriteString(sc.Text() + "\n")
+			if strings.Contains(sc.Text(), "listening on") {
+				ready <- ""
+			}
+		}
+		ready <- all.String()
+	}()
+	select {
+	case msg := <-ready:
+		if msg != "" {
+			t.Fatalf("tcpdump %v: %s", args, msg)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatalf("tcpdump %v did not start listening within 10 s", args)
+	}
+	return cmd
+}
+
+func stopTcpdump(t *testing.T, cmd *exec.Cmd) {
+	t.Helper()
+	cmd.Process.Signal(os.Interrupt)
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		cmd.Process.Kill()
+		<-done
+		t.Fatalf("tcpdump did not stop on SIGINT")
+	}
+}
+
+func run(t *testing.T, name string, args ...string) {
+	t.Helper()
+	if out, err := exec.Command(name, args...).CombinedOutput(); err != nil {
+		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
+	}
+}
+
+func randomUint16() uint16 {
+	b := make([]byte, 2)
+	rand.Read(b)
+	return uint16(b[0])<<8 | uint16(b[1])
+}
+
+func randomHex(n int) string {
+	b := make([]byte, n)
+	rand.Read(b)
+	return hex.EncodeToString(b)
+}
