@@ -3,7 +3,11 @@ package packet
 import (
 	"encoding/binary"
 	"errors"
+	"flag"
 	"net/netip"
+	"os"
+	"path/filepath"
+	"strconv"
 	"testing"
 )
 
@@ -374,12 +378,46 @@ func BenchmarkDecode(b *testing.B) {
 	}
 }
 
+// fuzzDecodeSeeds are packets of every kind Decode knows.
+func fuzzDecodeSeeds() map[string][]byte {
+	return map[string][]byte{
+		"ipv4-syn":         v4{proto: 6, frag: 0x4000, l4: tcpSeg(SYN, synOpts...)}.bytes(),
+		"ipv4-options-rst": v4{ipOpts: []byte{1, 1, 1, 0}, proto: 6, l4: tcpSeg(RST)}.bytes(),
+		"ipv4-udp":         v4{proto: 17, l4: make([]byte, 8)}.bytes(),
+		"ipv4-fragment":    v4{proto: 6, frag: 185, l4: make([]byte, 8)}.bytes(),
+		"ipv6-chain":       v6{exts: []ext{extHdr(0, 1), extHdr(43, 3), fragHdr(0, true), ahHdr(5)}, proto: 6, l4: tcpSeg(PSH|ACK, 1, 1, 8, 10, 0, 0, 0, 1, 0, 0, 0, 2), payload: 9}.bytes(),
+		"ipv6-jumbo":       v6{exts: []ext{{0, []byte{0, 0, 0xc2, 4, 0, 2, 0, 0}}}, proto: 6, l4: tcpSeg(ACK), setPlen: true}.bytes(),
+		"ipv6-esp":         v6{exts: []ext{extHdr(60, 1)}, proto: 50, l4: make([]byte, 16)}.bytes(),
+		"ipv6-bad-options": v6{proto: 6, l4: tcpSeg(SYN, 1, 1, 8, 12, 0, 0, 0, 0, 0, 0, 0, 0)}.bytes(),
+	}
+}
+
+var updateSeeds = flag.Bool("update-seeds", false, "rewrite testdata/fuzz/FuzzDecode from fuzzDecodeSeeds")
+
+// TestFuzzDecodeSeeds checks the committed seed corpus against
+// fuzzDecodeSeeds, and rewrites it with -update-seeds.
+func TestFuzzDecodeSeeds(t *testing.T) {
+	dir := filepath.Join("testdata", "fuzz", "FuzzDecode")
+	for name, data := range fuzzDecodeSeeds() {
+		path := filepath.Join(dir, name)
+		want := "go test fuzz v1\n[]byte(" + strconv.Quote(string(data)) + ")\n"
+		if *updateSeeds {
+			if err := os.MkdirAll(dir, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(path, []byte(want), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			continue
+		}
+		if got, err := os.ReadFile(path); err != nil || string(got) != want {
+			t.Errorf("%s is missing or differs from its builder (run go test -run TestFuzzDecodeSeeds -update-seeds): %v", path, err)
+		}
+	}
+}
+
 func FuzzDecode(f *testing.F) {
-	f.Add(v4{proto: 6, frag: 0x4000, l4: tcpSeg(SYN, synOpts...)}.bytes())
-	f.Add(v4{ipOpts: []byte{1, 1, 1, 0}, proto: 6, l4: tcpSeg(RST)}.bytes())
-	f.Add(v4{proto: 17, l4: make([]byte, 8)}.bytes())
-	f.Add(v6{exts: []ext{extHdr(0, 1), extHdr(43, 3), fragHdr(0, true), ahHdr(5)}, proto: 6, l4: tcpSeg(PSH|ACK, 1, 1, 8, 10, 0, 0, 0, 1, 0, 0, 0, 2), payload: 9}.bytes())
-	f.Add(v6{exts: []ext{{0, []byte{0, 0, 0xc2, 4, 0, 1, 0, 0}}}, proto: 6, l4: tcpSeg(ACK), setPlen: true}.bytes())
+	// The seeds are in testdata/fuzz/FuzzDecode (see -update-seeds).
 	f.Fuzz(func(t *testing.T, b []byte) {
 		var rec Record
 		err := Decode(b, 1, &rec)
