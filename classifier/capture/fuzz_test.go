@@ -16,7 +16,8 @@ import (
 
 var updateSeeds = flag.Bool("update-seeds", false, "rewrite testdata/fuzz/FuzzReader from the seed builders")
 
-// fuzzSeeds are small valid captures of every format and link type.
+// fuzzSeeds are small valid captures of every format and link type, and
+// two real ones.
 func fuzzSeeds() map[string][]byte {
 	r4 := rec4(packet.SYN, 0, linuxSYN...)
 	r6 := rec6(packet.PSH|packet.ACK, 100, 1, 1, 8)
@@ -40,6 +41,12 @@ func fuzzSeeds() map[string][]byte {
 	seeds["pcapng-le"] = a.bytes()
 	seeds["pcapng-be"] = b.bytes()
 	seeds["pcapng-two-sections"] = append(append([]byte(nil), a.bytes()...), b.bytes()...)
+	// Two files tcpdump and editcap wrote (see TestSavedRealCaptures).
+	for _, f := range []string{"nflog.pcap", "sll2.pcapng"} {
+		if data, err := os.ReadFile(filepath.Join("testdata", "real", f)); err == nil {
+			seeds["real-"+f] = data
+		}
+	}
 	return seeds
 }
 

@@ -13,6 +13,7 @@ import (
 	"bytes"
 	"crypto/rand"
 	"encoding/hex"
+	"flag"
 	"fmt"
 	"io"
 	"net"
@@ -28,6 +29,8 @@ import (
 )
 
 const helperEnv = "CONNSCOPE_CAPTURE_TRAFFIC_PORT"
+
+var saveReal = flag.Bool("save-real-captures", false, "copy the captures TestRealCaptures makes to testdata/real")
 
 // Traffic the helper makes, per address family, toward port P:
 // a connection sending dataLen bytes and closing with FIN, and one sending
@@ -115,27 +118,58 @@ func TestRealCaptures(t *testing.T) {
 		run(t, "editcap", "-F", "pcapng", pcap, ngFile)
 		for _, f := range []string{pcap, ngFile} {
 			t.Run(filepath.Base(f), func(t *testing.T) {
-				checkRealCapture(t, f, c.linkType, uint16(port), start, end)
+				data, err := os.ReadFile(f)
+				if err != nil {
+					t.Fatal(err)
+				}
+				checkRealCapture(t, filepath.Base(f), data, c.linkType, uint16(port), start, end)
+				if *saveReal {
+					if err := os.WriteFile(filepath.Join("testdata", "real", filepath.Base(f)), data, 0o644); err != nil {
+						t.Fatal(err)
+					}
+				}
 			})
 		}
 	}
 }
 
-// checkRealCapture reads a capture of the helper's traffic and checks the
-// client's packets toward port.
-func checkRealCapture(t *testing.T, file string, linkType uint32, port uint16, start, end time.Time) {
-	data, err := os.ReadFile(file)
-	if err != nil {
-		t.Fatal(err)
+// TestSavedRealCaptures checks captures that TestRealCaptures saved with
+// -save-real-captures, so that machines without root still read files
+// written by tcpdump, editcap and the kernel's NFLOG.
+func TestSavedRealCaptures(t *testing.T) {
+	linkTypes := map[string]uint32{"ether": LinkTypeEthernet, "sll": LinkTypeLinuxSLL, "sll2": LinkTypeSLL2, "nflog": LinkTypeNFLOG}
+	files, _ := filepath.Glob(filepath.Join("testdata", "real", "*.pcap*"))
+	if len(files) == 0 {
+		t.Fatal("no files in testdata/real (make them with go test -run TestRealCaptures -save-real-captures as root)")
 	}
-	r, err := NewReader(bytes.NewReader(data), filepath.Base(file))
+	for _, f := range files {
+		name := filepath.Base(f)
+		t.Run(name, func(t *testing.T) {
+			data, err := os.ReadFile(f)
+			if err != nil {
+				t.Fatal(err)
+			}
+			lt, ok := linkTypes[strings.TrimSuffix(strings.TrimSuffix(name, ".pcapng"), ".pcap")]
+			if !ok {
+				t.Fatalf("no link type known for %s", name)
+			}
+			checkRealCapture(t, name, data, lt, 0, time.Time{}, time.Time{})
+		})
+	}
+}
+
+// checkRealCapture reads a capture of the helper's traffic and checks the
+// client's packets toward port (0: the destination port of the first SYN),
+// with timestamps between start and end (unless zero).
+func checkRealCapture(t *testing.T, name string, data []byte, linkType uint32, port uint16, start, end time.Time) {
+	r, err := NewReader(bytes.NewReader(data), name)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if _, lt, _, err := r.NextFrame(); err != nil || lt != linkType {
 		t.Fatalf("first frame: link type %d, err %v; want link type %d", lt, err, linkType)
 	}
-	r, _ = NewReader(bytes.NewReader(data), filepath.Base(file))
+	r, _ = NewReader(bytes.NewReader(data), name)
 	type seen struct{ syn, data, rst, fin bool }
 	got := map[uint8]*seen{4: {}, 6: {}}
 	for {
@@ -147,7 +181,10 @@ func checkRealCapture(t *testing.T, file string, linkType uint32, port uint16, s
 		if err != nil {
 			t.Fatal(err)
 		}
-		if rec.Timestamp < start.Add(-time.Second).UnixNano() || rec.Timestamp > end.Add(time.Second).UnixNano() {
+		if port == 0 && rec.Flags == packet.SYN {
+			port = rec.DstPort
+		}
+		if !start.IsZero() && (rec.Timestamp < start.Add(-time.Second).UnixNano() || rec.Timestamp > end.Add(time.Second).UnixNano()) {
 			t.Errorf("timestamp %s outside the capture's %s..%s", time.Unix(0, rec.Timestamp), start, end)
 		}
 		if rec.DstPort != port {
