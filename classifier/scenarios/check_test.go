@@ -1,0 +1,163 @@
+package scenarios
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+)
+
+// scenarioOf returns the scenario whose server port the connection went to.
+func scenarioOf(c conn) *scenario {
+	for _, s := range scenarios {
+		if s.port == c.DstPort {
+			return s
+		}
+	}
+	return nil
+}
+
+// expected returns what the scenario expects in the tcpdump capture or, when
+// nflog is true, in the NFLOG capture.
+func (s *scenario) expected(nflog bool) want {
+	if nflog && s.nflog != nil {
+		return *s.nflog
+	}
+	return s.want
+}
+
+// result is the part of a connection's classification that scenarios assert.
+func result(c conn) want {
+	tags := slices.Clone(c.Tags)
+	slices.Sort(tags)
+	return want{Stage: c.Stage, Tags: tags, Signature: c.Signature, Excluded: c.Excluded}
+}
+
+func (w want) String() string {
+	tags := slices.Clone(w.Tags)
+	slices.Sort(tags)
+	s := fmt.Sprintf("stage=%q tags=[%s] signature=%q", w.Stage, strings.Join(tags, " "), w.Signature)
+	if w.Excluded != "" {
+		s += fmt.Sprintf(" excluded=%q", w.Excluded)
+	}
+	return s
+}
+
+func (w want) equal(o want) bool { return w.String() == o.String() }
+
+// checkCapture asserts that every connection of one capture belongs to a
+// scenario, goes to the scenario's server address, is classified as the
+// scenario expects, and that each scenario has its number of connections.
+func checkCapture(t *testing.T, label string, conns []conn, nflog bool) {
+	t.Helper()
+	counts := map[*scenario]int{}
+	for _, c := range conns {
+		s := scenarioOf(c)
+		if s == nil {
+			t.Errorf("%s: connection %s belongs to no scenario: %s", label, c.key(), result(c))
+			continue
+		}
+		counts[s]++
+		if c.DstIP != s.serverAddr() {
+			t.Errorf("%s: %s: connection %s: want server address %s", label, s.name, c.key(), s.serverAddr())
+		}
+		want := s.expected(nflog)
+		got := result(c)
+		if !got.equal(want) && s.disputed != nil && got.equal(*s.disputed) {
+			t.Logf("%s: %s: connection %s: DISAGREEMENT with this test's reading of method.md (known, reported):\n  got  %s\n  want %s\n  because %s",
+				label, s.name, c.key(), got, want, s.why)
+			continue
+		}
+		if !got.equal(want) {
+			why := s.why
+			if nflog && s.nflog != nil {
+				why = s.nflogWhy
+			}
+			t.Errorf("%s: %s: connection %s (%d packets):\n  got  %s\n  want %s\n  because %s",
+				label, s.name, c.key(), c.Packets, got, want, why)
+		}
+	}
+	for _, s := range scenarios {
+		if counts[s] != s.count {
+			t.Errorf("%s: %s: %d connections to port %d, want %d", label, s.name, counts[s], s.port, s.count)
+		}
+	}
+}
+
+// compareCaptures asserts that the tcpdump and the NFLOG capture hold the
+// same connections with the same classification, except where a scenario
+// documents why NFLOG sees less.
+func compareCaptures(t *testing.T, in, nflog []conn) {
+	t.Helper()
+	byKey := map[string]conn{}
+	for _, c := range nflog {
+		byKey[c.key()] = c
+	}
+	for _, c := range in {
+		n, ok := byKey[c.key()]
+		delete(byKey, c.key())
+		if !ok {
+			t.Errorf("connection %s is in the tcpdump capture (%s) but not in the NFLOG capture", c.key(), result(c))
+			continue
+		}
+		if s := scenarioOf(c); s != nil && s.nflog != nil {
+			continue // documented difference, checked by checkCapture
+		}
+		if !result(c).equal(result(n)) {
+			t.Errorf("connection %s: tcpdump capture gives %s (%d packets), NFLOG capture gives %s (%d packets)",
+				c.key(), result(c), c.Packets, result(n), n.Packets)
+		}
+	}
+	for k, n := range byKey {
+		t.Errorf("connection %s is in the NFLOG capture (%s) but not in the tcpdump capture", k, result(n))
+	}
+}
+
+// keepArtefacts copies the lab's files (captures, configs, process output)
+// and a text rendering of each capture to a folder outside t.TempDir when the
+// test failed or -scenarios.keep names one.
+func (l *lab) keepArtefacts() {
+	dest := *keepDir
+	if dest == "" {
+		if !l.t.Failed() {
+			return
+		}
+		dest = filepath.Join(os.TempDir(), "connscope-scenarios-"+time.Now().Format("20060102-150405"))
+	}
+	if err := os.MkdirAll(dest, 0o755); err != nil {
+		l.t.Errorf("keep artefacts: %v", err)
+		return
+	}
+	entries, _ := os.ReadDir(l.dir)
+	for _, e := range entries {
+		if e.IsDir() {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join(l.dir, e.Name()))
+		if err == nil {
+			err = os.WriteFile(filepath.Join(dest, e.Name()), b, 0o644)
+		}
+		if err != nil {
+			l.t.Errorf("keep artefacts: %v", err)
+		}
+	}
+	for _, capture := range []string{"in.pcap", "nflog.pcapng"} {
+		path := filepath.Join(l.dir, capture)
+		if _, err := os.Stat(path); err != nil {
+			continue
+		}
+		text, err := l.run(time.Minute, "", "tshark", "-n", "-r", path, "-T", "fields", "-E", "separator=\t",
+			"-e", "frame.time_relative", "-e", "ip.src", "-e", "ipv6.src", "-e", "tcp.srcport",
+			"-e", "ip.dst", "-e", "ipv6.dst", "-e", "tcp.dstport", "-e", "tcp.flags.str",
+			"-e", "tcp.seq_raw", "-e", "tcp.ack_raw", "-e", "tcp.window_size_value", "-e", "ip.ttl", "-e", "ipv6.hlim",
+			"-e", "ip.id", "-e", "tcp.len")
+		if err != nil {
+			text = err.Error()
+		}
+		_ = os.WriteFile(filepath.Join(dest, capture+".txt"), []byte(text), 0o644)
+	}
+	l.t.Logf("captures and logs kept in %s", dest)
+}

@@ -1,0 +1,147 @@
+package scenarios
+
+import (
+	"flag"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+)
+
+var (
+	keepDir = flag.String("scenarios.keep", "", "copy the captures and logs of TestScenarios to this folder (they are kept under /tmp anyway when the test fails)")
+	update  = flag.Bool("update", false, "TestScenarios: write the captures of a passing run and their golden files to testdata/")
+)
+
+// scriptDir holds the scenario programs: server.py, linger_client.py and
+// injector.py.
+var scriptDir = func() string {
+	d, err := filepath.Abs("../../hack/scenarios")
+	if err != nil {
+		panic(err)
+	}
+	return d
+}()
+
+// The NFLOG group and conntrack label bit of the seed's rules in the server
+// namespace.
+const (
+	nflogGroup = 17
+	labelBit   = 17
+)
+
+// classifyFlags are the flags the scenario captures are classified with.
+var classifyFlags = []string{"--idle-timeout", idleTimeout.String()}
+
+// TestScenarios makes every scenario's traffic, captures what the server
+// receives with tcpdump and with the seed's NFLOG rules, classifies both
+// captures with `connscope classify` and checks every connection against its
+// scenario's expectation.
+func TestScenarios(t *testing.T) {
+	if testing.Short() {
+		t.Skip("scenario traffic takes ~30 s; skipped in -short mode")
+	}
+	python := requireTools(t)
+	l := newLab(t)
+	l.python = python
+	cli := buildCLI(t) // in the background while the traffic runs
+	t.Cleanup(func() { l.keepArtefacts() })
+
+	// Netfilter: only ever inside the lab's namespaces.
+	for _, rule := range routerRules(scenarios) {
+		l.must(l.router, append([]string{"iptables"}, rule...)...)
+		l.must(l.router, append([]string{"ip6tables"}, rule...)...)
+	}
+	for _, s := range scenarios {
+		for _, rule := range s.clientRules {
+			l.must(l.client, append([]string{"iptables"}, rule...)...)
+		}
+	}
+	for _, rule := range seedRules() {
+		l.must(l.server, append([]string{"iptables", "-t", "mangle"}, rule...)...)
+		l.must(l.server, append([]string{"ip6tables", "-t", "mangle"}, rule...)...)
+	}
+
+	// Servers.
+	var ports []string
+	for _, s := range scenarios {
+		switch {
+		case s.port == httpsPort:
+		case s.serverDelay > 0:
+			ports = append(ports, fmt.Sprintf("%d:%d", s.port, s.serverDelay))
+		default:
+			ports = append(ports, strconv.Itoa(s.port))
+		}
+	}
+	srv := l.start("server", l.server, append([]string{python, filepath.Join(scriptDir, "server.py")}, ports...)...)
+	cert, key := l.selfSignedCert()
+	tls := l.start("https-server", l.server, "openssl", "s_server", "-www", "-accept", strconv.Itoa(httpsPort),
+		"-cert", cert, "-key", key)
+	inj := l.start("injector", l.router, python, filepath.Join(scriptDir, "injector.py"), l.injectorConfig(scenarios))
+
+	// Captures: what the server receives, twice.
+	inPcap := filepath.Join(l.dir, "in.pcap")
+	nflogPcap := filepath.Join(l.dir, "nflog.pcapng")
+	dump := l.start("tcpdump", l.server, "tcpdump", "-Q", "in", "-i", serverIf, "-n", "-s", "128",
+		"--immediate-mode", "-U", "-w", inPcap, "tcp")
+	nflog := l.start("tshark", l.server, "tshark", "-q", "-i", "nflog:"+strconv.Itoa(nflogGroup), "-w", nflogPcap)
+
+	l.waitFor(srv, "ready", 10*time.Second)
+	l.waitFor(tls, "ACCEPT", 10*time.Second)
+	l.waitFor(inj, "ready", 20*time.Second)
+	l.waitFor(dump, "listening on", 10*time.Second)
+	// tshark prints "Capturing on" before dumpcap has bound the NFLOG group;
+	// packets logged before "Capture started" are lost.
+	l.waitFor(nflog, "Capture started", 30*time.Second)
+
+	// All scenarios but the marker at once.
+	start := time.Now()
+	var wg sync.WaitGroup
+	errs := make([]error, len(scenarios))
+	var marker *scenario
+	for i, s := range scenarios {
+		if s.port == markerPort {
+			marker = s
+			continue
+		}
+		if only := os.Getenv("CS_ONLY"); only != "" && !regexp.MustCompile(only).MatchString(s.name) {
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = s.drive(l, s)
+		}()
+	}
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			t.Errorf("scenario %s: %v", scenarios[i].name, err)
+		}
+	}
+	t.Logf("scenarios ran in %v", time.Since(start).Round(time.Millisecond))
+
+	// Silence longer than the idle timeout, then the marker connection, so
+	// the captures' last packet is past every other connection's timeout.
+	time.Sleep(idleTimeout + 1500*time.Millisecond)
+	if err := marker.drive(l, marker); err != nil {
+		t.Errorf("scenario %s: %v", marker.name, err)
+	}
+	time.Sleep(2 * time.Second) // let the NFLOG reader drain
+	l.stop(dump)
+	l.stop(nflog)
+	if t.Failed() {
+		t.FailNow()
+	}
+
+	bin := cli()
+	inConns := classify(t, bin, []string{inPcap}, classifyFlags...)
+	nflogConns := classify(t, bin, []string{nflogPcap}, classifyFlags...)
+	checkCapture(t, "tcpdump capture", inConns, false)
+	checkCapture(t, "NFLOG capture", nflogConns, true)
+	compareCaptures(t, inConns, nflogConns)
+}
