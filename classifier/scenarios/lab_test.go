@@ -111,6 +111,19 @@ func newLab(t *testing.T) *lab {
 	l.must(l.client, "ip", "-6", "route", "add", "default", "via", routerClientV6)
 	l.must(l.server, "ip", "route", "add", "default", "via", routerServerV4)
 	l.must(l.server, "ip", "-6", "route", "add", "default", "via", routerServerV6)
+	// Static neighbours: no ARP or neighbour discovery delays a first packet.
+	// (A first IPv6 SYN held ~1 s in the neighbour queue went out together
+	// with its retransmission: two identical SYNs, excluded multiple_syn.)
+	type neigh struct{ ns, dev, v4, v6, mac string }
+	for _, n := range []neigh{
+		{l.client, clientIf, routerClientV4, routerClientV6, routerClientMAC},
+		{l.router, routerClientIf, clientV4, clientV6, clientMAC},
+		{l.router, routerServerIf, serverV4, serverV6, serverMAC},
+		{l.server, serverIf, routerServerV4, routerServerV6, routerServerMAC},
+	} {
+		l.must(n.ns, "ip", "neigh", "replace", n.v4, "lladdr", n.mac, "dev", n.dev, "nud", "permanent")
+		l.must(n.ns, "ip", "-6", "neigh", "replace", n.v6, "lladdr", n.mac, "dev", n.dev, "nud", "permanent")
+	}
 	l.must(l.router, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1")
 	l.must(l.router, "sysctl", "-q", "-w", "net.ipv6.conf.all.forwarding=1")
 	return l

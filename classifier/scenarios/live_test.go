@@ -3,9 +3,7 @@ package scenarios
 import (
 	"flag"
 	"fmt"
-	"os"
 	"path/filepath"
-	"regexp"
 	"strconv"
 	"sync"
 	"testing"
@@ -108,9 +106,6 @@ func TestScenarios(t *testing.T) {
 			marker = s
 			continue
 		}
-		if only := os.Getenv("CS_ONLY"); only != "" && !regexp.MustCompile(only).MatchString(s.name) {
-			continue
-		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -144,4 +139,8 @@ func TestScenarios(t *testing.T) {
 	checkCapture(t, "tcpdump capture", inConns, false)
 	checkCapture(t, "NFLOG capture", nflogConns, true)
 	compareCaptures(t, inConns, nflogConns)
+
+	if *update && !t.Failed() {
+		l.writeTestdata(bin, inPcap, nflogPcap, inConns, nflogConns)
+	}
 }

@@ -71,8 +71,11 @@ type reset struct {
 // server must see of it.
 type scenario struct {
 	name string
-	port int  // server port: the test tells scenarios apart by it
-	v6   bool // the client talks to the server's IPv6 address
+	// group names the bundled capture files (testdata/<group>.pcap) that
+	// hold the scenario's connections.
+	group string
+	port  int  // server port: the test tells scenarios apart by it
+	v6    bool // the client talks to the server's IPv6 address
 	// count is how many connections the scenario makes.
 	count int
 	// why says which rules of method.md give want.
@@ -136,19 +139,19 @@ const (
 var scenarios = []*scenario{
 	// --- Clients that close normally.
 	{
-		name: "curl-http", port: 8001, count: 1,
+		name: "curl-http", group: "clients", port: 8001, count: 1,
 		why:   "curl reads the response and closes with a FIN; no RST among the counted packets: fin-only close, not anomalous (§3), so no_match, no tag, no signature (§4, §6)",
 		want:  want{Stage: noMatch},
 		drive: curlDrive(0),
 	},
 	{
-		name: "curl-http-v6", port: 8002, v6: true, count: 1,
+		name: "curl-http-v6", group: "clients", port: 8002, v6: true, count: 1,
 		why:   "as curl-http, over IPv6",
 		want:  want{Stage: noMatch},
 		drive: curlDrive(0),
 	},
 	{
-		name: "curl-https", port: httpsPort, count: 1,
+		name: "curl-https", group: "clients", port: httpsPort, count: 1,
 		why: "TLS to openssl s_server -www, which answers HTTP/1.0 and closes first; the client sends more than 10 packets " +
 			"(handshake, request, ACKs of a multi-segment page) and no RST: cap or FIN, not anomalous (§3), so no_match",
 		want: want{Stage: noMatch},
@@ -162,19 +165,19 @@ var scenarios = []*scenario{
 	// --- Clients that abort with SO_LINGER 0: the kernel sends one RST+ACK,
 	// with the TTL and next IP ID of the connection's own packets (no jumps).
 	{
-		name: "linger-handshake", port: 8010, count: 1,
+		name: "linger-handshake", group: "clients", port: 8010, count: 1,
 		why:   "SYN, ACK, RST+ACK: reset with no data packet before it is post_ack (§4); one RST+ACK and no RST: single_rstack (§5); signature SYN; ACK → RST+ACK (§6)",
 		want:  want{Stage: postACK, Tags: []string{"reset", "single_rstack"}, Signature: sigACKRSTACK},
 		drive: lingerDrive(0),
 	},
 	{
-		name: "linger-handshake-v6", port: 8011, v6: true, count: 1,
+		name: "linger-handshake-v6", group: "clients", port: 8011, v6: true, count: 1,
 		why:   "as linger-handshake, over IPv6",
 		want:  want{Stage: postACK, Tags: []string{"reset", "single_rstack"}, Signature: sigACKRSTACK},
 		drive: lingerDrive(0),
 	},
 	{
-		name: "linger-response-acked", port: 8012, count: 1,
+		name: "linger-response-acked", group: "clients", port: 8012, count: 1,
 		why: "SYN, ACK, PSH+ACK, ACK (of the one-segment response, forced out with TCP_QUICKACK), RST+ACK: one data packet before the RST is post_psh (§4), " +
 			"single_rstack (§5); no signature: the RST+ACK does not follow the PSH+ACK directly (an ACK is between; §6 counts pure ACKs, as 'SYN with two ACKs then silence' has none, " +
 			"and the Later signatures need two data packets)",
@@ -186,7 +189,7 @@ var scenarios = []*scenario{
 		drive:    lingerDrive(1),
 	},
 	{
-		name: "linger-request", port: 8013, count: 1,
+		name: "linger-request", group: "clients", port: 8013, count: 1,
 		why: "SYN, ACK, PSH+ACK, RST+ACK: the client aborts right after its request, and the server on this port answers only after 5 s, " +
 			"so no response (and no ACK of one) comes before the RST+ACK: post_psh (§4), single_rstack (§5), PSH+ACK → RST+ACK (§6)",
 		want:        want{Stage: postPSH, Tags: []string{"reset", "single_rstack"}, Signature: sigPSHRSTACK},
@@ -194,7 +197,7 @@ var scenarios = []*scenario{
 		drive:       lingerDrive(-1),
 	},
 	{
-		name: "linger-response-ack-lost", port: 8016, count: 1,
+		name: "linger-response-ack-lost", group: "clients", port: 8016, count: 1,
 		why: "as linger-response-acked, but the client namespace drops the client's pure ACKs after the handshake, so the ACK of the response is lost: " +
 			"SYN, ACK, PSH+ACK, RST+ACK: post_psh (§4), single_rstack (§5), PSH+ACK → RST+ACK (§6). The lost ACK had taken an IP ID, so the RST+ACK's " +
 			"IP ID is the request's + 2: ipid_jump (§5: 'more than 1'), without any injection: one lost client packet is enough",
@@ -204,7 +207,7 @@ var scenarios = []*scenario{
 		drive: lingerDrive(1),
 	},
 	{
-		name: "linger-three-requests", port: 8014, count: 1,
+		name: "linger-three-requests", group: "clients", port: 8014, count: 1,
 		why: "SYN, ACK, then three times PSH+ACK and ACK, then RST+ACK (9 packets, under the cap of 10): two or more data packets before the RST is later_in_flow (§4), " +
 			"single_rstack (§5), PSH+ACK; Data → RST+ACK (§6)",
 		want:  want{Stage: laterInFlow, Tags: []string{"reset", "single_rstack"}, Signature: sigLaterRSTACK},
@@ -216,46 +219,46 @@ var scenarios = []*scenario{
 	// (ACK clear, ack 0, seq = the SYN-ACK's ack, IP ID 0). Only masscan
 	// sends an RST of its own as well.
 	{
-		name: "hping3-syn", port: 8020, count: 3,
+		name: "hping3-syn", group: "scanners", port: 8020, count: 3,
 		why: "hping3 -S from three source ports: SYN then the kernel's RST: post_syn (§4), single_rst (§5), SYN → RST (§6). hping3's SYN is TTL 64 like the kernel's RST, " +
 			"and the kernel's RST has IP ID 0, so no ttl_jump or ipid_jump; window 64 and no options: no scanner tag",
 		want:  want{Stage: postSYN, Tags: []string{"reset", "single_rst"}, Signature: sigSYNRST},
 		drive: hpingDrive(41000),
 	},
 	{
-		name: "hping3-syn-no-rst", port: 8021, count: 3,
+		name: "hping3-syn-no-rst", group: "scanners", port: 8021, count: 3,
 		why:         "as hping3-syn, but the client namespace drops its own outgoing RSTs: only the SYN, then silence: post_syn timeout (§3, §4), SYN → ∅ (§6)",
 		want:        want{Stage: postSYN, Tags: []string{"timeout"}, Signature: sigSYNNone},
 		clientRules: [][]string{{"-A", "OUTPUT", "-p", "tcp", "--dport", "8021", "--tcp-flags", "RST", "RST", "-j", "DROP"}},
 		drive:       hpingDrive(42000),
 	},
 	{
-		name: "zmap", port: 8030, count: 1,
+		name: "zmap", group: "scanners", port: 8030, count: 1,
 		why: "ZMap 2.1.1 SYN (IP ID 54321, window 65535) then the kernel's RST: post_syn, single_rst, SYN → RST, and zmap (§5). ZMap's TTL 255 differs from the RST's, " +
 			"but the packet before the RST is the SYN of a scanner-tagged connection, so no ttl_jump (§5)",
 		want:  want{Stage: postSYN, Tags: []string{"reset", "single_rst", "zmap"}, Signature: sigSYNRST},
 		drive: zmapDrive,
 	},
 	{
-		name: "nmap", port: 8031, count: 1,
+		name: "nmap", group: "scanners", port: 8031, count: 1,
 		why:   "nmap -sS SYN (window 1024, MSS only, DF clear) then the kernel's RST: post_syn, single_rst, SYN → RST, nmap; no ttl_jump after a scanner's SYN (§5)",
 		want:  want{Stage: postSYN, Tags: []string{"reset", "single_rst", "nmap"}, Signature: sigSYNRST},
 		drive: nmapDrive,
 	},
 	{
-		name: "masscan", port: 8032, count: 1,
-		why: "masscan SYN (window 1024, IP ID = server IP ^ port ^ seq: masscan, §5), then two RSTs with ack 0: the kernel's at once (TTL 64, IP ID 0) " +
-			"and masscan's own, sent by its user-space stack ~0.7 s later (TTL 255, window 1200, IP ID = the SYN's + 5). post_syn (§4); " +
-			"two RSTs, ACK clear, all acks zero: multiple_rsts, acknumsame0 (§5); ipid_jump: masscan's RST's IP ID is 5 from the SYN's and neither is 0 " +
-			"(§5 has no scanner exception for ipid_jump, only for ttl_jump, and the kernel's RST has IP ID 0); " +
-			"no ttl_jump: the packet before each RST is a scanner's SYN (§5); Post-SYN has one signature for any number of RSTs: SYN → RST (§6)",
-		want:  want{Stage: postSYN, Tags: []string{"reset", "multiple_rsts", "acknumsame0", "masscan", "ipid_jump"}, Signature: sigSYNRST},
+		name: "masscan", group: "scanners", port: 8032, count: 1,
+		why: "masscan SYN (window 1024, TTL 255, IP ID = server IP ^ port ^ seq: masscan, §5), then two RSTs with ack 0: the kernel's at once (TTL 64, IP ID 0) " +
+			"and masscan's own, sent by its user-space stack ~0.1-0.7 s later (TTL 255, window 1200, IP ID = server IP ^ port ^ (seq+1)). post_syn (§4); " +
+			"two RSTs, ACK clear, all acks zero: multiple_rsts, acknumsame0 (§5); no ttl_jump: the packet before each RST is a scanner's SYN (§5); " +
+			"no ipid_jump: with --seed 1 the SYN's seq (2304801874) is even, so masscan's RST's IP ID is the SYN's + 1 (an odd seq gives + 3 or more, " +
+			"and ipid_jump: §5 exempts scanners from ttl_jump only); Post-SYN has one signature for any number of RSTs: SYN → RST (§6)",
+		want:  want{Stage: postSYN, Tags: []string{"reset", "multiple_rsts", "acknumsame0", "masscan"}, Signature: sigSYNRST},
 		drive: masscanDrive,
 	},
 
 	// --- Middleboxes that drop.
 	{
-		name: "blackhole-host", port: 8040, count: 1,
+		name: "blackhole-host", group: "middleboxes", port: 8040, count: 1,
 		why: "the router drops the request carrying the forbidden Host and every later packet of the flow (string match + CONNMARK): the server sees SYN and one ACK, then silence: " +
 			"post_ack timeout (§3, §4), SYN; ACK → ∅ (§6)",
 		want:   want{Stage: postACK, Tags: []string{"timeout"}, Signature: sigACKNone},
@@ -263,14 +266,14 @@ var scenarios = []*scenario{
 		drive: curlDrive(2, "-H", "Host: blocked.example"),
 	},
 	{
-		name: "first-data-only", port: 8041, count: 1,
+		name: "first-data-only", group: "middleboxes", port: 8041, count: 1,
 		why:    "the router lets the first data packet through and drops the flow after it: SYN, ACK, PSH+ACK, then silence: post_psh timeout (§3, §4), PSH+ACK → ∅ (§6)",
 		want:   want{Stage: postPSH, Tags: []string{"timeout"}, Signature: sigPSHNone},
 		router: routerPassFirstData,
 		drive:  curlDrive(2),
 	},
 	{
-		name: "synack-loss", port: 8042, count: 1,
+		name: "synack-loss", group: "middleboxes", port: 8042, count: 1,
 		why: "the router loses the SYN-ACK and the client namespace drops the kernel's SYN retransmissions (the SYN is lost, like the SYN-ACK, " +
 			"independent of when curl gives up): one SYN, then silence: post_syn timeout (§3, §4), SYN → ∅ (§6)",
 		want:   want{Stage: postSYN, Tags: []string{"timeout"}, Signature: sigSYNNone},
@@ -285,7 +288,7 @@ var scenarios = []*scenario{
 		drive: curlConnectTimeoutDrive("2"),
 	},
 	{
-		name: "synack-loss-retry", port: 8043, count: 1,
+		name: "synack-loss-retry", group: "middleboxes", port: 8043, count: 1,
 		why:    "the router loses the SYN-ACK; curl waits 2.5 s and the kernel retransmits the SYN at 1 s (and 3 s), so the server sees two or more SYNs: excluded multiple_syn (§2), no stage, no tag",
 		want:   want{Excluded: excludedMultipleSYN},
 		router: routerDropSYNACK,
@@ -298,42 +301,42 @@ var scenarios = []*scenario{
 	// end it. Forged packets have TTL 50 (client's: 63 at the server) and an
 	// IP ID 20000 away from the client's: ttl_jump and ipid_jump (§5).
 	{
-		name: "inject-rst", port: 8050, count: 1,
+		name: "inject-rst", group: "injectors", port: 8050, count: 1,
 		why:    "SYN, ACK, PSH+ACK, RST: post_psh (§4), single_rst (§5), PSH+ACK → RST (§6), ttl_jump, ipid_jump",
 		want:   want{Stage: postPSH, Tags: []string{"reset", "single_rst", "ttl_jump", "ipid_jump"}, Signature: sigPSHRST},
 		router: routerPassFirstData, inject: []reset{{"R", "data"}}, injectSeq: "next",
 		drive: curlDrive(2),
 	},
 	{
-		name: "inject-rstack", port: 8051, count: 1,
+		name: "inject-rstack", group: "injectors", port: 8051, count: 1,
 		why:    "SYN, ACK, PSH+ACK, RST+ACK: post_psh, single_rstack, PSH+ACK → RST+ACK, ttl_jump, ipid_jump",
 		want:   want{Stage: postPSH, Tags: []string{"reset", "single_rstack", "ttl_jump", "ipid_jump"}, Signature: sigPSHRSTACK},
 		router: routerPassFirstData, inject: []reset{{"RA", "data"}}, injectSeq: "next",
 		drive: curlDrive(2),
 	},
 	{
-		name: "inject-rsts-same", port: 8052, count: 1,
+		name: "inject-rsts-same", group: "injectors", port: 8052, count: 1,
 		why:    "three RSTs with the same non-zero ack: multiple_rsts, acknumsame (§5), PSH+ACK → RST = RST (§6)",
 		want:   want{Stage: postPSH, Tags: []string{"reset", "multiple_rsts", "acknumsame", "ttl_jump", "ipid_jump"}, Signature: sigPSHRSTsSame},
 		router: routerPassFirstData, inject: []reset{{"R", "data"}, {"R", "data"}, {"R", "data"}}, injectSeq: "next",
 		drive: curlDrive(2),
 	},
 	{
-		name: "inject-rsts-diff", port: 8053, count: 1,
+		name: "inject-rsts-diff", group: "injectors", port: 8053, count: 1,
 		why:    "three RSTs with different non-zero acks: multiple_rsts, acknumdiff (§5), PSH+ACK → RST ≠ RST (§6)",
 		want:   want{Stage: postPSH, Tags: []string{"reset", "multiple_rsts", "acknumdiff", "ttl_jump", "ipid_jump"}, Signature: sigPSHRSTsDiff},
 		router: routerPassFirstData, inject: []reset{{"R", "data"}, {"R", "data+1460"}, {"R", "data+2920"}}, injectSeq: "next",
 		drive: curlDrive(2),
 	},
 	{
-		name: "inject-rsts-diff0", port: 8054, count: 1,
+		name: "inject-rsts-diff0", group: "injectors", port: 8054, count: 1,
 		why:    "three RSTs, acks not all equal and one zero: multiple_rsts, acknumdiff0 (§5), PSH+ACK → RST; RST0 (§6)",
 		want:   want{Stage: postPSH, Tags: []string{"reset", "multiple_rsts", "acknumdiff0", "ttl_jump", "ipid_jump"}, Signature: sigPSHRSTsZero},
 		router: routerPassFirstData, inject: []reset{{"R", "data"}, {"R", "data+1460"}, {"R", 0}}, injectSeq: "next",
 		drive: curlDrive(2),
 	},
 	{
-		name: "inject-rsts-zero", port: 8055, count: 1,
+		name: "inject-rsts-zero", group: "injectors", port: 8055, count: 1,
 		why: "three RSTs, all acks zero: multiple_rsts, acknumsame0 (§5). Signature PSH+ACK → RST; RST0 (§6): RST = RST parallels acknumsame (equal and non-zero) " +
 			"and RST; RST0 covers RSTs with a zero ack; a connection matches at most one signature",
 		want: want{Stage: postPSH, Tags: []string{"reset", "multiple_rsts", "acknumsame0", "ttl_jump", "ipid_jump"}, Signature: sigPSHRSTsZero},
@@ -343,21 +346,21 @@ var scenarios = []*scenario{
 		drive: curlDrive(2),
 	},
 	{
-		name: "inject-rst-rstack", port: 8056, count: 1,
+		name: "inject-rst-rstack", group: "injectors", port: 8056, count: 1,
 		why:    "an RST and an RST+ACK: rst_and_rstacks (§5), PSH+ACK → RST; RST+ACK (§6)",
 		want:   want{Stage: postPSH, Tags: []string{"reset", "rst_and_rstacks", "ttl_jump", "ipid_jump"}, Signature: sigPSHRSTAndRSTACK},
 		router: routerPassFirstData, inject: []reset{{"R", "data"}, {"RA", "data"}}, injectSeq: "next",
 		drive: curlDrive(2),
 	},
 	{
-		name: "inject-rstacks", port: 8057, count: 1,
+		name: "inject-rstacks", group: "injectors", port: 8057, count: 1,
 		why:    "two RST+ACKs: multiple_rstacks (§5), PSH+ACK → RST+ACK; RST+ACK (§6)",
 		want:   want{Stage: postPSH, Tags: []string{"reset", "multiple_rstacks", "ttl_jump", "ipid_jump"}, Signature: sigPSHRSTACKs},
 		router: routerPassFirstData, inject: []reset{{"RA", "data"}, {"RA", "data"}}, injectSeq: "next",
 		drive: curlDrive(2),
 	},
 	{
-		name: "drop-data-inject-rst", port: 8058, count: 1,
+		name: "drop-data-inject-rst", group: "injectors", port: 8058, count: 1,
 		why: "the router drops the request (and the flow after it) and the injector sends one RST with the request's seq: the server sees SYN, ACK, RST: " +
 			"post_ack (§4), single_rst, SYN; ACK → RST; the RST's TTL and IP ID are far from the handshake ACK's: ttl_jump, ipid_jump",
 		want:   want{Stage: postACK, Tags: []string{"reset", "single_rst", "ttl_jump", "ipid_jump"}, Signature: sigACKRST},
@@ -365,7 +368,7 @@ var scenarios = []*scenario{
 		drive: curlDrive(2),
 	},
 	{
-		name: "inject-rst-v6", port: 8059, v6: true, count: 1,
+		name: "inject-rst-v6", group: "injectors", port: 8059, v6: true, count: 1,
 		why:    "as inject-rst over IPv6: hop limit 50 against the client's 63 gives ttl_jump; IPv6 has no IP ID, so no ipid_jump (§5)",
 		want:   want{Stage: postPSH, Tags: []string{"reset", "single_rst", "ttl_jump"}, Signature: sigPSHRST},
 		router: routerPassFirstData, inject: []reset{{"R", "data"}}, injectSeq: "next",
@@ -376,7 +379,7 @@ var scenarios = []*scenario{
 	// scenario, so the input's clock has passed their silences. A FIN close:
 	// no_match.
 	{
-		name: "marker", port: markerPort, count: 1,
+		name: "marker", group: "marker", port: markerPort, count: 1,
 		why:   "the last connection: curl, FIN close, no_match (§3, §4)",
 		want:  want{Stage: noMatch},
 		drive: curlDrive(0),
@@ -457,12 +460,21 @@ func nmapDrive(l *lab, s *scenario) error {
 	return err
 }
 
+// masscan's source port and seed are fixed so that its SYN's sequence number
+// (a keyed hash of the addresses, ports and seed) and so its IP IDs are the
+// same in every run.
+const (
+	masscanSourcePort = 40000
+	masscanSeed       = 1
+)
+
 // masscanDrive SYN-scans the server's port once with masscan, which needs the
 // adapter's settings spelled out. It waits 2 s for replies: masscan answers
 // the SYN-ACK with an RST of its own within that time.
 func masscanDrive(l *lab, s *scenario) error {
 	_, err := l.run(30*time.Second, l.client, "masscan", serverV4, "-p"+strconv.Itoa(s.port),
 		"--adapter", clientIf, "--adapter-ip", clientV4, "--adapter-mac", clientMAC,
-		"--router-mac", routerClientMAC, "--rate", "100", "--wait", "2")
+		"--router-mac", routerClientMAC, "--source-port", strconv.Itoa(masscanSourcePort), "--seed", strconv.Itoa(masscanSeed),
+		"--rate", "100", "--wait", "2")
 	return err
 }
