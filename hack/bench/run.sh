@@ -92,6 +92,8 @@ fi
 # ---- captures, cached by parameters and gencap's source ----
 gen_hash=$(cat hack/bench/gencap/*.go | sha1sum | cut -c1-10)
 key=n$packets-s$seed-l$linktype-$gen_hash
+# captures of an older gencap can never be used again
+find "$cache" -maxdepth 1 -name 'capture-*' ! -name "*-$gen_hash*" -delete
 capfile=$cache/capture-$key.pcap
 mixfile=$cache/capture-$key.mix.md
 use_prefix=0
