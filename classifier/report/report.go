@@ -5,9 +5,11 @@
 package report
 
 import (
+	"cmp"
 	"fmt"
 	"io"
 	"net/netip"
+	"slices"
 	"strconv"
 	"time"
 
@@ -200,6 +202,7 @@ func WriteTable(w io.Writer, s *Summary, extra []string) error {
 			p.f(", first %d shown; --format json lists all", len(s.Anomalous))
 		}
 		p.f("):\n")
+		slices.SortStableFunc(s.Anomalous, func(a, b Connection) int { return cmp.Compare(a.FirstSeen, b.FirstSeen) })
 		for i := range s.Anomalous {
 			c := &s.Anomalous[i]
 			p.f("  %s %s -> %s  %-13s %-28s %s\n",
