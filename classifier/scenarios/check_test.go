@@ -161,3 +161,42 @@ func (l *lab) keepArtefacts() {
 	}
 	l.t.Logf("captures and logs kept in %s", dest)
 }
+
+// logTable logs one line per scenario: what it expects and what each capture
+// gave (each distinct result once, with its number of connections).
+func logTable(t *testing.T, in, nflog []conn) {
+	t.Helper()
+	results := func(conns []conn, s *scenario) string {
+		counts := map[string]int{}
+		var order []string
+		for _, c := range conns {
+			if scenarioOf(c) != s {
+				continue
+			}
+			r := result(c).String()
+			if counts[r] == 0 {
+				order = append(order, r)
+			}
+			counts[r]++
+		}
+		var parts []string
+		for _, r := range order {
+			mark := "ok"
+			switch {
+			case r == s.want.String():
+			case s.disputed != nil && r == s.disputed.String():
+				mark = "disputed"
+			default:
+				mark = "UNEXPECTED"
+			}
+			parts = append(parts, fmt.Sprintf("%d× %s %s", counts[r], mark, r))
+		}
+		return strings.Join(parts, "; ")
+	}
+	var b strings.Builder
+	for _, s := range scenarios {
+		fmt.Fprintf(&b, "\n%-26s want     %s\n%-26s tcpdump  %s\n%-26s NFLOG    %s",
+			s.name, s.want, "", results(in, s), "", results(nflog, s))
+	}
+	t.Logf("scenario results:%s", b.String())
+}

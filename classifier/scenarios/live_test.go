@@ -139,6 +139,7 @@ func TestScenarios(t *testing.T) {
 	checkCapture(t, "tcpdump capture", inConns, false)
 	checkCapture(t, "NFLOG capture", nflogConns, true)
 	compareCaptures(t, inConns, nflogConns)
+	logTable(t, inConns, nflogConns)
 
 	if *update && !t.Failed() {
 		l.writeTestdata(bin, inPcap, nflogPcap, inConns, nflogConns)

@@ -152,8 +152,8 @@ var scenarios = []*scenario{
 	},
 	{
 		name: "curl-https", group: "clients", port: httpsPort, count: 1,
-		why: "TLS to openssl s_server -www, which answers HTTP/1.0 and closes first; the client sends more than 10 packets " +
-			"(handshake, request, ACKs of a multi-segment page) and no RST: cap or FIN, not anomalous (§3), so no_match",
+		why: "TLS to openssl s_server -www, which answers HTTP/1.0 and closes first; the client sends about 12 packets " +
+			"(handshake, request, ACKs of a multi-segment page, FIN) and no RST: cap (or FIN), not anomalous (§3), so no_match",
 		want: want{Stage: noMatch},
 		drive: func(l *lab, s *scenario) error {
 			_, err := l.run(10*time.Second, l.client, "curl", "-sS", "-k", "-o", "/dev/null", "--max-time", "5",
@@ -263,14 +263,14 @@ var scenarios = []*scenario{
 			"post_ack timeout (§3, §4), SYN; ACK → ∅ (§6)",
 		want:   want{Stage: postACK, Tags: []string{"timeout"}, Signature: sigACKNone},
 		router: routerDropFrom, dropString: "Host: blocked.example",
-		drive: curlDrive(2, "-H", "Host: blocked.example"),
+		drive: curlDrive(5, "-H", "Host: blocked.example"),
 	},
 	{
 		name: "first-data-only", group: "middleboxes", port: 8041, count: 1,
 		why:    "the router lets the first data packet through and drops the flow after it: SYN, ACK, PSH+ACK, then silence: post_psh timeout (§3, §4), PSH+ACK → ∅ (§6)",
 		want:   want{Stage: postPSH, Tags: []string{"timeout"}, Signature: sigPSHNone},
 		router: routerPassFirstData,
-		drive:  curlDrive(2),
+		drive:  curlDrive(5),
 	},
 	{
 		name: "synack-loss", group: "middleboxes", port: 8042, count: 1,
@@ -305,35 +305,35 @@ var scenarios = []*scenario{
 		why:    "SYN, ACK, PSH+ACK, RST: post_psh (§4), single_rst (§5), PSH+ACK → RST (§6), ttl_jump, ipid_jump",
 		want:   want{Stage: postPSH, Tags: []string{"reset", "single_rst", "ttl_jump", "ipid_jump"}, Signature: sigPSHRST},
 		router: routerPassFirstData, inject: []reset{{"R", "data"}}, injectSeq: "next",
-		drive: curlDrive(2),
+		drive: curlDrive(5),
 	},
 	{
 		name: "inject-rstack", group: "injectors", port: 8051, count: 1,
 		why:    "SYN, ACK, PSH+ACK, RST+ACK: post_psh, single_rstack, PSH+ACK → RST+ACK, ttl_jump, ipid_jump",
 		want:   want{Stage: postPSH, Tags: []string{"reset", "single_rstack", "ttl_jump", "ipid_jump"}, Signature: sigPSHRSTACK},
 		router: routerPassFirstData, inject: []reset{{"RA", "data"}}, injectSeq: "next",
-		drive: curlDrive(2),
+		drive: curlDrive(5),
 	},
 	{
 		name: "inject-rsts-same", group: "injectors", port: 8052, count: 1,
 		why:    "three RSTs with the same non-zero ack: multiple_rsts, acknumsame (§5), PSH+ACK → RST = RST (§6)",
 		want:   want{Stage: postPSH, Tags: []string{"reset", "multiple_rsts", "acknumsame", "ttl_jump", "ipid_jump"}, Signature: sigPSHRSTsSame},
 		router: routerPassFirstData, inject: []reset{{"R", "data"}, {"R", "data"}, {"R", "data"}}, injectSeq: "next",
-		drive: curlDrive(2),
+		drive: curlDrive(5),
 	},
 	{
 		name: "inject-rsts-diff", group: "injectors", port: 8053, count: 1,
 		why:    "three RSTs with different non-zero acks: multiple_rsts, acknumdiff (§5), PSH+ACK → RST ≠ RST (§6)",
 		want:   want{Stage: postPSH, Tags: []string{"reset", "multiple_rsts", "acknumdiff", "ttl_jump", "ipid_jump"}, Signature: sigPSHRSTsDiff},
 		router: routerPassFirstData, inject: []reset{{"R", "data"}, {"R", "data+1460"}, {"R", "data+2920"}}, injectSeq: "next",
-		drive: curlDrive(2),
+		drive: curlDrive(5),
 	},
 	{
 		name: "inject-rsts-diff0", group: "injectors", port: 8054, count: 1,
 		why:    "three RSTs, acks not all equal and one zero: multiple_rsts, acknumdiff0 (§5), PSH+ACK → RST; RST0 (§6)",
 		want:   want{Stage: postPSH, Tags: []string{"reset", "multiple_rsts", "acknumdiff0", "ttl_jump", "ipid_jump"}, Signature: sigPSHRSTsZero},
 		router: routerPassFirstData, inject: []reset{{"R", "data"}, {"R", "data+1460"}, {"R", 0}}, injectSeq: "next",
-		drive: curlDrive(2),
+		drive: curlDrive(5),
 	},
 	{
 		name: "inject-rsts-zero", group: "injectors", port: 8055, count: 1,
@@ -343,21 +343,21 @@ var scenarios = []*scenario{
 		// The classifier answers RST = RST: all-zero acks are "the same ACK numbers".
 		disputed: &want{Stage: postPSH, Tags: []string{"reset", "multiple_rsts", "acknumsame0", "ttl_jump", "ipid_jump"}, Signature: sigPSHRSTsSame},
 		router:   routerPassFirstData, inject: []reset{{"R", 0}, {"R", 0}, {"R", 0}}, injectSeq: "next",
-		drive: curlDrive(2),
+		drive: curlDrive(5),
 	},
 	{
 		name: "inject-rst-rstack", group: "injectors", port: 8056, count: 1,
 		why:    "an RST and an RST+ACK: rst_and_rstacks (§5), PSH+ACK → RST; RST+ACK (§6)",
 		want:   want{Stage: postPSH, Tags: []string{"reset", "rst_and_rstacks", "ttl_jump", "ipid_jump"}, Signature: sigPSHRSTAndRSTACK},
 		router: routerPassFirstData, inject: []reset{{"R", "data"}, {"RA", "data"}}, injectSeq: "next",
-		drive: curlDrive(2),
+		drive: curlDrive(5),
 	},
 	{
 		name: "inject-rstacks", group: "injectors", port: 8057, count: 1,
 		why:    "two RST+ACKs: multiple_rstacks (§5), PSH+ACK → RST+ACK; RST+ACK (§6)",
 		want:   want{Stage: postPSH, Tags: []string{"reset", "multiple_rstacks", "ttl_jump", "ipid_jump"}, Signature: sigPSHRSTACKs},
 		router: routerPassFirstData, inject: []reset{{"RA", "data"}, {"RA", "data"}}, injectSeq: "next",
-		drive: curlDrive(2),
+		drive: curlDrive(5),
 	},
 	{
 		name: "drop-data-inject-rst", group: "injectors", port: 8058, count: 1,
@@ -365,14 +365,14 @@ var scenarios = []*scenario{
 			"post_ack (§4), single_rst, SYN; ACK → RST; the RST's TTL and IP ID are far from the handshake ACK's: ttl_jump, ipid_jump",
 		want:   want{Stage: postACK, Tags: []string{"reset", "single_rst", "ttl_jump", "ipid_jump"}, Signature: sigACKRST},
 		router: routerDropFrom, dropString: "GET ", inject: []reset{{"R", "data"}}, injectSeq: "data",
-		drive: curlDrive(2),
+		drive: curlDrive(5),
 	},
 	{
 		name: "inject-rst-v6", group: "injectors", port: 8059, v6: true, count: 1,
 		why:    "as inject-rst over IPv6: hop limit 50 against the client's 63 gives ttl_jump; IPv6 has no IP ID, so no ipid_jump (§5)",
 		want:   want{Stage: postPSH, Tags: []string{"reset", "single_rst", "ttl_jump"}, Signature: sigPSHRST},
 		router: routerPassFirstData, inject: []reset{{"R", "data"}}, injectSeq: "next",
-		drive: curlDrive(2),
+		drive: curlDrive(5),
 	},
 
 	// The marker: made last, more than the idle timeout after every other
@@ -389,6 +389,8 @@ var scenarios = []*scenario{
 // curlDrive returns a drive that fetches the scenario's URL with curl.
 // maxTime 0 expects a normal exchange; otherwise curl runs at most maxTime
 // seconds and must time out (exit 28), because a middlebox stops the flow.
+// maxTime is generous: on a busy machine curl has been seen to take two
+// seconds between the handshake and its request.
 func curlDrive(maxTime int, extra ...string) func(l *lab, s *scenario) error {
 	return func(l *lab, s *scenario) error {
 		args := append([]string{"curl", "-sS", "-g", "-o", "/dev/null"}, extra...)
