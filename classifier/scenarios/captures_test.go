@@ -133,10 +133,9 @@ func (l *lab) writeTestdata(bin, inPcap, nflogPcap string, inConns, nflogConns [
 	for _, out := range []struct {
 		dir, capture, format, ext string
 		conns                     []conn
-		nflog                     bool
 	}{
-		{testdataDir, inPcap, "pcap", ".pcap", inConns, false},
-		{testdataNFLOGDir, nflogPcap, "pcapng", ".pcapng", nflogConns, true},
+		{testdataDir, inPcap, "pcap", ".pcap", inConns},
+		{testdataNFLOGDir, nflogPcap, "pcapng", ".pcapng", nflogConns},
 	} {
 		if err := os.MkdirAll(out.dir, 0o755); err != nil {
 			t.Fatal(err)
@@ -166,7 +165,7 @@ func (l *lab) writeTestdata(bin, inPcap, nflogPcap string, inConns, nflogConns [
 		for _, c := range out.conns {
 			s := scenarioOf(c)
 			gs = append(gs, golden{Scenario: s.name, SrcIP: c.SrcIP, SrcPort: c.SrcPort, DstIP: c.DstIP, DstPort: c.DstPort,
-				IPVersion: c.IPVersion, want: sorted(s.expected(out.nflog)), Disputed: s.disputed})
+				IPVersion: c.IPVersion, want: sorted(s.want), Disputed: s.disputed})
 		}
 		slices.SortFunc(gs, func(a, b golden) int {
 			if a.DstPort != b.DstPort {

@@ -65,17 +65,15 @@ type proc struct {
 	waitErr  error
 }
 
-// newLab creates the namespaces, veths, addresses and routes, turns
-// segmentation offloads off and forwarding on in the router. It skips the test
-// when not root.
-func newLab(t *testing.T) *lab {
+// newLab creates the namespaces, veths, addresses, static neighbours and
+// routes, turns segmentation offloads off and forwarding on in the router.
+// python is the python3 the lab runs hack/scenarios/*.py with. It needs root.
+func newLab(t *testing.T, python string) *lab {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("scenario tests need root (network namespaces, iptables, raw sockets); run them as root after hack/setup-scenarios.sh")
-	}
 	suffix := randomSuffix(t)
 	l := &lab{
 		t:      t,
+		python: python,
 		dir:    t.TempDir(),
 		client: "cs-client-" + suffix,
 		router: "cs-router-" + suffix,

@@ -81,10 +81,6 @@ type scenario struct {
 	// why says which rules of method.md give want.
 	why  string
 	want want
-	// nflog, when set, is what the NFLOG capture gives instead of want, and
-	// nflogWhy says why that capture sees less.
-	nflog    *want
-	nflogWhy string
 	// disputed, when set, is what the classifier answers today where that
 	// differs from want, the reading of method.md this test derives; why
 	// says where method.md leaves room. The test accepts either answer and

@@ -12,11 +12,9 @@ import (
 	"time"
 )
 
-// requireTools skips the test, naming what is missing, when a tool of the
-// scenarios is not installed (hack/setup-scenarios.sh installs them all). It
-// returns the python3 to use: Debian's, which has scapy (a python3 earlier in
-// PATH, e.g. pyenv's, may not).
-func requireTools(t *testing.T) string {
+// needRoot skips the test unless it runs as root and CONNSCOPE_SKIP_ROOT_TESTS
+// is not 1.
+func needRoot(t *testing.T) {
 	t.Helper()
 	if os.Getenv("CONNSCOPE_SKIP_ROOT_TESTS") == "1" {
 		t.Skip("CONNSCOPE_SKIP_ROOT_TESTS=1: skipping the scenario tests, which need root and network namespaces")
@@ -24,6 +22,14 @@ func requireTools(t *testing.T) string {
 	if os.Geteuid() != 0 {
 		t.Skip("scenario tests need root (network namespaces, iptables, raw sockets); run them as root after hack/setup-scenarios.sh")
 	}
+}
+
+// requireTools skips the test, naming what is missing, when a tool of the
+// scenarios is not installed (hack/setup-scenarios.sh installs them all). It
+// returns the python3 to use: Debian's, which has scapy (a python3 earlier in
+// PATH, e.g. pyenv's, may not).
+func requireTools(t *testing.T) string {
+	t.Helper()
 	var missing []string
 	for _, tool := range []string{"ip", "iptables", "ip6tables", "ethtool", "sysctl", "tcpdump", "tshark", "curl", "openssl", "hping3", "zmap", "nmap", "masscan"} {
 		if _, err := exec.LookPath(tool); err != nil {
