@@ -319,7 +319,7 @@ func Classify(c *flow.Conn) Result {
 	}
 
 	if r.Stage != NoMatch && !finBefore {
-		r.Signature = signature(r, pre, ps, data, firstData, rsts, rstacks)
+		r.Signature = signature(r, pre, c.RSTAcks, data, firstData, rsts, rstacks)
 	}
 	return r
 }
@@ -355,7 +355,7 @@ func resetTags(c *flow.Conn, rsts, rstacks, fins int, scanner Tags) Tags {
 		ts.add(TagSingleRST)
 	case rsts > 1:
 		ts.add(TagMultipleRSTs)
-		ts.add(ackNumTag(c.Packets))
+		ts.add(ackNumTag(c.RSTAcks))
 	case rstacks == 1:
 		ts.add(TagSingleRSTACK)
 	default:
@@ -385,37 +385,20 @@ func resetTags(c *flow.Conn, rsts, rstacks, fins int, scanner Tags) Tags {
 }
 
 // ackNumTag tells the plain RSTs (ACK clear) apart by their ack numbers.
-func ackNumTag(ps []flow.Packet) Tag {
-	same, zero, n := true, false, 0
-	var first uint32
-	for i := range ps {
-		if ps[i].Flags&rstAck != packet.RST {
-			continue
-		}
-		a := ps[i].Ack
-		if n == 0 {
-			first = a
-		} else if a != first {
-			same = false
-		}
-		if a == 0 {
-			zero = true
-		}
-		n++
-	}
+func ackNumTag(a flow.RSTAcks) Tag {
 	switch {
-	case same && first == 0:
+	case a.AllSame && a.First == 0:
 		return TagAckNumSame0
-	case same:
+	case a.AllSame:
 		return TagAckNumSame
-	case zero:
+	case a.AnyZero:
 		return TagAckNumDiff0
 	default:
 		return TagAckNumDiff
 	}
 }
 
-func signature(r Result, pre, ps []flow.Packet, data, firstData, rsts, rstacks int) Signature {
+func signature(r Result, pre []flow.Packet, acks flow.RSTAcks, data, firstData, rsts, rstacks int) Signature {
 	reset := r.Closure == ClosureReset
 	switch {
 	case len(pre) == 1: // only the SYN
@@ -474,7 +457,7 @@ func signature(r Result, pre, ps []flow.Packet, data, firstData, rsts, rstacks i
 	case rsts == 0:
 		return SigPSHRSTACKs
 	}
-	switch ackNumTag(ps) {
+	switch ackNumTag(acks) {
 	case TagAckNumSame, TagAckNumSame0:
 		return SigPSHRSTSame
 	case TagAckNumDiff:

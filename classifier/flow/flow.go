@@ -142,7 +142,7 @@ type Packet struct {
 	// Timestamp in nanoseconds since the Unix epoch (microsecond resolution
 	// unless it is the connection's first packet).
 	Timestamp int64
-	Seq, Ack  uint32
+	Seq       uint32
 	IPID      uint16
 	TTL       uint8
 	Flags     packet.Flags
@@ -156,6 +156,18 @@ type SYN struct {
 	// FirstOption is the kind of the first TCP option (0 when none).
 	FirstOption uint8
 	DF          bool
+}
+
+// RSTAcks describes the ack numbers of a connection's plain RSTs (RST set,
+// ACK clear) among its counted packets: what the acknum tags and the
+// multiple-RST signatures need. Zero when there is no plain RST.
+type RSTAcks struct {
+	// First is the ack number of the first plain RST that arrived.
+	First uint32
+	// AllSame is true when every plain RST has the same ack number.
+	AllSame bool
+	// AnyZero is true when a plain RST has ack number 0.
+	AnyZero bool
 }
 
 // End says why a connection was finished.
@@ -194,6 +206,8 @@ type Conn struct {
 	SYN SYN
 	// HasSYN is true when a client SYN was seen.
 	HasSYN bool
+	// RSTAcks summarises the ack numbers of the plain RSTs.
+	RSTAcks RSTAcks
 	// Cap is the packet cap in force.
 	Cap int
 	// Silent is true when, at the time it was finished, no client packet of

@@ -5,6 +5,7 @@ import (
 	"runtime"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/connscope/connscope/packet"
 )
@@ -131,4 +132,15 @@ func BenchmarkAdd(b *testing.B) {
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*len(recs)), "ns/packet")
 	b.ReportMetric(peakBytes/peakHeld, "B/conn")
 	b.ReportMetric(peakHeld, "held")
+}
+
+// The memory per connection rests on these sizes; a field added carelessly
+// shows up here first.
+func TestStateSizes(t *testing.T) {
+	if s := unsafe.Sizeof(entry{}); s > 88 {
+		t.Errorf("entry is %d bytes, want at most 88", s)
+	}
+	if s := unsafe.Sizeof(chunk{}); s != 64 {
+		t.Errorf("chunk is %d bytes, want 64 (one cache line)", s)
+	}
 }

@@ -64,6 +64,7 @@ type entry struct {
 	head       uint32 // first packet chunk (0: none)
 	hash       uint32
 	synSeq     uint32
+	rstAck     uint32 // ack number of the first plain RST
 	syn        SYN
 	n          uint8 // packets kept
 	state      uint8
@@ -74,21 +75,25 @@ const (
 	stHasSYN
 	stRST
 	stFIN
+	stPlainRST   // a plain RST (ACK clear) was kept; rstAck holds its ack
+	stRSTAckDiff // plain RSTs with different ack numbers
+	stRSTAckZero // a plain RST with ack number 0
 )
 
-// chunk holds 4 packets: 68 bytes.
+// chunk holds 5 packets: 64 bytes, one cache line.
 type chunk struct {
 	p    [chunkLen]cpkt
 	next uint32
 }
 
-const chunkLen = 4
+const chunkLen = 5
 
-// cpkt is a packet as kept in a chunk: 16 bytes.
+// cpkt is a packet as kept in a chunk: 12 bytes. Ack numbers matter only
+// for plain RSTs and only as a set (all equal? any zero?), which the entry
+// keeps.
 type cpkt struct {
 	off   int32 // microseconds after the entry's first packet
 	seq   uint32
-	ack   uint32
 	ipid  uint16
 	ttl   uint8
 	flags packet.Flags
@@ -196,7 +201,7 @@ func (t *Table) append(id uint32, e *entry, r *packet.Record, clientSYN bool) {
 	} else if off < -1<<31 {
 		off = -1 << 31
 	}
-	p := cpkt{off: int32(off), seq: r.Seq, ack: r.Ack, ipid: r.IPID, ttl: r.TTL, flags: r.Flags}
+	p := cpkt{off: int32(off), seq: r.Seq, ipid: r.IPID, ttl: r.TTL, flags: r.Flags}
 	// The chunk for packet number e.n: the one holding packet e.n-1, or a
 	// new one linked after it.
 	var c uint32
@@ -227,6 +232,18 @@ func (t *Table) append(id uint32, e *entry, r *packet.Record, clientSYN bool) {
 	}
 	if r.Flags&packet.RST != 0 {
 		e.state |= stRST
+		if r.Flags&packet.ACK == 0 {
+			switch {
+			case e.state&stPlainRST == 0:
+				e.state |= stPlainRST
+				e.rstAck = r.Ack
+			case r.Ack != e.rstAck:
+				e.state |= stRSTAckDiff
+			}
+			if r.Ack == 0 {
+				e.state |= stRSTAckZero
+			}
+		}
 	}
 	if r.Flags&packet.FIN != 0 {
 		e.state |= stFIN
@@ -256,7 +273,7 @@ func (t *Table) finish(id uint32, end End) {
 		} else if p.off == lastOff {
 			ts = e.last
 		}
-		t.buf = append(t.buf, Packet{Timestamp: ts, Seq: p.seq, Ack: p.ack, IPID: p.ipid, TTL: p.ttl, Flags: p.flags})
+		t.buf = append(t.buf, Packet{Timestamp: ts, Seq: p.seq, IPID: p.ipid, TTL: p.ttl, Flags: p.flags})
 		if i%chunkLen == chunkLen-1 {
 			c = ch.next
 		}
@@ -267,9 +284,14 @@ func (t *Table) finish(id uint32, end End) {
 		Packets: t.buf,
 		SYN:     e.syn,
 		HasSYN:  e.state&stHasSYN != 0,
-		Cap:     t.cfg.PacketCap,
-		Silent:  t.now-e.last >= t.idle,
-		End:     end,
+		RSTAcks: RSTAcks{
+			First:   e.rstAck,
+			AllSame: e.state&stRSTAckDiff == 0,
+			AnyZero: e.state&stRSTAckZero != 0,
+		},
+		Cap:    t.cfg.PacketCap,
+		Silent: t.now-e.last >= t.idle,
+		End:    end,
 	}
 	t.stats.Finished++
 	if end == EndEvicted {
