@@ -63,11 +63,17 @@ type entry struct {
 	prev, next uint32
 	head       uint32 // first packet chunk (0: none)
 	hash       uint32
-	synSeq     uint32
-	rstAck     uint32 // ack number of the first plain RST
-	syn        SYN
-	n          uint8 // packets kept
-	state      uint8
+	// aux is the ack number of the first plain RST while the connection is
+	// open, and the SYN's sequence number once it is a tombstone.
+	aux uint32
+	// queued is the offset (µs after first) of last when the entry was put
+	// at the back of its list: an entry whose last has moved on since is
+	// re-queued when it reaches the front instead of expiring (lazy LRU, so
+	// that a packet touches no neighbouring entries).
+	queued int32
+	syn    SYN
+	n      uint8 // packets kept
+	state  uint8
 }
 
 const (
@@ -116,19 +122,23 @@ func (t *Table) Add(r *packet.Record) error {
 
 	if id := t.index.find(&k, h, &t.conns); id != 0 {
 		e := t.conns.at(id)
+		if e.state&stDone == 0 && t.now-e.last >= t.idle {
+			// Silent for the idle timeout before this packet: it timed out
+			// (the lazy expiry had not reached it yet).
+			t.finish(id, EndIdle)
+		}
 		switch {
 		case e.state&stDone != 0:
-			if !clientSYN || (e.state&stHasSYN != 0 && e.synSeq == r.Seq) {
+			if !clientSYN || (e.state&stHasSYN != 0 && e.aux == r.Seq) {
 				// A late packet of a finished connection.
 				t.stats.BeyondCap++
 				if r.Timestamp > e.last {
 					e.last = r.Timestamp
 				}
-				t.done.moveToBack(&t.conns, id)
 				return nil
 			}
 			t.remove(id) // a new connection on the same ports
-		case clientSYN && e.state&(stRST|stFIN) != 0 && e.state&stHasSYN != 0 && e.synSeq != r.Seq:
+		case clientSYN && e.state&(stRST|stFIN) != 0 && e.state&stHasSYN != 0 && t.synSeq(e) != r.Seq:
 			t.finish(id, EndReused)
 			t.remove(id)
 		default:
@@ -224,7 +234,6 @@ func (t *Table) append(id uint32, e *entry, r *packet.Record, clientSYN bool) {
 	t.stats.Counted++
 	if clientSYN && e.state&stHasSYN == 0 {
 		e.state |= stHasSYN
-		e.synSeq = r.Seq
 		e.syn = SYN{Window: r.Window, NumOptions: r.NumOptions, DF: r.DF}
 		if r.NumOptions > 0 {
 			e.syn.FirstOption = r.Options[0]
@@ -236,8 +245,8 @@ func (t *Table) append(id uint32, e *entry, r *packet.Record, clientSYN bool) {
 			switch {
 			case e.state&stPlainRST == 0:
 				e.state |= stPlainRST
-				e.rstAck = r.Ack
-			case r.Ack != e.rstAck:
+				e.aux = r.Ack
+			case r.Ack != e.aux:
 				e.state |= stRSTAckDiff
 			}
 			if r.Ack == 0 {
@@ -251,7 +260,6 @@ func (t *Table) append(id uint32, e *entry, r *packet.Record, clientSYN bool) {
 	if r.Timestamp > e.last {
 		e.last = r.Timestamp
 	}
-	t.open.moveToBack(&t.conns, id)
 	if int(e.n) >= t.cfg.PacketCap {
 		t.finish(id, EndCap)
 	}
@@ -262,7 +270,7 @@ func (t *Table) append(id uint32, e *entry, r *packet.Record, clientSYN bool) {
 func (t *Table) finish(id uint32, end End) {
 	e := t.conns.at(id)
 	t.buf = t.buf[:0]
-	lastOff := int32((e.last - e.first) / 1000)
+	lo := lastOff(e)
 	c := e.head
 	for i := 0; i < int(e.n); i++ {
 		ch := t.chnks.at(c)
@@ -270,7 +278,7 @@ func (t *Table) finish(id uint32, end End) {
 		ts := e.first + int64(p.off)*1000
 		if p.off == 0 {
 			ts = e.first
-		} else if p.off == lastOff {
+		} else if p.off == lo {
 			ts = e.last
 		}
 		t.buf = append(t.buf, Packet{Timestamp: ts, Seq: p.seq, IPID: p.ipid, TTL: p.ttl, Flags: p.flags})
@@ -285,7 +293,7 @@ func (t *Table) finish(id uint32, end End) {
 		SYN:     e.syn,
 		HasSYN:  e.state&stHasSYN != 0,
 		RSTAcks: RSTAcks{
-			First:   e.rstAck,
+			First:   e.aux,
 			AllSame: e.state&stRSTAckDiff == 0,
 			AnyZero: e.state&stRSTAckZero != 0,
 		},
@@ -299,10 +307,13 @@ func (t *Table) finish(id uint32, end End) {
 	}
 	t.emit(&t.out)
 
-	// Tombstone: free the packets, move to the done list.
+	// Tombstone: keep the SYN's sequence number, free the packets, move to
+	// the done list.
+	e.aux = t.synSeq(e)
 	t.freeChunks(e)
 	e.state |= stDone
 	t.open.remove(&t.conns, id)
+	e.queued = lastOff(e)
 	t.done.pushBack(&t.conns, id)
 	t.stats.Open--
 }
@@ -338,13 +349,71 @@ func (t *Table) evict() {
 	t.remove(id)
 }
 
+// expire finishes open connections silent for the idle timeout and forgets
+// tombstones silent for the linger, from the front of their lists. An entry
+// at the front that had packets since it was queued is re-queued at the
+// back; each entry is re-queued at most once per call, so the work is
+// amortised over the packets that refreshed it.
 func (t *Table) expire() {
-	for t.open.head != 0 && t.now-t.conns.at(t.open.head).last >= t.idle {
-		t.finish(t.open.head, EndIdle)
+	for t.open.head != 0 {
+		id := t.open.head
+		e := t.conns.at(id)
+		if t.now-e.last >= t.idle {
+			t.finish(id, EndIdle)
+			continue
+		}
+		if !t.requeue(&t.open, id, e) {
+			break
+		}
 	}
-	for t.done.head != 0 && t.now-t.conns.at(t.done.head).last >= t.linger {
-		t.remove(t.done.head)
+	for t.done.head != 0 {
+		id := t.done.head
+		e := t.conns.at(id)
+		if t.now-e.last >= t.linger {
+			t.remove(id)
+			continue
+		}
+		if !t.requeue(&t.done, id, e) {
+			break
+		}
 	}
+}
+
+// requeue moves the entry at the front of l to the back if it had packets
+// since it was queued, and reports whether it did.
+func (t *Table) requeue(l *list, id uint32, e *entry) bool {
+	lo := lastOff(e)
+	if lo == e.queued {
+		return false
+	}
+	e.queued = lo
+	l.moveToBack(&t.conns, id)
+	return true
+}
+
+// lastOff is the offset of e.last after e.first in µs, saturated.
+func lastOff(e *entry) int32 {
+	off := (e.last - e.first) / 1000
+	if off > 1<<31-1 {
+		return 1<<31 - 1
+	}
+	return int32(off)
+}
+
+// synSeq returns the sequence number of the first client SYN kept by an
+// open connection (0 if none).
+func (t *Table) synSeq(e *entry) uint32 {
+	c := e.head
+	for i := 0; i < int(e.n); i++ {
+		ch := t.chnks.at(c)
+		if p := &ch.p[i%chunkLen]; p.flags&(packet.SYN|packet.ACK) == packet.SYN {
+			return p.seq
+		}
+		if i%chunkLen == chunkLen-1 {
+			c = ch.next
+		}
+	}
+	return 0
 }
 
 // sortPackets orders packets by timestamp, then sequence number (serial
