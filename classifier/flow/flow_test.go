@@ -1,6 +1,7 @@
 package flow
 
 import (
+	"fmt"
 	"math/rand/v2"
 	"runtime"
 	"testing"
@@ -142,5 +143,56 @@ func TestStateSizes(t *testing.T) {
 	}
 	if s := unsafe.Sizeof(chunk{}); s != 64 {
 		t.Errorf("chunk is %d bytes, want 64 (one cache line)", s)
+	}
+}
+
+// AddBatch only warms caches: it must hand out exactly what Add does, in the
+// same order.
+func TestAddBatchEqualsAdd(t *testing.T) {
+	recs := synthetic(100_000, int64(20*time.Microsecond))
+	recs = append(recs, recs[:5000]...) // late duplicates: tombstones, reuse
+	run := func(batch bool) []string {
+		var out []string
+		tab, err := New(Config{MaxOpen: 5000}, func(c *Conn) {
+			out = append(out, fmt.Sprintf("%v %d %d %v %v %+v", c.Key, len(c.Packets), c.End, c.Silent, c.Packets, c.RSTAcks))
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if batch {
+			for i := 0; i < len(recs); i += 37 { // odd sizes on purpose
+				if err := tab.AddBatch(recs[i:min(i+37, len(recs))]); err != nil {
+					t.Fatal(err)
+				}
+			}
+		} else {
+			for i := range recs {
+				if err := tab.Add(&recs[i]); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+		tab.Flush()
+		return out
+	}
+	one, batched := run(false), run(true)
+	if len(one) != len(batched) {
+		t.Fatalf("Add finished %d connections, AddBatch %d", len(one), len(batched))
+	}
+	for i := range one {
+		if one[i] != batched[i] {
+			t.Fatalf("connection %d differs:\nAdd      %s\nAddBatch %s", i, one[i], batched[i])
+		}
+	}
+}
+
+func TestBadRecordIsRejected(t *testing.T) {
+	tab, _ := New(Config{}, func(*Conn) {})
+	r := packet.Record{IPVersion: 5}
+	if err := tab.Add(&r); err != ErrBadPacket {
+		t.Errorf("Add: %v", err)
+	}
+	if err := tab.AddBatch([]packet.Record{r}); err != ErrBadPacket {
+		t.Errorf("AddBatch: %v", err)
 	}
 }

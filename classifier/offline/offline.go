@@ -63,22 +63,41 @@ func Run(files []string, cfg flow.Config, emit func(*flow.Conn, classify.Result)
 		}
 	}
 	heap.Init(&h)
+	// Packets go to the table in batches (see flow.Table.AddBatch).
+	var batch [64]packet.Record
+	n := 0
+	add := func(r *packet.Record) error {
+		batch[n] = *r
+		if n++; n == len(batch) {
+			n = 0
+			return tab.AddBatch(batch[:])
+		}
+		return nil
+	}
 	for len(h) > 0 {
 		s := h[0]
 		if len(h) == 1 {
-			// One source left: no merging needed.
+			// One source left: no merging needed; read straight into the
+			// batch.
+			if err := add(&s.rec); err != nil {
+				return st, err
+			}
 			for {
-				if err := tab.Add(&s.rec); err != nil {
-					return st, err
+				if n == len(batch) {
+					if err := tab.AddBatch(batch[:]); err != nil {
+						return st, err
+					}
+					n = 0
 				}
-				if !s.advance() {
+				if !s.advanceInto(&batch[n]) {
 					break
 				}
+				n++
 			}
 			heap.Pop(&h)
 			break
 		}
-		if err := tab.Add(&s.rec); err != nil {
+		if err := add(&s.rec); err != nil {
 			return st, err
 		}
 		if s.advance() {
@@ -86,6 +105,9 @@ func Run(files []string, cfg flow.Config, emit func(*flow.Conn, classify.Result)
 		} else {
 			heap.Pop(&h)
 		}
+	}
+	if err := tab.AddBatch(batch[:n]); err != nil {
+		return st, err
 	}
 	tab.Flush()
 
@@ -126,8 +148,11 @@ func open(name string) (*source, error) {
 
 // advance reads the next packet into s.rec; false at the end or on error
 // (kept in s.err).
-func (s *source) advance() bool {
-	err := s.r.Next(&s.rec)
+func (s *source) advance() bool { return s.advanceInto(&s.rec) }
+
+// advanceInto reads the next packet into rec.
+func (s *source) advanceInto(rec *packet.Record) bool {
+	err := s.r.Next(rec)
 	switch {
 	case err == nil:
 		return true
