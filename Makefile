@@ -32,6 +32,12 @@ lint:
 	if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet $(PKGS)
 
+## generate-proto regenerates packet/ingestpb from ingest.proto (protoc and
+## its plugins are installed by the script; the generated code is committed).
+.PHONY: generate-proto
+generate-proto:
+	bash hack/gen-proto.sh
+
 ## fuzz runs each fuzz target for FUZZTIME (go test runs their seeds always).
 fuzz:
 	$(GO) test ./packet -run '^$$' -fuzz FuzzDecode -fuzztime $(FUZZTIME)
