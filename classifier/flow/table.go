@@ -151,7 +151,7 @@ func (t *Table) AddBatch(rs []packet.Record) error {
 			if sl := slots[hs[i]&mask]; sl != 0 && sl&^idMask == slotTag(hs[i]) {
 				ids[i] = sl & idMask
 				e := t.conns.at(ids[i])
-				sink += uint32(e.key.ClientPort) + uint32(e.n)
+				sink += uint32(e.key.ClientIP[0]) + uint32(e.key.ClientPort) + uint32(e.n)
 			}
 		}
 		for i := range n {
