@@ -41,9 +41,10 @@ type PacketBatch struct {
 	// sequence numbers and counters start again.
 	AgentInstance string `protobuf:"bytes,3,opt,name=agent_instance,json=agentInstance,proto3" json:"agent_instance,omitempty"`
 	// sequence numbers the batches of one agent_instance: 1 for the first,
-	// then one more for each batch after the previous one was acknowledged.
-	// It is strictly increasing on a stream; a batch sent again after a
-	// failure keeps its number, so (agent_instance, sequence) names a batch.
+	// then one more for each batch after the previous one was acknowledged
+	// or rejected (INVALID_ARGUMENT). It is strictly increasing on a stream;
+	// a batch sent again after any other failure keeps its number, so
+	// (agent_instance, sequence) names one batch.
 	Sequence uint64 `protobuf:"varint,4,opt,name=sequence,proto3" json:"sequence,omitempty"`
 	// packets are the records, in the order the agent captured them.
 	Packets []*Packet `protobuf:"bytes,5,rep,name=packets,proto3" json:"packets,omitempty"`

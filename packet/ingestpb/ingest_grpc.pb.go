@@ -36,9 +36,9 @@ const (
 // Ingest receives packet records from node agents.
 type IngestClient interface {
 	// Push is the stream of one agent. The agent sends PacketBatch messages
-	// and keeps at most a few unacknowledged; the receiver answers each batch
-	// it has accepted with a BatchAck carrying the batch's sequence number,
-	// in the order the batches came. The classifier acknowledges a batch
+	// (connscope's agent waits for each ack before it sends the next batch);
+	// the receiver answers each batch it has accepted with a BatchAck
+	// carrying the batch's sequence number, in the order the batches came. The classifier acknowledges a batch
 	// only after it has persisted it, so a restart loses nothing that was
 	// acknowledged.
 	//
@@ -89,9 +89,9 @@ type Ingest_PushClient = grpc.BidiStreamingClient[PacketBatch, BatchAck]
 // Ingest receives packet records from node agents.
 type IngestServer interface {
 	// Push is the stream of one agent. The agent sends PacketBatch messages
-	// and keeps at most a few unacknowledged; the receiver answers each batch
-	// it has accepted with a BatchAck carrying the batch's sequence number,
-	// in the order the batches came. The classifier acknowledges a batch
+	// (connscope's agent waits for each ack before it sends the next batch);
+	// the receiver answers each batch it has accepted with a BatchAck
+	// carrying the batch's sequence number, in the order the batches came. The classifier acknowledges a batch
 	// only after it has persisted it, so a restart loses nothing that was
 	// acknowledged.
 	//
