@@ -1,0 +1,96 @@
+package ship
+
+import (
+	"runtime"
+	"testing"
+	"time"
+
+	"github.com/connscope/connscope/agent/ship/shiptest"
+)
+
+// BenchmarkOffer is the cost the capture pays per record.
+func BenchmarkOffer(b *testing.B) {
+	rec := records(1, 0, 1)[0]
+	b.Run("sender draining", func(b *testing.B) {
+		q := NewQueue(discardSink{}, QueueConfig{FlushInterval: time.Millisecond})
+		stop := runQueue(b, q)
+		b.ReportAllocs()
+		for b.Loop() {
+			q.Offer(&rec)
+		}
+		b.StopTimer()
+		stop()
+		s := q.Stats()
+		b.ReportMetric(float64(s.DroppedQueueFull)/float64(s.Offered), "dropped/op")
+	})
+	b.Run("ring full", func(b *testing.B) {
+		q := NewQueue(discardSink{}, QueueConfig{Capacity: 1024, BatchSize: 16})
+		for q.Offer(&rec) {
+		}
+		b.ReportAllocs()
+		for b.Loop() {
+			q.Offer(&rec)
+		}
+	})
+	b.Run("parallel producers", func(b *testing.B) {
+		q := NewQueue(discardSink{}, QueueConfig{FlushInterval: time.Millisecond})
+		stop := runQueue(b, q)
+		b.ReportAllocs()
+		b.RunParallel(func(pb *testing.PB) {
+			rec := rec
+			for pb.Next() {
+				q.Offer(&rec)
+			}
+		})
+		b.StopTimer()
+		stop()
+		s := q.Stats()
+		b.ReportMetric(float64(s.DroppedQueueFull)/float64(s.Offered), "dropped/op")
+	})
+}
+
+// BenchmarkQueueThroughput is records per second from Offer to an
+// acknowledging sink. The producer waits for room instead of dropping, so
+// every record is shipped.
+func BenchmarkQueueThroughput(b *testing.B) {
+	b.Run("discard sink", func(b *testing.B) {
+		throughput(b, discardSink{})
+	})
+	b.Run("gRPC loopback", func(b *testing.B) {
+		r := shiptest.Start(b, shiptest.Options{Discard: true})
+		s, err := Open(r.URL(), Options{Node: "node-1", Policy: "default"})
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer s.Close()
+		throughput(b, s)
+		if got := r.Stats().Records; got != b.N {
+			b.Fatalf("receiver stored %d records, want %d", got, b.N)
+		}
+	})
+}
+
+func throughput(b *testing.B, sink Sink) {
+	recs := records(4096, 0, 1)
+	q := NewQueue(sink, QueueConfig{FlushInterval: time.Millisecond})
+	stop := runQueue(b, q)
+	b.ReportAllocs()
+	b.ResetTimer()
+	start := time.Now()
+	for i := 0; i < b.N; i++ {
+		for !q.Offer(&recs[i%len(recs)]) {
+			runtime.Gosched()
+		}
+	}
+	for q.Stats().Shipped < uint64(b.N) {
+		time.Sleep(100 * time.Microsecond)
+	}
+	elapsed := time.Since(start)
+	b.StopTimer()
+	if err := stop(); err != nil {
+		b.Fatal(err)
+	}
+	s := q.Stats()
+	b.ReportMetric(float64(b.N)/elapsed.Seconds(), "records/s")
+	b.ReportMetric(float64(s.Batches), "batches")
+}

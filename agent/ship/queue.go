@@ -1,0 +1,423 @@
+package ship
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"sync/atomic"
+	"time"
+
+	"github.com/connscope/connscope/packet"
+)
+
+// Defaults of QueueConfig's zero fields.
+const (
+	DefaultCapacity      = 1 << 16
+	DefaultBatchSize     = 1024
+	DefaultFlushInterval = 200 * time.Millisecond
+	DefaultMinBackoff    = 100 * time.Millisecond
+	DefaultMaxBackoff    = 10 * time.Second
+	DefaultDrainTimeout  = 5 * time.Second
+)
+
+// MaxBatchSize bounds QueueConfig.BatchSize: a batch of protobuf records
+// (about 60 bytes each) stays well below gRPC's default 4 MiB message
+// limit.
+const MaxBatchSize = 16384
+
+// QueueConfig sizes a Queue. Zero fields take the defaults above.
+type QueueConfig struct {
+	// Capacity is the number of records the ring holds, at least 2. The
+	// ring is allocated by NewQueue: Capacity × 88 bytes.
+	Capacity int
+	// BatchSize is the largest batch handed to the sink (1 to
+	// MaxBatchSize, at most Capacity). One more batch of records is
+	// allocated for the batch being sent.
+	BatchSize int
+	// FlushInterval is how long Run waits for a full batch before it
+	// sends what there is.
+	FlushInterval time.Duration
+	// MinBackoff and MaxBackoff bound the wait before a failed batch is
+	// sent again: MinBackoff after the first failure, doubling up to
+	// MaxBackoff, each wait drawn between half and all of its value so
+	// that agents do not retry in step.
+	MinBackoff, MaxBackoff time.Duration
+	// DrainTimeout bounds the shipping of what is queued when Run's
+	// context ends.
+	DrainTimeout time.Duration
+}
+
+// withDefaults returns c with its zero fields set to the defaults.
+func (c QueueConfig) withDefaults() QueueConfig {
+	if c.Capacity == 0 {
+		c.Capacity = DefaultCapacity
+	}
+	if c.BatchSize == 0 {
+		c.BatchSize = min(DefaultBatchSize, c.Capacity)
+	}
+	if c.FlushInterval == 0 {
+		c.FlushInterval = DefaultFlushInterval
+	}
+	if c.MinBackoff == 0 {
+		c.MinBackoff = DefaultMinBackoff
+		if c.MaxBackoff > 0 {
+			c.MinBackoff = min(c.MinBackoff, c.MaxBackoff)
+		}
+	}
+	if c.MaxBackoff == 0 {
+		c.MaxBackoff = max(DefaultMaxBackoff, c.MinBackoff)
+	}
+	if c.DrainTimeout == 0 {
+		c.DrainTimeout = DefaultDrainTimeout
+	}
+	return c
+}
+
+// Validate reports the first field of c, after defaults, that NewQueue
+// would refuse.
+func (c QueueConfig) Validate() error {
+	c = c.withDefaults()
+	switch {
+	case c.Capacity < 2:
+		return fmt.Errorf("queue capacity %d must be at least 2", c.Capacity)
+	case c.BatchSize < 1 || c.BatchSize > MaxBatchSize:
+		return fmt.Errorf("batch size %d must be between 1 and %d", c.BatchSize, MaxBatchSize)
+	case c.BatchSize > c.Capacity:
+		return fmt.Errorf("batch size %d is larger than the queue capacity %d", c.BatchSize, c.Capacity)
+	case c.FlushInterval < 0:
+		return fmt.Errorf("flush interval %s is negative", c.FlushInterval)
+	case c.MinBackoff < 0:
+		return fmt.Errorf("minimum backoff %s is negative", c.MinBackoff)
+	case c.MaxBackoff < c.MinBackoff:
+		return fmt.Errorf("maximum backoff %s is below the minimum backoff %s", c.MaxBackoff, c.MinBackoff)
+	case c.DrainTimeout < 0:
+		return fmt.Errorf("drain timeout %s is negative", c.DrainTimeout)
+	}
+	return nil
+}
+
+// Stats are a Queue's counters. Each is read atomically, but a Stats is
+// not one snapshot: fields may be a few records apart while records flow.
+// Offered = Shipped + Queued + DroppedQueueFull + DroppedRejected.
+type Stats struct {
+	// Offered counts Offer calls.
+	Offered uint64
+	// Queued is the number of records accepted and not yet shipped: in
+	// the ring and in the batch being sent.
+	Queued uint64
+	// Shipped counts records the sink acknowledged.
+	Shipped uint64
+	// DroppedQueueFull counts records Offer refused because the ring was
+	// full.
+	DroppedQueueFull uint64
+	// DroppedRejected counts records of batches the sink rejected as
+	// invalid (ErrRejected), which are not sent again.
+	DroppedRejected uint64
+	// SinkErrors counts failed Send calls.
+	SinkErrors uint64
+	// Retries counts Send calls of a batch that had failed before.
+	Retries uint64
+	// Batches counts batches the sink acknowledged.
+	Batches uint64
+}
+
+// cell is one slot of the ring. seq says whose turn it is: a producer may
+// fill the cell for position p when seq == p, the consumer may take it
+// when seq == p+1, and frees it for position p+capacity.
+type cell struct {
+	seq atomic.Uint64
+	rec packet.Record
+}
+
+// pad keeps the counters that producers and the consumer write on cache
+// lines of their own.
+type pad [64]byte
+
+// Queue is a bounded queue of records between the capture and a Sink.
+// Offer may be called from any number of goroutines; Run is the one
+// sender.
+//
+// The ring is the bounded multi-producer queue of Dmitry Vyukov: each cell
+// carries a sequence number, a producer claims a position with one
+// compare-and-swap on the tail and publishes the record by storing the
+// cell's sequence. Offer never waits for the consumer or the sink, takes
+// no lock and does not allocate.
+type Queue struct {
+	sink  Sink
+	cfg   QueueConfig
+	cells []cell
+	n     uint64 // len(cells)
+
+	_    pad
+	tail atomic.Uint64 // next position to fill; the number of records accepted
+	_    pad
+	head atomic.Uint64 // next position to take; written by Run only
+	_    pad
+
+	droppedFull atomic.Uint64
+	shipped     atomic.Uint64
+	rejected    atomic.Uint64
+	sinkErrors  atomic.Uint64
+	retries     atomic.Uint64
+	batches     atomic.Uint64
+
+	// wake is signalled, without waiting, when a batch's worth of records
+	// is queued.
+	wake    chan struct{}
+	running atomic.Bool
+
+	// pending is the batch being sent, kept across Run calls: a batch
+	// that failed is sent again before any other. failures counts its
+	// failed sends.
+	pending  []packet.Record
+	failures int
+}
+
+// NewQueue returns a queue that ships to sink, with its ring allocated.
+// Zero fields of c take the defaults; NewQueue panics if c is invalid
+// (check user input with QueueConfig.Validate first).
+func NewQueue(sink Sink, c QueueConfig) *Queue {
+	if err := c.Validate(); err != nil {
+		panic("ship.NewQueue: " + err.Error())
+	}
+	c = c.withDefaults()
+	q := &Queue{
+		sink:    sink,
+		cfg:     c,
+		cells:   make([]cell, c.Capacity),
+		n:       uint64(c.Capacity),
+		wake:    make(chan struct{}, 1),
+		pending: make([]packet.Record, 0, c.BatchSize),
+	}
+	for i := range q.cells {
+		q.cells[i].seq.Store(uint64(i))
+	}
+	return q
+}
+
+// Config returns the queue's configuration, defaults applied.
+func (q *Queue) Config() QueueConfig { return q.cfg }
+
+// Offer copies *rec into the ring and returns true, or returns false and
+// counts a drop when the ring is full. It never blocks and does not
+// allocate; rec may be reused as soon as it returns.
+func (q *Queue) Offer(rec *packet.Record) bool {
+	pos := q.tail.Load()
+	for {
+		c := &q.cells[pos%q.n]
+		seq := c.seq.Load()
+		switch {
+		case seq == pos:
+			if q.tail.CompareAndSwap(pos, pos+1) {
+				c.rec = *rec
+				c.seq.Store(pos + 1)
+				if pos+1-q.head.Load() >= uint64(q.cfg.BatchSize) {
+					select {
+					case q.wake <- struct{}{}:
+					default:
+					}
+				}
+				return true
+			}
+			pos = q.tail.Load()
+		case seq < pos:
+			// The cell still holds the record of the previous lap: full.
+			q.droppedFull.Add(1)
+			return false
+		default:
+			// Another producer took this position first.
+			pos = q.tail.Load()
+		}
+	}
+}
+
+// Stats returns the counters; safe to call from any goroutine.
+func (q *Queue) Stats() Stats {
+	// Shipped and rejected first: they never exceed the tail read after.
+	s := Stats{
+		Shipped:          q.shipped.Load(),
+		DroppedRejected:  q.rejected.Load(),
+		SinkErrors:       q.sinkErrors.Load(),
+		Retries:          q.retries.Load(),
+		Batches:          q.batches.Load(),
+		DroppedQueueFull: q.droppedFull.Load(),
+	}
+	tail := q.tail.Load()
+	s.Queued = tail - s.Shipped - s.DroppedRejected
+	s.Offered = tail + s.DroppedQueueFull
+	return s
+}
+
+// take moves up to max records that are ready, at positions before end,
+// from the ring to the pending batch. Run only.
+func (q *Queue) take(max int, end uint64) {
+	head := q.head.Load()
+	for len(q.pending) < max && head < end {
+		c := &q.cells[head%q.n]
+		if c.seq.Load() != head+1 {
+			break // empty, or a producer is still writing it
+		}
+		q.pending = append(q.pending, c.rec)
+		c.seq.Store(head + q.n)
+		head++
+	}
+	q.head.Store(head)
+}
+
+// ready is the number of positions claimed and not yet taken (some may
+// still be being written).
+func (q *Queue) ready() uint64 { return q.tail.Load() - q.head.Load() }
+
+// Run is the sender loop. It sends a batch as soon as BatchSize records
+// are queued, or what there is FlushInterval after the previous send; a
+// batch the sink fails is sent again, after a backoff, until it is
+// delivered (or rejected: then it is dropped and counted). Records offered
+// meanwhile fill the ring.
+//
+// When ctx ends, Run ships what was queued at that moment (and the batch
+// being sent) within DrainTimeout, and returns nil if it all went, or an
+// error saying how many records were left; they stay queued, and a later
+// Run sends them first. Run returns an error at once if another Run of the
+// queue is running. It starts no goroutine that outlives it.
+func (q *Queue) Run(ctx context.Context) error {
+	if !q.running.CompareAndSwap(false, true) {
+		return errors.New("ship: Queue.Run is already running")
+	}
+	defer q.running.Store(false)
+
+	flush := time.NewTimer(q.cfg.FlushInterval)
+	defer flush.Stop()
+	var wait *time.Timer // the backoff
+	defer func() {
+		if wait != nil {
+			wait.Stop()
+		}
+	}()
+	batch := uint64(q.cfg.BatchSize)
+	for {
+		if ctx.Err() != nil {
+			return q.drain()
+		}
+		if len(q.pending) == 0 {
+			if q.ready() < batch {
+				select {
+				case <-ctx.Done():
+					return q.drain()
+				case <-q.wake:
+					continue
+				case <-flush.C:
+				}
+			}
+			q.take(q.cfg.BatchSize, q.tail.Load())
+			flush.Reset(q.cfg.FlushInterval)
+			if len(q.pending) == 0 {
+				continue
+			}
+		}
+		if q.send(ctx) == nil || len(q.pending) == 0 {
+			continue
+		}
+		if ctx.Err() != nil {
+			return q.drain()
+		}
+		d := q.backoff()
+		if wait == nil {
+			wait = time.NewTimer(d)
+		} else {
+			wait.Reset(d)
+		}
+		select {
+		case <-ctx.Done():
+			return q.drain()
+		case <-wait.C:
+		}
+	}
+}
+
+// send hands the pending batch to the sink once and accounts for the
+// outcome. The batch stays pending when it failed and was not rejected.
+func (q *Queue) send(ctx context.Context) error {
+	if q.failures > 0 {
+		q.retries.Add(1)
+	}
+	err := q.sink.Send(ctx, q.pending)
+	n := uint64(len(q.pending))
+	switch {
+	case err == nil:
+		q.shipped.Add(n)
+		q.batches.Add(1)
+	case errors.Is(err, ErrRejected):
+		q.sinkErrors.Add(1)
+		q.rejected.Add(n)
+	default:
+		q.sinkErrors.Add(1)
+		q.failures++
+		return err
+	}
+	q.pending = q.pending[:0]
+	q.failures = 0
+	return err
+}
+
+// backoff returns the wait before sending a batch again after its
+// q.failures-th failure: MinBackoff doubled per earlier failure, capped at
+// MaxBackoff, drawn between half and all of that.
+func (q *Queue) backoff() time.Duration {
+	d := q.cfg.MinBackoff
+	for i := 1; i < q.failures && d < q.cfg.MaxBackoff; i++ {
+		d *= 2
+	}
+	d = min(d, q.cfg.MaxBackoff)
+	if d <= 1 {
+		return d
+	}
+	return d/2 + rand.N(d/2+1)
+}
+
+// drain ships what was queued when it was called, within DrainTimeout.
+func (q *Queue) drain() error {
+	ctx, cancel := context.WithTimeout(context.Background(), q.cfg.DrainTimeout)
+	defer cancel()
+	end := q.tail.Load()
+	var lastErr error
+	for {
+		if len(q.pending) == 0 {
+			q.take(q.cfg.BatchSize, end)
+			if len(q.pending) == 0 {
+				if q.head.Load() >= end {
+					return nil
+				}
+				// A producer claimed a position before end and has not
+				// written it yet: it will in a moment.
+				if !sleep(ctx, time.Millisecond) {
+					break
+				}
+				continue
+			}
+		}
+		if err := q.send(ctx); err != nil {
+			lastErr = err
+			if !sleep(ctx, q.backoff()) {
+				break
+			}
+		}
+	}
+	left := end - q.head.Load() + uint64(len(q.pending))
+	if lastErr == nil {
+		lastErr = ctx.Err()
+	}
+	return fmt.Errorf("ship: %d records not shipped within the drain timeout %s: %w", left, q.cfg.DrainTimeout, lastErr)
+}
+
+// sleep waits d or until ctx ends, and reports whether ctx is still live.
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return ctx.Err() == nil
+	}
+}

@@ -1,0 +1,298 @@
+package ship
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"runtime"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+	"unsafe"
+)
+
+func TestQueueShipsEveryRecordInOrderInBatchesOfAtMostBatchSize(t *testing.T) {
+	sink := &memSink{}
+	q := NewQueue(sink, QueueConfig{Capacity: 20000, BatchSize: 256, FlushInterval: 5 * time.Millisecond})
+	stop := runQueue(t, q)
+	recs := records(10000, 0, 1)
+	for i := range recs {
+		if !q.Offer(&recs[i]) {
+			t.Fatalf("Offer %d refused with a ring of 20000", i)
+		}
+	}
+	waitFor(t, "all records shipped", 10*time.Second, func() bool { return q.Stats().Shipped == 10000 })
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	sameRecords(t, sink.delivered(), recs)
+	for i, b := range sink.batches {
+		if len(b) == 0 || len(b) > 256 {
+			t.Fatalf("batch %d has %d records, want 1 to 256", i, len(b))
+		}
+	}
+	s := q.Stats()
+	checkInvariant(t, s)
+	if s.Offered != 10000 || s.Queued != 0 || s.Batches != uint64(len(sink.batches)) || s.SinkErrors != 0 || s.Retries != 0 {
+		t.Fatalf("stats %+v", s)
+	}
+}
+
+func TestQueueSendsAPartialBatchAfterTheFlushInterval(t *testing.T) {
+	sink := &memSink{}
+	q := NewQueue(sink, QueueConfig{Capacity: 1000, BatchSize: 1000, FlushInterval: 10 * time.Millisecond})
+	runQueue(t, q)
+	recs := records(3, 0, 2)
+	for i := range recs {
+		q.Offer(&recs[i])
+	}
+	waitFor(t, "3 records shipped without a full batch", 10*time.Second, func() bool { return q.Stats().Shipped == 3 })
+	sameRecords(t, sink.delivered(), recs)
+}
+
+func TestQueueSendsTheSameBatchAgainUntilTheSinkTakesIt(t *testing.T) {
+	sink := &memSink{fail: func(call int) error {
+		if call < 3 {
+			return fmt.Errorf("receiver down (call %d)", call)
+		}
+		return nil
+	}}
+	q := NewQueue(sink, QueueConfig{Capacity: 100, BatchSize: 10, FlushInterval: time.Millisecond,
+		MinBackoff: time.Millisecond, MaxBackoff: 4 * time.Millisecond})
+	runQueue(t, q)
+	recs := records(10, 0, 3)
+	for i := range recs {
+		q.Offer(&recs[i])
+	}
+	waitFor(t, "the batch shipped after 3 failures", 10*time.Second, func() bool { return q.Stats().Shipped == 10 })
+	sink.mu.Lock()
+	sent := sink.sent
+	sink.mu.Unlock()
+	if len(sent) != 4 {
+		t.Fatalf("%d Send calls, want 4", len(sent))
+	}
+	for i := range sent {
+		sameRecords(t, sent[i], recs)
+	}
+	s := q.Stats()
+	if s.SinkErrors != 3 || s.Retries != 3 || s.Batches != 1 {
+		t.Fatalf("stats %+v, want 3 sink errors, 3 retries, 1 batch", s)
+	}
+	checkInvariant(t, s)
+}
+
+func TestQueueDropsARejectedBatchInsteadOfRetryingIt(t *testing.T) {
+	sink := &memSink{fail: func(call int) error {
+		if call == 0 {
+			return fmt.Errorf("receiver says: %w", ErrRejected)
+		}
+		return nil
+	}}
+	q := NewQueue(sink, QueueConfig{Capacity: 100, BatchSize: 5, FlushInterval: time.Millisecond})
+	runQueue(t, q)
+	recs := records(10, 0, 4)
+	for i := range recs {
+		q.Offer(&recs[i])
+	}
+	waitFor(t, "one batch rejected, one shipped", 10*time.Second, func() bool {
+		s := q.Stats()
+		return s.DroppedRejected == 5 && s.Shipped == 5
+	})
+	s := q.Stats()
+	if s.Retries != 0 || s.SinkErrors != 1 {
+		t.Fatalf("stats %+v, want no retry and 1 sink error", s)
+	}
+	checkInvariant(t, s)
+	sameRecords(t, sink.delivered(), recs[5:])
+}
+
+func TestOfferRefusesAndCountsWhenTheRingIsFull(t *testing.T) {
+	q := NewQueue(discardSink{}, QueueConfig{Capacity: 8, BatchSize: 4})
+	recs := records(20, 0, 5)
+	accepted := 0
+	for i := range recs {
+		if q.Offer(&recs[i]) {
+			accepted++
+		}
+	}
+	s := q.Stats()
+	if accepted != 8 || s.DroppedQueueFull != 12 || s.Queued != 8 || s.Offered != 20 {
+		t.Fatalf("accepted %d, stats %+v: want 8 accepted, 12 dropped", accepted, s)
+	}
+	checkInvariant(t, s)
+}
+
+func TestOfferDoesNotAllocate(t *testing.T) {
+	rec := records(1, 0, 6)[0]
+	q := NewQueue(discardSink{}, QueueConfig{Capacity: 1 << 12, BatchSize: 64})
+	for _, tc := range []string{"room in the ring", "ring full"} {
+		allocs := testing.AllocsPerRun(10000, func() { q.Offer(&rec) })
+		if allocs != 0 {
+			t.Errorf("%s: %.2f allocations per Offer, want 0", tc, allocs)
+		}
+		if q.Stats().DroppedQueueFull == 0 && tc == "ring full" {
+			t.Fatal("the ring never filled")
+		}
+	}
+}
+
+func TestRingMemoryIsAllocatedOnceAndFixed(t *testing.T) {
+	q := NewQueue(discardSink{}, QueueConfig{Capacity: 1000, BatchSize: 100})
+	if unsafe.Sizeof(cell{}) != 88 {
+		t.Errorf("a cell is %d bytes; QueueConfig.Capacity's comment says 88", unsafe.Sizeof(cell{}))
+	}
+	cells, pending := &q.cells[0], &q.pending[:1][0]
+	rec := records(1, 0, 7)[0]
+	for range 5000 {
+		q.Offer(&rec)
+	}
+	q.take(100, q.tail.Load())
+	if len(q.cells) != 1000 || cap(q.pending) != 100 || &q.cells[0] != cells || &q.pending[0] != pending {
+		t.Fatalf("ring or batch reallocated: %d cells, batch capacity %d", len(q.cells), cap(q.pending))
+	}
+}
+
+func TestConcurrentProducersLoseNothingAndKeepTheirOrder(t *testing.T) {
+	const producers, each = 4, 20000
+	sink := &memSink{}
+	q := NewQueue(sink, QueueConfig{Capacity: 1024, BatchSize: 128, FlushInterval: time.Millisecond})
+	runQueue(t, q)
+	var wg sync.WaitGroup
+	for p := range producers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			rec := records(1, 0, uint64(p))[0]
+			rec.SrcPort = uint16(p)
+			for i := range each {
+				rec.Seq = uint32(i)
+				for !q.Offer(&rec) { // the test wants every record: wait for room
+					runtime.Gosched()
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	waitFor(t, "every record shipped", 30*time.Second, func() bool { return q.Stats().Shipped == producers*each })
+	next := make([]uint32, producers)
+	for i, r := range sink.delivered() {
+		p := r.SrcPort
+		if r.Seq != next[p] {
+			t.Fatalf("record %d: producer %d's record %d came after its record %d", i, p, r.Seq, next[p]-1)
+		}
+		next[p]++
+	}
+	s := q.Stats()
+	checkInvariant(t, s)
+	if s.Shipped != producers*each || s.Queued != 0 {
+		t.Fatalf("stats %+v", s)
+	}
+}
+
+func TestRunShipsWhatIsQueuedWhenItsContextEnds(t *testing.T) {
+	sink := &memSink{}
+	q := NewQueue(sink, QueueConfig{Capacity: 1000, BatchSize: 1000, FlushInterval: time.Hour})
+	stop := runQueue(t, q)
+	recs := records(10, 0, 8)
+	for i := range recs {
+		q.Offer(&recs[i])
+	}
+	if err := stop(); err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	sameRecords(t, sink.delivered(), recs)
+}
+
+func TestRunSaysWhatItCouldNotShipAndALaterRunShipsItFirst(t *testing.T) {
+	var down sync.Mutex
+	isDown := true
+	sink := &memSink{fail: func(int) error {
+		down.Lock()
+		defer down.Unlock()
+		if isDown {
+			return errors.New("receiver down")
+		}
+		return nil
+	}}
+	cfg := QueueConfig{Capacity: 1000, BatchSize: 4, FlushInterval: time.Millisecond,
+		MinBackoff: time.Millisecond, MaxBackoff: 5 * time.Millisecond, DrainTimeout: 50 * time.Millisecond}
+	q := NewQueue(sink, cfg)
+	stop := runQueue(t, q)
+	recs := records(10, 0, 9)
+	for i := range recs {
+		q.Offer(&recs[i])
+	}
+	waitFor(t, "a failed send", 10*time.Second, func() bool { return q.Stats().SinkErrors > 0 })
+	err := stop()
+	if msg := contains(err, "10 records not shipped", "receiver down"); msg != "" {
+		t.Fatal(msg)
+	}
+	if s := q.Stats(); s.Queued != 10 {
+		t.Fatalf("stats %+v, want the 10 records still queued", s)
+	}
+	down.Lock()
+	isDown = false
+	down.Unlock()
+	if err := runQueue(t, q)(); err != nil {
+		t.Fatalf("second Run: %v", err)
+	}
+	sameRecords(t, sink.delivered(), recs)
+}
+
+func TestRunRefusesToRunTwiceAtOnce(t *testing.T) {
+	q := NewQueue(discardSink{}, QueueConfig{Capacity: 10, BatchSize: 1})
+	runQueue(t, q)
+	waitFor(t, "Run to start", 5*time.Second, func() bool { return q.running.Load() })
+	err := q.Run(context.Background())
+	if msg := contains(err, "already running"); msg != "" {
+		t.Fatal(msg)
+	}
+}
+
+func TestBackoffDoublesUpToTheMaximumWithJitter(t *testing.T) {
+	q := NewQueue(discardSink{}, QueueConfig{Capacity: 10, BatchSize: 1, MinBackoff: 100 * time.Millisecond, MaxBackoff: time.Second})
+	for failures, want := range map[int]time.Duration{1: 100 * time.Millisecond, 2: 200 * time.Millisecond,
+		3: 400 * time.Millisecond, 4: 800 * time.Millisecond, 5: time.Second, 50: time.Second} {
+		q.failures = failures
+		for range 100 {
+			if d := q.backoff(); d < want/2 || d > want {
+				t.Fatalf("after %d failures: backoff %s, want between %s and %s", failures, d, want/2, want)
+			}
+		}
+	}
+}
+
+func TestQueueConfigSaysWhatIsWrong(t *testing.T) {
+	for _, tc := range []struct {
+		cfg  QueueConfig
+		want string
+	}{
+		{QueueConfig{}, ""},
+		{QueueConfig{Capacity: 1}, "capacity 1 must be at least 2"},
+		{QueueConfig{Capacity: -5}, "capacity -5"},
+		{QueueConfig{Capacity: 100, BatchSize: 200}, "batch size 200 is larger than the queue capacity 100"},
+		{QueueConfig{BatchSize: MaxBatchSize + 1, Capacity: 1 << 20}, "between 1 and 16384"},
+		{QueueConfig{FlushInterval: -time.Second}, "flush interval -1s is negative"},
+		{QueueConfig{MinBackoff: time.Minute, MaxBackoff: time.Second}, "maximum backoff 1s is below the minimum backoff 1m0s"},
+		{QueueConfig{MaxBackoff: 10 * time.Millisecond}, ""}, // the default minimum follows a small maximum
+		{QueueConfig{DrainTimeout: -1}, "drain timeout"},
+	} {
+		err := tc.cfg.Validate()
+		if tc.want == "" {
+			if err != nil {
+				t.Errorf("%+v: %v", tc.cfg, err)
+			}
+			continue
+		}
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%+v: got %v, want %q", tc.cfg, err, tc.want)
+		}
+	}
+	defer func() {
+		if r := recover(); r == nil || !strings.Contains(fmt.Sprint(r), "ship.NewQueue: batch size") {
+			t.Fatalf("NewQueue with a bad config: recovered %v", r)
+		}
+	}()
+	NewQueue(discardSink{}, QueueConfig{Capacity: 10, BatchSize: 11})
+}
