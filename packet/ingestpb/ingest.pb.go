@@ -36,9 +36,10 @@ type PacketBatch struct {
 	Node string `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
 	// policy is the name of the SamplingPolicy the agent samples for.
 	Policy string `protobuf:"bytes,2,opt,name=policy,proto3" json:"policy,omitempty"`
-	// agent_instance identifies one run of an agent: random, drawn when the
-	// agent process starts, so a restarted agent is a new instance and its
-	// sequence numbers and counters start again.
+	// agent_instance identifies one run of an agent: 128 random bits in hex,
+	// drawn when the agent opens its sink (once per process), so a
+	// restarted agent is a new instance and its sequence numbers and
+	// counters start again.
 	AgentInstance string `protobuf:"bytes,3,opt,name=agent_instance,json=agentInstance,proto3" json:"agent_instance,omitempty"`
 	// sequence numbers the batches of one agent_instance: 1 for the first,
 	// then one more for each batch after the previous one was acknowledged
@@ -164,10 +165,10 @@ type Packet struct {
 	// the wire, from the IP length fields (0-65535).
 	PayloadLen uint32 `protobuf:"varint,13,opt,name=payload_len,json=payloadLen,proto3" json:"payload_len,omitempty"`
 	// option_kinds are the first TCP option kinds in header order, NOP (1)
-	// and EOL (0) included; at most 12 of them.
+	// and EOL (0) included: the first min(num_options, 12) of them.
 	OptionKinds []byte `protobuf:"bytes,14,opt,name=option_kinds,json=optionKinds,proto3" json:"option_kinds,omitempty"`
-	// num_options counts all option kinds of the header (0-255); it is at
-	// least the length of option_kinds and larger when more were present.
+	// num_options counts all option kinds of the header (0-255), also those
+	// beyond the 12 that option_kinds keeps.
 	NumOptions    uint32 `protobuf:"varint,15,opt,name=num_options,json=numOptions,proto3" json:"num_options,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

@@ -38,9 +38,9 @@ type IngestClient interface {
 	// Push is the stream of one agent. The agent sends PacketBatch messages
 	// (connscope's agent waits for each ack before it sends the next batch);
 	// the receiver answers each batch it has accepted with a BatchAck
-	// carrying the batch's sequence number, in the order the batches came. The classifier acknowledges a batch
-	// only after it has persisted it, so a restart loses nothing that was
-	// acknowledged.
+	// carrying the batch's sequence number, in the order the batches came.
+	// The classifier acknowledges a batch only after it has persisted it, so
+	// a restart loses nothing that was acknowledged.
 	//
 	// Delivery is at least once: a batch whose ack the agent did not receive
 	// (stream error, ack timeout) is sent again, with the same
@@ -91,9 +91,9 @@ type IngestServer interface {
 	// Push is the stream of one agent. The agent sends PacketBatch messages
 	// (connscope's agent waits for each ack before it sends the next batch);
 	// the receiver answers each batch it has accepted with a BatchAck
-	// carrying the batch's sequence number, in the order the batches came. The classifier acknowledges a batch
-	// only after it has persisted it, so a restart loses nothing that was
-	// acknowledged.
+	// carrying the batch's sequence number, in the order the batches came.
+	// The classifier acknowledges a batch only after it has persisted it, so
+	// a restart loses nothing that was acknowledged.
 	//
 	// Delivery is at least once: a batch whose ack the agent did not receive
 	// (stream error, ack timeout) is sent again, with the same
