@@ -1,0 +1,429 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/connscope/connscope/agent/nflog"
+	"github.com/connscope/connscope/agent/rules"
+	"github.com/connscope/connscope/agent/ship"
+	"github.com/connscope/connscope/packet"
+)
+
+// Options are what a caller may change besides Config. The zero value
+// logs nothing and runs the iptables programs found in PATH.
+type Options struct {
+	// Logger receives what the agent does and repairs. Nil discards.
+	Logger *slog.Logger
+	// LookPath finds the iptables programs (see rules.Options.LookPath).
+	// Nil means exec.LookPath.
+	LookPath func(name string) (string, error)
+}
+
+// Agent runs one sampling policy on the node. Make it with New, run it
+// with Run; Ready and Handler may be used from any goroutine.
+type Agent struct {
+	cfg    Config
+	policy rules.Policy
+	opts   Options
+	base   *slog.Logger // as given
+	log    *slog.Logger // with the policy's name
+
+	reg  *prometheus.Registry
+	info *prometheus.GaugeVec
+
+	// What the metrics and readiness read. conn and queue are set once
+	// opened and stay set after they are closed, so that the counters
+	// keep their last values.
+	conn         atomic.Pointer[nflog.Conn]
+	queue        atomic.Pointer[ship.Queue]
+	nflogBound   atomic.Bool
+	rulesPresent atomic.Bool
+	// sinkFailingSince is when the sink started failing without a success
+	// since (Unix nanoseconds), 0 while it is not failing.
+	sinkFailingSince atomic.Int64
+
+	resyncs, restores, ruleErrors atomic.Uint64
+	undecodable                   [numDecodeReasons]atomic.Uint64
+
+	rec packet.Record // the reader's record, reused for every packet
+}
+
+// Reasons a logged packet could not be decoded into a record.
+const (
+	decodeNotTCP = iota
+	decodeTruncated
+	decodeMalformed
+	numDecodeReasons
+)
+
+var decodeReasonNames = [numDecodeReasons]string{"not_tcp", "truncated", "malformed"}
+
+const (
+	// drainWait is how long the reader keeps reading after the rules are
+	// removed: the kernel sends a batch it holds at the latest after the
+	// group's flush timeout.
+	drainWait = nflog.DefaultFlushTimeout + 100*time.Millisecond
+	// sinkPoll is how often the sink's health is sampled.
+	sinkPoll = time.Second
+)
+
+// New checks the configuration and prepares an agent. It changes nothing
+// on the node: no netfilter rule, no socket, no file.
+func New(cfg Config, opts Options) (*Agent, error) {
+	cfg = cfg.WithDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	p, err := cfg.policy()
+	if err != nil {
+		return nil, err // Validate has checked it
+	}
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	// The rules manager adds the policy to its own lines.
+	a := &Agent{cfg: cfg, policy: p, opts: opts, base: log, log: log.With("policy", cfg.Policy)}
+	a.reg = a.newRegistry()
+	return a, nil
+}
+
+// Run runs cfg until ctx ends (see the package documentation), logging
+// to slog's default logger.
+func Run(ctx context.Context, cfg Config) error {
+	a, err := New(cfg, Options{Logger: slog.Default()})
+	if err != nil {
+		return err
+	}
+	return a.Run(ctx)
+}
+
+// Config is the agent's configuration, with defaults filled in.
+func (a *Agent) Config() Config { return a.cfg }
+
+// Run installs the rules, reads and ships until ctx ends, then removes the
+// rules and flushes the queue. It returns nil after a clean shutdown, and
+// an error when it could not start (nothing of it is left installed), when
+// reading failed, or when the rules could not all be removed.
+func (a *Agent) Run(ctx context.Context) (err error) {
+	cfg := a.cfg
+	a.log.Info("starting", "node", cfg.NodeName, "probability", cfg.Probability, "packetCap", cfg.PacketCap,
+		"labelBit", cfg.LabelBit, "nflogGroup", cfg.NFLOGGroup, "sink", cfg.Sink)
+
+	// Everything that can fail for a reason outside netfilter fails first.
+	if cfg.MetricsAddr != "" {
+		ln, err := net.Listen("tcp", cfg.MetricsAddr)
+		if err != nil {
+			return fmt.Errorf("--metrics-addr %s: %w (choose another port, or \"\" to turn the server off)", cfg.MetricsAddr, err)
+		}
+		srv := &http.Server{Handler: a.Handler(), ReadHeaderTimeout: 5 * time.Second}
+		go func() {
+			if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				a.log.Error("metrics server stopped", "err", err)
+			}
+		}()
+		defer func() {
+			sctx, cancel := context.WithTimeout(context.Background(), time.Second)
+			defer cancel()
+			_ = srv.Shutdown(sctx)
+		}()
+		a.log.Info("serving /metrics, /healthz and /readyz", "addr", ln.Addr().String())
+	}
+
+	backend, _ := rules.ParseBackend(cfg.Backend)
+	m, err := rules.NewManager(a.policy, rules.Options{Backend: backend, Logger: a.base, LookPath: a.opts.LookPath})
+	if err != nil {
+		return fmt.Errorf("--backend %s: %w", cfg.Backend, err)
+	}
+	det := m.Backend()
+	a.info.WithLabelValues(cfg.Policy, cfg.NodeName, string(det.Backend), m.Chain(),
+		fmt.Sprint(cfg.NFLOGGroup), fmt.Sprint(cfg.LabelBit)).Set(1)
+
+	qcfg := queueConfig(cfg)
+	if err := qcfg.Validate(); err != nil {
+		return fmt.Errorf("--queue-capacity %d: %w", cfg.QueueCapacity, err)
+	}
+	sink, err := ship.Open(cfg.Sink, ship.Options{
+		Node:      cfg.NodeName,
+		Policy:    cfg.Policy,
+		TokenFile: cfg.SinkTokenFile,
+		Counters:  a.counters,
+	})
+	if err != nil {
+		return fmt.Errorf("--sink %s: %w", cfg.Sink, err)
+	}
+	sinkClosed := false
+	defer func() {
+		if !sinkClosed {
+			_ = sink.Close()
+		}
+	}()
+	q := ship.NewQueue(sink, qcfg)
+	a.queue.Store(q)
+
+	// The group is bound before any rule exists.
+	conn, err := nflog.Open(cfg.nflogConfig())
+	if err != nil {
+		return fmt.Errorf("--nflog-group %d: %w", cfg.NFLOGGroup, err)
+	}
+	a.conn.Store(conn)
+	a.nflogBound.Store(true)
+	a.log.Info("NFLOG group bound", "group", cfg.NFLOGGroup, "copyRange", cfg.CopyRange, "receiveBuffer", conn.ReadBufferSize())
+
+	readDone := make(chan error, 1)
+	go func() { readDone <- conn.Read(a.handle) }()
+
+	queueCtx, stopQueue := context.WithCancel(context.Background())
+	defer stopQueue()
+	queueDone := make(chan error, 1)
+	go func() { queueDone <- q.Run(queueCtx) }()
+
+	// The rules keeper and the sink watcher stop together, first.
+	bgCtx, stopBackground := context.WithCancel(context.Background())
+	defer stopBackground()
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() {
+		defer wg.Done()
+		a.watchSink(bgCtx, q)
+	}()
+	go func() {
+		defer wg.Done()
+		a.keepRules(bgCtx, m)
+	}()
+
+	var runErr error
+	readerDone := false
+	select {
+	case <-ctx.Done():
+		a.log.Info("stopping: removing the rules, then flushing the queue", "reason", context.Cause(ctx))
+	case err := <-readDone:
+		readerDone = true
+		runErr = fmt.Errorf("read NFLOG group %d: %w", cfg.NFLOGGroup, err)
+		a.log.Error("stopping: reading failed", "err", err)
+	case err := <-queueDone:
+		queueDone <- err
+		runErr = fmt.Errorf("ship records to %s: queue stopped: %w", cfg.Sink, err)
+		a.log.Error("stopping: the queue stopped", "err", err)
+	}
+
+	// 1. No more rule passes, then no more rules: the kernel stops logging.
+	stopBackground()
+	wg.Wait()
+	var rmErr error
+	if err := m.Remove(); err != nil {
+		rmErr = fmt.Errorf("remove the rules of policy %q: %w (run `connscope agent cleanup`)", cfg.Policy, err)
+		a.log.Error("could not remove every rule", "err", err)
+	} else {
+		a.log.Info("rules removed", "chain", m.Chain())
+	}
+	a.rulesPresent.Store(false)
+
+	// 2. Read what the kernel still holds for the group, then close it.
+	if !readerDone {
+		time.Sleep(drainWait)
+		_ = conn.Close()
+		if err := <-readDone; err != nil && !errors.Is(err, net.ErrClosed) && runErr == nil {
+			runErr = fmt.Errorf("read NFLOG group %d: %w", cfg.NFLOGGroup, err)
+		}
+	} else {
+		_ = conn.Close()
+	}
+	a.nflogBound.Store(false)
+
+	// 3. The queue ships what it holds within the shutdown timeout.
+	stopQueue()
+	select {
+	case err := <-queueDone:
+		if err != nil {
+			a.log.Warn("records left unshipped", "err", err)
+		}
+	case <-time.After(time.Duration(cfg.ShutdownTimeout) + 5*time.Second):
+		a.log.Warn("the queue did not stop within the shutdown timeout", "timeout", cfg.ShutdownTimeout)
+	}
+	if err := sink.Close(); err != nil {
+		a.log.Warn("closing the sink", "err", err)
+	}
+	sinkClosed = true
+
+	ns, qs := conn.Stats(), q.Stats()
+	a.log.Info("stopped", "logged", ns.Packets, "lostKernel", ns.SeqGaps, "enobufs", ns.ENOBUFS,
+		"undecodable", a.undecodableTotal(), "shipped", qs.Shipped, "droppedQueueFull", qs.DroppedQueueFull,
+		"unshipped", qs.Queued, "sinkErrors", qs.SinkErrors)
+	return errors.Join(runErr, rmErr)
+}
+
+// handle decodes one logged packet and offers it to the queue. It runs on
+// the reading goroutine and never blocks: a full queue drops the record
+// (the queue counts it).
+func (a *Agent) handle(p *nflog.Packet) {
+	if err := packet.Decode(p.Payload, p.Timestamp, &a.rec); err != nil {
+		switch {
+		case errors.Is(err, packet.ErrNotTCP):
+			a.undecodable[decodeNotTCP].Add(1)
+		case errors.Is(err, packet.ErrTruncated):
+			a.undecodable[decodeTruncated].Add(1)
+		default:
+			a.undecodable[decodeMalformed].Add(1)
+		}
+		return
+	}
+	a.queue.Load().Offer(&a.rec)
+}
+
+func (a *Agent) undecodableTotal() uint64 {
+	var n uint64
+	for i := range a.undecodable {
+		n += a.undecodable[i].Load()
+	}
+	return n
+}
+
+// keepRules installs the rules at once, removes an earlier run's leftovers
+// of the same policy name after the first success, then every resync
+// period checks the rules (the canary) and restores them when they were
+// changed. It is rules.Manager.Run with counts and readiness: a failed
+// pass is retried sooner, from one second doubling up to the period.
+func (a *Agent) keepRules(ctx context.Context, m *rules.Manager) {
+	resync := time.Duration(a.cfg.Resync)
+	const firstRetry = time.Second
+	retry := firstRetry
+	cleaned := false
+	for {
+		wait := resync
+		if err := a.syncRules(m); err != nil {
+			wait = min(retry, resync)
+			a.log.Error("could not install the sampling rules; retrying", "err", err, "in", wait)
+			retry *= 2
+		} else {
+			retry = firstRetry
+			if !cleaned {
+				if err := m.CleanupStale(); err != nil {
+					a.log.Error("could not remove rules left by an earlier run of this policy", "err", err)
+				}
+				cleaned = true
+			}
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// syncRules is one pass: while the rules are believed present, Check them
+// and stop there when nothing changed; otherwise Ensure them.
+func (a *Agent) syncRules(m *rules.Manager) error {
+	a.resyncs.Add(1)
+	if a.rulesPresent.Load() {
+		err := m.Check()
+		if err == nil {
+			return nil
+		}
+		a.rulesPresent.Store(false)
+		if errors.Is(err, rules.ErrDrift) {
+			a.restores.Add(1)
+			a.log.Warn("the rules were changed by someone else: restoring them", "err", err)
+		} else {
+			a.log.Warn("could not check the rules: installing them again", "err", err)
+		}
+	}
+	if err := m.Ensure(); err != nil {
+		a.ruleErrors.Add(1)
+		return err
+	}
+	// Ensure ran because the rules were not known to be in place: at the
+	// start, or after a repair.
+	a.log.Info("rules installed", "chain", m.Chain(), "backend", m.Backend().Backend, "why", m.Backend().Reason)
+	a.rulesPresent.Store(true)
+	return nil
+}
+
+// watchSink follows the queue's counters: the sink is failing from the
+// first sink error after a success (or since the start) until records are
+// shipped again.
+func (a *Agent) watchSink(ctx context.Context, q *ship.Queue) {
+	t := time.NewTicker(sinkPoll)
+	defer t.Stop()
+	prev := q.Stats()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		st := q.Stats()
+		switch {
+		case st.Shipped > prev.Shipped:
+			if a.sinkFailingSince.Swap(0) != 0 {
+				a.log.Info("the sink accepts records again")
+			}
+		case st.SinkErrors > prev.SinkErrors:
+			if a.sinkFailingSince.CompareAndSwap(0, time.Now().UnixNano()) {
+				a.log.Warn("the sink is failing; records wait in the queue and are dropped when it is full",
+					"queued", st.Queued, "capacity", a.cfg.QueueCapacity)
+			}
+		}
+		prev = st
+	}
+}
+
+// queueConfig sizes the queue so that the records it holds, in its ring
+// and in the batch being sent, never exceed Config.QueueCapacity: a
+// quarter of it (at most ship.DefaultBatchSize) is the batch, the rest the
+// ring.
+func queueConfig(cfg Config) ship.QueueConfig {
+	batch := min(ship.DefaultBatchSize, cfg.QueueCapacity/4)
+	return ship.QueueConfig{
+		Capacity:     cfg.QueueCapacity - batch,
+		BatchSize:    batch,
+		DrainTimeout: time.Duration(cfg.ShutdownTimeout),
+	}
+}
+
+// counters are the totals sent with every batch.
+func (a *Agent) counters() ship.Counters {
+	var c ship.Counters
+	if conn := a.conn.Load(); conn != nil {
+		st := conn.Stats()
+		c.PacketsLogged, c.PacketsLostKernel, c.ReceiveOverflows, c.ReadErrors = st.Packets, st.SeqGaps, st.ENOBUFS, st.Errors
+	}
+	c.ReadErrors += a.undecodableTotal()
+	if q := a.queue.Load(); q != nil {
+		c.DroppedQueueFull = q.Stats().DroppedQueueFull
+	}
+	return c
+}
+
+// Ready says whether the agent samples as configured: nil when its rules
+// are in place as of the last check, its NFLOG group is bound, and the
+// sink has not been failing for longer than Config.SinkUnreadyAfter;
+// otherwise an error saying what is missing.
+func (a *Agent) Ready() error {
+	var problems []error
+	if !a.rulesPresent.Load() {
+		problems = append(problems, errors.New("the sampling rules are not installed"))
+	}
+	if !a.nflogBound.Load() {
+		problems = append(problems, fmt.Errorf("NFLOG group %d is not bound", a.cfg.NFLOGGroup))
+	}
+	if since := a.sinkFailingSince.Load(); since != 0 {
+		if d := time.Since(time.Unix(0, since)); d > time.Duration(a.cfg.SinkUnreadyAfter) {
+			problems = append(problems, fmt.Errorf("the sink has been failing for %v", d.Round(time.Second)))
+		}
+	}
+	return errors.Join(problems...)
+}

@@ -1,0 +1,132 @@
+package agent
+
+import (
+	"context"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/connscope/connscope/agent/nflog"
+	"github.com/connscope/connscope/agent/ship"
+	"github.com/connscope/connscope/classifier/capture"
+	"github.com/connscope/connscope/packet"
+)
+
+func TestQueueHoldsAtMostTheConfiguredCapacity(t *testing.T) {
+	for _, capacity := range []int{MinQueueCapacity, 256, 1000, DefaultQueueCapacity, MaxQueueCapacity} {
+		c := validConfig()
+		c.QueueCapacity = capacity
+		q := queueConfig(c)
+		if err := q.Validate(); err != nil {
+			t.Errorf("capacity %d: %v", capacity, err)
+		}
+		if q.Capacity+q.BatchSize != capacity || q.BatchSize < 1 || q.BatchSize > q.Capacity {
+			t.Errorf("capacity %d: ring %d + batch %d", capacity, q.Capacity, q.BatchSize)
+		}
+	}
+}
+
+func TestNewRefusesAnInvalidConfigAndTouchesNothing(t *testing.T) {
+	c := validConfig()
+	c.Probability = 0
+	if _, err := New(c, Options{LookPath: func(name string) (string, error) {
+		t.Errorf("New looked up %s", name)
+		return "", io.EOF
+	}}); err == nil || !strings.Contains(err.Error(), "--probability (probability): is required") {
+		t.Fatalf("got %v", err)
+	}
+}
+
+func get(t *testing.T, h http.Handler, path string) (int, string) {
+	t.Helper()
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, path, nil))
+	return rec.Code, rec.Body.String()
+}
+
+func TestReadinessFollowsRulesGroupAndSink(t *testing.T) {
+	c := validConfig()
+	c.SinkUnreadyAfter = Duration(time.Minute)
+	a, err := New(c, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := a.Handler()
+	if code, body := get(t, h, "/healthz"); code != 200 || body != "ok\n" {
+		t.Errorf("/healthz: %d %q", code, body)
+	}
+	code, body := get(t, h, "/readyz")
+	if code != http.StatusServiceUnavailable || !strings.Contains(body, "the sampling rules are not installed") || !strings.Contains(body, "NFLOG group 5 is not bound") {
+		t.Errorf("/readyz before start: %d %q", code, body)
+	}
+	a.rulesPresent.Store(true)
+	a.nflogBound.Store(true)
+	if code, body := get(t, h, "/readyz"); code != 200 {
+		t.Errorf("/readyz when running: %d %q", code, body)
+	}
+	// A sink failing for less than SinkUnreadyAfter keeps the agent ready.
+	a.sinkFailingSince.Store(time.Now().Add(-30 * time.Second).UnixNano())
+	if code, _ := get(t, h, "/readyz"); code != 200 {
+		t.Errorf("/readyz with the sink failing for 30s: %d", code)
+	}
+	a.sinkFailingSince.Store(time.Now().Add(-90 * time.Second).UnixNano())
+	if code, body := get(t, h, "/readyz"); code != http.StatusServiceUnavailable || !strings.Contains(body, "the sink has been failing for 1m30s") {
+		t.Errorf("/readyz with the sink failing for 90s: %d %q", code, body)
+	}
+	if _, body := get(t, h, "/metrics"); !strings.Contains(body, "\nconnscope_agent_ready 0\n") || !strings.Contains(body, "\nconnscope_agent_sink_failing 1\n") {
+		t.Errorf("/metrics does not say not ready and failing:\n%s", body)
+	}
+}
+
+// memSink keeps what it is sent.
+type memSink struct{ got []packet.Record }
+
+func (s *memSink) Send(_ context.Context, b []packet.Record) error {
+	s.got = append(s.got, b...)
+	return nil
+}
+func (s *memSink) Close() error { return nil }
+
+func TestLoggedPacketsBecomeRecordsOrAreCounted(t *testing.T) {
+	a, err := New(validConfig(), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sink := &memSink{}
+	q := ship.NewQueue(sink, ship.QueueConfig{Capacity: 64, BatchSize: 16})
+	a.queue.Store(q)
+
+	rec := packet.Record{SrcPort: 40000, DstPort: 443, Flags: packet.SYN, Seq: 7, TTL: 64, Window: 1000, PayloadLen: 0}
+	rec.SetSrc(mustAddr("192.0.2.1"))
+	rec.SetDst(mustAddr("198.51.100.2"))
+	good := capture.BuildPacket(&rec)
+	a.handle(&nflog.Packet{Timestamp: 123, Payload: good})
+	a.handle(&nflog.Packet{Timestamp: 124, Payload: good[:30]})                           // cut inside the TCP header
+	a.handle(&nflog.Packet{Timestamp: 125, Payload: append([]byte{0x45}, good[1:20]...)}) // IPv4 header only
+	udp := append([]byte(nil), good...)
+	udp[9] = 17
+	a.handle(&nflog.Packet{Timestamp: 126, Payload: udp})
+	a.handle(&nflog.Packet{Timestamp: 127, Payload: []byte{0x75, 0, 0, 0}})
+
+	if got := [3]uint64{a.undecodable[decodeNotTCP].Load(), a.undecodable[decodeTruncated].Load(), a.undecodable[decodeMalformed].Load()}; got != [3]uint64{1, 2, 1} {
+		t.Errorf("undecodable not_tcp, truncated, malformed = %v, want [1 2 1]", got)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := q.Run(ctx); err != nil { // ships what is queued, then returns
+		t.Fatal(err)
+	}
+	rec.Timestamp = 123
+	if len(sink.got) != 1 || sink.got[0] != rec {
+		t.Fatalf("shipped %v, want the one record %v", sink.got, &rec)
+	}
+	if c := a.counters(); c.ReadErrors != 4 || c.DroppedQueueFull != 0 {
+		t.Errorf("counters %+v", c)
+	}
+}
+
+func mustAddr(s string) netip.Addr { return netip.MustParseAddr(s) }
