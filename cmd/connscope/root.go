@@ -14,5 +14,6 @@ by the stage where they ended, tags and signatures (Cloudflare Radar's method).`
 		SilenceErrors: true,
 	}
 	root.AddCommand(newClassifyCommand())
+	root.AddCommand(newAgentCommand())
 	return root
 }
