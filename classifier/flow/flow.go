@@ -45,7 +45,7 @@
 // State is bounded by MaxOpen connections (open and tombstones together;
 // tombstones are evicted first, and evicting one loses nothing). Connections
 // live in slabs of fixed-size entries indexed by an open-addressing hash table
-// of 32-bit slots, and their packets in a pool of 4-packet chunks, so the
+// of 32-bit slots, and their packets in a pool of 5-packet chunks, so the
 // steady state allocates nothing per packet and the garbage collector scans
 // no pointers.
 package flow

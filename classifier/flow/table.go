@@ -1,8 +1,9 @@
 package flow
 
 import (
-	"hash/maphash"
-	"unsafe"
+	"encoding/binary"
+	"math/bits"
+	"math/rand/v2"
 
 	"github.com/connscope/connscope/packet"
 )
@@ -62,7 +63,7 @@ type entry struct {
 	first      int64 // timestamp of the first packet that arrived (ns)
 	last       int64 // latest timestamp of a counted packet; of any packet once done
 	prev, next uint32
-	head       uint32 // first packet chunk (0: none)
+	tail       uint32 // last packet chunk (0: none); chunks link backwards
 	hash       uint32
 	// aux is the ack number of the first plain RST while the connection is
 	// open, and the SYN's sequence number once it is a tombstone.
@@ -113,7 +114,7 @@ func (t *Table) Add(r *packet.Record) error {
 		return ErrBadPacket
 	}
 	k := keyOf(r)
-	t.add(r, &k, hashKey(&t.index.seed, &k))
+	t.add(r, &k, t.index.seed.hash(&k))
 	return nil
 }
 
@@ -140,7 +141,7 @@ func (t *Table) AddBatch(rs []packet.Record) error {
 		slots, mask := t.index.slots, t.index.mask
 		for i := range n {
 			keys[i] = keyOf(&rs[i])
-			hs[i] = hashKey(&t.index.seed, &keys[i])
+			hs[i] = t.index.seed.hash(&keys[i])
 		}
 		// Tight loops of independent loads: many misses in flight at once.
 		for i := range n {
@@ -156,7 +157,7 @@ func (t *Table) AddBatch(rs []packet.Record) error {
 		}
 		for i := range n {
 			if ids[i] != 0 {
-				if c := t.conns.at(ids[i]).head; c != 0 {
+				if c := t.conns.at(ids[i]).tail; c != 0 {
 					sink += t.chnks.at(c).next
 				}
 			}
@@ -212,7 +213,7 @@ func (t *Table) add(r *packet.Record, kp *Key, h uint32) {
 		// A client SYN opens a connection whatever the other direction holds;
 		// any other packet may be the server's side of a known connection.
 		rk := k.reverse()
-		if t.index.find(&rk, hashKey(&t.index.seed, &rk), &t.conns) != 0 {
+		if t.index.find(&rk, t.index.seed.hash(&rk), &t.conns) != 0 {
 			t.stats.Reverse++
 			return
 		}
@@ -274,24 +275,14 @@ func (t *Table) append(id uint32, e *entry, r *packet.Record, clientSYN bool) {
 		off = -1 << 31
 	}
 	p := cpkt{off: int32(off), seq: r.Seq, ipid: r.IPID, ttl: r.TTL, flags: r.Flags}
-	// The chunk for packet number e.n: the one holding packet e.n-1, or a
-	// new one linked after it.
-	var c uint32
-	if e.n == 0 {
-		c = t.chnks.alloc()
-		e.head = c
-	} else {
-		c = e.head
-		for i := (int(e.n) - 1) / chunkLen; i > 0; i-- {
-			c = t.chnks.at(c).next
-		}
-		if e.n%chunkLen == 0 {
-			nc := t.chnks.alloc()
-			t.chnks.at(c).next = nc
-			c = nc
-		}
+	// The chunk for packet number e.n: the last one, or a new one linked
+	// before it.
+	if e.n%chunkLen == 0 {
+		c := t.chnks.alloc()
+		t.chnks.at(c).next = e.tail
+		e.tail = c
 	}
-	t.chnks.at(c).p[e.n%chunkLen] = p
+	t.chnks.at(e.tail).p[e.n%chunkLen] = p
 	e.n++
 	t.stats.Counted++
 	if clientSYN && e.state&stHasSYN == 0 {
@@ -331,22 +322,24 @@ func (t *Table) append(id uint32, e *entry, r *packet.Record, clientSYN bool) {
 // tombstone.
 func (t *Table) finish(id uint32, end End) {
 	e := t.conns.at(id)
-	t.buf = t.buf[:0]
+	n := int(e.n)
+	t.buf = t.buf[:n]
 	lo := lastOff(e)
-	c := e.head
-	for i := 0; i < int(e.n); i++ {
+	// Chunks link backwards: the last one holds packets from
+	// (n-1)/chunkLen*chunkLen on.
+	c := e.tail
+	for base := (n - 1) / chunkLen * chunkLen; base >= 0; base -= chunkLen {
 		ch := t.chnks.at(c)
-		p := ch.p[i%chunkLen]
-		ts := e.first + int64(p.off)*1000
-		if p.off == 0 {
-			ts = e.first
-		} else if p.off == lo {
-			ts = e.last
+		for j, p := range ch.p[:min(chunkLen, n-base)] {
+			ts := e.first + int64(p.off)*1000
+			if p.off == 0 {
+				ts = e.first
+			} else if p.off == lo {
+				ts = e.last
+			}
+			t.buf[base+j] = Packet{Timestamp: ts, Seq: p.seq, IPID: p.ipid, TTL: p.ttl, Flags: p.flags}
 		}
-		t.buf = append(t.buf, Packet{Timestamp: ts, Seq: p.seq, IPID: p.ipid, TTL: p.ttl, Flags: p.flags})
-		if i%chunkLen == chunkLen-1 {
-			c = ch.next
-		}
+		c = ch.next
 	}
 	sortPackets(t.buf)
 	t.out = Conn{
@@ -381,12 +374,12 @@ func (t *Table) finish(id uint32, end End) {
 }
 
 func (t *Table) freeChunks(e *entry) {
-	for c := e.head; c != 0; {
+	for c := e.tail; c != 0; {
 		next := t.chnks.at(c).next
 		t.chnks.free(c)
 		c = next
 	}
-	e.head = 0
+	e.tail = 0
 }
 
 // remove forgets a tombstone.
@@ -465,17 +458,23 @@ func lastOff(e *entry) int32 {
 // synSeq returns the sequence number of the first client SYN kept by an
 // open connection (0 if none).
 func (t *Table) synSeq(e *entry) uint32 {
-	c := e.head
-	for i := 0; i < int(e.n); i++ {
-		ch := t.chnks.at(c)
-		if p := &ch.p[i%chunkLen]; p.flags&(packet.SYN|packet.ACK) == packet.SYN {
-			return p.seq
-		}
-		if i%chunkLen == chunkLen-1 {
-			c = ch.next
-		}
+	if e.state&stHasSYN == 0 {
+		return 0
 	}
-	return 0
+	// Chunks link backwards: the earliest SYN is the last one found.
+	n := int(e.n)
+	var seq uint32
+	c := e.tail
+	for base := (n - 1) / chunkLen * chunkLen; base >= 0; base -= chunkLen {
+		ch := t.chnks.at(c)
+		for j := min(chunkLen, n-base) - 1; j >= 0; j-- {
+			if p := &ch.p[j]; p.flags&(packet.SYN|packet.ACK) == packet.SYN {
+				seq = p.seq
+			}
+		}
+		c = ch.next
+	}
+	return seq
 }
 
 // sortPackets orders packets by timestamp, then sequence number (serial
@@ -496,15 +495,46 @@ func before(a, b *Packet) bool {
 	return int32(a.Seq-b.Seq) < 0
 }
 
-// hashKey hashes the 37 meaningful bytes of a key (Key has no interior
-// padding: two 16-byte arrays, two uint16s and a uint8).
-func hashKey(seed *maphash.Seed, k *Key) uint32 {
-	b := unsafe.Slice((*byte)(unsafe.Pointer(k)), keyBytes)
-	h := maphash.Bytes(*seed, b)
+// hashSeed keys the hash of connection keys with random secrets, so that
+// clients cannot choose 5-tuples that collide (the live classifier hashes
+// attacker-chosen keys).
+type hashSeed [6]uint64
+
+func newHashSeed() hashSeed {
+	var s hashSeed
+	for i := range s {
+		s[i] = rand.Uint64()
+	}
+	return s
+}
+
+// hash hashes the 37 meaningful bytes of a key (two 16-byte addresses, two
+// ports and the IP version) as five words, wyhash-style: each pair of
+// seeded words folded by a 64x64->128-bit multiplication.
+func (s *hashSeed) hash(k *Key) uint32 {
+	le := binary.LittleEndian
+	a := mum(le.Uint64(k.ClientIP[:8])^s[0], le.Uint64(k.ClientIP[8:])^s[1])
+	b := mum(le.Uint64(k.ServerIP[:8])^s[2], le.Uint64(k.ServerIP[8:])^s[3])
+	w := uint64(k.ClientPort) | uint64(k.ServerPort)<<16 | uint64(k.IPVersion)<<32
+	h := mum(a^b^s[4], w^s[5])
 	return uint32(h ^ h>>32)
 }
 
-const keyBytes = 16 + 16 + 2 + 2 + 1
+func mum(a, b uint64) uint64 {
+	hi, lo := bits.Mul64(a, b)
+	return hi ^ lo
+}
+
+// keyEq compares two keys word by word.
+func keyEq(a, b *Key) bool {
+	le := binary.LittleEndian
+	x := le.Uint64(a.ClientIP[:8]) ^ le.Uint64(b.ClientIP[:8])
+	x |= le.Uint64(a.ClientIP[8:]) ^ le.Uint64(b.ClientIP[8:])
+	x |= le.Uint64(a.ServerIP[:8]) ^ le.Uint64(b.ServerIP[:8])
+	x |= le.Uint64(a.ServerIP[8:]) ^ le.Uint64(b.ServerIP[8:])
+	y := (uint32(a.ClientPort) | uint32(a.ServerPort)<<16) ^ (uint32(b.ClientPort) | uint32(b.ServerPort)<<16)
+	return x == 0 && y == 0 && a.IPVersion == b.IPVersion
+}
 
 // index is an open-addressing hash table (linear probing, backward-shift
 // deletion) from keys to entry ids. A slot holds an entry id in its low
@@ -515,7 +545,7 @@ type index struct {
 	slots []uint32
 	mask  uint32
 	count int
-	seed  maphash.Seed
+	seed  hashSeed
 }
 
 const (
@@ -528,7 +558,7 @@ const (
 func slotTag(h uint32) uint32 { return h &^ idMask }
 
 func (x *index) init() {
-	x.seed = maphash.MakeSeed()
+	x.seed = newHashSeed()
 	x.slots = make([]uint32, 1024)
 	x.mask = 1023
 }
@@ -542,7 +572,7 @@ func (x *index) find(k *Key, h uint32, p *connPool) uint32 {
 		}
 		if s&^idMask == tag {
 			id := s & idMask
-			if e := p.at(id); e.key == *k {
+			if e := p.at(id); keyEq(&e.key, k) {
 				return id
 			}
 		}
@@ -648,7 +678,7 @@ const (
 )
 
 type connPool struct {
-	pages [][]entry
+	pages []*[pageSize]entry
 	n     uint32 // ids handed out so far, including 0
 	freeL uint32
 }
@@ -665,7 +695,7 @@ func (p *connPool) alloc() uint32 {
 		p.n = 1 // id 0 is nil
 	}
 	if int(p.n>>pageBits) == len(p.pages) {
-		p.pages = append(p.pages, make([]entry, pageSize))
+		p.pages = append(p.pages, new([pageSize]entry))
 	}
 	id := p.n
 	p.n++
@@ -678,7 +708,7 @@ func (p *connPool) free(id uint32) {
 }
 
 type chunkPool struct {
-	pages [][]chunk
+	pages []*[pageSize]chunk
 	n     uint32
 	freeL uint32
 }
@@ -697,7 +727,7 @@ func (p *chunkPool) alloc() uint32 {
 		p.n = 1
 	}
 	if int(p.n>>pageBits) == len(p.pages) {
-		p.pages = append(p.pages, make([]chunk, pageSize))
+		p.pages = append(p.pages, new([pageSize]chunk))
 	}
 	id := p.n
 	p.n++
