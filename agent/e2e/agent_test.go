@@ -1,0 +1,453 @@
+package e2e
+
+import (
+	"bytes"
+	"fmt"
+	"math"
+	"net"
+	"net/http"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/connscope/connscope/agent/ship/shiptest"
+	"github.com/connscope/connscope/packet"
+)
+
+// Generous bounds: the machine is shared and may stall a process for
+// seconds. Nothing is asserted about how fast anything happens.
+const (
+	startTimeout = 30 * time.Second
+	stopTimeout  = 30 * time.Second
+	pollTimeout  = 60 * time.Second
+)
+
+// policyA is the policy most tests install.
+func policyA(extra ...string) []string {
+	return append([]string{"--policy", "a", "--label-bit", "3", "--nflog-group", "5", "--probability", "1", "--resync", "1s"}, extra...)
+}
+
+func fileSink(t *testing.T) (path, flag string) {
+	path = filepath.Join(t.TempDir(), "records.pcapng")
+	return path, "file://" + path
+}
+
+// TestInstallLogsTheFirstPacketsOfEachConnection runs the agent at
+// probability 1 with a packet cap of 3 and the file sink, in each backend:
+// exactly our chain, its rules and one jump appear in the backend chosen
+// (and nothing in the other); TCP connections on the namespace's loopback,
+// IPv4 and IPv6, reach the file as their client's first 3 packets, headers
+// only; classify judges them as they were made; the metrics say so; and
+// SIGTERM takes the rules out and exits 0.
+func TestInstallLogsTheFirstPacketsOfEachConnection(t *testing.T) {
+	needRoot(t)
+	for _, backend := range []string{"nft", "legacy"} {
+		t.Run(backend, func(t *testing.T) {
+			ns := newNS(t, "")
+			file, sink := fileSink(t)
+			a := ns.startAgent("agent", policyA("--backend", backend, "--packet-cap", "3", "--sink", sink)...)
+			a.waitReady(startTimeout)
+			golden(t, "installed-a-"+backend, ns.rules())
+
+			// One port on both loopback addresses: the client's address
+			// tells the families apart.
+			srv := ns.serve("127.0.0.1:0")
+			ns.serve(fmt.Sprintf("[::1]:%d", srv.port))
+			type made struct {
+				client string
+				port   uint16
+				abort  bool
+			}
+			var conns []made
+			v4, v6 := fmt.Sprintf("127.0.0.1:%d", srv.port), fmt.Sprintf("[::1]:%d", srv.port)
+			for range 4 {
+				conns = append(conns,
+					made{"127.0.0.1", ns.talk(v4), false}, made{"127.0.0.1", ns.abort(v4), true},
+					made{"::1", ns.talk(v6), false}, made{"::1", ns.abort(v6), true})
+			}
+			want := 3 * len(conns)
+			var m map[string]float64
+			eventually(t, pollTimeout, "records shipped", func() bool {
+				m = a.scrape()
+				return m["connscope_agent_records_shipped_total"] >= float64(want)
+			}, func() string { return fmt.Sprintf("metrics: %v", m) })
+			checkMetrics(t, m, backend)
+
+			if code := a.signal(syscall.SIGTERM, stopTimeout); code != 0 {
+				t.Fatalf("exit status %d after SIGTERM:\n%s", code, a.output())
+			}
+			golden(t, "removed-"+backend, ns.rules())
+
+			recs, frames := records(t, file)
+			for i, f := range frames {
+				if bytes.Contains(f, []byte("hello")) {
+					t.Fatalf("frame %d holds payload bytes: % x", i, f)
+				}
+			}
+			gotConns := byConnection(recs, srv.port)
+			if len(gotConns) != len(conns) {
+				t.Fatalf("%d connections to the servers in the file, want %d", len(gotConns), len(conns))
+			}
+			results := classify(t, file, int(srv.port), "--packet-cap", "3")
+			for _, c := range conns {
+				k := connKey{c.client, c.port}
+				got, res := gotConns[k], results[k]
+				wantFlags := []packet.Flags{packet.SYN, packet.ACK, packet.PSH | packet.ACK}
+				wantRes := "packets=3 stage=\"no_match\" tags=[] signature=\"\" excluded=\"\""
+				if c.abort {
+					wantFlags[2] = packet.RST | packet.ACK
+					wantRes = "packets=3 stage=\"post_ack\" tags=[reset single_rstack] signature=\"SYN; ACK → RST+ACK\" excluded=\"\""
+				}
+				var flags []packet.Flags
+				for _, r := range got {
+					flags = append(flags, r.Flags)
+				}
+				if !slices.Equal(flags, wantFlags) {
+					t.Errorf("%v: client packets %v, want %v", k, flags, wantFlags)
+					continue
+				}
+				if got[1].Seq != got[0].Seq+1 || got[2].Seq != got[0].Seq+1 {
+					t.Errorf("%v: sequence numbers %d %d %d are not one connection's first packets", k, got[0].Seq, got[1].Seq, got[2].Seq)
+				}
+				if !c.abort && got[2].PayloadLen != uint16(len("hello\n")) {
+					t.Errorf("%v: data packet payload length %d, want 6", k, got[2].PayloadLen)
+				}
+				if res.verdict() != wantRes {
+					t.Errorf("%v: classify %s, want %s", k, res.verdict(), wantRes)
+				}
+			}
+		})
+	}
+}
+
+// checkMetrics checks that every documented metric is served and that
+// those of a healthy agent that logged traffic say so.
+func checkMetrics(t *testing.T, m map[string]float64, backend string) {
+	t.Helper()
+	for _, name := range []string{
+		`connscope_agent_packets_logged_total`,
+		`connscope_agent_packets_lost_total{reason="kernel_seq_gap"}`,
+		`connscope_agent_packets_lost_total{reason="queue_full"}`,
+		`connscope_agent_nflog_enobufs_total`,
+		`connscope_agent_nflog_read_errors_total`,
+		`connscope_agent_packets_undecodable_total{reason="not_tcp"}`,
+		`connscope_agent_packets_undecodable_total{reason="truncated"}`,
+		`connscope_agent_packets_undecodable_total{reason="malformed"}`,
+		`connscope_agent_records_queued`,
+		`connscope_agent_queue_capacity_records`,
+		`connscope_agent_records_shipped_total`,
+		`connscope_agent_sink_batches_total`,
+		`connscope_agent_sink_errors_total`,
+		`connscope_agent_sink_retries_total`,
+		`connscope_agent_sink_failing`,
+		`connscope_agent_rules_resyncs_total`,
+		`connscope_agent_rules_restores_total`,
+		`connscope_agent_rules_errors_total`,
+		`connscope_agent_rules_present`,
+		`connscope_agent_nflog_bound`,
+		`connscope_agent_ready`,
+		`go_goroutines`,
+		`process_resident_memory_bytes`,
+	} {
+		if _, ok := m[name]; !ok {
+			t.Errorf("metric %s is missing", name)
+		}
+	}
+	for name, want := range map[string]float64{
+		`connscope_agent_packets_lost_total{reason="kernel_seq_gap"}`:   0,
+		`connscope_agent_packets_lost_total{reason="queue_full"}`:       0,
+		`connscope_agent_packets_undecodable_total{reason="truncated"}`: 0,
+		`connscope_agent_sink_errors_total`:                             0,
+		`connscope_agent_rules_present`:                                 1,
+		`connscope_agent_nflog_bound`:                                   1,
+		`connscope_agent_ready`:                                         1,
+		`connscope_agent_queue_capacity_records`:                        65536,
+	} {
+		if m[name] != want {
+			t.Errorf("%s = %v, want %v", name, m[name], want)
+		}
+	}
+	info := fmt.Sprintf(`connscope_agent_info{backend=%q,chain="CONNSCOPE-ZKLYCEWK-SRFG5KIU",label_bit="3",nflog_group="5",node=`, backend)
+	found := false
+	for k := range m {
+		found = found || strings.HasPrefix(k, info)
+	}
+	if !found {
+		t.Errorf("no metric starting %s", info)
+	}
+	if m["connscope_agent_packets_logged_total"] < m["connscope_agent_records_shipped_total"] {
+		t.Errorf("shipped %v records but logged only %v packets", m["connscope_agent_records_shipped_total"], m["connscope_agent_packets_logged_total"])
+	}
+}
+
+// TestResyncRestoresRulesRemovedByOthers flushes our chain, deletes our
+// jump, then flushes the whole mangle table, in both families: each time
+// the agent restores the exact rule set within a few resync periods (1 s),
+// and counts the restores.
+func TestResyncRestoresRulesRemovedByOthers(t *testing.T) {
+	needRoot(t)
+	ns := newNS(t, "")
+	_, sink := fileSink(t)
+	a := ns.startAgent("agent", policyA("--backend", "nft", "--packet-cap", "3", "--sink", sink)...)
+	a.waitReady(startTimeout)
+	golden(t, "installed-a-nft", ns.rules())
+	const chain = "CONNSCOPE-ZKLYCEWK-SRFG5KIU"
+
+	for i, disrupt := range [][][]string{
+		{{"iptables-nft", "-t", "mangle", "-F", chain}, {"ip6tables-nft", "-t", "mangle", "-F", chain}},
+		{{"iptables-nft", "-t", "mangle", "-D", "PREROUTING", "1"}, {"ip6tables-nft", "-t", "mangle", "-D", "PREROUTING", "1"}},
+		{{"iptables-nft", "-t", "mangle", "-F"}, {"ip6tables-nft", "-t", "mangle", "-F"}},
+	} {
+		for _, cmd := range disrupt {
+			ns.must(cmd...)
+		}
+		if i == 0 && strings.Contains(ns.rules(), "-A "+chain+" ") {
+			t.Fatal("the flush did not take")
+		}
+		ns.eventuallyRules(pollTimeout, "installed-a-nft")
+		var m map[string]float64
+		eventually(t, pollTimeout, "restores counted", func() bool {
+			m = a.scrape()
+			return m["connscope_agent_rules_restores_total"] >= float64(i+1)
+		}, func() string { return fmt.Sprintf("restores %v", m["connscope_agent_rules_restores_total"]) })
+	}
+	a.waitReady(startTimeout)
+	if code := a.signal(syscall.SIGTERM, stopTimeout); code != 0 {
+		t.Fatalf("exit status %d:\n%s", code, a.output())
+	}
+	golden(t, "removed-nft", ns.rules())
+}
+
+// TestKillRestartAndCleanup: after SIGKILL the rules stay (nothing removes
+// them); a restart installs the same rule set again, without duplicates;
+// `connscope agent cleanup` removes everything of connscope in both
+// backends (here also a legacy agent's leftovers), and says so; run again
+// it finds nothing and exits 0.
+func TestKillRestartAndCleanup(t *testing.T) {
+	needRoot(t)
+	ns := newNS(t, "")
+	_, sink := fileSink(t)
+	args := policyA("--backend", "nft", "--packet-cap", "3", "--sink", sink)
+
+	a := ns.startAgent("agent-1", args...)
+	a.waitReady(startTimeout)
+	if code := a.signal(syscall.SIGKILL, stopTimeout); code != -1 {
+		t.Fatalf("exit status %d after SIGKILL", code)
+	}
+	golden(t, "installed-a-nft", ns.rules())
+
+	a = ns.startAgent("agent-2", args...)
+	a.waitReady(startTimeout)
+	golden(t, "installed-a-nft", ns.rules())
+	a.signal(syscall.SIGKILL, stopTimeout)
+
+	// A legacy agent of another policy, killed too.
+	_, sinkB := fileSink(t)
+	b := ns.startAgent("agent-b", "--policy", "b", "--label-bit", "4", "--nflog-group", "6", "--probability", "0.5",
+		"--ports", "22,80", "--backend", "legacy", "--sink", sinkB, "--metrics-addr", "127.0.0.1:9478")
+	b.waitReady(startTimeout)
+	b.signal(syscall.SIGKILL, stopTimeout)
+	golden(t, "killed-a-nft-b-legacy", ns.rules())
+
+	out := ns.must(connscopeBin, "agent", "cleanup")
+	for _, want := range []string{
+		"iptables-nft (IPv4): deleted chain CONNSCOPE-ZKLYCEWK-SRFG5KIU",
+		"ip6tables-nft (IPv6): deleted chain CONNSCOPE-ZKLYCEWK-SRFG5KIU",
+		"iptables-legacy (IPv4): deleted -A PREROUTING",
+		"ip6tables-legacy (IPv6): deleted chain CONNSCOPE-",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("cleanup output lacks %q:\n%s", want, out)
+		}
+	}
+	golden(t, "cleaned", ns.rules())
+	if out := ns.must(connscopeBin, "agent", "cleanup"); strings.TrimSpace(out) != "nothing of connscope found" {
+		t.Errorf("second cleanup printed:\n%s", out)
+	}
+}
+
+// TestTwoAgentsSideBySide: two policies with different label bits and
+// groups run at once; stopping one leaves the other's rules intact and it
+// stays ready.
+func TestTwoAgentsSideBySide(t *testing.T) {
+	needRoot(t)
+	ns := newNS(t, "")
+	_, sinkA := fileSink(t)
+	_, sinkB := fileSink(t)
+	// One after the other: each inserts its jump at the top of PREROUTING,
+	// so the order of the jumps is the reverse of the starts.
+	b := ns.startAgent("agent-b", "--policy", "b", "--label-bit", "4", "--nflog-group", "6", "--probability", "0.5",
+		"--ports", "22,80", "--backend", "nft", "--resync", "1s", "--sink", sinkB, "--metrics-addr", "127.0.0.1:9478")
+	b.waitReady(startTimeout)
+	a := ns.startAgent("agent-a", policyA("--backend", "nft", "--packet-cap", "3", "--sink", sinkA)...)
+	a.waitReady(startTimeout)
+	golden(t, "two-policies-nft", ns.rules())
+
+	if code := a.signal(syscall.SIGTERM, stopTimeout); code != 0 {
+		t.Fatalf("agent a: exit status %d:\n%s", code, a.output())
+	}
+	golden(t, "only-b-nft", ns.rules())
+	time.Sleep(2 * time.Second) // two resync periods of b: it must not have changed anything
+	golden(t, "only-b-nft", ns.rules())
+	b.waitReady(startTimeout)
+	if m := b.scrape(); m["connscope_agent_rules_restores_total"] != 0 {
+		t.Errorf("agent b restored its rules %v times: a's removal touched them", m["connscope_agent_rules_restores_total"])
+	}
+	if code := b.signal(syscall.SIGTERM, stopTimeout); code != 0 {
+		t.Fatalf("agent b: exit status %d:\n%s", code, b.output())
+	}
+	golden(t, "removed-nft", ns.rules())
+}
+
+// TestBusyGroupFailsBeforeAnyRule: a second agent whose NFLOG group is
+// held by the first (the same policy with another label bit: an update
+// that surged) fails with a clear message, exits non-zero, and installs
+// nothing: the first agent's rules are exactly as they were.
+func TestBusyGroupFailsBeforeAnyRule(t *testing.T) {
+	needRoot(t)
+	ns := newNS(t, "")
+	_, sinkA := fileSink(t)
+	_, sinkB := fileSink(t)
+	a := ns.startAgent("agent-a", policyA("--backend", "nft", "--packet-cap", "3", "--sink", sinkA)...)
+	a.waitReady(startTimeout)
+
+	b := ns.startAgent("agent-b", "--policy", "a", "--label-bit", "9", "--nflog-group", "5", "--probability", "1",
+		"--backend", "nft", "--sink", sinkB, "--metrics-addr", "127.0.0.1:9478")
+	if code := b.wait(stopTimeout); code == 0 {
+		t.Fatalf("the second agent exited 0:\n%s", b.output())
+	}
+	if want := "--nflog-group 5: nflog group 5 is already bound by another socket in this network namespace"; !strings.Contains(b.output(), want) {
+		t.Errorf("output lacks %q:\n%s", want, b.output())
+	}
+	if strings.Contains(b.output(), "rules installed") {
+		t.Errorf("the second agent installed rules:\n%s", b.output())
+	}
+	golden(t, "installed-a-nft", ns.rules())
+	a.waitReady(startTimeout)
+	a.signal(syscall.SIGTERM, stopTimeout)
+}
+
+// TestSinkDownThenBack: with the classifier down (grpc:// to a closed
+// port) the agent keeps running and sampling, the queue stays within its
+// capacity, the drops and sink errors are counted, memory stays bounded,
+// and /readyz turns 503 after --sink-unready-after; when a receiver
+// appears on that port, shipping resumes and the agent is ready again.
+func TestSinkDownThenBack(t *testing.T) {
+	needRoot(t)
+	ns := newNS(t, "")
+	// A receiver inside the namespace, stopped at once: its port is closed.
+	var recv *shiptest.Receiver
+	if err := ns.do(func() error { recv = shiptest.Start(t, shiptest.Options{}); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	recv.Stop()
+
+	const capacity = 256
+	a := ns.startAgent("agent", policyA("--backend", "nft", "--packet-cap", "3", "--sink", recv.URL(),
+		"--queue-capacity", strconv.Itoa(capacity), "--sink-unready-after", "2s", "--shutdown-timeout", "3s")...)
+	a.waitReady(startTimeout)
+	srv := ns.serve("127.0.0.1:0")
+	addr := fmt.Sprintf("127.0.0.1:%d", srv.port)
+	for range 300 { // 900 records or more, for a queue of 256
+		ns.abort(addr)
+	}
+	var m map[string]float64
+	eventually(t, pollTimeout, "drops counted", func() bool {
+		m = a.scrape()
+		return m[`connscope_agent_packets_lost_total{reason="queue_full"}`] > 0 && m["connscope_agent_sink_errors_total"] > 0 &&
+			m["connscope_agent_packets_logged_total"] >= 900
+	}, func() string { return fmt.Sprintf("metrics %v", m) })
+	if q := m["connscope_agent_records_queued"]; q > capacity {
+		t.Errorf("%v records queued, above the capacity %d", q, capacity)
+	}
+	if logged, lost := m["connscope_agent_packets_logged_total"], m[`connscope_agent_packets_lost_total{reason="queue_full"}`]; logged < 900 || lost < logged-capacity {
+		t.Errorf("logged %v, dropped %v: want at least 900 logged and all but the queue's %d dropped", logged, lost, capacity)
+	}
+	var body string
+	eventually(t, pollTimeout, "/readyz reports the failing sink", func() bool {
+		var code int
+		code, body, _ = ns.httpGet(a.metrics + "/readyz")
+		return code == http.StatusServiceUnavailable && strings.Contains(body, "the sink has been failing for")
+	}, func() string { return "last /readyz: " + body })
+	if rss := rssBytes(t, a.cmd.Process.Pid); rss > 200<<20 {
+		t.Errorf("agent resident memory %d MiB with the sink down", rss>>20)
+	}
+	if !a.running() {
+		t.Fatalf("the agent exited:\n%s", a.output())
+	}
+
+	if err := ns.do(func() error { recv.Restart(); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	recv.WaitRecords(capacity, pollTimeout)
+	a.waitReady(pollTimeout)
+	for range 10 { // new connections are shipped too
+		ns.abort(addr)
+	}
+	eventually(t, pollTimeout, "new records shipped", func() bool {
+		m = a.scrape()
+		return m["connscope_agent_records_shipped_total"] >= capacity+30 && m["connscope_agent_sink_failing"] == 0
+	}, func() string { return fmt.Sprintf("metrics %v", m) })
+	if st := recv.Stats(); st.Records < capacity+30 {
+		t.Errorf("receiver stored %d records", st.Records)
+	}
+	for _, b := range recv.Batches() {
+		if b.Node == "" || b.Policy != "a" || b.Counters == nil || b.Counters.PacketsDroppedQueueFull == 0 {
+			t.Fatalf("batch %d: node %q policy %q counters %v", b.Sequence, b.Node, b.Policy, b.Counters)
+		}
+	}
+	if code := a.signal(syscall.SIGTERM, stopTimeout); code != 0 {
+		t.Fatalf("exit status %d:\n%s", code, a.output())
+	}
+}
+
+// TestSamplingShareIsBinomial: at probability 0.1, of 2000 new
+// connections the share the agent logged is within 5 standard deviations
+// of the binomial mean (200 ± 67), counted from the file sink.
+func TestSamplingShareIsBinomial(t *testing.T) {
+	needRoot(t)
+	ns := newNS(t, "")
+	file, sink := fileSink(t)
+	a := ns.startAgent("agent", "--policy", "sample", "--label-bit", "5", "--nflog-group", "7", "--probability", "0.1",
+		"--packet-cap", "1", "--backend", "nft", "--sink", sink)
+	a.waitReady(startTimeout)
+	srv := ns.serve("127.0.0.1:0")
+	addr := fmt.Sprintf("127.0.0.1:%d", srv.port)
+	const n, p = 2000, 0.1
+	if err := ns.do(func() error {
+		for range n {
+			c, err := net.DialTimeout("tcp", addr, 10*time.Second)
+			if err != nil {
+				return err
+			}
+			_ = c.(*net.TCPConn).SetLinger(0) // no TIME_WAIT: ports are not reused
+			c.Close()
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if code := a.signal(syscall.SIGTERM, stopTimeout); code != 0 {
+		t.Fatalf("exit status %d:\n%s", code, a.output())
+	}
+	recs, _ := records(t, file)
+	syns := map[[2]uint32]bool{}
+	for _, r := range recs {
+		if r.DstPort == srv.port {
+			if r.Flags != packet.SYN {
+				t.Fatalf("packet cap 1 logged a non-SYN: %v", &r)
+			}
+			syns[[2]uint32{uint32(r.SrcPort), r.Seq}] = true
+		}
+	}
+	k := float64(len(syns))
+	mean, sd := n*p, math.Sqrt(n*p*(1-p))
+	t.Logf("sampled %v of %d connections (expected %.0f ± %.1f)", k, n, mean, sd)
+	if math.Abs(k-mean) > 5*sd {
+		t.Errorf("sampled %v of %d connections at probability %v: more than 5 standard deviations (%.1f) from %.0f", k, n, p, sd, mean)
+	}
+}
