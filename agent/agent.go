@@ -115,7 +115,7 @@ func (a *Agent) Config() Config { return a.cfg }
 // rules and flushes the queue. It returns nil after a clean shutdown, and
 // an error when it could not start (nothing of it is left installed), when
 // reading failed, or when the rules could not all be removed.
-func (a *Agent) Run(ctx context.Context) (err error) {
+func (a *Agent) Run(ctx context.Context) error {
 	cfg := a.cfg
 	a.log.Info("starting", "node", cfg.NodeName, "probability", cfg.Probability, "packetCap", cfg.PacketCap,
 		"labelBit", cfg.LabelBit, "nflogGroup", cfg.NFLOGGroup, "sink", cfg.Sink)
@@ -171,6 +171,10 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 	q := ship.NewQueue(sink, qcfg)
 	a.queue.Store(q)
 
+	if ctx.Err() != nil {
+		a.log.Info("stopped before any rule was installed", "reason", context.Cause(ctx))
+		return nil
+	}
 	// The group is bound before any rule exists.
 	conn, err := nflog.Open(cfg.nflogConfig())
 	if err != nil {

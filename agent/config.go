@@ -10,6 +10,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -166,6 +167,13 @@ func (c *Config) AddFlags(fs *pflag.FlagSet) {
 	fs.IntVar(&c.PacketCap, "packet-cap", c.PacketCap, fmt.Sprintf("client packets logged per sampled connection, 1-%d", rules.MaxPacketCap))
 	fs.IntVar(&c.LabelBit, "label-bit", c.LabelBit, fmt.Sprintf("conntrack label bit marking sampled connections, 0-%d, unused by other software on the node (required)", rules.MaxLabelBit))
 	fs.IntVar(&c.NFLOGGroup, "nflog-group", c.NFLOGGroup, "NFLOG group the rules log to and the agent reads, 0-65535, unused by other readers (required)")
+	// The required integers start unset (-1); help prints no default for
+	// a flag whose DefValue is the zero value (DefValue is read by help only).
+	for _, name := range []string{"label-bit", "nflog-group"} {
+		if f := fs.Lookup(name); f != nil && f.DefValue == strconv.Itoa(unset) {
+			f.DefValue = "0"
+		}
+	}
 	fs.IntVar(&c.CopyRange, "copy-range", c.CopyRange, fmt.Sprintf("bytes of each packet copied from the kernel, headers only, %d-%d", rules.MinCopyRange, rules.MaxCopyRange))
 	fs.IntSliceVar(&c.Ports, "ports", c.Ports, "server ports to sample, comma-separated, at most 15 (default all)")
 	fs.StringSliceVar(&c.ExcludeCIDRs, "exclude-cidrs", c.ExcludeCIDRs, "client networks never sampled, comma-separated CIDRs")
@@ -408,7 +416,10 @@ func (e *ConfigError) Error() string {
 	for i, p := range e.Problems {
 		msgs[i] = p.Error()
 	}
-	return "invalid agent configuration: " + strings.Join(msgs, "; ")
+	if len(msgs) == 1 {
+		return "invalid agent configuration: " + msgs[0]
+	}
+	return "invalid agent configuration:\n  " + strings.Join(msgs, "\n  ")
 }
 
 // Unwrap lets errors.Is and errors.As look at each problem.
