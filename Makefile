@@ -20,7 +20,7 @@ setup-test:
 
 ## test runs every test: lint, unit tests, fuzz seed corpora, and the
 ## real-traffic scenario tests in network namespaces (as root).
-test: setup-test lint
+test: setup-test lint verify-generated
 	$(GO) test -count=1 -timeout 30m $(PKGS)
 
 ## test-unit runs the tests that need neither root nor tools.
@@ -31,6 +31,11 @@ lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go' | grep -v '^vendor/')); \
 	if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet $(PKGS)
+
+## verify-generated fails when committed generated code is stale.
+.PHONY: verify-generated
+verify-generated:
+	bash hack/gen-proto.sh --check
 
 ## generate-proto regenerates packet/ingestpb from ingest.proto (protoc and
 ## its plugins are installed by the script; the generated code is committed).
