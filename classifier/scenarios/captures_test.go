@@ -17,16 +17,20 @@ import (
 //	testdata/golden.json             their expected classification, read as one input
 //	testdata/nflog/<group>.pcapng    what the seed's NFLOG rules saw
 //	testdata/nflog/golden.json
+//	testdata/agent/<group>.pcapng    what `connscope agent` wrote (raw IP, headers only)
+//	testdata/agent/golden.json
 //
 // The files of one folder are classified together (connscope merges them by
 // timestamp), as `make demo` does with testdata/*.pcap: the marker
 // connection in marker.pcap, made more than the idle timeout after all the
 // others, is what lets the silent connections of the other files be judged
-// timeouts rather than incomplete. The NFLOG captures sit in a folder of their
-// own because they hold the same connections as the tcpdump ones.
+// timeouts rather than incomplete. The NFLOG captures and the agent's sit in
+// folders of their own because they hold the same connections as the
+// tcpdump ones. Each folder is checked against its own golden file only.
 const (
 	testdataDir      = "testdata"
 	testdataNFLOGDir = "testdata/nflog"
+	testdataAgentDir = "testdata/agent"
 	goldenName       = "golden.json"
 )
 
@@ -50,7 +54,7 @@ func (g golden) key() string {
 // the default flags, as `make demo` does, and compares every connection with
 // the golden files. It needs neither root nor any tool besides go.
 func TestScenarioCaptures(t *testing.T) {
-	for _, dir := range []string{testdataDir, testdataNFLOGDir} {
+	for _, dir := range []string{testdataDir, testdataNFLOGDir, testdataAgentDir} {
 		t.Run(filepath.Base(dir), func(t *testing.T) {
 			files := captureFiles(t, dir)
 			if len(files) == 0 {
@@ -115,22 +119,25 @@ func checkGolden(t *testing.T, bin string, files []string, goldenPath string) {
 	}
 }
 
-// writeTestdata replaces the bundled captures with this run's: the tcpdump
-// and NFLOG captures cut into one file per scenario group, and golden files
-// holding each connection's expected classification. It then checks the new
-// files as TestScenarioCaptures will, with the default idle timeout: a run
-// on a machine so busy that a connection had a gap longer than that is
-// refused.
-func (l *lab) writeTestdata(bin, inPcap, nflogPcap string, inConns, nflogConns []conn) {
+// bundle is one capture of a run and the testdata folder -update writes it
+// to.
+type bundle struct {
+	dir     string // testdata folder
+	capture string // the run's capture file
+	format  string // tshark's name of the file format to write
+	ext     string // file name extension of the files written
+	conns   []conn // the capture's classification
+}
+
+// writeTestdata replaces the bundled captures with this run's: each capture
+// cut into one file per scenario group, and golden files holding each
+// connection's expected classification. It then checks the new files as
+// TestScenarioCaptures will, with the default idle timeout: a run on a
+// machine so busy that a connection had a gap longer than that is refused.
+func (l *lab) writeTestdata(bin string, bundles []bundle) {
 	t := l.t
 	t.Helper()
-	for _, out := range []struct {
-		dir, capture, format, ext string
-		conns                     []conn
-	}{
-		{testdataDir, inPcap, "pcap", ".pcap", inConns},
-		{testdataNFLOGDir, nflogPcap, "pcapng", ".pcapng", nflogConns},
-	} {
+	for _, out := range bundles {
 		if err := os.MkdirAll(out.dir, 0o755); err != nil {
 			t.Fatal(err)
 		}

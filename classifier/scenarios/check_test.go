@@ -69,31 +69,32 @@ func checkCapture(t *testing.T, label string, conns []conn) {
 	}
 }
 
-// compareCaptures asserts that the tcpdump and the NFLOG capture hold the
-// same connections with the same classification. NFLOG sees only the first
-// 10 packets of a connection and only packets conntrack finds in window; the
-// scenarios are built so that neither changes a classification (the packet
-// cap is 10 too, and the injector's resets are in window).
-func compareCaptures(t *testing.T, in, nflog []conn) {
+// compareCaptures asserts that the tcpdump capture and another, made by
+// NFLOG rules (the seed's, read by tshark, or the agent's, in its file),
+// hold the same connections with the same classification. NFLOG sees only
+// the first 10 packets of a connection and only packets conntrack finds in
+// window; the scenarios are built so that neither changes a classification
+// (the packet cap is 10 too, and the injector's resets are in window).
+func compareCaptures(t *testing.T, label string, in, other []conn) {
 	t.Helper()
 	byKey := map[string]conn{}
-	for _, c := range nflog {
+	for _, c := range other {
 		byKey[c.key()] = c
 	}
 	for _, c := range in {
 		n, ok := byKey[c.key()]
 		delete(byKey, c.key())
 		if !ok {
-			t.Errorf("connection %s is in the tcpdump capture (%s) but not in the NFLOG capture", c.key(), result(c))
+			t.Errorf("connection %s is in the tcpdump capture (%s) but not in the %s", c.key(), result(c), label)
 			continue
 		}
 		if !result(c).equal(result(n)) {
-			t.Errorf("connection %s: tcpdump capture gives %s (%d packets), NFLOG capture gives %s (%d packets)",
-				c.key(), result(c), c.Packets, result(n), n.Packets)
+			t.Errorf("connection %s: tcpdump capture gives %s (%d packets), %s gives %s (%d packets)",
+				c.key(), result(c), c.Packets, label, result(n), n.Packets)
 		}
 	}
 	for k, n := range byKey {
-		t.Errorf("connection %s is in the NFLOG capture (%s) but not in the tcpdump capture", k, result(n))
+		t.Errorf("connection %s is in the %s (%s) but not in the tcpdump capture", k, label, result(n))
 	}
 }
 
@@ -125,7 +126,7 @@ func (l *lab) keepArtefacts() {
 			l.t.Errorf("keep artefacts: %v", err)
 		}
 	}
-	for _, capture := range []string{"in.pcap", "nflog.pcapng"} {
+	for _, capture := range []string{"in.pcap", "nflog.pcapng", "agent.pcapng"} {
 		path := filepath.Join(l.dir, capture)
 		if _, err := os.Stat(path); err != nil {
 			continue
@@ -144,8 +145,9 @@ func (l *lab) keepArtefacts() {
 }
 
 // logTable logs one line per scenario: what it expects and what each capture
-// gave (each distinct result once, with its number of connections).
-func logTable(t *testing.T, in, nflog []conn) {
+// gave (each distinct result once, with its number of connections), then
+// how many packets each capture holds of the scenarios' connections.
+func logTable(t *testing.T, in, nflog, agent []conn) {
 	t.Helper()
 	results := func(conns []conn, s *scenario) string {
 		counts := map[string]int{}
@@ -174,8 +176,16 @@ func logTable(t *testing.T, in, nflog []conn) {
 	}
 	var b strings.Builder
 	for _, s := range scenarios {
-		fmt.Fprintf(&b, "\n%-26s want     %s\n%-26s tcpdump  %s\n%-26s NFLOG    %s",
-			s.name, s.want, "", results(in, s), "", results(nflog, s))
+		fmt.Fprintf(&b, "\n%-26s want     %s\n%-26s tcpdump  %s\n%-26s NFLOG    %s\n%-26s agent    %s",
+			s.name, s.want, "", results(in, s), "", results(nflog, s), "", results(agent, s))
 	}
+	packets := func(conns []conn) int {
+		n := 0
+		for _, c := range conns {
+			n += c.Packets
+		}
+		return n
+	}
+	fmt.Fprintf(&b, "\npackets of the connections: tcpdump %d, NFLOG %d, agent %d", packets(in), packets(nflog), packets(agent))
 	t.Logf("scenario results:%s", b.String())
 }

@@ -9,12 +9,18 @@
 // openssl, python clients that abort with SO_LINGER 0, hping3, zmap, nmap and
 // masscan; the router drops packets with iptables rules and a scapy injector
 // forges resets, as middleboxes do. What the server receives is captured
-// twice at once: by tcpdump on the server's interface, and by the seed's two
-// iptables rules (connlabel at probability 1, NFLOG of the first 10 packets)
-// read by tshark. Both captures are classified with `connscope classify`, and
-// every connection must match the expectation its scenario derives from
-// shared/design/method.md. Traffic goes only to addresses of the namespaces
-// the test made; the test removes them and the processes it started, also on
+// three times at once: by tcpdump on the server's interface; by the seed's
+// two iptables rules (connlabel at probability 1, NFLOG of the first 10
+// packets) read by tshark; and by `connscope agent` (probability 1, 10
+// packets, its own label bit, NFLOG group and chain beside the seed's rules)
+// with its pcapng file sink. The agent is started before the traffic, once
+// its rules are in place, and stopped with SIGTERM after it; it must exit 0,
+// lose nothing and leave none of its rules. All three captures are
+// classified with `connscope classify`: every connection must match the
+// expectation its scenario derives from shared/design/method.md, and the
+// NFLOG capture and the agent's file must classify each connection as the
+// tcpdump capture does. Traffic goes only to addresses of the namespaces the
+// test made; the test removes them and the processes it started, also on
 // failure, and never touches the machine's own netfilter rules.
 //
 // TestScenarioCaptures needs no root: it classifies the captures of a passing

@@ -36,17 +36,19 @@ const (
 var classifyFlags = []string{"--idle-timeout", idleTimeout.String()}
 
 // TestScenarios makes every scenario's traffic, captures what the server
-// receives with tcpdump and with the seed's NFLOG rules, classifies both
-// captures with `connscope classify` and checks every connection against its
-// scenario's expectation.
+// receives with tcpdump, with the seed's NFLOG rules and with `connscope
+// agent` (its own rules, its pcapng file sink), classifies the three
+// captures with `connscope classify` and checks every connection against
+// its scenario's expectation, and the NFLOG capture's and the agent's
+// classification of each connection against tcpdump's.
 func TestScenarios(t *testing.T) {
 	if testing.Short() {
 		t.Skip("scenario traffic takes ~30 s; skipped in -short mode")
 	}
 	needRoot(t)
-	python := requireTools(t)
+	python := requireTools(t, agentTools...)
+	cli := buildCLI(t) // in the background while the lab is set up
 	l := newLab(t, python)
-	cli := buildCLI(t) // in the background while the traffic runs
 	t.Cleanup(func() { l.keepArtefacts() })
 
 	// Netfilter: only ever inside the lab's namespaces.
@@ -81,9 +83,10 @@ func TestScenarios(t *testing.T) {
 		"-cert", cert, "-key", key)
 	inj := l.start("injector", l.router, python, filepath.Join(scriptDir, "injector.py"), l.injectorConfig(scenarios))
 
-	// Captures: what the server receives, twice.
+	// Captures: what the server receives, three times.
 	inPcap := filepath.Join(l.dir, "in.pcap")
 	nflogPcap := filepath.Join(l.dir, "nflog.pcapng")
+	agentPcap := filepath.Join(l.dir, "agent.pcapng")
 	dump := l.start("tcpdump", l.server, "tcpdump", "-Q", "in", "-i", serverIf, "-n", "-s", "128",
 		"--immediate-mode", "-U", "-w", inPcap, "tcp")
 	nflog := l.start("tshark", l.server, "tshark", "-q", "-i", "nflog:"+strconv.Itoa(nflogGroup), "-w", nflogPcap)
@@ -96,6 +99,10 @@ func TestScenarios(t *testing.T) {
 	// tshark prints "Capturing on" before dumpcap has bound the NFLOG group;
 	// packets logged before "Capture started" are lost.
 	l.waitFor(nflog, "Capture started", 30*time.Second)
+	// The agent, beside the seed's rules, once built; startAgent returns
+	// when its rules are in place.
+	bin := cli()
+	agent := l.startAgent(bin, agentPcap)
 
 	// All scenarios but the marker at once.
 	start := time.Now()
@@ -130,19 +137,26 @@ func TestScenarios(t *testing.T) {
 	time.Sleep(2 * time.Second) // let the NFLOG reader drain
 	l.stop(dump)
 	l.stop(nflog)
+	l.stopAgent(agent)
 	if t.Failed() {
 		t.FailNow()
 	}
 
-	bin := cli()
 	inConns := classify(t, bin, []string{inPcap}, classifyFlags...)
 	nflogConns := classify(t, bin, []string{nflogPcap}, classifyFlags...)
+	agentConns := classify(t, bin, []string{agentPcap}, classifyFlags...)
 	checkCapture(t, "tcpdump capture", inConns)
 	checkCapture(t, "NFLOG capture", nflogConns)
-	compareCaptures(t, inConns, nflogConns)
-	logTable(t, inConns, nflogConns)
+	checkCapture(t, "agent's file", agentConns)
+	compareCaptures(t, "NFLOG capture", inConns, nflogConns)
+	compareCaptures(t, "agent's file", inConns, agentConns)
+	logTable(t, inConns, nflogConns, agentConns)
 
 	if *update && !t.Failed() {
-		l.writeTestdata(bin, inPcap, nflogPcap, inConns, nflogConns)
+		l.writeTestdata(bin, []bundle{
+			{testdataDir, inPcap, "pcap", ".pcap", inConns},
+			{testdataNFLOGDir, nflogPcap, "pcapng", ".pcapng", nflogConns},
+			{testdataAgentDir, agentPcap, "pcapng", ".pcapng", agentConns},
+		})
 	}
 }

@@ -25,13 +25,14 @@ func needRoot(t *testing.T) {
 }
 
 // requireTools skips the test, naming what is missing, when a tool of the
-// scenarios is not installed (hack/setup-scenarios.sh installs them all). It
-// returns the python3 to use: Debian's, which has scapy (a python3 earlier in
-// PATH, e.g. pyenv's, may not).
-func requireTools(t *testing.T) string {
+// scenarios, or one of extra, is not installed (hack/setup-scenarios.sh
+// installs them all). It returns the python3 to use: Debian's, which has
+// scapy (a python3 earlier in PATH, e.g. pyenv's, may not).
+func requireTools(t *testing.T, extra ...string) string {
 	t.Helper()
 	var missing []string
-	for _, tool := range []string{"ip", "iptables", "ip6tables", "ethtool", "sysctl", "tcpdump", "tshark", "curl", "openssl", "hping3", "zmap", "nmap", "masscan"} {
+	tools := []string{"ip", "iptables", "ip6tables", "ethtool", "sysctl", "tcpdump", "tshark", "curl", "openssl", "hping3", "zmap", "nmap", "masscan"}
+	for _, tool := range append(tools, extra...) {
 		if _, err := exec.LookPath(tool); err != nil {
 			missing = append(missing, tool)
 		}

@@ -1,0 +1,252 @@
+package scenarios
+
+// The third capture: `connscope agent` in the server namespace, beside the
+// seed's rules, writing the packets its own rules log to a pcapng file.
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// The agent's sampling policy: a label bit and an NFLOG group of its own,
+// next to the seed rules' (labelBit, nflogGroup) in the same namespace.
+// Probability 1 and a cap of 10 packets, as the seed's rules.
+const (
+	agentPolicy     = "scenarios"
+	agentLabelBit   = 18
+	agentNFLOGGroup = 18
+	agentPacketCap  = 10
+)
+
+// agentCommentPrefix starts the comment of every rule the agent installs
+// (package rules); the seed's rules say "connscope scenario: " instead.
+const agentCommentPrefix = "connscope policy " + agentPolicy + ":"
+
+// saveProgram is one iptables-save of one backend and family.
+type saveProgram struct{ name, family string }
+
+// savePrograms read the server namespace's rules in both backends and both
+// families: the agent chooses its backend itself (auto), so the test looks
+// at all four. None of them is given -t, so none creates a table.
+var savePrograms = []saveProgram{
+	{"iptables-nft-save", "IPv4"},
+	{"ip6tables-nft-save", "IPv6"},
+	{"iptables-legacy-save", "IPv4"},
+	{"ip6tables-legacy-save", "IPv6"},
+}
+
+// agentTools are the programs the agent and its checks need besides those
+// of the lab.
+var agentTools = []string{"iptables-nft", "ip6tables-nft", "iptables-legacy", "ip6tables-legacy",
+	"iptables-nft-save", "ip6tables-nft-save", "iptables-legacy-save", "ip6tables-legacy-save"}
+
+// ruleLine is one line of iptables-save output that mentions connscope.
+type ruleLine struct {
+	prog   saveProgram
+	line   string
+	ofSeed bool // one of seedRules
+}
+
+func (r ruleLine) String() string { return r.prog.name + ": " + r.line }
+
+// connscopeRules reads every rule set of the server namespace and returns
+// the lines that mention connscope: the agent's chain, its rules and jump,
+// and the seed's two rules.
+func (l *lab) connscopeRules() []ruleLine {
+	l.t.Helper()
+	var lines []ruleLine
+	for _, p := range savePrograms {
+		out, err := l.run(30*time.Second, l.server, p.name)
+		if err != nil {
+			l.t.Fatal(err)
+		}
+		for _, line := range strings.Split(out, "\n") {
+			if !strings.Contains(strings.ToLower(line), "connscope") {
+				continue
+			}
+			lines = append(lines, ruleLine{prog: p, line: line, ofSeed: strings.Contains(line, "connscope scenario: ")})
+		}
+	}
+	return lines
+}
+
+// agentJumps returns the families in which the agent's jump from
+// PREROUTING is in place. The agent fills its chain before it inserts the
+// jump, so a jump means the family's rules are complete.
+func agentJumps(lines []ruleLine) map[string]bool {
+	families := map[string]bool{}
+	for _, r := range lines {
+		if strings.HasPrefix(r.line, "-A PREROUTING ") && strings.Contains(r.line, "-j CONNSCOPE-") &&
+			strings.Contains(r.line, agentCommentPrefix) {
+			families[r.prog.family] = true
+		}
+	}
+	return families
+}
+
+// seedRuleCount counts the seed's rules per family.
+func seedRuleCount(lines []ruleLine) map[string]int {
+	n := map[string]int{}
+	for _, r := range lines {
+		if r.ofSeed {
+			n[r.prog.family]++
+		}
+	}
+	return n
+}
+
+// agentArgs are the arguments of `connscope agent` writing to file.
+func agentArgs(bin, file string) []string {
+	return []string{bin, "agent",
+		"--policy", agentPolicy,
+		"--probability", "1",
+		"--packet-cap", strconv.Itoa(agentPacketCap),
+		"--label-bit", strconv.Itoa(agentLabelBit),
+		"--nflog-group", strconv.Itoa(agentNFLOGGroup),
+		"--sink", "file://" + file,
+		// No metrics server: polling it from inside the namespace would
+		// make TCP connections the seed's rules (and the agent's) log.
+		"--metrics-addr=",
+		"--log-json",
+	}
+}
+
+// startAgent starts `connscope agent` (the binary bin) in the server
+// namespace, writing to file, and returns once its rules are in place in
+// both families, read with iptables-save. The agent binds its NFLOG group
+// before it installs any rule, so from then on nothing it logs is lost to
+// a missing reader.
+func (l *lab) startAgent(bin, file string) *proc {
+	l.t.Helper()
+	p := l.start("agent", l.server, agentArgs(bin, file)...)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		lines := l.connscopeRules()
+		if j := agentJumps(lines); j["IPv4"] && j["IPv6"] {
+			l.t.Logf("agent ready (backend %s): %d rule lines of its own beside the seed's %v",
+				agentLogField(p, "rules installed", "backend"), len(lines)-len(seedLines(lines)), seedRuleCount(lines))
+			return p
+		}
+		if time.Now().After(deadline) {
+			l.t.Fatalf("the agent's rules were not in place in both families within 30 s; connscope rules seen:\n%s\nagent output:\n%s",
+				joinLines(lines), p.output())
+		}
+		select {
+		case <-p.done:
+			l.t.Fatalf("agent exited (%v) before its rules were in place:\n%s", p.waitErr, p.output())
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+func seedLines(lines []ruleLine) []ruleLine {
+	var seed []ruleLine
+	for _, r := range lines {
+		if r.ofSeed {
+			seed = append(seed, r)
+		}
+	}
+	return seed
+}
+
+func joinLines(lines []ruleLine) string {
+	var b strings.Builder
+	for _, r := range lines {
+		fmt.Fprintf(&b, "  %s\n", r)
+	}
+	if b.Len() == 0 {
+		return "  (none)\n"
+	}
+	return b.String()
+}
+
+// stopAgent sends SIGTERM to the agent (its PID: `ip netns exec` execs
+// it) and checks that it exits 0, that it removed every rule of its own
+// and none of the seed's, and that it lost nothing: no kernel sequence
+// gap, receive-buffer overflow, undecodable packet, queue drop, sink
+// error or unshipped record, as its last log line counts them.
+func (l *lab) stopAgent(p *proc) {
+	t := l.t
+	t.Helper()
+	if err := syscall.Kill(p.cmd.Process.Pid, syscall.SIGTERM); err != nil {
+		t.Fatalf("SIGTERM to the agent (PID %d): %v", p.cmd.Process.Pid, err)
+	}
+	// The agent removes its rules, reads what the kernel still held and
+	// flushes its queue within its shutdown timeout (10 s).
+	select {
+	case <-p.done:
+	case <-time.After(30 * time.Second):
+		_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
+		<-p.done
+		t.Fatalf("the agent did not exit within 30 s of SIGTERM; killed:\n%s", p.output())
+	}
+	var exit *exec.ExitError
+	switch {
+	case p.waitErr == nil:
+	case errors.As(p.waitErr, &exit):
+		t.Errorf("the agent exited with status %d after SIGTERM, want 0:\n%s", exit.ExitCode(), p.output())
+	default:
+		t.Errorf("the agent: %v:\n%s", p.waitErr, p.output())
+	}
+
+	lines := l.connscopeRules()
+	var left []ruleLine
+	for _, r := range lines {
+		if !r.ofSeed {
+			left = append(left, r)
+		}
+	}
+	if len(left) > 0 {
+		t.Errorf("the agent left rules of its own after SIGTERM:\n%s", joinLines(left))
+	}
+	if n := seedRuleCount(lines); n["IPv4"] != len(seedRules()) || n["IPv6"] != len(seedRules()) {
+		t.Errorf("after the agent stopped, the seed's rules per family are %v, want %d each (the agent must remove only its own):\n%s",
+			n, len(seedRules()), joinLines(lines))
+	}
+
+	stopped := agentLog(p, "stopped")
+	if stopped == nil {
+		t.Errorf("the agent logged no \"stopped\" line:\n%s", p.output())
+		return
+	}
+	for _, k := range []string{"lostKernel", "enobufs", "undecodable", "droppedQueueFull", "unshipped", "sinkErrors"} {
+		v, ok := stopped[k].(float64)
+		if !ok {
+			t.Errorf("the agent's \"stopped\" line has no number %q: %v", k, stopped)
+		} else if v != 0 {
+			t.Errorf("the agent's \"stopped\" line counts %s=%v, want 0: %v", k, v, stopped)
+		}
+	}
+	if stopped["logged"] != stopped["shipped"] {
+		t.Errorf("the agent logged %v packets and shipped %v: %v", stopped["logged"], stopped["shipped"], stopped)
+	}
+	t.Logf("agent stopped: logged %v packets, shipped %v", stopped["logged"], stopped["shipped"])
+}
+
+// agentLog returns the fields of the agent's first JSON log line whose msg
+// is msg, or nil.
+func agentLog(p *proc, msg string) map[string]any {
+	b, _ := os.ReadFile(p.err)
+	for _, line := range strings.Split(string(b), "\n") {
+		var m map[string]any
+		if json.Unmarshal([]byte(line), &m) == nil && m["msg"] == msg {
+			return m
+		}
+	}
+	return nil
+}
+
+// agentLogField returns one field of agentLog as text, "?" when missing.
+func agentLogField(p *proc, msg, field string) string {
+	if v, ok := agentLog(p, msg)[field]; ok {
+		return fmt.Sprint(v)
+	}
+	return "?"
+}
