@@ -19,7 +19,7 @@ import (
 // namespace, with iptables or ip6tables.
 func (ns *netns) addRule(tb testing.TB, ipt string, target ...string) {
 	tb.Helper()
-	ns.exec(tb, append([]string{ipt, "-w", "-t", "mangle", "-A", "PREROUTING", "-p", "tcp", "-j", "NFLOG"}, target...)...)
+	ns.Must(tb, append([]string{ipt, "-w", "-t", "mangle", "-A", "PREROUTING", "-p", "tcp", "-j", "NFLOG"}, target...)...)
 }
 
 // pattern is the data the tests' clients send: recognisable bytes, so a
@@ -58,12 +58,12 @@ func TestReadDeliversTCPHeaders(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			ns := newNetns(t)
 			ns.addRule(t, tc.ipt, "--nflog-group", "5", "--nflog-size", "128", "--nflog-prefix", "cs-test")
-			nfLogBefore := ns.exec(t, "cat", "/proc/net/netfilter/nf_log")
+			nfLogBefore := ns.Must(t, "cat", "/proc/net/netfilter/nf_log")
 
 			start := time.Now()
 			c := ns.open(t, Config{Group: 5, FlushTimeout: 10 * time.Millisecond})
 			r := startReader(t, c)
-			if after := ns.exec(t, "cat", "/proc/net/netfilter/nf_log"); after != nfLogBefore {
+			if after := ns.Must(t, "cat", "/proc/net/netfilter/nf_log"); after != nfLogBefore {
 				t.Errorf("Open changed the namespace's loggers:\nbefore:\n%s\nafter:\n%s", nfLogBefore, after)
 			}
 
@@ -137,7 +137,7 @@ func TestTimestampIsTheReceiveTimeWhenTheKernelSendsNone(t *testing.T) {
 	needRoot(t)
 	ns := newNetns(t)
 	// In OUTPUT (and POSTROUTING) the kernel sends no NFULA_TIMESTAMP.
-	ns.exec(t, "iptables", "-w", "-t", "mangle", "-A", "OUTPUT", "-p", "tcp", "-j", "NFLOG", "--nflog-group", "8", "--nflog-size", "128")
+	ns.Must(t, "iptables", "-w", "-t", "mangle", "-A", "OUTPUT", "-p", "tcp", "-j", "NFLOG", "--nflog-group", "8", "--nflog-size", "128")
 	start := time.Now()
 	c := ns.open(t, Config{Group: 8, FlushTimeout: 10 * time.Millisecond})
 	r := startReader(t, c)
@@ -161,7 +161,7 @@ func TestTimestampIsTheReceiveTimeWhenTheKernelSendsNone(t *testing.T) {
 // flushtimeout, use count. It returns nil if the group is not bound.
 func (ns *netns) instanceLine(tb testing.TB, group uint16) []string {
 	tb.Helper()
-	for _, line := range strings.Split(ns.exec(tb, "cat", "/proc/net/netfilter/nfnetlink_log"), "\n") {
+	for _, line := range strings.Split(ns.Must(tb, "cat", "/proc/net/netfilter/nfnetlink_log"), "\n") {
 		f := strings.Fields(line)
 		if len(f) == 7 && f[0] == strconv.Itoa(int(group)) {
 			return f
@@ -266,7 +266,7 @@ func TestOpenWithoutNetAdminSaysSo(t *testing.T) {
 	needRoot(t)
 	ns := newNetns(t)
 	var openErr error
-	err := ns.do(func() error {
+	err := ns.Do(func() error {
 		// Capabilities are per thread: drop CAP_NET_ADMIN from this
 		// (locked) thread's effective set only, and restore it after.
 		hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
@@ -399,12 +399,12 @@ func TestConcurrentReadIsRefused(t *testing.T) {
 func BenchmarkRead(b *testing.B) {
 	needRoot(b)
 	ns := newNetns(b)
-	ns.exec(b, "iptables", "-w", "-t", "mangle", "-A", "PREROUTING", "-p", "udp", "--dport", "9", "-j", "NFLOG", "--nflog-group", "1", "--nflog-size", "128")
+	ns.Must(b, "iptables", "-w", "-t", "mangle", "-A", "PREROUTING", "-p", "udp", "--dport", "9", "-j", "NFLOG", "--nflog-group", "1", "--nflog-size", "128")
 	c := ns.open(b, Config{Group: 1, ReadBuffer: 256 << 20, FlushTimeout: 10 * time.Millisecond})
 	// A sink that is never read (so no ICMP port unreachable) and a sender.
 	var sink net.PacketConn
 	var udp net.Conn
-	if err := ns.do(func() (err error) {
+	if err := ns.Do(func() (err error) {
 		if sink, err = net.ListenPacket("udp4", "127.0.0.1:9"); err != nil {
 			return err
 		}
@@ -457,11 +457,11 @@ func BenchmarkRead(b *testing.B) {
 func BenchmarkReadWhileSending(b *testing.B) {
 	needRoot(b)
 	ns := newNetns(b)
-	ns.exec(b, "iptables", "-w", "-t", "mangle", "-A", "PREROUTING", "-p", "udp", "--dport", "9", "-j", "NFLOG", "--nflog-group", "1", "--nflog-size", "128")
+	ns.Must(b, "iptables", "-w", "-t", "mangle", "-A", "PREROUTING", "-p", "udp", "--dport", "9", "-j", "NFLOG", "--nflog-group", "1", "--nflog-size", "128")
 	c := ns.open(b, Config{Group: 1})
 	var sink net.PacketConn
 	var udp net.Conn
-	if err := ns.do(func() (err error) {
+	if err := ns.Do(func() (err error) {
 		if sink, err = net.ListenPacket("udp4", "127.0.0.1:9"); err != nil {
 			return err
 		}

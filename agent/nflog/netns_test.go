@@ -7,123 +7,34 @@ package nflog
 // interfaces are never touched.
 
 import (
-	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
-	"fmt"
-	"io"
 	"net"
-	"os"
-	"os/exec"
-	"runtime"
-	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/connscope/connscope/internal/netnstest"
 	"github.com/connscope/connscope/packet"
-	"golang.org/x/sys/unix"
 )
 
-// needRoot skips the test unless it runs as root with ip and iptables at
-// hand, and CONNSCOPE_SKIP_ROOT_TESTS is not 1.
+// needRoot skips the test unless it runs as root with ip, nsenter and
+// iptables at hand, and CONNSCOPE_SKIP_ROOT_TESTS is not 1.
 func needRoot(tb testing.TB) {
 	tb.Helper()
-	if os.Getenv("CONNSCOPE_SKIP_ROOT_TESTS") == "1" {
-		tb.Skip("CONNSCOPE_SKIP_ROOT_TESTS=1: skipping a test that needs root and a network namespace")
-	}
-	if os.Geteuid() != 0 {
-		tb.Skip("needs root (network namespaces, iptables, nfnetlink_log); run as root or set CONNSCOPE_SKIP_ROOT_TESTS=1")
-	}
-	for _, cmd := range []string{"ip", "iptables", "ip6tables"} {
-		if _, err := exec.LookPath(cmd); err != nil {
-			tb.Skipf("needs %s in PATH (apt-get install iproute2 iptables)", cmd)
-		}
-	}
+	netnstest.NeedRoot(tb, "network namespaces, iptables, nfnetlink_log")
+	netnstest.NeedTools(tb, "apt-get install iptables", "iptables", "ip6tables")
 }
 
 // netns is a network namespace made by a test.
 type netns struct {
-	name string
+	*netnstest.NS
 }
 
 // newNetns adds a namespace cs-nflog-<random> with its loopback up, and
 // deletes it when the test ends.
 func newNetns(tb testing.TB) *netns {
 	tb.Helper()
-	var b [4]byte
-	if _, err := rand.Read(b[:]); err != nil {
-		tb.Fatal(err)
-	}
-	ns := &netns{name: "cs-nflog-" + hex.EncodeToString(b[:])}
-	run(tb, "ip", "netns", "add", ns.name)
-	tb.Cleanup(func() {
-		if out, err := command("ip", "netns", "del", ns.name); err != nil {
-			tb.Errorf("delete namespace %s: %v: %s", ns.name, err, out)
-		}
-	})
-	ns.exec(tb, "ip", "link", "set", "lo", "up")
-	return ns
-}
-
-// exec runs a command inside the namespace and returns its output.
-func (ns *netns) exec(tb testing.TB, args ...string) string {
-	tb.Helper()
-	return run(tb, append([]string{"ip", "netns", "exec", ns.name}, args...)...)
-}
-
-func run(tb testing.TB, args ...string) string {
-	tb.Helper()
-	out, err := command(args...)
-	if err != nil {
-		tb.Fatalf("%s: %v: %s", strings.Join(args, " "), err, out)
-	}
-	return out
-}
-
-// command runs a short-lived command with a time limit, so that a hung
-// tool cannot outlive the test.
-func command(args ...string) (string, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	out, err := exec.CommandContext(ctx, args[0], args[1:]...).CombinedOutput()
-	return string(out), err
-}
-
-// do runs fn on an OS thread switched into the namespace, then switches
-// the thread back. Sockets created by fn stay in the namespace. If fn
-// fails or the thread cannot be switched back, the thread stays locked
-// and the runtime discards it when the goroutine ends.
-func (ns *netns) do(fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		errc <- func() error {
-			orig, err := os.Open("/proc/thread-self/ns/net")
-			if err != nil {
-				return err
-			}
-			defer orig.Close()
-			target, err := os.Open("/run/netns/" + ns.name)
-			if err != nil {
-				return err
-			}
-			defer target.Close()
-			if err := unix.Setns(int(target.Fd()), unix.CLONE_NEWNET); err != nil {
-				return fmt.Errorf("setns %s: %w", ns.name, err)
-			}
-			if err := fn(); err != nil {
-				return err
-			}
-			if err := unix.Setns(int(orig.Fd()), unix.CLONE_NEWNET); err != nil {
-				return fmt.Errorf("restore the thread's namespace: %w", err)
-			}
-			runtime.UnlockOSThread()
-			return nil
-		}()
-	}()
-	return <-errc
+	return &netns{netnstest.New(tb, "nflog")}
 }
 
 // open opens an NFLOG socket inside the namespace and closes it when the
@@ -140,7 +51,7 @@ func (ns *netns) open(tb testing.TB, cfg Config) *Conn {
 
 func (ns *netns) tryOpen(cfg Config) (*Conn, error) {
 	var c *Conn
-	err := ns.do(func() (err error) {
+	err := ns.Do(func() (err error) {
 		c, err = Open(cfg)
 		return err
 	})
@@ -151,42 +62,14 @@ func (ns *netns) tryOpen(cfg Config) (*Conn, error) {
 // whatever its peers send.
 func (ns *netns) listen(tb testing.TB, network, addr string) *net.TCPListener {
 	tb.Helper()
-	var ln net.Listener
-	if err := ns.do(func() (err error) {
-		ln, err = net.Listen(network, addr)
-		return err
-	}); err != nil {
-		tb.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	tb.Cleanup(func() {
-		ln.Close()
-		wg.Wait()
-	})
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			conn, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer conn.Close()
-				_, _ = io.Copy(io.Discard, conn)
-			}()
-		}
-	}()
-	return ln.(*net.TCPListener)
+	return ns.Listen(tb, network, addr, netnstest.Discard).(*net.TCPListener)
 }
 
 // dial connects to addr from inside the namespace.
 func (ns *netns) dial(tb testing.TB, network, addr string) *net.TCPConn {
 	tb.Helper()
 	var conn net.Conn
-	if err := ns.do(func() (err error) {
+	if err := ns.Do(func() (err error) {
 		conn, err = net.DialTimeout(network, addr, 5*time.Second)
 		return err
 	}); err != nil {
