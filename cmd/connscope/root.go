@@ -15,5 +15,6 @@ by the stage where they ended, tags and signatures (Cloudflare Radar's method).`
 	}
 	root.AddCommand(newClassifyCommand())
 	root.AddCommand(newAgentCommand())
+	root.AddCommand(newControllerCommand())
 	return root
 }

@@ -1,0 +1,213 @@
+package controllers
+
+import (
+	"flag"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/utils/ptr"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/yaml"
+
+	"github.com/connscope/connscope/agent"
+	samplingv1alpha1 "github.com/connscope/connscope/api/v1alpha1"
+)
+
+var update = flag.Bool("update", false, "rewrite testdata/*.golden from the builders' output")
+
+// goldenPolicy is a policy as the API server returns it after defaulting.
+func goldenPolicy() *samplingv1alpha1.SamplingPolicy {
+	return &samplingv1alpha1.SamplingPolicy{
+		ObjectMeta: metav1.ObjectMeta{Name: "edge", UID: "0b7c5d2e-1111-4222-8333-444455556666", Generation: 1},
+		Spec: samplingv1alpha1.SamplingPolicySpec{
+			Probability:   "0.0001",
+			PacketCap:     10,
+			IdleTimeout:   &metav1.Duration{Duration: 3 * time.Second},
+			NodeSelector:  map[string]string{"node-role.kubernetes.io/edge": ""},
+			Tolerations:   []corev1.Toleration{{Operator: corev1.TolerationOpExists}},
+			ServerPorts:   []int32{80, 443},
+			ExcludedCIDRs: []string{"10.0.0.0/8", "fd00::/8"},
+			Interfaces:    []string{"eth0", "ens+"},
+			IPFamilies:    []samplingv1alpha1.IPFamily{samplingv1alpha1.IPv4, samplingv1alpha1.IPv6},
+			Sink: samplingv1alpha1.SinkSpec{
+				Type: samplingv1alpha1.SinkClassifier,
+				Classifier: samplingv1alpha1.ClassifierSpec{
+					Storage: &samplingv1alpha1.StorageSpec{Size: resource.MustParse("10Gi"), StorageClassName: ptr.To("standard")},
+					GeoIP:   &samplingv1alpha1.GeoIPSpec{ClaimName: "geoip"},
+				},
+			},
+		},
+	}
+}
+
+var goldenAlloc = Allocation{LabelBit: 17, NFLOGGroup: 1001}
+
+// checkGolden compares obj, as server-side apply sends it (YAML), with
+// testdata/name.golden.
+func checkGolden(t *testing.T, name string, obj client.Object) {
+	t.Helper()
+	u, err := ToApplyObject(obj)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := yaml.Marshal(u.Object)
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join("testdata", name+".golden")
+	if *update {
+		if err := os.WriteFile(path, got, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return
+	}
+	want, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("%v (run go test ./controllers -run Golden -update to create it)", err)
+	}
+	if string(got) != string(want) {
+		t.Errorf("%s differs from %s (rerun with -update if the change is intended):\n%s", name, path, lineDiff(string(want), string(got)))
+	}
+}
+
+// lineDiff shows the first lines that differ.
+func lineDiff(want, got string) string {
+	w, g := strings.Split(want, "\n"), strings.Split(got, "\n")
+	var b strings.Builder
+	for i := 0; i < len(w) || i < len(g); i++ {
+		var a, c string
+		if i < len(w) {
+			a = w[i]
+		}
+		if i < len(g) {
+			c = g[i]
+		}
+		if a != c {
+			fmt.Fprintf(&b, "line %d:\n- %s\n+ %s\n", i+1, a, c)
+			if b.Len() > 2000 {
+				break
+			}
+		}
+	}
+	return b.String()
+}
+
+func TestGoldenAgentObjects(t *testing.T) {
+	p, opts := goldenPolicy(), DefaultOptions()
+	cfg, err := AgentConfig(p, goldenAlloc, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cm, hash, err := AgentConfigMap(p, cfg, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkGolden(t, "agent-configmap", cm)
+	checkGolden(t, "agent-daemonset", AgentDaemonSet(p, goldenAlloc, hash, opts))
+	checkGolden(t, "agent-serviceaccount", AgentServiceAccount(p, opts))
+}
+
+func TestGoldenClassifierObjects(t *testing.T) {
+	p, opts := goldenPolicy(), DefaultOptions()
+	checkGolden(t, "classifier-deployment", ClassifierDeployment(p, opts))
+	checkGolden(t, "classifier-service", ClassifierService(p, opts))
+	checkGolden(t, "classifier-pvc", ClassifierVolumeClaim(p, opts))
+
+	ch := goldenPolicy()
+	ch.Spec.Sink = samplingv1alpha1.SinkSpec{
+		Type:       samplingv1alpha1.SinkClickHouse,
+		Classifier: samplingv1alpha1.ClassifierSpec{Replicas: ptr.To[int32](3), Image: "registry.example/connscope:v1"},
+		ClickHouse: &samplingv1alpha1.ClickHouseSpec{
+			Address: "clickhouse.db.svc:9000", Database: "radar",
+			CredentialsSecret: &samplingv1alpha1.SecretKeysRef{Name: "clickhouse", UsernameKey: "user", PasswordKey: "pass"},
+		},
+	}
+	checkGolden(t, "classifier-deployment-clickhouse", ClassifierDeployment(ch, opts))
+	if ClassifierVolumeClaim(ch, opts) != nil {
+		t.Error("a ClickHouse sink got a volume claim for the embedded store")
+	}
+}
+
+// The ConfigMap holds exactly what the agent reads back: the agent's own
+// parser and checks accept it.
+func TestAgentConfigRoundTripsThroughAgentParser(t *testing.T) {
+	p, opts := goldenPolicy(), DefaultOptions()
+	cfg, err := AgentConfig(p, goldenAlloc, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cm, _, err := AgentConfigMap(p, cfg, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	back, err := agent.ParseConfig([]byte(cm.Data[agentConfigFile]))
+	if err != nil {
+		t.Fatalf("the agent cannot read its ConfigMap: %v", err)
+	}
+	if err := back.Validate(); err != nil {
+		t.Fatalf("the agent refuses its ConfigMap: %v", err)
+	}
+	if back.Probability != 0.0001 || back.LabelBit != 17 || back.NFLOGGroup != 1001 || back.PacketCap != 10 ||
+		back.Sink != "grpc://connscope-edge-classifier.connscope-system.svc:9443" || back.MetricsAddr != ":9478" {
+		t.Errorf("settings read back: %+v", back)
+	}
+}
+
+func TestAgentConfigRefusesWhatTheAgentRefuses(t *testing.T) {
+	p := goldenPolicy()
+	p.Spec.Probability = "0.0000000001" // below the kernel's 2^-32
+	if _, err := AgentConfig(p, goldenAlloc, DefaultOptions()); err == nil || !strings.Contains(err.Error(), "resolution") {
+		t.Errorf("got %v, want the agent's resolution error", err)
+	}
+}
+
+// Two policies on one node share its network: their agents' ports differ.
+func TestAgentMetricsPortsDifferAcrossGroups(t *testing.T) {
+	opts := DefaultOptions()
+	a := AgentMetricsPort(opts, Allocation{NFLOGGroup: opts.NFLOGGroups.Min})
+	b := AgentMetricsPort(opts, Allocation{NFLOGGroup: opts.NFLOGGroups.Min + 1})
+	if a != DefaultAgentMetricsPort || b != a+1 {
+		t.Errorf("ports %d, %d", a, b)
+	}
+}
+
+// What server-side apply gets carries no status and no nulls.
+func TestToApplyObjectDropsStatusAndNulls(t *testing.T) {
+	ds := AgentDaemonSet(goldenPolicy(), goldenAlloc, "h", DefaultOptions())
+	u, err := ToApplyObject(client.Object(ds))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := yaml.Marshal(u.Object)
+	for _, bad := range []string{"null", "status:"} {
+		if strings.Contains(string(b), bad) {
+			t.Errorf("apply object holds %q:\n%s", bad, b)
+		}
+	}
+}
+
+func TestParseRange(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want Range
+		ok   bool
+	}{
+		{"16-31", Range{16, 31}, true},
+		{"7", Range{7, 7}, true},
+		{"31-16", Range{}, false},
+		{"0-128", Range{}, false},
+		{"a-b", Range{}, false},
+	} {
+		got, err := ParseRange(tc.in, 0, 127)
+		if (err == nil) != tc.ok || got != tc.want {
+			t.Errorf("ParseRange(%q) = %v, %v", tc.in, got, err)
+		}
+	}
+}

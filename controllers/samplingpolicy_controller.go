@@ -1,0 +1,366 @@
+package controllers
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/tools/events"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
+	"sigs.k8s.io/controller-runtime/pkg/event"
+	"sigs.k8s.io/controller-runtime/pkg/handler"
+	"sigs.k8s.io/controller-runtime/pkg/log"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+	"sigs.k8s.io/controller-runtime/pkg/source"
+
+	samplingv1alpha1 "github.com/connscope/connscope/api/v1alpha1"
+)
+
+// The controller's permissions: the policies everywhere (they are
+// cluster-scoped), the children only in the two namespaces it manages, no
+// Secrets at all (the classifier's pods receive the ClickHouse credentials
+// from the kubelet).
+//
+// +kubebuilder:rbac:groups=sampling.connscope.dev,resources=samplingpolicies,verbs=get;list;watch;patch;update
+// +kubebuilder:rbac:groups=sampling.connscope.dev,resources=samplingpolicies/status,verbs=get;patch;update
+// +kubebuilder:rbac:groups=sampling.connscope.dev,resources=samplingpolicies/finalizers,verbs=update
+// +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
+// +kubebuilder:rbac:groups=apps,namespace=connscope-agents,resources=daemonsets,verbs=get;list;watch;create;patch;delete
+// +kubebuilder:rbac:groups="",namespace=connscope-agents,resources=configmaps;serviceaccounts,verbs=get;list;watch;create;patch
+// +kubebuilder:rbac:groups="",namespace=connscope-agents,resources=pods,verbs=get;list;watch
+// +kubebuilder:rbac:groups=apps,namespace=connscope-system,resources=deployments,verbs=get;list;watch;create;patch
+// +kubebuilder:rbac:groups="",namespace=connscope-system,resources=services;serviceaccounts;persistentvolumeclaims,verbs=get;list;watch;create;patch
+// +kubebuilder:rbac:groups=coordination.k8s.io,namespace=connscope-system,resources=leases,verbs=get;list;watch;create;update;patch;delete
+// +kubebuilder:rbac:groups="",namespace=connscope-system,resources=events,verbs=create;patch
+// +kubebuilder:rbac:groups=authentication.k8s.io,resources=tokenreviews,verbs=create
+// +kubebuilder:rbac:groups=authorization.k8s.io,resources=subjectaccessreviews,verbs=create
+
+// SamplingPolicyReconciler rolls out a SamplingPolicy's agents and
+// classifier and reports their state on the policy.
+type SamplingPolicyReconciler struct {
+	// Client reads from the manager's cache and writes to the API server.
+	Client client.Client
+	// APIReader reads the API server directly, where a stale cache would
+	// do harm (are the agent pods gone?).
+	APIReader client.Reader
+	Scheme    *runtime.Scheme
+	Recorder  events.EventRecorder
+	Options   Options
+
+	alloc *allocator
+	// wake re-queues the policies that wait for a label bit or group
+	// when a deleted policy releases its own.
+	wake chan event.GenericEvent
+}
+
+// NewSamplingPolicyReconciler returns a reconciler for a manager.
+func NewSamplingPolicyReconciler(mgr ctrl.Manager, opts Options) *SamplingPolicyReconciler {
+	return &SamplingPolicyReconciler{
+		Client:    mgr.GetClient(),
+		APIReader: mgr.GetAPIReader(),
+		Scheme:    mgr.GetScheme(),
+		Recorder:  mgr.GetEventRecorder("connscope-controller"),
+		Options:   opts,
+	}
+}
+
+// SetupWithManager registers the controller: it watches the policies, the
+// children it owns, and the agent pods (to see them go on deletion).
+func (r *SamplingPolicyReconciler) SetupWithManager(mgr ctrl.Manager) error {
+	if r.alloc == nil {
+		r.alloc = newAllocator(r.Options.LabelBits, r.Options.NFLOGGroups)
+	}
+	r.wake = make(chan event.GenericEvent, 64)
+	return ctrl.NewControllerManagedBy(mgr).
+		For(&samplingv1alpha1.SamplingPolicy{}).
+		Owns(&appsv1.DaemonSet{}).
+		Owns(&appsv1.Deployment{}).
+		Owns(&corev1.Service{}).
+		Owns(&corev1.ConfigMap{}).
+		Owns(&corev1.ServiceAccount{}).
+		Owns(&corev1.PersistentVolumeClaim{}).
+		Watches(&corev1.Pod{}, handler.EnqueueRequestsFromMapFunc(agentPodToPolicy)).
+		WatchesRawSource(source.Channel(r.wake, &handler.EnqueueRequestForObject{})).
+		Named("samplingpolicy").
+		Complete(r)
+}
+
+// agentPodToPolicy maps an agent pod to its policy.
+func agentPodToPolicy(_ context.Context, o client.Object) []reconcile.Request {
+	l := o.GetLabels()
+	if l[LabelComponent] != ComponentAgent || l[LabelPolicy] == "" {
+		return nil
+	}
+	return []reconcile.Request{{NamespacedName: types.NamespacedName{Name: l[LabelPolicy]}}}
+}
+
+// Reconcile brings one policy's children to what its spec asks and its
+// status to what the children show.
+func (r *SamplingPolicyReconciler) Reconcile(ctx context.Context, req ctrl.Request) (res ctrl.Result, err error) {
+	var p samplingv1alpha1.SamplingPolicy
+	if err := r.Client.Get(ctx, req.NamespacedName, &p); err != nil {
+		return ctrl.Result{}, client.IgnoreNotFound(err)
+	}
+	if !p.DeletionTimestamp.IsZero() {
+		return r.finalize(ctx, &p)
+	}
+	if !controllerutil.ContainsFinalizer(&p, samplingv1alpha1.Finalizer) {
+		patch := client.MergeFromWithOptions(p.DeepCopy(), client.MergeFromWithOptimisticLock{})
+		controllerutil.AddFinalizer(&p, samplingv1alpha1.Finalizer)
+		if err := r.Client.Patch(ctx, &p, patch); err != nil {
+			return ctrl.Result{}, fmt.Errorf("add finalizer: %w", err)
+		}
+	}
+
+	before := p.DeepCopy()
+	defer func() {
+		if perr := r.writeStatus(ctx, before, &p); perr != nil && err == nil {
+			err = perr
+		}
+	}()
+	p.Status.ObservedGeneration = p.Generation
+
+	// Phase 1: the label bit and NFLOG group.
+	var all samplingv1alpha1.SamplingPolicyList
+	if err := r.Client.List(ctx, &all); err != nil {
+		return ctrl.Result{}, fmt.Errorf("list policies: %w", err)
+	}
+	alloc, err := r.alloc.Assign(&p, all.Items)
+	if err != nil {
+		var ex *ErrExhausted
+		if !errors.As(err, &ex) {
+			return ctrl.Result{}, err
+		}
+		reason := ReasonLabelBitExhausted
+		if ex.What != "label bit" {
+			reason = ReasonGroupExhausted
+		}
+		r.degrade(&p, reason, err.Error())
+		// Another policy's deletion frees one: look again now and then.
+		return ctrl.Result{RequeueAfter: time.Minute}, nil
+	}
+	if before.Status.LabelBit == nil || *before.Status.LabelBit != alloc.LabelBit ||
+		before.Status.NFLOGGroup == nil || *before.Status.NFLOGGroup != alloc.NFLOGGroup {
+		r.Recorder.Eventf(&p, nil, corev1.EventTypeNormal, "Allocated", "Allocate",
+			"conntrack label bit %d and NFLOG group %d", alloc.LabelBit, alloc.NFLOGGroup)
+	}
+	p.Status.LabelBit = &alloc.LabelBit
+	p.Status.NFLOGGroup = &alloc.NFLOGGroup
+	p.Status.IngestEndpoint = IngestEndpoint(r.Options, p.Name)
+	p.Status.ClassifierEndpoint = ClassifierEndpoint(r.Options, p.Name)
+
+	// Phase 2: the children, classifier first so that the agents find
+	// their sink.
+	cfg, err := AgentConfig(&p, alloc, r.Options)
+	if err != nil {
+		r.degrade(&p, ReasonInvalidSettings, "the agent would refuse these settings: "+err.Error())
+		return ctrl.Result{}, nil
+	}
+	cm, hash, err := AgentConfigMap(&p, cfg, r.Options)
+	if err != nil {
+		r.degrade(&p, ReasonInvalidSettings, err.Error())
+		return ctrl.Result{}, nil
+	}
+	children := []client.Object{ClassifierServiceAccount(&p, r.Options)}
+	if pvc := ClassifierVolumeClaim(&p, r.Options); pvc != nil {
+		children = append(children, pvc)
+	}
+	children = append(children,
+		ClassifierDeployment(&p, r.Options),
+		ClassifierService(&p, r.Options),
+		AgentServiceAccount(&p, r.Options),
+		cm,
+		AgentDaemonSet(&p, alloc, hash, r.Options),
+	)
+	for _, obj := range children {
+		if err := r.apply(ctx, obj); err != nil {
+			msg := fmt.Sprintf("cannot write %s %s/%s: %v", obj.GetObjectKind().GroupVersionKind().Kind, obj.GetNamespace(), obj.GetName(), err)
+			r.degrade(&p, ReasonApplyFailed, msg)
+			return ctrl.Result{}, errors.New(msg)
+		}
+	}
+
+	// Phase 3: status from the children.
+	ds := &appsv1.DaemonSet{}
+	if err := r.Client.Get(ctx, client.ObjectKey{Namespace: r.Options.AgentNamespace, Name: AgentName(p.Name)}, ds); err != nil {
+		if !apierrors.IsNotFound(err) {
+			return ctrl.Result{}, err
+		}
+		ds = nil
+	}
+	dep := &appsv1.Deployment{}
+	if err := r.Client.Get(ctx, client.ObjectKey{Namespace: r.Options.ClassifierNamespace, Name: ClassifierName(p.Name)}, dep); err != nil {
+		if !apierrors.IsNotFound(err) {
+			return ctrl.Result{}, err
+		}
+		dep = nil
+	}
+	if ds != nil {
+		p.Status.Nodes = samplingv1alpha1.NodeCounts{
+			Desired: ds.Status.DesiredNumberScheduled,
+			Ready:   ds.Status.NumberReady,
+			Updated: ds.Status.UpdatedNumberScheduled,
+		}
+	}
+	setConditions(&p.Status, p.Generation, childHealth(ds, dep))
+	return ctrl.Result{}, nil
+}
+
+// degrade marks the policy Degraded (and not Ready) for reason.
+func (r *SamplingPolicyReconciler) degrade(p *samplingv1alpha1.SamplingPolicy, reason, msg string) {
+	setConditions(&p.Status, p.Generation, health{
+		readyReason: reason, readyMsg: msg,
+		degraded: true, degrReason: reason, degrMsg: msg,
+	})
+}
+
+// writeStatus writes the status when it changed, and emits an event for
+// each condition that changed its status or reason.
+func (r *SamplingPolicyReconciler) writeStatus(ctx context.Context, before, p *samplingv1alpha1.SamplingPolicy) error {
+	if equality.Semantic.DeepEqual(before.Status, p.Status) {
+		return nil
+	}
+	for _, c := range p.Status.Conditions {
+		old := meta.FindStatusCondition(before.Status.Conditions, c.Type)
+		if old != nil && old.Status == c.Status && old.Reason == c.Reason {
+			continue
+		}
+		if old == nil && c.Status == metav1.ConditionFalse && c.Type != samplingv1alpha1.ConditionReady {
+			continue // a first "not degraded" or "not progressing" says nothing
+		}
+		typ := corev1.EventTypeNormal
+		if (c.Type == samplingv1alpha1.ConditionDegraded && c.Status == metav1.ConditionTrue) ||
+			(c.Type == samplingv1alpha1.ConditionReady && c.Status == metav1.ConditionFalse && old != nil && old.Status == metav1.ConditionTrue) {
+			typ = corev1.EventTypeWarning
+		}
+		r.Recorder.Eventf(p, nil, typ, c.Reason, "Reconcile", "%s=%s: %s", c.Type, c.Status, c.Message)
+	}
+	if err := r.Client.Status().Patch(ctx, p, client.MergeFrom(before)); err != nil {
+		if apierrors.IsNotFound(err) {
+			return nil
+		}
+		return fmt.Errorf("write status: %w", err)
+	}
+	return nil
+}
+
+// finalize removes the agents first and keeps the policy until their pods
+// are gone: each agent removes its iptables rules when it receives
+// SIGTERM, within its termination grace period. Then the finalizer goes
+// and the garbage collector removes the other children.
+func (r *SamplingPolicyReconciler) finalize(ctx context.Context, p *samplingv1alpha1.SamplingPolicy) (ctrl.Result, error) {
+	if !controllerutil.ContainsFinalizer(p, samplingv1alpha1.Finalizer) {
+		return ctrl.Result{}, nil
+	}
+	logger := log.FromContext(ctx)
+	ds := &appsv1.DaemonSet{ObjectMeta: metav1.ObjectMeta{Namespace: r.Options.AgentNamespace, Name: AgentName(p.Name)}}
+	err := r.Client.Delete(ctx, ds, client.PropagationPolicy(metav1.DeletePropagationBackground))
+	if err != nil && !apierrors.IsNotFound(err) {
+		return ctrl.Result{}, fmt.Errorf("delete agent DaemonSet: %w", err)
+	}
+	if err == nil {
+		logger.Info("deleted the agent DaemonSet; waiting for its pods to remove their rules")
+	}
+	var pods corev1.PodList
+	if err := r.APIReader.List(ctx, &pods, client.InNamespace(r.Options.AgentNamespace),
+		client.MatchingLabels{LabelPolicy: p.Name, LabelComponent: ComponentAgent}); err != nil {
+		return ctrl.Result{}, fmt.Errorf("list agent pods: %w", err)
+	}
+	if n := len(pods.Items); n > 0 {
+		before := p.DeepCopy()
+		msg := fmt.Sprintf("waiting for %d agent pod(s) to stop and remove their iptables rules", n)
+		setConditions(&p.Status, p.Generation, health{
+			readyReason: ReasonDeleting, readyMsg: msg,
+			progressing: true, progReason: ReasonDeleting, progMsg: msg,
+		})
+		if err := r.writeStatus(ctx, before, p); err != nil {
+			return ctrl.Result{}, err
+		}
+		return ctrl.Result{RequeueAfter: 5 * time.Second}, nil
+	}
+	r.Recorder.Eventf(p, nil, corev1.EventTypeNormal, "AgentsRemoved", "Delete",
+		"every agent has stopped and removed its rules; releasing label bit and NFLOG group")
+	r.alloc.Release(p.UID)
+	r.wakeWaiting(ctx, p)
+	patch := client.MergeFromWithOptions(p.DeepCopy(), client.MergeFromWithOptimisticLock{})
+	controllerutil.RemoveFinalizer(p, samplingv1alpha1.Finalizer)
+	if err := r.Client.Patch(ctx, p, patch); err != nil && !apierrors.IsNotFound(err) {
+		return ctrl.Result{}, fmt.Errorf("remove finalizer: %w", err)
+	}
+	return ctrl.Result{}, nil
+}
+
+// wakeWaiting re-queues every policy that holds no label bit or group
+// yet, now that p's are free.
+func (r *SamplingPolicyReconciler) wakeWaiting(ctx context.Context, p *samplingv1alpha1.SamplingPolicy) {
+	var all samplingv1alpha1.SamplingPolicyList
+	if err := r.Client.List(ctx, &all); err != nil {
+		return // they look again within a minute anyway
+	}
+	for i := range all.Items {
+		q := &all.Items[i]
+		if q.UID == p.UID || (q.Status.LabelBit != nil && q.Status.NFLOGGroup != nil) {
+			continue
+		}
+		select {
+		case r.wake <- event.GenericEvent{Object: q}:
+		default:
+		}
+	}
+}
+
+// apply writes obj with server-side apply under FieldOwner: the API
+// server merges it and changes nothing (no write, no new
+// resourceVersion) when the object already is as built.
+func (r *SamplingPolicyReconciler) apply(ctx context.Context, obj client.Object) error {
+	u, err := ToApplyObject(obj)
+	if err != nil {
+		return err
+	}
+	return r.Client.Apply(ctx, client.ApplyConfigurationFromUnstructured(u), client.FieldOwner(FieldOwner), client.ForceOwnership)
+}
+
+// ToApplyObject turns a built object into what server-side apply gets:
+// without status and without the null fields that typed structs carry
+// (creationTimestamp), so that the controller owns only what it sets.
+func ToApplyObject(obj client.Object) (*unstructured.Unstructured, error) {
+	m, err := runtime.DefaultUnstructuredConverter.ToUnstructured(obj)
+	if err != nil {
+		return nil, fmt.Errorf("convert %T: %w", obj, err)
+	}
+	delete(m, "status")
+	stripNulls(m)
+	return &unstructured.Unstructured{Object: m}, nil
+}
+
+func stripNulls(m map[string]any) {
+	for k, v := range m {
+		switch t := v.(type) {
+		case nil:
+			delete(m, k)
+		case map[string]any:
+			stripNulls(t)
+			if len(t) == 0 && k == "metadata" {
+				delete(m, k)
+			}
+		case []any:
+			for _, e := range t {
+				if em, ok := e.(map[string]any); ok {
+					stripNulls(em)
+				}
+			}
+		}
+	}
+}

@@ -1,0 +1,167 @@
+package controllers
+
+import (
+	"fmt"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	samplingv1alpha1 "github.com/connscope/connscope/api/v1alpha1"
+)
+
+// Reasons of the conditions.
+const (
+	ReasonReady              = "AllAgentsReady"
+	ReasonNoNodes            = "NoNodesSelected"
+	ReasonAgentsRollingOut   = "AgentsRollingOut"
+	ReasonAgentsNotReady     = "AgentsNotReady"
+	ReasonClassifierNotReady = "ClassifierNotAvailable"
+	ReasonClassifierStalled  = "ClassifierRolloutStalled"
+	ReasonLabelBitExhausted  = "NoLabelBitFree"
+	ReasonGroupExhausted     = "NoNFLOGGroupFree"
+	ReasonInvalidSettings    = "InvalidSettings"
+	ReasonApplyFailed        = "ApplyFailed"
+	ReasonDeleting           = "Deleting"
+	ReasonReconciled         = "Reconciled"
+	ReasonPending            = "Pending"
+)
+
+// health is the state of a policy's children, folded into conditions.
+type health struct {
+	ready, progressing, degraded bool
+	readyReason, readyMsg        string
+	progReason, progMsg          string
+	degrReason, degrMsg          string
+}
+
+// daemonSetRolledOut reports whether the DaemonSet controller has seen the
+// current spec and every selected node runs the current agent, as
+// `kubectl rollout status` judges it.
+func daemonSetRolledOut(ds *appsv1.DaemonSet) bool {
+	s := ds.Status
+	return s.ObservedGeneration >= ds.Generation &&
+		s.UpdatedNumberScheduled >= s.DesiredNumberScheduled
+}
+
+// deploymentAvailable reports whether the Deployment controller has seen
+// the current spec and at least the wanted replicas are available.
+func deploymentAvailable(d *appsv1.Deployment) (available, rolledOut, stalled bool) {
+	s := d.Status
+	want := int32(1)
+	if d.Spec.Replicas != nil {
+		want = *d.Spec.Replicas
+	}
+	observed := s.ObservedGeneration >= d.Generation
+	rolledOut = observed && s.UpdatedReplicas >= want && s.Replicas == s.UpdatedReplicas
+	for _, c := range s.Conditions {
+		if c.Type == appsv1.DeploymentAvailable && c.Status == corev1.ConditionTrue && s.AvailableReplicas >= want {
+			available = observed
+		}
+		if c.Type == appsv1.DeploymentProgressing && c.Status == corev1.ConditionFalse && c.Reason == "ProgressDeadlineExceeded" {
+			stalled = true
+		}
+	}
+	return available, rolledOut, stalled
+}
+
+// childHealth judges the agents' DaemonSet and the classifier's
+// Deployment (either may be nil when not found yet).
+func childHealth(ds *appsv1.DaemonSet, dep *appsv1.Deployment) health {
+	var h health
+	switch {
+	case ds == nil || ds.Status.ObservedGeneration < ds.Generation || ds.Status.ObservedGeneration == 0:
+		h.progressing, h.progReason, h.progMsg = true, ReasonAgentsRollingOut, "waiting for the DaemonSet controller to schedule the agents"
+	case !daemonSetRolledOut(ds):
+		s := ds.Status
+		h.progressing, h.progReason = true, ReasonAgentsRollingOut
+		h.progMsg = fmt.Sprintf("%d of %d nodes run the current agent", s.UpdatedNumberScheduled, s.DesiredNumberScheduled)
+	case ds.Status.NumberReady < ds.Status.DesiredNumberScheduled:
+		s := ds.Status
+		h.degraded, h.degrReason = true, ReasonAgentsNotReady
+		h.degrMsg = fmt.Sprintf("%d of %d nodes have no ready agent; see the agent pods' events and logs in namespace %s", s.DesiredNumberScheduled-s.NumberReady, s.DesiredNumberScheduled, ds.Namespace)
+	}
+	clsReady := false
+	switch {
+	case dep == nil:
+		h.progressing = true
+		if h.progReason == "" {
+			h.progReason, h.progMsg = ReasonPending, "waiting for the classifier Deployment"
+		}
+	default:
+		available, rolledOut, stalled := deploymentAvailable(dep)
+		clsReady = available
+		if stalled {
+			h.degraded, h.degrReason = true, ReasonClassifierStalled
+			h.degrMsg = fmt.Sprintf("the classifier Deployment %s/%s exceeded its progress deadline", dep.Namespace, dep.Name)
+		} else if !rolledOut || !available {
+			h.progressing = true
+			if h.progReason == "" {
+				h.progReason = ReasonClassifierNotReady
+				h.progMsg = fmt.Sprintf("%d of %d classifier replicas available", dep.Status.AvailableReplicas, ptrOr(dep.Spec.Replicas, 1))
+			}
+		}
+	}
+
+	agentsReady := ds != nil && ds.Status.ObservedGeneration >= ds.Generation && ds.Status.ObservedGeneration > 0 &&
+		daemonSetRolledOut(ds) && ds.Status.NumberReady >= ds.Status.DesiredNumberScheduled
+	switch {
+	case agentsReady && clsReady:
+		h.ready, h.readyReason = true, ReasonReady
+		h.readyMsg = fmt.Sprintf("%d of %d nodes run a ready agent; the classifier is available", ds.Status.NumberReady, ds.Status.DesiredNumberScheduled)
+		if ds.Status.DesiredNumberScheduled == 0 {
+			h.readyReason, h.readyMsg = ReasonNoNodes, "no node matches the policy's nodeSelector and tolerations; the classifier is available"
+		}
+	case !agentsReady:
+		h.readyReason, h.readyMsg = ReasonAgentsNotReady, "not every selected node runs a ready agent of the current settings"
+		if h.progressing && h.progReason == ReasonAgentsRollingOut {
+			h.readyReason, h.readyMsg = ReasonAgentsRollingOut, h.progMsg
+		}
+	default:
+		h.readyReason, h.readyMsg = ReasonClassifierNotReady, "the classifier is not available"
+	}
+	return h
+}
+
+func ptrOr(p *int32, def int32) int32 {
+	if p == nil {
+		return def
+	}
+	return *p
+}
+
+// setConditions writes the three conditions for generation gen.
+func setConditions(st *samplingv1alpha1.SamplingPolicyStatus, gen int64, h health) {
+	b := func(v bool) metav1.ConditionStatus {
+		if v {
+			return metav1.ConditionTrue
+		}
+		return metav1.ConditionFalse
+	}
+	orDefault := func(reason, def string) string {
+		if reason == "" {
+			return def
+		}
+		return reason
+	}
+	meta.SetStatusCondition(&st.Conditions, metav1.Condition{
+		Type: samplingv1alpha1.ConditionReady, Status: b(h.ready), ObservedGeneration: gen,
+		Reason: orDefault(h.readyReason, ReasonPending), Message: h.readyMsg,
+	})
+	meta.SetStatusCondition(&st.Conditions, metav1.Condition{
+		Type: samplingv1alpha1.ConditionProgressing, Status: b(h.progressing), ObservedGeneration: gen,
+		Reason: orDefault(h.progReason, ReasonReconciled), Message: orMsg(h.progMsg, h.progressing, "the agents and the classifier run the current settings"),
+	})
+	meta.SetStatusCondition(&st.Conditions, metav1.Condition{
+		Type: samplingv1alpha1.ConditionDegraded, Status: b(h.degraded), ObservedGeneration: gen,
+		Reason: orDefault(h.degrReason, ReasonReconciled), Message: orMsg(h.degrMsg, h.degraded, "no problem found"),
+	})
+}
+
+func orMsg(msg string, set bool, def string) string {
+	if msg == "" && !set {
+		return def
+	}
+	return msg
+}

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# gen-manifests.sh runs controller-gen (sigs.k8s.io/controller-tools) over
+# api/ and controllers/:
+#   generate   api/v1alpha1/zz_generated.deepcopy.go
+#   manifests  config/crd/bases (CRDs) and config/rbac/role.yaml (RBAC from
+#              the +kubebuilder:rbac markers)
+# controller-gen is installed into .cache/bin at CONTROLLER_GEN_VERSION
+# if missing (a tool only: it is not a requirement of go.mod). Generated
+# files are committed; CI checks that running this changes nothing.
+#
+# Usage: hack/gen-manifests.sh generate|manifests|all
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+root=$(pwd)
+
+CONTROLLER_GEN_VERSION=${CONTROLLER_GEN_VERSION:-v0.23.0}
+bin="$root/.cache/bin"
+cgen="$bin/controller-gen-$CONTROLLER_GEN_VERSION"
+
+if [[ ! -x "$cgen" ]]; then
+	echo "gen-manifests: installing controller-gen $CONTROLLER_GEN_VERSION into .cache/bin" >&2
+	mkdir -p "$bin"
+	tmp=$(mktemp -d)
+	trap 'rm -rf "$tmp"' EXIT
+	GOFLAGS= GOBIN="$tmp" go install "sigs.k8s.io/controller-tools/cmd/controller-gen@$CONTROLLER_GEN_VERSION"
+	mv "$tmp/controller-gen" "$cgen"
+fi
+
+what=${1:-all}
+if [[ $what == generate || $what == all ]]; then
+	"$cgen" object paths="./api/..."
+fi
+if [[ $what == manifests || $what == all ]]; then
+	"$cgen" rbac:roleName=connscope-controller crd:allowDangerousTypes=false \
+		paths="./api/..." paths="./controllers/..." \
+		output:crd:artifacts:config=config/crd/bases \
+		output:rbac:artifacts:config=config/rbac
+fi
