@@ -2,9 +2,9 @@ package rules
 
 // The harness of the tests that need root and a real kernel.
 //
-// Every such test makes a network namespace cs-rules-<random> and runs
-// every iptables program inside it, through wrapper scripts that
-// Options.LookPath returns: each wrapper is
+// Every such test makes a network namespace cs-rules-<random> (with
+// internal/netnstest) and runs every iptables program inside it, through
+// wrapper scripts that Options.LookPath returns: each wrapper is
 //
 //	exec nsenter --net=/run/netns/<name> -- /usr/sbin/<program> "$@"
 //
@@ -20,10 +20,7 @@ package rules
 // there.
 
 import (
-	"bufio"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"fmt"
 	"io"
 	"log/slog"
@@ -31,18 +28,18 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
-	"runtime"
 	"slices"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/connscope/connscope/internal/netnstest"
 )
 
 func TestMain(m *testing.M) {
-	guard := rootTestsEnabled()
+	guard := netnstest.Enabled()
 	var before string
 	if guard {
 		before = hostConnscopeRules()
@@ -55,10 +52,6 @@ func TestMain(m *testing.M) {
 		}
 	}
 	os.Exit(code)
-}
-
-func rootTestsEnabled() bool {
-	return os.Getenv("CONNSCOPE_SKIP_ROOT_TESTS") != "1" && os.Geteuid() == 0
 }
 
 // hostConnscopeRules reads (iptables-save, no -t, which creates nothing)
@@ -87,23 +80,11 @@ func hostConnscopeRules() string {
 // harness needs, and CONNSCOPE_SKIP_ROOT_TESTS is not 1.
 func needRoot(t *testing.T) {
 	t.Helper()
-	if os.Getenv("CONNSCOPE_SKIP_ROOT_TESTS") == "1" {
-		t.Skip("CONNSCOPE_SKIP_ROOT_TESTS=1: skipping a test that needs root, a network namespace and iptables")
-	}
-	if os.Geteuid() != 0 {
-		t.Skip("needs root (network namespaces and iptables); run as root or set CONNSCOPE_SKIP_ROOT_TESTS=1")
-	}
-	for _, cmd := range []string{"ip", "nsenter"} {
-		if _, err := exec.LookPath(cmd); err != nil {
-			t.Skipf("needs %s in PATH (apt-get install iproute2 util-linux)", cmd)
-		}
-	}
+	netnstest.NeedRoot(t, "network namespaces and iptables")
 	for _, b := range allBackends {
 		for _, f := range allFamilies {
 			for _, save := range []bool{false, true} {
-				if _, err := exec.LookPath(program(f, b, save)); err != nil {
-					t.Skipf("needs %s (apt-get install iptables)", program(f, b, save))
-				}
+				netnstest.NeedTools(t, "apt-get install iptables", program(f, b, save))
 			}
 		}
 	}
@@ -112,9 +93,9 @@ func needRoot(t *testing.T) {
 // testNS is a network namespace made by one test, with wrappers that run
 // each iptables program inside it.
 type testNS struct {
-	t    *testing.T
-	name string
-	dir  string // the wrappers
+	*netnstest.NS
+	t   *testing.T
+	dir string // the wrappers
 }
 
 // newTestNS makes the namespace, with its loopback up, and deletes it
@@ -122,17 +103,7 @@ type testNS struct {
 func newTestNS(t *testing.T) *testNS {
 	t.Helper()
 	needRoot(t)
-	var r [4]byte
-	if _, err := rand.Read(r[:]); err != nil {
-		t.Fatal(err)
-	}
-	ns := &testNS{t: t, name: "cs-rules-" + hex.EncodeToString(r[:]), dir: t.TempDir()}
-	mustRun(t, "ip", "netns", "add", ns.name)
-	t.Cleanup(func() {
-		if out, err := exec.Command("ip", "netns", "del", ns.name).CombinedOutput(); err != nil {
-			t.Errorf("delete namespace %s: %v: %s", ns.name, err, out)
-		}
-	})
+	ns := &testNS{NS: netnstest.New(t, "rules"), t: t, dir: t.TempDir()}
 	ns.assertNotHost()
 	for _, b := range allBackends {
 		for _, f := range allFamilies {
@@ -141,24 +112,21 @@ func newTestNS(t *testing.T) *testNS {
 			}
 		}
 	}
-	mustRun(t, "nsenter", "--net="+ns.path(), "--", "ip", "link", "set", "lo", "up")
 	return ns
 }
-
-func (ns *testNS) path() string { return "/run/netns/" + ns.name }
 
 // assertNotHost fails the test unless the namespace file is a network
 // namespace other than the one the test process runs in.
 func (ns *testNS) assertNotHost() {
 	var nsStat, self unix.Stat_t
-	if err := unix.Stat(ns.path(), &nsStat); err != nil {
-		ns.t.Fatalf("namespace %s: %v", ns.name, err)
+	if err := unix.Stat(ns.Path(), &nsStat); err != nil {
+		ns.t.Fatalf("namespace %s: %v", ns.Name(), err)
 	}
 	if err := unix.Stat("/proc/self/ns/net", &self); err != nil {
 		ns.t.Fatal(err)
 	}
 	if nsStat.Ino == self.Ino && nsStat.Dev == self.Dev {
-		ns.t.Fatalf("namespace %s is the test process's own: refusing to run iptables in it", ns.name)
+		ns.t.Fatalf("namespace %s is the test process's own: refusing to run iptables in it", ns.Name())
 	}
 }
 
@@ -173,7 +141,7 @@ func (ns *testNS) writeWrapper(prog, via string) {
 		via += " "
 	}
 	script := fmt.Sprintf("#!/bin/sh\n# connscope rules test: runs %s in network namespace %s only\nexec nsenter --net=%s -- %s%s \"$@\"\n",
-		prog, ns.name, ns.path(), via, real)
+		prog, ns.Name(), ns.Path(), via, real)
 	if err := os.WriteFile(filepath.Join(ns.dir, prog), []byte(script), 0o755); err != nil {
 		ns.t.Fatal(err)
 	}
@@ -183,7 +151,7 @@ func (ns *testNS) writeWrapper(prog, via string) {
 func (ns *testNS) lookPath(name string) (string, error) {
 	p := filepath.Join(ns.dir, name)
 	if _, err := os.Stat(p); err != nil {
-		return "", fmt.Errorf("test harness: no wrapper for %s in namespace %s, refusing to run it: %w", name, ns.name, err)
+		return "", fmt.Errorf("test harness: no wrapper for %s in namespace %s, refusing to run it: %w", name, ns.Name(), err)
 	}
 	return p, nil
 }
@@ -290,99 +258,6 @@ func (ns *testNS) saveAll(b Backend) string {
 		}
 	}
 	return out.String()
-}
-
-// do runs fn on an OS thread switched into the namespace, then switches
-// the thread back. Sockets fn creates stay in the namespace. It is used
-// for sockets only, never to run iptables. If the thread cannot be
-// switched back it stays locked, and the runtime discards it when the
-// goroutine ends.
-func (ns *testNS) do(fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		errc <- func() error {
-			orig, err := os.Open("/proc/thread-self/ns/net")
-			if err != nil {
-				return err
-			}
-			defer orig.Close()
-			target, err := os.Open(ns.path())
-			if err != nil {
-				return err
-			}
-			defer target.Close()
-			if err := unix.Setns(int(target.Fd()), unix.CLONE_NEWNET); err != nil {
-				return fmt.Errorf("setns %s: %w", ns.name, err)
-			}
-			ferr := fn()
-			if err := unix.Setns(int(orig.Fd()), unix.CLONE_NEWNET); err != nil {
-				return fmt.Errorf("restore the thread's namespace: %w", err)
-			}
-			runtime.UnlockOSThread()
-			return ferr
-		}()
-	}()
-	return <-errc
-}
-
-// start starts a long-running program in the namespace (nsenter), and
-// stops it with SIGINT when the test ends. ready is a line the program
-// prints on stderr once it is ready.
-func (ns *testNS) start(ready string, args ...string) *exec.Cmd {
-	ns.t.Helper()
-	cmd := exec.Command("nsenter", append([]string{"--net=" + ns.path(), "--"}, args...)...)
-	stderr, err := cmd.StderrPipe()
-	if err != nil {
-		ns.t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		ns.t.Fatal(err)
-	}
-	stopped := false
-	ns.t.Cleanup(func() {
-		if !stopped {
-			_ = cmd.Process.Kill()
-			_ = cmd.Wait()
-		}
-	})
-	found := make(chan bool, 1)
-	go func() {
-		sc := bufio.NewScanner(stderr)
-		ok := false
-		for sc.Scan() {
-			if !ok && strings.Contains(sc.Text(), ready) {
-				ok = true
-				found <- true
-			}
-		}
-		if !ok {
-			found <- false
-		}
-	}()
-	select {
-	case ok := <-found:
-		if !ok {
-			ns.t.Fatalf("%s ended before printing %q", args[0], ready)
-		}
-	case <-time.After(10 * time.Second):
-		ns.t.Fatalf("%s did not print %q within 10s", args[0], ready)
-	}
-	return cmd
-}
-
-// stop ends a program started by start with SIGINT and waits for it.
-func stop(t *testing.T, cmd *exec.Cmd) {
-	t.Helper()
-	_ = cmd.Process.Signal(syscall.SIGINT)
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
-	select {
-	case <-done:
-	case <-time.After(10 * time.Second):
-		_ = cmd.Process.Kill()
-		t.Fatalf("%s did not stop on SIGINT", cmd.Path)
-	}
 }
 
 // mustRun runs a short command with a time limit and returns its stdout.

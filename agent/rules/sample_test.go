@@ -13,9 +13,10 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
+
+	"github.com/connscope/connscope/internal/netnstest"
 )
 
 // TestSampledConnectionsAreLabelledOnceAndLoggedNTimes drives real TCP
@@ -34,23 +35,9 @@ func TestSampledConnectionsAreLabelledOnceAndLoggedNTimes(t *testing.T) {
 		)
 
 		// Servers first: the policy names their port.
-		var ln4, ln4other, ln6 net.Listener
-		if err := ns.do(func() (err error) {
-			if ln4, err = net.Listen("tcp4", "127.0.0.1:0"); err != nil {
-				return err
-			}
-			if ln4other, err = net.Listen("tcp4", "127.0.0.1:0"); err != nil {
-				return err
-			}
-			ln6, err = net.Listen("tcp6", fmt.Sprintf("[::1]:%d", ln4.Addr().(*net.TCPAddr).Port))
-			return err
-		}); err != nil {
-			t.Fatal(err)
-		}
-		for _, ln := range []net.Listener{ln4, ln4other, ln6} {
-			t.Cleanup(func() { ln.Close() })
-			go echo(ln)
-		}
+		ln4 := ns.Listen(t, "tcp4", "127.0.0.1:0", echo)
+		ln4other := ns.Listen(t, "tcp4", "127.0.0.1:0", echo)
+		ln6 := ns.Listen(t, "tcp6", fmt.Sprintf("[::1]:%d", ln4.Addr().(*net.TCPAddr).Port), echo)
 		port := uint16(ln4.Addr().(*net.TCPAddr).Port)
 
 		p := Policy{
@@ -68,10 +55,11 @@ func TestSampledConnectionsAreLabelledOnceAndLoggedNTimes(t *testing.T) {
 		m := ns.manager(p, b)
 		mustEnsure(t, m)
 
-		var capture *exec.Cmd
+		var capture *netnstest.Proc
 		pcap := filepath.Join(t.TempDir(), "nflog.pcap")
 		if _, err := exec.LookPath("tcpdump"); err == nil {
-			capture = ns.start("listening on", "tcpdump", "-U", "-n", "-i", fmt.Sprintf("nflog:%d", group), "-w", pcap)
+			capture = ns.Start(t, t.TempDir(), "tcpdump", "tcpdump", "-U", "-n", "-i", fmt.Sprintf("nflog:%d", group), "-w", pcap)
+			capture.WaitOutput(t, "listening on", 10*time.Second)
 		} else {
 			t.Log("tcpdump not found: checking the rules' counters only")
 		}
@@ -79,7 +67,7 @@ func TestSampledConnectionsAreLabelledOnceAndLoggedNTimes(t *testing.T) {
 		talk := func(network, from, to string) {
 			t.Helper()
 			var c net.Conn
-			if err := ns.do(func() (err error) {
+			if err := ns.Do(func() (err error) {
 				d := net.Dialer{Timeout: 5 * time.Second}
 				if from != "" {
 					d.LocalAddr = &net.TCPAddr{IP: net.ParseIP(from)}
@@ -128,7 +116,9 @@ func TestSampledConnectionsAreLabelledOnceAndLoggedNTimes(t *testing.T) {
 		// (default 100 packets; tcpdump sets none) or after the flush
 		// timeout (default 1 s).
 		time.Sleep(1500 * time.Millisecond)
-		stop(t, capture)
+		if err := capture.Stop(10 * time.Second); err != nil {
+			t.Fatal(err)
+		}
 		pkts, err := readNFLOGPcap(pcap)
 		if err != nil {
 			t.Fatal(err)
@@ -162,23 +152,8 @@ func TestSampledConnectionsAreLabelledOnceAndLoggedNTimes(t *testing.T) {
 	})
 }
 
-// echo answers every connection of ln with what it receives.
-func echo(ln net.Listener) {
-	var wg sync.WaitGroup
-	defer wg.Wait()
-	for {
-		c, err := ln.Accept()
-		if err != nil {
-			return
-		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			defer c.Close()
-			_, _ = io.Copy(c, c)
-		}()
-	}
-}
+// echo sends back what the peer sends.
+func echo(c net.Conn) { _, _ = io.Copy(c, c) }
 
 // exchange writes n messages of size bytes and reads each echo back, so
 // each message is a segment of its own.
