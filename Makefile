@@ -6,7 +6,7 @@ BIN     := bin/connscope
 PKGS    := ./...
 FUZZTIME ?= 30s
 
-.PHONY: all build test test-unit lint fuzz bench demo setup setup-test clean
+.PHONY: all build test test-unit lint fuzz bench demo setup setup-test clean envtest manifests generate
 
 all: build
 
@@ -18,10 +18,28 @@ build:
 setup-test:
 	bash hack/setup-scenarios.sh
 
-## test runs every test: lint, unit tests, fuzz seed corpora, and the
-## real-traffic scenario tests in network namespaces (as root).
-test: setup-test lint verify-generated
-	$(GO) test -count=1 -timeout 30m $(PKGS)
+## test runs every test: lint, unit tests, fuzz seed corpora, the
+## real-traffic scenario tests in network namespaces (as root), and the
+## operator's tests against a real kube-apiserver and etcd (envtest; they
+## fail rather than skip here when the binaries are missing).
+test: setup-test lint verify-generated envtest
+	KUBEBUILDER_ASSETS="$$(bash hack/envtest.sh)" CONNSCOPE_REQUIRE_ENVTEST=1 \
+		$(GO) test -count=1 -timeout 30m $(PKGS)
+
+## envtest builds kube-apiserver from the Kubernetes module and installs
+## etcd, once, into .cache/envtest (hack/envtest.sh prints the folder for
+## KUBEBUILDER_ASSETS).
+envtest:
+	bash hack/envtest.sh >/dev/null
+
+## manifests regenerates config/crd/bases and config/rbac/role.yaml from
+## the kubebuilder markers; generate regenerates the API's deep-copy code
+## (controller-gen, installed into .cache/bin by the script).
+manifests:
+	bash hack/gen-manifests.sh manifests
+
+generate:
+	bash hack/gen-manifests.sh generate
 
 ## test-unit runs the tests that need neither root nor tools.
 test-unit:

@@ -61,7 +61,7 @@ type SamplingPolicySpec struct {
 	// 10,000 (the method's default), "1" samples every connection.
 	// A string rather than a float, as Kubernetes API conventions ask.
 	// +required
-	// +kubebuilder:validation:MaxLength=11
+	// +kubebuilder:validation:MaxLength=20
 	// +kubebuilder:validation:XValidation:rule="self.matches('^(0|1)([.][0-9]{1,9})?$')",message="probability must be a decimal number such as \"0.0001\" (a 0 or 1, then at most 9 digits after the point)"
 	// +kubebuilder:validation:XValidation:rule="!self.matches('^(0|1)([.][0-9]{1,9})?$') || (double(self) > 0.0 && double(self) <= 1.0)",message="probability must be greater than 0 and at most 1, e.g. \"0.0001\" to sample one new connection in 10,000"
 	Probability string `json:"probability"`

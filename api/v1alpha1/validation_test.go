@@ -1,0 +1,308 @@
+package v1alpha1_test
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/envtest"
+	"sigs.k8s.io/yaml"
+
+	samplingv1alpha1 "github.com/connscope/connscope/api/v1alpha1"
+)
+
+// These tests send SamplingPolicies to a real kube-apiserver (envtest)
+// with the generated CRD installed: the API server itself must refuse
+// every bad input with the message the CRD's rules give.
+
+var (
+	k8s        client.Client
+	envMissing string
+)
+
+func TestMain(m *testing.M) {
+	os.Exit(run(m))
+}
+
+func run(m *testing.M) int {
+	if os.Getenv("KUBEBUILDER_ASSETS") == "" {
+		if os.Getenv("CONNSCOPE_REQUIRE_ENVTEST") != "" {
+			fmt.Fprintln(os.Stderr, "CONNSCOPE_REQUIRE_ENVTEST is set but KUBEBUILDER_ASSETS is not: run `make envtest` (hack/envtest.sh prints the folder)")
+			return 1
+		}
+		envMissing = "KUBEBUILDER_ASSETS is unset: the validation tests need kube-apiserver and etcd (`make test` sets it up, or export KUBEBUILDER_ASSETS=$(hack/envtest.sh))"
+		return m.Run()
+	}
+	env := &envtest.Environment{
+		CRDDirectoryPaths:     []string{filepath.Join("..", "..", "config", "crd", "bases")},
+		ErrorIfCRDPathMissing: true,
+	}
+	cfg, err := env.Start()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "start envtest:", err)
+		return 1
+	}
+	defer func() { _ = env.Stop() }()
+	scheme := runtime.NewScheme()
+	_ = samplingv1alpha1.AddToScheme(scheme)
+	if k8s, err = client.New(cfg, client.Options{Scheme: scheme}); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	return m.Run()
+}
+
+func needEnv(t *testing.T) {
+	t.Helper()
+	if envMissing != "" {
+		t.Skip(envMissing)
+	}
+}
+
+// policy is a valid policy as a user writes it, as a map so that a test
+// can write any value (0, wrong types) that a typed client would drop.
+func policy(name string) map[string]any {
+	return map[string]any{
+		"apiVersion": "sampling.connscope.dev/v1alpha1",
+		"kind":       "SamplingPolicy",
+		"metadata":   map[string]any{"name": name},
+		"spec": map[string]any{
+			"probability": "0.0001",
+		},
+	}
+}
+
+// set sets a dotted path ("spec.sink.type") in obj.
+func set(obj map[string]any, path string, v any) {
+	parts := strings.Split(path, ".")
+	m := obj
+	for _, p := range parts[:len(parts)-1] {
+		next, ok := m[p].(map[string]any)
+		if !ok {
+			next = map[string]any{}
+			m[p] = next
+		}
+		m = next
+	}
+	m[parts[len(parts)-1]] = v
+}
+
+func create(t *testing.T, obj map[string]any) error {
+	t.Helper()
+	u := &unstructured.Unstructured{Object: obj}
+	err := k8s.Create(context.Background(), u)
+	if err == nil {
+		t.Cleanup(func() { _ = k8s.Delete(context.Background(), u) })
+	}
+	return err
+}
+
+func strs(n int, f func(i int) string) []any {
+	out := make([]any, n)
+	for i := range out {
+		out[i] = f(i)
+	}
+	return out
+}
+
+func TestValidationRefusesBadInputWithItsMessage(t *testing.T) {
+	needEnv(t)
+	long := strings.Repeat("a", 513)
+	for i, tc := range []struct {
+		name string
+		edit func(o map[string]any)
+		want string
+	}{
+		// name
+		{"name with a dot", func(o map[string]any) { set(o, "metadata.name", "edge.eu") }, "the name of a SamplingPolicy must be 1 to 40 lower-case letters"},
+		{"name starting with a digit", func(o map[string]any) { set(o, "metadata.name", "1edge") }, "starting with a letter"},
+		{"name of 41 characters", func(o map[string]any) { set(o, "metadata.name", "a"+strings.Repeat("b", 40)) }, "must be 1 to 40"},
+		// probability
+		{"probability missing", func(o map[string]any) { delete(o["spec"].(map[string]any), "probability") }, `spec.probability: Required value`},
+		{"probability not a number", func(o map[string]any) { set(o, "spec.probability", "often") }, `probability must be a decimal number such as "0.0001"`},
+		{"probability in exponent form", func(o map[string]any) { set(o, "spec.probability", "1e-4") }, `probability must be a decimal number`},
+		{"probability with 10 decimals", func(o map[string]any) { set(o, "spec.probability", "0.0000000001") }, `at most 9 digits after the point`},
+		{"probability too long", func(o map[string]any) { set(o, "spec.probability", "0."+strings.Repeat("0", 18)+"1") }, `Too long`},
+		{"probability zero", func(o map[string]any) { set(o, "spec.probability", "0") }, "probability must be greater than 0 and at most 1"},
+		{"probability 0.000", func(o map[string]any) { set(o, "spec.probability", "0.000") }, "probability must be greater than 0 and at most 1"},
+		{"probability above 1", func(o map[string]any) { set(o, "spec.probability", "1.5") }, "probability must be greater than 0 and at most 1"},
+		{"probability as a number", func(o map[string]any) { set(o, "spec.probability", 0.5) }, `spec.probability: Invalid value: "number"`},
+		// packetCap
+		{"packetCap 0", func(o map[string]any) { set(o, "spec.packetCap", 0) }, "packetCap must be between 1 and 64 packets per connection"},
+		{"packetCap 65", func(o map[string]any) { set(o, "spec.packetCap", 65) }, "packetCap must be between 1 and 64"},
+		// idleTimeout
+		{"idleTimeout not a duration", func(o map[string]any) { set(o, "spec.idleTimeout", "soon") }, "idleTimeout must be a duration between 1s and 10m"},
+		{"idleTimeout without unit", func(o map[string]any) { set(o, "spec.idleTimeout", "3") }, "idleTimeout must be a duration"},
+		{"idleTimeout too short", func(o map[string]any) { set(o, "spec.idleTimeout", "500ms") }, "idleTimeout must be a duration between 1s and 10m"},
+		{"idleTimeout too long", func(o map[string]any) { set(o, "spec.idleTimeout", "11m") }, "idleTimeout must be a duration between 1s and 10m"},
+		// serverPorts
+		{"server port 0", func(o map[string]any) { set(o, "spec.serverPorts", []any{0}) }, "serverPorts must be TCP ports between 1 and 65535"},
+		{"server port 65536", func(o map[string]any) { set(o, "spec.serverPorts", []any{443, 65536}) }, "serverPorts must be TCP ports between 1 and 65535"},
+		{"server port twice", func(o map[string]any) { set(o, "spec.serverPorts", []any{443, 443}) }, "spec.serverPorts[1]: Duplicate value: 443"},
+		{"16 server ports", func(o map[string]any) {
+			set(o, "spec.serverPorts", func() []any {
+				out := []any{}
+				for p := 1; p <= 16; p++ {
+					out = append(out, p)
+				}
+				return out
+			}())
+		}, "spec.serverPorts: Too many: 16: must have at most 15 items"},
+		// excludedCIDRs
+		{"CIDR without length", func(o map[string]any) { set(o, "spec.excludedCIDRs", []any{"10.0.0.0"}) }, `excludedCIDRs must be networks in CIDR notation, such as "10.0.0.0/8"`},
+		{"CIDR length 33", func(o map[string]any) { set(o, "spec.excludedCIDRs", []any{"10.0.0.0/33"}) }, "excludedCIDRs must be networks in CIDR notation"},
+		{"CIDR of a host name", func(o map[string]any) { set(o, "spec.excludedCIDRs", []any{"example.com/8"}) }, "excludedCIDRs must be networks in CIDR notation"},
+		{"IPv4-mapped IPv6 CIDR", func(o map[string]any) { set(o, "spec.excludedCIDRs", []any{"::ffff:10.0.0.0/104"}) }, "excludedCIDRs must be networks in CIDR notation"},
+		{"CIDR twice", func(o map[string]any) { set(o, "spec.excludedCIDRs", []any{"10.0.0.0/8", "10.0.0.0/8"}) }, "Duplicate value"},
+		{"IPv6 CIDR on an IPv4-only policy", func(o map[string]any) {
+			set(o, "spec.excludedCIDRs", []any{"fd00::/8"})
+			set(o, "spec.ipFamilies", []any{"IPv4"})
+		}, "every excludedCIDRs entry must be of an IP family listed in ipFamilies"},
+		{"65 CIDRs", func(o map[string]any) {
+			set(o, "spec.excludedCIDRs", strs(65, func(i int) string { return fmt.Sprintf("10.%d.0.0/16", i) }))
+		}, "must have at most 64 items"},
+		// interfaces
+		{"interface with a slash", func(o map[string]any) { set(o, "spec.interfaces", []any{"eth0/1"}) }, "interfaces must be interface names of 1 to 15 letters"},
+		{"interface wildcard in the middle", func(o map[string]any) { set(o, "spec.interfaces", []any{"e+th"}) }, "with an optional trailing '+' wildcard"},
+		{"interface named dot-dot", func(o map[string]any) { set(o, "spec.interfaces", []any{".."}) }, "interfaces must be interface names"},
+		{"interface name of 16 characters", func(o map[string]any) { set(o, "spec.interfaces", []any{"abcdefghijklmnop"}) }, "Too long: may not be more than 15"},
+		{"empty interface name", func(o map[string]any) { set(o, "spec.interfaces", []any{""}) }, "interfaces must be interface names of 1 to 15"},
+		{"17 interfaces", func(o map[string]any) {
+			set(o, "spec.interfaces", strs(17, func(i int) string { return fmt.Sprintf("eth%d", i) }))
+		}, "must have at most 16 items"},
+		// ipFamilies
+		{"unknown IP family", func(o map[string]any) { set(o, "spec.ipFamilies", []any{"IPv5"}) }, `Unsupported value: "IPv5": supported values: "IPv4", "IPv6"`},
+		{"no IP family", func(o map[string]any) { set(o, "spec.ipFamilies", []any{}) }, "should have at least 1 items"},
+		{"IP family twice", func(o map[string]any) { set(o, "spec.ipFamilies", []any{"IPv4", "IPv4"}) }, "Duplicate value"},
+		// sink
+		{"unknown sink type", func(o map[string]any) { set(o, "spec.sink.type", "Kafka") }, `Unsupported value: "Kafka": supported values: "Classifier", "ClickHouse"`},
+		{"ClickHouse without clickhouse", func(o map[string]any) { set(o, "spec.sink.type", "ClickHouse") }, "a ClickHouse sink needs clickhouse.address"},
+		{"ClickHouse with an empty address", func(o map[string]any) {
+			set(o, "spec.sink.type", "ClickHouse")
+			set(o, "spec.sink.clickhouse.address", "")
+		}, "clickhouse.address must be HOST:PORT"},
+		{"ClickHouse address without port", func(o map[string]any) {
+			set(o, "spec.sink.type", "ClickHouse")
+			set(o, "spec.sink.clickhouse.address", "clickhouse.db.svc")
+		}, `clickhouse.address must be HOST:PORT, such as "clickhouse.db.svc:9000"`},
+		{"ClickHouse address as a URL", func(o map[string]any) {
+			set(o, "spec.sink.type", "ClickHouse")
+			set(o, "spec.sink.clickhouse.address", "tcp://clickhouse:9000")
+		}, "clickhouse.address must be HOST:PORT"},
+		{"ClickHouse database with a dash", func(o map[string]any) {
+			set(o, "spec.sink.type", "ClickHouse")
+			set(o, "spec.sink.clickhouse.address", "clickhouse:9000")
+			set(o, "spec.sink.clickhouse.database", "conn-scope")
+		}, "clickhouse.database must be a plain identifier"},
+		{"ClickHouse credentials without a Secret name", func(o map[string]any) {
+			set(o, "spec.sink.type", "ClickHouse")
+			set(o, "spec.sink.clickhouse.address", "clickhouse:9000")
+			set(o, "spec.sink.clickhouse.credentialsSecret.name", "")
+		}, "spec.sink.clickhouse.credentialsSecret.name: Invalid value: \"\": spec.sink.clickhouse.credentialsSecret.name in body should be at least 1 chars long"},
+		{"clickhouse settings on a Classifier sink", func(o map[string]any) {
+			set(o, "spec.sink.clickhouse.address", "clickhouse:9000")
+		}, "clickhouse is only read when type is ClickHouse"},
+		{"two classifier replicas on the Classifier sink", func(o map[string]any) { set(o, "spec.sink.classifier.replicas", 2) }, "the Classifier sink keeps its records on one volume and runs one replica"},
+		{"zero classifier replicas", func(o map[string]any) { set(o, "spec.sink.classifier.replicas", 0) }, "classifier.replicas must be between 1 and 20"},
+		{"21 classifier replicas", func(o map[string]any) {
+			set(o, "spec.sink.type", "ClickHouse")
+			set(o, "spec.sink.clickhouse.address", "clickhouse:9000")
+			set(o, "spec.sink.classifier.replicas", 21)
+		}, "classifier.replicas must be between 1 and 20"},
+		{"storage of size 0", func(o map[string]any) { set(o, "spec.sink.classifier.storage.size", "0") }, `storage.size must be a positive size such as "10Gi"`},
+		{"storage of a negative size", func(o map[string]any) { set(o, "spec.sink.classifier.storage.size", "-1Gi") }, "storage.size must be a positive size"},
+		{"storage without size", func(o map[string]any) { set(o, "spec.sink.classifier.storage.storageClassName", "fast") }, "spec.sink.classifier.storage.size: Required value"},
+		{"geoIP without a claim", func(o map[string]any) { set(o, "spec.sink.classifier.geoIP.claimName", "") }, "claimName in body should be at least 1 chars long"},
+		{"classifier image too long", func(o map[string]any) { set(o, "spec.sink.classifier.image", long) }, "spec.sink.classifier.image: Too long: may not be more than 512"},
+		// agent
+		{"agent image too long", func(o map[string]any) { set(o, "spec.agent.image", long) }, "spec.agent.image: Too long: may not be more than 512"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			obj := policy(fmt.Sprintf("bad-%d", i))
+			tc.edit(obj)
+			err := create(t, obj)
+			if err == nil {
+				t.Fatalf("the API server accepted it; want %q", tc.want)
+			}
+			if !apierrors.IsInvalid(err) {
+				t.Fatalf("got %v, want an Invalid error", err)
+			}
+			if !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("message\n  %s\nlacks\n  %s", err, tc.want)
+			}
+		})
+	}
+}
+
+// The API server fills in the defaults a user leaves out.
+func TestDefaultsAreFilledByTheAPIServer(t *testing.T) {
+	needEnv(t)
+	obj := policy("defaults")
+	if err := create(t, obj); err != nil {
+		t.Fatal(err)
+	}
+	var got samplingv1alpha1.SamplingPolicy
+	if err := k8s.Get(context.Background(), client.ObjectKey{Name: "defaults"}, &got); err != nil {
+		t.Fatal(err)
+	}
+	s := got.Spec
+	if s.PacketCap != 10 || s.IdleTimeout == nil || s.IdleTimeout.Duration.String() != "3s" ||
+		len(s.IPFamilies) != 2 || s.Sink.Type != samplingv1alpha1.SinkClassifier ||
+		len(s.Tolerations) != 1 || s.Tolerations[0].Operator != "Exists" {
+		t.Errorf("defaults: %+v", s)
+	}
+}
+
+// Good values at the edges of every rule pass, and so do the samples.
+func TestValidationAcceptsGoodInput(t *testing.T) {
+	needEnv(t)
+	for i, edit := range []func(o map[string]any){
+		func(o map[string]any) { set(o, "spec.probability", "1") },
+		func(o map[string]any) { set(o, "spec.probability", "0.000000001") },
+		func(o map[string]any) { set(o, "spec.probability", "1.0") },
+		func(o map[string]any) { set(o, "spec.packetCap", 1); set(o, "spec.idleTimeout", "1s") },
+		func(o map[string]any) { set(o, "spec.packetCap", 64); set(o, "spec.idleTimeout", "1m30s") },
+		func(o map[string]any) { set(o, "spec.serverPorts", []any{1, 65535}) },
+		func(o map[string]any) {
+			set(o, "spec.excludedCIDRs", []any{"10.0.0.0/8", "192.168.1.7/32", "fd00::/8"})
+		},
+		func(o map[string]any) { set(o, "spec.interfaces", []any{"eth0", "ens+", "vlan.100", "br@x-1_a"}) },
+		func(o map[string]any) { set(o, "metadata.name", "a"+strings.Repeat("b", 39)) },
+		func(o map[string]any) {
+			set(o, "spec.sink.type", "ClickHouse")
+			set(o, "spec.sink.clickhouse.address", "[fd00::1]:9000")
+			set(o, "spec.sink.classifier.replicas", 20)
+		},
+		func(o map[string]any) { set(o, "spec.sink.classifier.storage.size", "1Gi") },
+	} {
+		obj := policy(fmt.Sprintf("good-%d", i))
+		edit(obj)
+		if err := create(t, obj); err != nil {
+			t.Errorf("case %d refused: %v", i, err)
+		}
+	}
+	samples, _ := filepath.Glob(filepath.Join("..", "..", "config", "samples", "*.yaml"))
+	for _, path := range samples {
+		if filepath.Base(path) == "kustomization.yaml" {
+			continue
+		}
+		b, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var obj map[string]any
+		if err := yaml.Unmarshal(b, &obj); err != nil {
+			t.Fatalf("%s: %v", path, err)
+		}
+		if err := create(t, obj); err != nil {
+			t.Errorf("sample %s refused: %v", path, err)
+		}
+	}
+}
