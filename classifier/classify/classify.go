@@ -220,55 +220,31 @@ type Result struct {
 func (r Result) Anomalous() bool { return r.Stage != StageNone && r.Stage != NoMatch }
 
 const (
-	optMSS      = 2
-	zmapIPID    = 54321
-	zmapWindow  = 65535
-	scanWindow  = 1024
-	rstAck      = packet.RST | packet.ACK
-	synAck      = packet.SYN | packet.ACK
-	dataFlag    = packet.PSH
-	notPureACK  = packet.SYN | packet.FIN | packet.RST | packet.PSH
-	ipidModulus = 1 << 16
+	optMSS     = 2
+	zmapIPID   = 54321
+	zmapWindow = 65535
+	scanWindow = 1024
 )
 
-// Classify judges a finished connection.
+// Classify judges a finished connection from the summary of its counted
+// packets (flow.Summary), which the flow table accumulates in timestamp,
+// then sequence order.
 func Classify(c *flow.Conn) Result {
-	ps := c.Packets
-	if len(ps) == 0 || ps[0].Flags&synAck != packet.SYN {
+	s := &c.Summary
+	if s.Packets == 0 || !s.FirstIsSYN {
 		return Result{Excluded: NoSYN}
 	}
-	syns, rsts, rstacks, fins := 0, 0, 0, 0
-	firstRST := len(ps)
-	for i := range ps {
-		f := ps[i].Flags
-		if f&packet.SYN != 0 {
-			syns++
-		}
-		if f&packet.FIN != 0 {
-			fins++
-		}
-		if f&packet.RST != 0 {
-			if f&packet.ACK != 0 {
-				rstacks++
-			} else {
-				rsts++
-			}
-			if firstRST == len(ps) {
-				firstRST = i
-			}
-		}
-	}
-	if syns > 1 {
+	if s.SYNs > 1 {
 		return Result{Excluded: MultipleSYN}
 	}
 
 	var r Result
 	switch {
-	case rsts+rstacks > 0:
+	case s.RSTs+s.RSTACKs > 0:
 		r.Closure = ClosureReset
-	case fins > 0:
+	case s.FIN:
 		r.Closure = ClosureFIN
-	case len(ps) >= c.Cap:
+	case s.Packets >= c.Cap:
 		r.Closure = ClosureCap
 	case c.Silent:
 		r.Closure = ClosureTimeout
@@ -278,28 +254,14 @@ func Classify(c *flow.Conn) Result {
 		return Result{Closure: ClosureIncomplete, Excluded: Incomplete}
 	}
 
-	pre := ps[:firstRST]
-	data, firstData, finBefore := 0, -1, false
-	for i := range pre {
-		if pre[i].Flags&dataFlag != 0 {
-			if data == 0 {
-				firstData = i
-			}
-			data++
-		}
-		if pre[i].Flags&packet.FIN != 0 {
-			finBefore = true
-		}
-	}
-
 	switch r.Closure {
 	case ClosureReset, ClosureTimeout:
 		switch {
-		case len(pre) == 1:
+		case s.Pre == 1:
 			r.Stage = PostSYN
-		case data == 0:
+		case s.Data == 0:
 			r.Stage = PostACK
-		case data == 1:
+		case s.Data == 1:
 			r.Stage = PostPSH
 		case r.Closure == ClosureReset:
 			r.Stage = LaterInFlow
@@ -315,24 +277,26 @@ func Classify(c *flow.Conn) Result {
 	case ClosureTimeout:
 		r.Tags.add(TagTimeout)
 	case ClosureReset:
-		r.Tags |= resetTags(c, rsts, rstacks, fins, r.Tags)
+		r.Tags |= resetTags(c, r.Tags)
 	}
 
-	if r.Stage != NoMatch && !finBefore {
-		r.Signature = signature(r, pre, c.RSTAcks, data, firstData, rsts, rstacks)
+	if r.Stage != NoMatch && !s.FINBeforeRST {
+		r.Signature = signature(r, s)
 	}
 	return r
 }
 
 func scannerTags(c *flow.Conn) Tags {
 	var ts Tags
-	syn := &c.Packets[0]
-	if c.IPVersion == 4 && syn.IPID == zmapIPID && c.SYN.Window == zmapWindow {
+	if !c.HasSYN {
+		return ts
+	}
+	if c.IPVersion == 4 && c.SYNIPID == zmapIPID && c.SYN.Window == zmapWindow {
 		ts.add(TagZMap)
 	}
 	if c.IPVersion == 4 && c.SYN.Window == scanWindow {
 		server := packet.IPv4Of(c.ServerIP)
-		if uint16(server^uint32(c.ServerPort)^syn.Seq) == syn.IPID {
+		if uint16(server^uint32(c.ServerPort)^c.SYNSeq) == c.SYNIPID {
 			ts.add(TagMasscan)
 		}
 	}
@@ -342,44 +306,35 @@ func scannerTags(c *flow.Conn) Tags {
 	return ts
 }
 
-func resetTags(c *flow.Conn, rsts, rstacks, fins int, scanner Tags) Tags {
+func resetTags(c *flow.Conn, scanner Tags) Tags {
+	s := &c.Summary
 	var ts Tags
 	ts.add(TagReset)
-	if fins > 0 {
+	if s.FIN {
 		ts.add(TagFIN)
 	}
 	switch {
-	case rsts > 0 && rstacks > 0:
+	case s.RSTs > 0 && s.RSTACKs > 0:
 		ts.add(TagRSTAndRSTACKs)
-	case rsts == 1:
+	case s.RSTs == 1:
 		ts.add(TagSingleRST)
-	case rsts > 1:
+	case s.RSTs > 1:
 		ts.add(TagMultipleRSTs)
-		ts.add(ackNumTag(c.RSTAcks))
-	case rstacks == 1:
+		ts.add(ackNumTag(s.RSTAcks))
+	case s.RSTACKs == 1:
 		ts.add(TagSingleRSTACK)
 	default:
 		ts.add(TagMultipleRSTACKs)
 	}
-
+	// An RST whose TTL jumps from the SYN's is evidence only when the SYN
+	// is not a scanner's (scanners craft their SYNs; the RST is the
+	// kernel's).
 	isScanner := scanner&(1<<TagZMap|1<<TagMasscan|1<<TagNmap) != 0
-	ps := c.Packets
-	last := -1 // the last non-RST packet so far
-	for i := range ps {
-		if ps[i].Flags&packet.RST == 0 {
-			last = i
-			continue
-		}
-		if last < 0 {
-			continue
-		}
-		ref := &ps[last]
-		if !(last == 0 && isScanner) && absDiff(int(ps[i].TTL), int(ref.TTL)) > 1 {
-			ts.add(TagTTLJump)
-		}
-		if c.IPVersion == 4 && ps[i].IPID != 0 && ref.IPID != 0 && ipidDistance(ps[i].IPID, ref.IPID) > 1 {
-			ts.add(TagIPIDJump)
-		}
+	if s.TTLJump || (s.TTLJumpFromFirst && !isScanner) {
+		ts.add(TagTTLJump)
+	}
+	if s.IPIDJump {
+		ts.add(TagIPIDJump)
 	}
 	return ts
 }
@@ -398,10 +353,11 @@ func ackNumTag(a flow.RSTAcks) Tag {
 	}
 }
 
-func signature(r Result, pre []flow.Packet, acks flow.RSTAcks, data, firstData, rsts, rstacks int) Signature {
+func signature(r Result, s *flow.Summary) Signature {
 	reset := r.Closure == ClosureReset
+	rsts, rstacks := s.RSTs, s.RSTACKs
 	switch {
-	case len(pre) == 1: // only the SYN
+	case s.Pre == 1: // only the SYN
 		switch {
 		case !reset:
 			return SigSYNTimeout
@@ -412,8 +368,8 @@ func signature(r Result, pre []flow.Packet, acks flow.RSTAcks, data, firstData, 
 		default:
 			return SigSYNRSTAndRSTACK
 		}
-	case data == 0:
-		if len(pre) != 2 || pre[1].Flags&notPureACK != 0 || pre[1].Flags&packet.ACK == 0 {
+	case s.Data == 0:
+		if s.Pre != 2 || !s.SecondPureACK {
 			return SigNone
 		}
 		switch {
@@ -430,10 +386,10 @@ func signature(r Result, pre []flow.Packet, acks flow.RSTAcks, data, firstData, 
 		}
 		return SigNone
 	}
-	if pre[firstData].Flags&packet.ACK == 0 {
+	if !s.DataACK {
 		return SigNone // the data packet is not a PSH+ACK
 	}
-	if firstData != len(pre)-1 { // something came between the PSH+ACK and the RST or silence
+	if !s.DataLast { // something came between the PSH+ACK and the RST or silence
 		if !reset {
 			return SigNone
 		}
@@ -457,7 +413,7 @@ func signature(r Result, pre []flow.Packet, acks flow.RSTAcks, data, firstData, 
 	case rsts == 0:
 		return SigPSHRSTACKs
 	}
-	switch ackNumTag(acks) {
+	switch ackNumTag(s.RSTAcks) {
 	case TagAckNumSame, TagAckNumSame0:
 		return SigPSHRSTSame
 	case TagAckNumDiff:
@@ -465,19 +421,4 @@ func signature(r Result, pre []flow.Packet, acks flow.RSTAcks, data, firstData, 
 	default:
 		return SigPSHRSTZero
 	}
-}
-
-func absDiff(a, b int) int {
-	if a > b {
-		return a - b
-	}
-	return b - a
-}
-
-func ipidDistance(a, b uint16) int {
-	d := int(a-b) % ipidModulus
-	if d > ipidModulus/2 {
-		d = ipidModulus - d
-	}
-	return d
 }

@@ -125,7 +125,7 @@ func run(t *testing.T, cfg flow.Config, endAt time.Duration, recs []packet.Recor
 	t.Helper()
 	var out []got
 	tab, err := flow.New(cfg, func(c *flow.Conn) {
-		out = append(out, got{key: c.Key, r: classify.Classify(c), n: len(c.Packets)})
+		out = append(out, got{key: c.Key, r: classify.Classify(c), n: c.Summary.Packets})
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -30,24 +30,28 @@
 //     finished connection's initial sequence number (a retransmission) is
 //     ignored too; a SYN with another one opens a new connection.
 //
-// # Time
+// # Time and order
 //
 // Time is the packets' own timestamps: the table's clock is the largest
 // timestamp seen, so a capture file is classified exactly as a live stream of
-// the same packets would be. Packets of a connection are ordered by
-// timestamp, then by sequence number (timestamps of some capture paths are
-// coarse), then by arrival. Timestamps are kept with microsecond resolution
-// relative to the connection's first packet, which is also the resolution of
-// this ordering.
+// the same packets would be. Packets of a connection are taken in timestamp,
+// then sequence-number order (timestamps of some capture paths are coarse),
+// then arrival order. A connection is judged timed out exactly when a packet
+// arrives after at least IdleTimeout of silence, whenever the lazy expiry
+// gets to it.
 //
 // # Memory
 //
+// A connection keeps no packets: it keeps a running Summary of them (what
+// classification needs), plus the latest packet held back, so that two
+// packets arriving swapped (equal timestamps, sequence numbers the other way
+// round) are still taken in order. A longer displacement is taken in arrival
+// order and marked (Summary.Reordered, Stats.Reordered). Every connection is
+// one fixed-size entry (120 bytes) in slabs indexed by an open-addressing
+// hash table of 32-bit slots, whatever the packet cap; the steady state
+// allocates nothing per packet and the garbage collector scans no pointers.
 // State is bounded by MaxOpen connections (open and tombstones together;
-// tombstones are evicted first, and evicting one loses nothing). Connections
-// live in slabs of fixed-size entries indexed by an open-addressing hash table
-// of 32-bit slots, and their packets in a pool of 5-packet chunks, so the
-// steady state allocates nothing per packet and the garbage collector scans
-// no pointers.
+// tombstones are evicted first, and evicting one loses nothing).
 package flow
 
 import (
@@ -55,8 +59,6 @@ import (
 	"fmt"
 	"net/netip"
 	"time"
-
-	"github.com/connscope/connscope/packet"
 )
 
 // Defaults of method.md.
@@ -137,19 +139,8 @@ func addr(ip [16]byte, v uint8) netip.Addr {
 	return a
 }
 
-// Packet is what a connection keeps of one client packet.
-type Packet struct {
-	// Timestamp in nanoseconds since the Unix epoch (microsecond resolution
-	// unless it is the connection's first packet).
-	Timestamp int64
-	Seq       uint32
-	IPID      uint16
-	TTL       uint8
-	Flags     packet.Flags
-}
-
-// SYN is what is kept of a connection's client SYN beyond the Packet fields:
-// what scanner attribution needs.
+// SYN is what is kept of a connection's client SYN beyond its sequence
+// number and IP ID: what scanner attribution needs.
 type SYN struct {
 	Window     uint16
 	NumOptions uint8
@@ -196,18 +187,18 @@ func (e End) String() string {
 	return fmt.Sprintf("End(%d)", e)
 }
 
-// Conn is a finished connection as handed to the callback. It and its
-// Packets slice are only valid during the callback.
+// Conn is a finished connection as handed to the callback. It is only valid
+// during the callback.
 type Conn struct {
 	Key
-	// Packets are the counted client packets, ordered (at most PacketCap).
-	Packets []Packet
-	// SYN describes the first client SYN that arrived (zero if none).
-	SYN SYN
-	// HasSYN is true when a client SYN was seen.
-	HasSYN bool
-	// RSTAcks summarises the ack numbers of the plain RSTs.
-	RSTAcks RSTAcks
+	// Summary describes its counted packets in order.
+	Summary Summary
+	// SYN, SYNIPID and SYNSeq describe the first client SYN that arrived
+	// (zero if none; HasSYN tells).
+	SYN     SYN
+	SYNIPID uint16
+	SYNSeq  uint32
+	HasSYN  bool
 	// Cap is the packet cap in force.
 	Cap int
 	// Silent is true when, at the time it was finished, no client packet of
@@ -244,6 +235,9 @@ type Stats struct {
 	PeakOpen int `json:"peak_open_connections"`
 	Held     int `json:"held_connections"`
 	PeakHeld int `json:"peak_held_connections"`
+	// Reordered counts connections with a packet too far out of order to be
+	// ordered exactly (see Summary.Reordered).
+	Reordered uint64 `json:"reordered_connections"`
 }
 
 // ErrBadPacket is returned by Add for a record that cannot be part of a

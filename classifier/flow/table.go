@@ -22,14 +22,12 @@ type Table struct {
 
 	index index
 	conns connPool
-	chnks chunkPool
 	open  list // unfinished connections, least recently active first
 	done  list // tombstones, least recently active first
 
 	stats Stats
 	out   Conn
 	sink  uint32 // keeps AddBatch's warming loads from being optimised away
-	buf   []Packet
 }
 
 // New returns a table that hands finished connections to emit.
@@ -42,7 +40,6 @@ func New(cfg Config, emit Callback) (*Table, error) {
 		emit:   emit,
 		idle:   int64(cfg.IdleTimeout),
 		linger: int64(cfg.Linger),
-		buf:    make([]Packet, 0, cfg.PacketCap),
 	}
 	t.index.init()
 	return t, nil
@@ -57,54 +54,37 @@ func (t *Table) Stats() Stats { return t.stats }
 // Now returns the table's clock (ns since the epoch).
 func (t *Table) Now() int64 { return t.now }
 
-// entry is one connection's state: 88 bytes.
+// entry is one connection's state, open or finished (a tombstone): 120
+// bytes, whatever the packet cap.
 type entry struct {
-	key        Key
-	first      int64 // timestamp of the first packet that arrived (ns)
-	last       int64 // latest timestamp of a counted packet; of any packet once done
-	prev, next uint32
-	tail       uint32 // last packet chunk (0: none); chunks link backwards
-	hash       uint32
-	// aux is the ack number of the first plain RST while the connection is
-	// open, and the SYN's sequence number once it is a tombstone.
-	aux uint32
+	key Key
+	// first is the timestamp of the first packet in order (of the first
+	// that arrived until it is summarised); last the latest timestamp of a
+	// counted packet, which is the held packet's when there is one (of any
+	// packet once the entry is a tombstone); lcTs and lcSeq those of the
+	// last packet summarised.
+	first, last, lcTs int64
+	prev, next        uint32
+	hash              uint32
 	// queued is the offset (µs after first) of last when the entry was put
 	// at the back of its list: an entry whose last has moved on since is
 	// re-queued when it reaches the front instead of expiring (lazy LRU, so
 	// that a packet touches no neighbouring entries).
 	queued int32
+	synSeq uint32 // the first client SYN's sequence number
+	rstAck uint32 // the first plain RST's ack number
+	lcSeq  uint32
+	pSeq   uint32 // the held packet
 	syn    SYN
-	n      uint8 // packets kept
-	state  uint8
-}
-
-const (
-	stDone uint8 = 1 << iota
-	stHasSYN
-	stRST
-	stFIN
-	stPlainRST   // a plain RST (ACK clear) was kept; rstAck holds its ack
-	stRSTAckDiff // plain RSTs with different ack numbers
-	stRSTAckZero // a plain RST with ack number 0
-)
-
-// chunk holds 5 packets: 64 bytes, one cache line.
-type chunk struct {
-	p    [chunkLen]cpkt
-	next uint32
-}
-
-const chunkLen = 5
-
-// cpkt is a packet as kept in a chunk: 12 bytes. Ack numbers matter only
-// for plain RSTs and only as a set (all equal? any zero?), which the entry
-// keeps.
-type cpkt struct {
-	off   int32 // microseconds after the entry's first packet
-	seq   uint32
-	ipid  uint16
-	ttl   uint8
-	flags packet.Flags
+	synID  uint16 // the first client SYN's IP ID
+	pIPID  uint16
+	refID  uint16 // the last summarised non-RST packet's IP ID and TTL
+	pTTL   uint8
+	refTTL uint8
+	pFlags packet.Flags
+	n      uint8  // packets summarised
+	cnt    uint16 // saturating counters (cnt* shifts)
+	state  uint32 // st* bits
 }
 
 // Add offers one packet to the table. Packets are expected roughly in
@@ -122,7 +102,7 @@ func (t *Table) Add(r *packet.Record) error {
 const batchLen = 16
 
 // AddBatch adds packets in order, exactly as Add would one by one. It first
-// loads the index slots, entries and packet chunks the packets will touch,
+// loads the index slots and entries the packets will touch,
 // all of a batch together, so that their cache misses overlap instead of
 // following one another: with hundreds of thousands of connections open
 // the table is bound by memory latency, not by work.
@@ -152,14 +132,7 @@ func (t *Table) AddBatch(rs []packet.Record) error {
 			if sl := slots[hs[i]&mask]; sl != 0 && sl&^idMask == slotTag(hs[i]) {
 				ids[i] = sl & idMask
 				e := t.conns.at(ids[i])
-				sink += uint32(e.key.ClientIP[0]) + uint32(e.key.ClientPort) + uint32(e.n)
-			}
-		}
-		for i := range n {
-			if ids[i] != 0 {
-				if c := t.conns.at(ids[i]).tail; c != 0 {
-					sink += t.chnks.at(c).next
-				}
+				sink += uint32(e.key.ClientIP[0]) + uint32(e.key.ClientPort) + uint32(e.last) + uint32(e.n) + e.state
 			}
 		}
 		t.sink += sink
@@ -193,7 +166,7 @@ func (t *Table) add(r *packet.Record, kp *Key, h uint32) {
 		}
 		switch {
 		case e.state&stDone != 0:
-			if !clientSYN || (e.state&stHasSYN != 0 && e.aux == r.Seq) {
+			if !clientSYN || (e.state&stHasSYN != 0 && e.synSeq == r.Seq) {
 				// A late packet of a finished connection.
 				t.stats.BeyondCap++
 				if r.Timestamp > e.last {
@@ -202,7 +175,7 @@ func (t *Table) add(r *packet.Record, kp *Key, h uint32) {
 				return
 			}
 			t.remove(id) // a new connection on the same ports
-		case clientSYN && e.state&(stRST|stFIN) != 0 && e.state&stHasSYN != 0 && t.synSeq(e) != r.Seq:
+		case clientSYN && e.state&(stRST|stFIN) != 0 && e.state&stHasSYN != 0 && e.synSeq != r.Seq:
 			t.finish(id, EndReused)
 			t.remove(id)
 		default:
@@ -238,12 +211,17 @@ func (t *Table) Advance(now int64) {
 // Flush finishes every open connection (EndInput) and forgets all state: the
 // end of the input.
 func (t *Table) Flush() {
-	for t.open.head != 0 {
-		t.finish(t.open.head, EndInput)
+	for id := t.open.head; id != 0; {
+		e := t.conns.at(id)
+		t.emitConn(e, EndInput)
+		id = e.next
 	}
-	for t.done.head != 0 {
-		t.remove(t.done.head)
-	}
+	// Forget everything at once: cheaper than removing entries one by one.
+	clear(t.index.slots)
+	t.index.count = 0
+	t.conns.n, t.conns.freeL = 0, 0
+	t.open, t.done = list{}, list{}
+	t.stats.Open, t.stats.Held = 0, 0
 }
 
 func (t *Table) openConn(k *Key, h uint32, r *packet.Record, clientSYN bool) {
@@ -268,25 +246,10 @@ func (t *Table) openConn(k *Key, h uint32, r *packet.Record, clientSYN bool) {
 }
 
 func (t *Table) append(id uint32, e *entry, r *packet.Record, clientSYN bool) {
-	off := (r.Timestamp - e.first) / 1000
-	if off > 1<<31-1 {
-		off = 1<<31 - 1
-	} else if off < -1<<31 {
-		off = -1 << 31
-	}
-	p := cpkt{off: int32(off), seq: r.Seq, ipid: r.IPID, ttl: r.TTL, flags: r.Flags}
-	// The chunk for packet number e.n: the last one, or a new one linked
-	// before it.
-	if e.n%chunkLen == 0 {
-		c := t.chnks.alloc()
-		t.chnks.at(c).next = e.tail
-		e.tail = c
-	}
-	t.chnks.at(e.tail).p[e.n%chunkLen] = p
-	e.n++
 	t.stats.Counted++
 	if clientSYN && e.state&stHasSYN == 0 {
 		e.state |= stHasSYN
+		e.synSeq, e.synID = r.Seq, r.IPID
 		e.syn = SYN{Window: r.Window, NumOptions: r.NumOptions, DF: r.DF}
 		if r.NumOptions > 0 {
 			e.syn.FirstOption = r.Options[0]
@@ -298,8 +261,8 @@ func (t *Table) append(id uint32, e *entry, r *packet.Record, clientSYN bool) {
 			switch {
 			case e.state&stPlainRST == 0:
 				e.state |= stPlainRST
-				e.aux = r.Ack
-			case r.Ack != e.aux:
+				e.rstAck = r.Ack
+			case r.Ack != e.rstAck:
 				e.state |= stRSTAckDiff
 			}
 			if r.Ack == 0 {
@@ -310,10 +273,9 @@ func (t *Table) append(id uint32, e *entry, r *packet.Record, clientSYN bool) {
 	if r.Flags&packet.FIN != 0 {
 		e.state |= stFIN
 	}
-	if r.Timestamp > e.last {
-		e.last = r.Timestamp
-	}
-	if int(e.n) >= t.cfg.PacketCap {
+	v4 := e.key.IPVersion == 4
+	e.arrive(r.Timestamp, r, v4)
+	if int(e.n)+int(e.state&stPending/stPending) >= t.cfg.PacketCap {
 		t.finish(id, EndCap)
 	}
 }
@@ -322,50 +284,9 @@ func (t *Table) append(id uint32, e *entry, r *packet.Record, clientSYN bool) {
 // tombstone.
 func (t *Table) finish(id uint32, end End) {
 	e := t.conns.at(id)
-	n := int(e.n)
-	t.buf = t.buf[:n]
-	lo := lastOff(e)
-	// Chunks link backwards: the last one holds packets from
-	// (n-1)/chunkLen*chunkLen on.
-	c := e.tail
-	for base := (n - 1) / chunkLen * chunkLen; base >= 0; base -= chunkLen {
-		ch := t.chnks.at(c)
-		for j, p := range ch.p[:min(chunkLen, n-base)] {
-			ts := e.first + int64(p.off)*1000
-			if p.off == 0 {
-				ts = e.first
-			} else if p.off == lo {
-				ts = e.last
-			}
-			t.buf[base+j] = Packet{Timestamp: ts, Seq: p.seq, IPID: p.ipid, TTL: p.ttl, Flags: p.flags}
-		}
-		c = ch.next
-	}
-	sortPackets(t.buf)
-	t.out = Conn{
-		Key:     e.key,
-		Packets: t.buf,
-		SYN:     e.syn,
-		HasSYN:  e.state&stHasSYN != 0,
-		RSTAcks: RSTAcks{
-			First:   e.aux,
-			AllSame: e.state&stRSTAckDiff == 0,
-			AnyZero: e.state&stRSTAckZero != 0,
-		},
-		Cap:    t.cfg.PacketCap,
-		Silent: t.now-e.last >= t.idle,
-		End:    end,
-	}
-	t.stats.Finished++
-	if end == EndEvicted {
-		t.stats.EvictedOpen++
-	}
-	t.emit(&t.out)
+	t.emitConn(e, end)
 
-	// Tombstone: keep the SYN's sequence number, free the packets, move to
-	// the done list.
-	e.aux = t.synSeq(e)
-	t.freeChunks(e)
+	// Tombstone: move to the done list.
 	e.state |= stDone
 	t.open.remove(&t.conns, id)
 	e.queued = lastOff(e)
@@ -373,13 +294,28 @@ func (t *Table) finish(id uint32, end End) {
 	t.stats.Open--
 }
 
-func (t *Table) freeChunks(e *entry) {
-	for c := e.tail; c != 0; {
-		next := t.chnks.at(c).next
-		t.chnks.free(c)
-		c = next
+// emitConn hands the open connection e to the callback.
+func (t *Table) emitConn(e *entry, end End) {
+	e.flushHeld(e.key.IPVersion == 4)
+	t.out = Conn{
+		Key:     e.key,
+		Summary: e.summary(),
+		SYN:     e.syn,
+		SYNIPID: e.synID,
+		SYNSeq:  e.synSeq,
+		HasSYN:  e.state&stHasSYN != 0,
+		Cap:     t.cfg.PacketCap,
+		Silent:  t.now-e.last >= t.idle,
+		End:     end,
 	}
-	e.tail = 0
+	t.stats.Finished++
+	if end == EndEvicted {
+		t.stats.EvictedOpen++
+	}
+	if e.state&stReordered != 0 {
+		t.stats.Reordered++
+	}
+	t.emit(&t.out)
 }
 
 // remove forgets a tombstone.
@@ -453,46 +389,6 @@ func lastOff(e *entry) int32 {
 		return 1<<31 - 1
 	}
 	return int32(off)
-}
-
-// synSeq returns the sequence number of the first client SYN kept by an
-// open connection (0 if none).
-func (t *Table) synSeq(e *entry) uint32 {
-	if e.state&stHasSYN == 0 {
-		return 0
-	}
-	// Chunks link backwards: the earliest SYN is the last one found.
-	n := int(e.n)
-	var seq uint32
-	c := e.tail
-	for base := (n - 1) / chunkLen * chunkLen; base >= 0; base -= chunkLen {
-		ch := t.chnks.at(c)
-		for j := min(chunkLen, n-base) - 1; j >= 0; j-- {
-			if p := &ch.p[j]; p.flags&(packet.SYN|packet.ACK) == packet.SYN {
-				seq = p.seq
-			}
-		}
-		c = ch.next
-	}
-	return seq
-}
-
-// sortPackets orders packets by timestamp, then sequence number (serial
-// arithmetic), keeping arrival order for ties. Insertion sort: n <= 64 and
-// usually already in order.
-func sortPackets(p []Packet) {
-	for i := 1; i < len(p); i++ {
-		for j := i; j > 0 && before(&p[j], &p[j-1]); j-- {
-			p[j], p[j-1] = p[j-1], p[j]
-		}
-	}
-}
-
-func before(a, b *Packet) bool {
-	if a.Timestamp != b.Timestamp {
-		return a.Timestamp < b.Timestamp
-	}
-	return int32(a.Seq-b.Seq) < 0
 }
 
 // hashSeed keys the hash of connection keys with random secrets, so that
@@ -669,7 +565,7 @@ func (l *list) moveToBack(p *connPool, id uint32) {
 	l.pushBack(p, id)
 }
 
-// Pools: entries and chunks live in pages of fixed size, addressed by a
+// The pool: entries live in pages of fixed size, addressed by a
 // 32-bit id (0 is nil), with an intrusive free list. Pages are never
 // returned: the table's memory is its high-water mark.
 const (
@@ -704,37 +600,5 @@ func (p *connPool) alloc() uint32 {
 
 func (p *connPool) free(id uint32) {
 	*p.at(id) = entry{next: p.freeL}
-	p.freeL = id
-}
-
-type chunkPool struct {
-	pages []*[pageSize]chunk
-	n     uint32
-	freeL uint32
-}
-
-func (p *chunkPool) at(id uint32) *chunk { return &p.pages[id>>pageBits][id&(pageSize-1)] }
-
-func (p *chunkPool) alloc() uint32 {
-	if p.freeL != 0 {
-		id := p.freeL
-		c := p.at(id)
-		p.freeL = c.next
-		c.next = 0
-		return id
-	}
-	if p.n == 0 {
-		p.n = 1
-	}
-	if int(p.n>>pageBits) == len(p.pages) {
-		p.pages = append(p.pages, new([pageSize]chunk))
-	}
-	id := p.n
-	p.n++
-	return id
-}
-
-func (p *chunkPool) free(id uint32) {
-	p.at(id).next = p.freeL
 	p.freeL = id
 }

@@ -29,18 +29,15 @@ type Connection struct {
 
 // FromConn flattens a finished connection and its judgement.
 func FromConn(c *flow.Conn, r classify.Result) Connection {
-	out := Connection{
+	return Connection{
 		Client: c.Client(), Server: c.Server(),
 		ClientPort: c.ClientPort, ServerPort: c.ServerPort,
 		IPVersion: c.IPVersion,
-		Packets:   len(c.Packets),
+		Packets:   c.Summary.Packets,
+		FirstSeen: c.Summary.FirstSeen,
+		LastSeen:  c.Summary.LastSeen,
 		Result:    r,
 	}
-	if n := len(c.Packets); n > 0 {
-		out.FirstSeen = c.Packets[0].Timestamp
-		out.LastSeen = c.Packets[n-1].Timestamp
-	}
-	return out
 }
 
 // AppendJSON appends the JSON Lines object of c (with its newline) to b. The

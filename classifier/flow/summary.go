@@ -1,0 +1,262 @@
+package flow
+
+import "github.com/connscope/connscope/packet"
+
+// Summary describes a connection's counted packets, taken in timestamp,
+// then sequence-number order: what method.md's closure, stage, tags and
+// signature need of them, and nothing more. The table keeps this summary
+// instead of the packets themselves, so a connection's state has a fixed,
+// small size whatever its packet cap.
+//
+// Counts that the method only compares with 0, 1 or 2 saturate: SYNs,
+// RSTs, RSTACKs and Data at 2, Pre at 3.
+type Summary struct {
+	// Packets is the number of counted packets (at most the cap).
+	Packets int
+	// FirstSeen and LastSeen are the timestamps of the first and last
+	// counted packets in order (ns since the epoch).
+	FirstSeen, LastSeen int64
+	// FirstIsSYN: the first packet is a client SYN (SYN set, ACK clear).
+	FirstIsSYN bool
+	// SYNs counts packets with SYN set.
+	SYNs int
+	// RSTs counts plain RSTs (ACK clear), RSTACKs RSTs with ACK set.
+	RSTs, RSTACKs int
+	// FIN: some packet has FIN set; FINBeforeRST: a packet before the first
+	// RST has FIN set.
+	FIN, FINBeforeRST bool
+	// Pre counts the packets before the first RST (all of them when there
+	// is no RST), Data those of them with PSH set.
+	Pre, Data int
+	// DataLast: the first data packet is the last packet before the first
+	// RST (or the last packet, when there is no RST). DataACK: it has ACK
+	// set.
+	DataLast, DataACK bool
+	// SecondPureACK: the second packet has ACK set and none of SYN, FIN,
+	// RST and PSH.
+	SecondPureACK bool
+	// TTLJump: an RST's TTL differs by more than 1 from that of the last
+	// non-RST packet before it, that packet not being the first one;
+	// TTLJumpFromFirst: the same where that packet is the first one (the
+	// SYN), which scanner attribution may discount.
+	TTLJump, TTLJumpFromFirst bool
+	// IPIDJump (IPv4): an RST's IP ID differs by more than 1 (mod 65536)
+	// from that of the last non-RST packet before it, neither being 0.
+	IPIDJump bool
+	// RSTAcks summarises the ack numbers of the plain RSTs.
+	RSTAcks RSTAcks
+	// Reordered: a packet arrived after a later one (in timestamp and
+	// sequence order) had already been taken into the summary, so it was
+	// taken in arrival order instead. The table holds back the latest
+	// packet of each connection, so two packets arriving swapped are
+	// ordered exactly; only longer displacements set this.
+	Reordered bool
+}
+
+// Entry state bits.
+const (
+	stDone uint32 = 1 << iota
+	stHasSYN
+	stRST // an RST arrived (counted)
+	stFIN // a FIN arrived (counted)
+	stPlainRST
+	stRSTAckDiff
+	stRSTAckZero
+	stPending // pSeq, pIPID, pTTL, pFlags hold a packet not yet summarised
+	stFirstIsSYN
+	stFINBeforeRST
+	stDataLast
+	stDataACK
+	stSecondPureACK
+	stHaveRef // refTTL, refIPID hold the last summarised non-RST packet
+	stRefFirst
+	stTTLJump
+	stTTLJumpFirst
+	stIPIDJump
+	stReordered
+)
+
+// Saturating counters packed in entry.cnt, two bits each.
+const (
+	cntSYNs = iota * 2
+	cntRSTs
+	cntRSTACKs
+	cntPre
+	cntData
+)
+
+func (e *entry) count(field uint) int { return int(e.cnt>>field) & 3 }
+
+func (e *entry) bump(field uint, max int) {
+	if e.count(field) < max {
+		e.cnt += 1 << field
+	}
+}
+
+// arrive takes a counted packet into the connection: it holds back the
+// latest packet (in timestamp, then sequence order) and summarises the
+// others in order. The caller has checked the cap.
+func (e *entry) arrive(ts int64, r *packet.Record, v4 bool) {
+	p := heldPacket{seq: r.Seq, ipid: r.IPID, ttl: r.TTL, flags: r.Flags}
+	switch {
+	case e.state&stPending == 0:
+		e.hold(ts, p)
+	case !before(ts, r.Seq, e.last, e.pSeq):
+		// At or after the held packet: the held one is next in order.
+		e.summarise(e.last, e.held(), v4)
+		e.hold(ts, p)
+	default:
+		if e.n > 0 && before(ts, r.Seq, e.lcTs, e.lcSeq) {
+			e.state |= stReordered
+		}
+		e.summarise(ts, p, v4)
+	}
+}
+
+// flushHeld summarises the held packet, if any.
+func (e *entry) flushHeld(v4 bool) {
+	if e.state&stPending != 0 {
+		e.summarise(e.last, e.held(), v4)
+		e.state &^= stPending
+	}
+}
+
+type heldPacket struct {
+	seq   uint32
+	ipid  uint16
+	ttl   uint8
+	flags packet.Flags
+}
+
+func (e *entry) hold(ts int64, p heldPacket) {
+	e.pSeq, e.pIPID, e.pTTL, e.pFlags = p.seq, p.ipid, p.ttl, p.flags
+	e.state |= stPending
+	if ts > e.last {
+		e.last = ts
+	}
+}
+
+func (e *entry) held() heldPacket {
+	return heldPacket{seq: e.pSeq, ipid: e.pIPID, ttl: e.pTTL, flags: e.pFlags}
+}
+
+// before orders packets by timestamp, then sequence number (serial
+// arithmetic); equal packets keep their arrival order.
+func before(ts int64, seq uint32, ts2 int64, seq2 uint32) bool {
+	if ts != ts2 {
+		return ts < ts2
+	}
+	return int32(seq-seq2) < 0
+}
+
+// summarise takes the next packet in order into the summary.
+func (e *entry) summarise(ts int64, p heldPacket, v4 bool) {
+	idx := e.n
+	if idx == 0 {
+		e.first = ts
+		if p.flags&(packet.SYN|packet.ACK) == packet.SYN {
+			e.state |= stFirstIsSYN
+		}
+	}
+	e.lcTs, e.lcSeq = ts, p.seq
+	e.n++
+	f := p.flags
+	if f&packet.SYN != 0 {
+		e.bump(cntSYNs, 2)
+	}
+	seenRST := e.count(cntRSTs)+e.count(cntRSTACKs) > 0
+	if f&packet.RST != 0 {
+		if f&packet.ACK != 0 {
+			e.bump(cntRSTACKs, 2)
+		} else {
+			e.bump(cntRSTs, 2)
+		}
+		if e.state&stHaveRef != 0 {
+			if absDiff(p.ttl, e.refTTL) > 1 {
+				if e.state&stRefFirst != 0 {
+					e.state |= stTTLJumpFirst
+				} else {
+					e.state |= stTTLJump
+				}
+			}
+			if v4 && p.ipid != 0 && e.refID != 0 && ipidDistance(p.ipid, e.refID) > 1 {
+				e.state |= stIPIDJump
+			}
+		}
+		return
+	}
+	e.refTTL, e.refID = p.ttl, p.ipid
+	e.state |= stHaveRef
+	if idx == 0 {
+		e.state |= stRefFirst
+	} else {
+		e.state &^= stRefFirst
+	}
+	if seenRST {
+		return
+	}
+	e.bump(cntPre, 3)
+	if e.count(cntPre) == 2 && idx == 1 &&
+		f&packet.ACK != 0 && f&(packet.SYN|packet.FIN|packet.RST|packet.PSH) == 0 {
+		e.state |= stSecondPureACK
+	}
+	if f&packet.FIN != 0 {
+		e.state |= stFINBeforeRST
+	}
+	if f&packet.PSH != 0 {
+		e.bump(cntData, 2)
+		if e.count(cntData) == 1 {
+			e.state |= stDataLast
+			if f&packet.ACK != 0 {
+				e.state |= stDataACK
+			}
+			return
+		}
+	}
+	e.state &^= stDataLast
+}
+
+// summary exports the entry's summary (the held packet must have been
+// summarised).
+func (e *entry) summary() Summary {
+	s := Summary{
+		Packets:          int(e.n),
+		FirstSeen:        e.first,
+		LastSeen:         e.lcTs,
+		FirstIsSYN:       e.state&stFirstIsSYN != 0,
+		SYNs:             e.count(cntSYNs),
+		RSTs:             e.count(cntRSTs),
+		RSTACKs:          e.count(cntRSTACKs),
+		FIN:              e.state&stFIN != 0,
+		FINBeforeRST:     e.state&stFINBeforeRST != 0,
+		Pre:              e.count(cntPre),
+		Data:             e.count(cntData),
+		DataLast:         e.state&stDataLast != 0,
+		DataACK:          e.state&stDataACK != 0,
+		SecondPureACK:    e.state&stSecondPureACK != 0,
+		TTLJump:          e.state&stTTLJump != 0,
+		TTLJumpFromFirst: e.state&stTTLJumpFirst != 0,
+		IPIDJump:         e.state&stIPIDJump != 0,
+		Reordered:        e.state&stReordered != 0,
+	}
+	if e.state&stPlainRST != 0 {
+		s.RSTAcks = RSTAcks{First: e.rstAck, AllSame: e.state&stRSTAckDiff == 0, AnyZero: e.state&stRSTAckZero != 0}
+	}
+	return s
+}
+
+func absDiff(a, b uint8) int {
+	if a > b {
+		return int(a - b)
+	}
+	return int(b - a)
+}
+
+// ipidDistance is the distance of two IP IDs on the 16-bit circle.
+func ipidDistance(a, b uint16) int {
+	d := int(a - b)
+	if d > 1<<15 {
+		d = 1<<16 - d
+	}
+	return d
+}
