@@ -78,7 +78,7 @@ func TestInstallLogsTheFirstPacketsOfEachConnection(t *testing.T) {
 			checkMetrics(t, m, backend)
 
 			if code := a.signal(syscall.SIGTERM, stopTimeout); code != 0 {
-				t.Fatalf("exit status %d after SIGTERM:\n%s", code, a.output())
+				t.Fatalf("exit status %d after SIGTERM:\n%s", code, a.Output())
 			}
 			golden(t, "removed-"+backend, ns.rules())
 
@@ -203,7 +203,7 @@ func TestResyncRestoresRulesRemovedByOthers(t *testing.T) {
 		{{"iptables-nft", "-t", "mangle", "-F"}, {"ip6tables-nft", "-t", "mangle", "-F"}},
 	} {
 		for _, cmd := range disrupt {
-			ns.must(cmd...)
+			ns.Must(t, cmd...)
 		}
 		if i == 0 && strings.Contains(ns.rules(), "-A "+chain+" ") {
 			t.Fatal("the flush did not take")
@@ -217,7 +217,7 @@ func TestResyncRestoresRulesRemovedByOthers(t *testing.T) {
 	}
 	a.waitReady(startTimeout)
 	if code := a.signal(syscall.SIGTERM, stopTimeout); code != 0 {
-		t.Fatalf("exit status %d:\n%s", code, a.output())
+		t.Fatalf("exit status %d:\n%s", code, a.Output())
 	}
 	golden(t, "removed-nft", ns.rules())
 }
@@ -253,7 +253,7 @@ func TestKillRestartAndCleanup(t *testing.T) {
 	b.signal(syscall.SIGKILL, stopTimeout)
 	golden(t, "killed-a-nft-b-legacy", ns.rules())
 
-	out := ns.must(connscopeBin, "agent", "cleanup")
+	out := ns.Must(t, connscopeBin, "agent", "cleanup")
 	for _, want := range []string{
 		"iptables-nft (IPv4): deleted chain CONNSCOPE-ZKLYCEWK-SRFG5KIU",
 		"ip6tables-nft (IPv6): deleted chain CONNSCOPE-ZKLYCEWK-SRFG5KIU",
@@ -265,7 +265,7 @@ func TestKillRestartAndCleanup(t *testing.T) {
 		}
 	}
 	golden(t, "cleaned", ns.rules())
-	if out := ns.must(connscopeBin, "agent", "cleanup"); strings.TrimSpace(out) != "nothing of connscope found" {
+	if out := ns.Must(t, connscopeBin, "agent", "cleanup"); strings.TrimSpace(out) != "nothing of connscope found" {
 		t.Errorf("second cleanup printed:\n%s", out)
 	}
 }
@@ -288,7 +288,7 @@ func TestTwoAgentsSideBySide(t *testing.T) {
 	golden(t, "two-policies-nft", ns.rules())
 
 	if code := a.signal(syscall.SIGTERM, stopTimeout); code != 0 {
-		t.Fatalf("agent a: exit status %d:\n%s", code, a.output())
+		t.Fatalf("agent a: exit status %d:\n%s", code, a.Output())
 	}
 	golden(t, "only-b-nft", ns.rules())
 	time.Sleep(2 * time.Second) // two resync periods of b: it must not have changed anything
@@ -298,7 +298,7 @@ func TestTwoAgentsSideBySide(t *testing.T) {
 		t.Errorf("agent b restored its rules %v times: a's removal touched them", m["connscope_agent_rules_restores_total"])
 	}
 	if code := b.signal(syscall.SIGTERM, stopTimeout); code != 0 {
-		t.Fatalf("agent b: exit status %d:\n%s", code, b.output())
+		t.Fatalf("agent b: exit status %d:\n%s", code, b.Output())
 	}
 	golden(t, "removed-nft", ns.rules())
 }
@@ -317,14 +317,14 @@ func TestBusyGroupFailsBeforeAnyRule(t *testing.T) {
 
 	b := ns.startAgent("agent-b", "--policy", "a", "--label-bit", "9", "--nflog-group", "5", "--probability", "1",
 		"--backend", "nft", "--sink", sinkB, "--metrics-addr", "127.0.0.1:9478")
-	if code := b.wait(stopTimeout); code == 0 {
-		t.Fatalf("the second agent exited 0:\n%s", b.output())
+	if code := b.Wait(t, stopTimeout); code == 0 {
+		t.Fatalf("the second agent exited 0:\n%s", b.Output())
 	}
-	if want := "--nflog-group 5: nflog group 5 is already bound by another socket in this network namespace"; !strings.Contains(b.output(), want) {
-		t.Errorf("output lacks %q:\n%s", want, b.output())
+	if want := "--nflog-group 5: nflog group 5 is already bound by another socket in this network namespace"; !strings.Contains(b.Output(), want) {
+		t.Errorf("output lacks %q:\n%s", want, b.Output())
 	}
-	if strings.Contains(b.output(), "rules installed") {
-		t.Errorf("the second agent installed rules:\n%s", b.output())
+	if strings.Contains(b.Output(), "rules installed") {
+		t.Errorf("the second agent installed rules:\n%s", b.Output())
 	}
 	golden(t, "installed-a-nft", ns.rules())
 	a.waitReady(startTimeout)
@@ -341,7 +341,7 @@ func TestSinkDownThenBack(t *testing.T) {
 	ns := newNS(t, "")
 	// A receiver inside the namespace, stopped at once: its port is closed.
 	var recv *shiptest.Receiver
-	if err := ns.do(func() error { recv = shiptest.Start(t, shiptest.Options{}); return nil }); err != nil {
+	if err := ns.Do(func() error { recv = shiptest.Start(t, shiptest.Options{}); return nil }); err != nil {
 		t.Fatal(err)
 	}
 	recv.Stop()
@@ -373,14 +373,14 @@ func TestSinkDownThenBack(t *testing.T) {
 		code, body, _ = ns.httpGet(a.metrics + "/readyz")
 		return code == http.StatusServiceUnavailable && strings.Contains(body, "the sink has been failing for")
 	}, func() string { return "last /readyz: " + body })
-	if rss := rssBytes(t, a.cmd.Process.Pid); rss > 200<<20 {
+	if rss := rssBytes(t, a.Pid()); rss > 200<<20 {
 		t.Errorf("agent resident memory %d MiB with the sink down", rss>>20)
 	}
-	if !a.running() {
-		t.Fatalf("the agent exited:\n%s", a.output())
+	if !a.Running() {
+		t.Fatalf("the agent exited:\n%s", a.Output())
 	}
 
-	if err := ns.do(func() error { recv.Restart(); return nil }); err != nil {
+	if err := ns.Do(func() error { recv.Restart(); return nil }); err != nil {
 		t.Fatal(err)
 	}
 	recv.WaitRecords(capacity, pollTimeout)
@@ -401,7 +401,7 @@ func TestSinkDownThenBack(t *testing.T) {
 		}
 	}
 	if code := a.signal(syscall.SIGTERM, stopTimeout); code != 0 {
-		t.Fatalf("exit status %d:\n%s", code, a.output())
+		t.Fatalf("exit status %d:\n%s", code, a.Output())
 	}
 }
 
@@ -418,7 +418,7 @@ func TestSamplingShareIsBinomial(t *testing.T) {
 	srv := ns.serve("127.0.0.1:0")
 	addr := fmt.Sprintf("127.0.0.1:%d", srv.port)
 	const n, p = 2000, 0.1
-	if err := ns.do(func() error {
+	if err := ns.Do(func() error {
 		for range n {
 			c, err := net.DialTimeout("tcp", addr, 10*time.Second)
 			if err != nil {
@@ -432,7 +432,7 @@ func TestSamplingShareIsBinomial(t *testing.T) {
 		t.Fatal(err)
 	}
 	if code := a.signal(syscall.SIGTERM, stopTimeout); code != 0 {
-		t.Fatalf("exit status %d:\n%s", code, a.output())
+		t.Fatalf("exit status %d:\n%s", code, a.Output())
 	}
 	recs, _ := records(t, file)
 	syns := map[[2]uint32]bool{}

@@ -33,8 +33,8 @@ func newPair(t *testing.T) (client, server *netns) {
 	t.Helper()
 	client, server = newNS(t, "cli"), newNS(t, "srv")
 	// Created inside the namespaces, so the names never meet the machine's.
-	client.must("ip", "link", "add", e2eClientIf, "address", e2eClientMA, "type", "veth",
-		"peer", "name", e2eServerIf, "address", e2eServerMA, "netns", server.name)
+	client.Must(t, "ip", "link", "add", e2eClientIf, "address", e2eClientMA, "type", "veth",
+		"peer", "name", e2eServerIf, "address", e2eServerMA, "netns", server.Name())
 	for _, side := range []struct {
 		ns              *netns
 		dev, v4, v6     string
@@ -43,12 +43,12 @@ func newPair(t *testing.T) (client, server *netns) {
 		{client, e2eClientIf, e2eClientV4, e2eClientV6, e2eServerV4, e2eServerV6, e2eServerMA},
 		{server, e2eServerIf, e2eServerV4, e2eServerV6, e2eClientV4, e2eClientV6, e2eClientMA},
 	} {
-		side.ns.must("ip", "addr", "add", side.v4+"/24", "dev", side.dev)
-		side.ns.must("ip", "-6", "addr", "add", side.v6+"/64", "dev", side.dev, "nodad")
-		side.ns.must("ethtool", "-K", side.dev, "tso", "off", "gso", "off", "gro", "off")
-		side.ns.must("ip", "link", "set", side.dev, "up")
-		side.ns.must("ip", "neigh", "replace", side.peer4, "lladdr", side.m, "dev", side.dev, "nud", "permanent")
-		side.ns.must("ip", "-6", "neigh", "replace", side.peer6, "lladdr", side.m, "dev", side.dev, "nud", "permanent")
+		side.ns.Must(t, "ip", "addr", "add", side.v4+"/24", "dev", side.dev)
+		side.ns.Must(t, "ip", "-6", "addr", "add", side.v6+"/64", "dev", side.dev, "nodad")
+		side.ns.Must(t, "ethtool", "-K", side.dev, "tso", "off", "gso", "off", "gro", "off")
+		side.ns.Must(t, "ip", "link", "set", side.dev, "up")
+		side.ns.Must(t, "ip", "neigh", "replace", side.peer4, "lladdr", side.m, "dev", side.dev, "nud", "permanent")
+		side.ns.Must(t, "ip", "-6", "neigh", "replace", side.peer6, "lladdr", side.m, "dev", side.dev, "nud", "permanent")
 	}
 	return client, server
 }
@@ -69,7 +69,7 @@ func TestEndToEndAgentFileClassifiesLikeTcpdump(t *testing.T) {
 
 	server.serve(fmt.Sprintf("[::]:%d", e2ePort)) // IPv4 and IPv6
 	dump := server.start("tcpdump", "tcpdump", "-Q", "in", "-i", e2eServerIf, "-n", "-U", "-Z", "root", "-w", dumpFile, "tcp")
-	dump.waitOutput("listening on "+e2eServerIf, startTimeout)
+	dump.WaitOutput(t, "listening on "+e2eServerIf, startTimeout)
 	a := server.startAgent("agent", "--policy", "e2e", "--label-bit", "3", "--nflog-group", "5", "--probability", "1",
 		"--backend", "nft", "--sink", "file://"+agentFile)
 	a.waitReady(startTimeout)
@@ -79,7 +79,7 @@ func TestEndToEndAgentFileClassifiesLikeTcpdump(t *testing.T) {
 	url6 := fmt.Sprintf("http://[%s]:%d/", e2eServerV6, e2ePort)
 	for i, url := range []string{url4, url4, url4, url6, url6} {
 		port := 43000 + i
-		client.must("curl", "-sS", "-g", "-o", "/dev/null", "--max-time", "10", "--local-port", strconv.Itoa(port), url)
+		client.Must(t, "curl", "-sS", "-g", "-o", "/dev/null", "--max-time", "10", "--local-port", strconv.Itoa(port), url)
 		src := e2eClientV4
 		if url == url6 {
 			src = e2eClientV6
@@ -97,20 +97,20 @@ func TestEndToEndAgentFileClassifiesLikeTcpdump(t *testing.T) {
 	for i := range 3 {
 		port := 41000 + i
 		// hping3 exits 1 when no reply came back; replies do not matter.
-		out, err := client.exec("hping3", "-q", "-S", "-c", "1", "-s", strconv.Itoa(port), "-p", strconv.Itoa(e2ePort), e2eServerV4)
+		_, err := client.Run(time.Minute, "hping3", "-q", "-S", "-c", "1", "-s", strconv.Itoa(port), "-p", strconv.Itoa(e2ePort), e2eServerV4)
 		var exit *exec.ExitError
 		if err != nil && !(errors.As(err, &exit) && exit.ExitCode() == 1) {
-			t.Fatalf("hping3: %v\n%s", err, out)
+			t.Fatalf("hping3: %v", err)
 		}
 		kinds[connKey{e2eClientV4, uint16(port)}] = "hping3"
 	}
 	time.Sleep(time.Second) // the last resets and acknowledgements pass
 
 	if code := dump.signal(syscall.SIGINT, stopTimeout); code != 0 {
-		t.Fatalf("tcpdump exit status %d:\n%s", code, dump.output())
+		t.Fatalf("tcpdump exit status %d:\n%s", code, dump.Output())
 	}
 	if code := a.signal(syscall.SIGTERM, stopTimeout); code != 0 {
-		t.Fatalf("agent exit status %d:\n%s", code, a.output())
+		t.Fatalf("agent exit status %d:\n%s", code, a.Output())
 	}
 
 	fromAgent := classify(t, agentFile, e2ePort)

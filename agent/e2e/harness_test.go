@@ -8,8 +8,6 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -21,7 +19,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -29,9 +26,8 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/connscope/connscope/classifier/capture"
+	"github.com/connscope/connscope/internal/netnstest"
 	"github.com/connscope/connscope/packet"
 )
 
@@ -40,13 +36,9 @@ var update = flag.Bool("update", false, "rewrite testdata/*.golden from the rule
 // connscopeBin is the connscope binary TestMain builds.
 var connscopeBin string
 
-func rootTestsEnabled() bool {
-	return os.Getenv("CONNSCOPE_SKIP_ROOT_TESTS") != "1" && os.Geteuid() == 0
-}
-
 func TestMain(m *testing.M) {
 	flag.Parse()
-	if !rootTestsEnabled() {
+	if !netnstest.Enabled() {
 		os.Exit(m.Run()) // every test skips, saying why
 	}
 	dir, err := os.MkdirTemp("", "connscope-e2e-")
@@ -133,27 +125,18 @@ func leftoverNamespaces() string {
 // harness needs, and CONNSCOPE_SKIP_ROOT_TESTS is not 1.
 func needRoot(t *testing.T, tools ...string) {
 	t.Helper()
-	if os.Getenv("CONNSCOPE_SKIP_ROOT_TESTS") == "1" {
-		t.Skip("CONNSCOPE_SKIP_ROOT_TESTS=1: skipping a test that needs root, network namespaces and iptables")
-	}
-	if os.Geteuid() != 0 {
-		t.Skip("needs root (network namespaces, iptables, NFLOG); run as root or set CONNSCOPE_SKIP_ROOT_TESTS=1")
-	}
-	need := []string{"ip", "nsenter", "iptables-nft", "ip6tables-nft", "iptables-legacy", "ip6tables-legacy"}
+	netnstest.NeedRoot(t, "network namespaces, iptables, NFLOG")
+	need := []string{"iptables-nft", "ip6tables-nft", "iptables-legacy", "ip6tables-legacy"}
 	for _, p := range savePrograms {
 		need = append(need, p.name)
 	}
-	for _, tool := range append(need, tools...) {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("needs %s in PATH (hack/setup-scenarios.sh installs the tools)", tool)
-		}
-	}
+	netnstest.NeedTools(t, "hack/setup-scenarios.sh installs the tools", append(need, tools...)...)
 }
 
 // netns is a network namespace made by one test.
 type netns struct {
-	t    *testing.T
-	name string
+	*netnstest.NS
+	t *testing.T
 }
 
 // newNS makes a namespace cs-agent-<role>-<random> (role may be "") with
@@ -161,91 +144,22 @@ type netns struct {
 // started in it are gone (cleanups run last-registered first).
 func newNS(t *testing.T, role string) *netns {
 	t.Helper()
-	var r [4]byte
-	if _, err := rand.Read(r[:]); err != nil {
-		t.Fatal(err)
-	}
-	name := "cs-agent-" + hex.EncodeToString(r[:])
+	prefix := "agent"
 	if role != "" {
-		name = "cs-agent-" + role + "-" + hex.EncodeToString(r[:])
+		prefix += "-" + role
 	}
-	ns := &netns{t: t, name: name}
-	if out, err := run(30*time.Second, "ip", "netns", "add", name); err != nil {
-		t.Fatalf("ip netns add %s: %v: %s", name, err, out)
-	}
+	ns := &netns{NS: netnstest.New(t, prefix), t: t}
 	madeMu.Lock()
-	made = append(made, name)
+	made = append(made, ns.Name())
 	madeMu.Unlock()
-	t.Cleanup(func() {
-		if out, err := run(30*time.Second, "ip", "netns", "del", name); err != nil {
-			t.Errorf("delete namespace %s: %v: %s", name, err, out)
-		}
-	})
-	ns.must("ip", "link", "set", "lo", "up")
 	return ns
-}
-
-// run runs a command to completion within timeout; combined output.
-func run(timeout time.Duration, args ...string) (string, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), timeout)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, args[0], args[1:]...)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
-	out, err := cmd.CombinedOutput()
-	return string(out), err
-}
-
-// enter prefixes args with nsenter into the namespace. nsenter execs the
-// program, so its PID is the program's.
-func (ns *netns) enter(args ...string) []string {
-	return append([]string{"nsenter", "--net=/run/netns/" + ns.name, "--"}, args...)
-}
-
-// exec runs a program inside the namespace; combined output.
-func (ns *netns) exec(args ...string) (string, error) {
-	return run(60*time.Second, ns.enter(args...)...)
-}
-
-// must runs a program inside the namespace and fails the test if it fails.
-func (ns *netns) must(args ...string) string {
-	ns.t.Helper()
-	out, err := ns.exec(args...)
-	if err != nil {
-		ns.t.Fatalf("[%s] %s: %v\n%s", ns.name, strings.Join(args, " "), err, out)
-	}
-	return out
-}
-
-// do runs fn on an OS thread switched into the namespace. Sockets fn
-// creates stay in the namespace whichever thread uses them later. The
-// thread is never switched back: it stays locked and the runtime ends it
-// with the goroutine, so no other code ever runs in the namespace by
-// accident.
-func (ns *netns) do(fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		errc <- func() error {
-			target, err := os.Open("/run/netns/" + ns.name)
-			if err != nil {
-				return err
-			}
-			defer target.Close()
-			if err := unix.Setns(int(target.Fd()), unix.CLONE_NEWNET); err != nil {
-				return fmt.Errorf("setns %s: %w", ns.name, err)
-			}
-			return fn()
-		}()
-	}()
-	return <-errc
 }
 
 // dialer returns a DialContext that connects from inside the namespace.
 func (ns *netns) dialer() func(ctx context.Context, network, addr string) (net.Conn, error) {
 	return func(ctx context.Context, network, addr string) (net.Conn, error) {
 		var c net.Conn
-		err := ns.do(func() (err error) {
+		err := ns.Do(func() (err error) {
 			var d net.Dialer
 			c, err = d.DialContext(ctx, network, addr)
 			return err
@@ -266,100 +180,35 @@ func (ns *netns) httpGet(url string) (int, string, error) {
 	return resp.StatusCode, string(b), err
 }
 
-// proc is a background process started in a namespace, with its output
-// in a file.
+// proc is a background process started in a namespace.
 type proc struct {
-	t       *testing.T
-	name    string
-	cmd     *exec.Cmd
-	logPath string
-	done    chan struct{}
-	waitErr error
+	*netnstest.Proc
+	t *testing.T
 }
 
 // start starts args in the namespace in a process group of its own; the
-// test's cleanup kills it by PID (its group) if it still runs.
+// test's cleanup kills it by PID (its group) if it still runs, and then
+// logs its output if the test failed.
 func (ns *netns) start(name string, args ...string) *proc {
 	ns.t.Helper()
-	p := &proc{t: ns.t, name: name, logPath: filepath.Join(ns.t.TempDir(), name+".log"), done: make(chan struct{})}
-	f, err := os.Create(p.logPath)
-	if err != nil {
-		ns.t.Fatal(err)
-	}
-	argv := ns.enter(args...)
-	p.cmd = exec.Command(argv[0], argv[1:]...)
-	p.cmd.Stdout, p.cmd.Stderr = f, f
-	p.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := p.cmd.Start(); err != nil {
-		f.Close()
-		ns.t.Fatalf("start %s: %v", name, err)
-	}
-	go func() {
-		p.waitErr = p.cmd.Wait()
-		f.Close()
-		close(p.done)
-	}()
-	ns.t.Cleanup(func() {
-		if p.running() {
-			_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
-		}
-		<-p.done
-		if ns.t.Failed() {
-			ns.t.Logf("output of %s:\n%s", p.name, p.output())
+	var p *proc
+	ns.t.Cleanup(func() { // after the process is gone: registered before it started
+		if p != nil && ns.t.Failed() {
+			ns.t.Logf("output of %s:\n%s", p.Name, p.Output())
 		}
 	})
+	p = &proc{Proc: ns.Start(ns.t, ns.t.TempDir(), name, args...), t: ns.t}
 	return p
-}
-
-func (p *proc) running() bool {
-	select {
-	case <-p.done:
-		return false
-	default:
-		return true
-	}
-}
-
-func (p *proc) output() string {
-	b, _ := os.ReadFile(p.logPath)
-	return string(b)
 }
 
 // signal sends sig to the process (by PID) and waits for it to exit
 // within timeout; it returns the exit code.
 func (p *proc) signal(sig syscall.Signal, timeout time.Duration) int {
 	p.t.Helper()
-	if err := syscall.Kill(p.cmd.Process.Pid, sig); err != nil && p.running() {
-		p.t.Fatalf("signal %s: %v", p.name, err)
+	if err := syscall.Kill(p.Pid(), sig); err != nil && p.Running() {
+		p.t.Fatalf("signal %s: %v", p.Name, err)
 	}
-	return p.wait(timeout)
-}
-
-// wait waits for the process to exit within timeout and returns its exit
-// code (-1 when a signal ended it).
-func (p *proc) wait(timeout time.Duration) int {
-	p.t.Helper()
-	select {
-	case <-p.done:
-	case <-time.After(timeout):
-		p.t.Fatalf("%s did not exit within %v:\n%s", p.name, timeout, p.output())
-	}
-	return p.cmd.ProcessState.ExitCode()
-}
-
-// waitOutput waits until the process has printed text.
-func (p *proc) waitOutput(text string, timeout time.Duration) {
-	p.t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !strings.Contains(p.output(), text) {
-		if !p.running() {
-			p.t.Fatalf("%s exited (%v) before printing %q:\n%s", p.name, p.waitErr, text, p.output())
-		}
-		if time.Now().After(deadline) {
-			p.t.Fatalf("%s did not print %q within %v:\n%s", p.name, text, timeout, p.output())
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	return p.Wait(p.t, timeout)
 }
 
 // agentProc is a `connscope agent` running in a namespace.
@@ -400,11 +249,11 @@ func (a *agentProc) waitReady(timeout time.Duration) {
 			return
 		}
 		last = fmt.Sprintf("%d %s %v", code, strings.TrimSpace(body), err)
-		if !a.running() {
-			a.t.Fatalf("%s exited (%v) before it was ready:\n%s", a.name, a.waitErr, a.output())
+		if !a.Running() {
+			a.t.Fatalf("%s exited (%v) before it was ready:\n%s", a.Name, a.Err(), a.Output())
 		}
 		if time.Now().After(deadline) {
-			a.t.Fatalf("%s not ready within %v (last /readyz: %s):\n%s", a.name, timeout, last, a.output())
+			a.t.Fatalf("%s not ready within %v (last /readyz: %s):\n%s", a.Name, timeout, last, a.Output())
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
@@ -467,10 +316,7 @@ func (ns *netns) rules() string {
 		if strings.Contains(p.name, "-nft") {
 			args = append(args, "-t", "mangle")
 		}
-		out, err := ns.exec(args...)
-		if err != nil {
-			ns.t.Fatalf("[%s] %s: %v\n%s", ns.name, p.name, err, out)
-		}
+		out := ns.Must(ns.t, args...)
 		fmt.Fprintf(&b, "== %s (%s)\n", strings.TrimSuffix(p.name, "-save"), p.family)
 		in, found := false, false
 		for _, l := range strings.Split(out, "\n") {
@@ -638,51 +484,30 @@ type server struct {
 // namespace until the test ends.
 func (ns *netns) serve(addr string) *server {
 	ns.t.Helper()
-	var ln net.Listener
-	if err := ns.do(func() (err error) {
-		ln, err = net.Listen("tcp", addr)
-		return err
-	}); err != nil {
-		ns.t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	ns.t.Cleanup(func() {
-		ln.Close()
-		wg.Wait()
-	})
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer c.Close()
-				_ = c.SetDeadline(time.Now().Add(10 * time.Second))
-				r := bufio.NewReader(c)
-				line, err := r.ReadString('\n')
-				if err != nil {
-					return
-				}
-				if strings.HasPrefix(line, "GET ") {
-					for {
-						l, err := r.ReadString('\n')
-						if err != nil || l == "\r\n" {
-							break
-						}
-					}
-					_, _ = io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\nok\n")
-					return
-				}
-				_, _ = io.WriteString(c, "ok\n")
-			}()
-		}
-	}()
+	ln := ns.Listen(ns.t, "tcp", addr, answer)
 	return &server{ln: ln, port: uint16(ln.Addr().(*net.TCPAddr).Port)}
+}
+
+// answer reads up to a newline (or a full HTTP request head) and answers;
+// the listener closes the connection after.
+func answer(c net.Conn) {
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	r := bufio.NewReader(c)
+	line, err := r.ReadString('\n')
+	if err != nil {
+		return
+	}
+	if strings.HasPrefix(line, "GET ") {
+		for {
+			l, err := r.ReadString('\n')
+			if err != nil || l == "\r\n" {
+				break
+			}
+		}
+		_, _ = io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\nok\n")
+		return
+	}
+	_, _ = io.WriteString(c, "ok\n")
 }
 
 // talk makes one connection from inside the namespace to addr: it sends a
