@@ -3,16 +3,15 @@ package capture
 // Real captures: tcpdump records TCP traffic on the loopback interface of
 // a network namespace this test creates (and deletes), as Ethernet (lo),
 // Linux SLL and SLL2 (the "any" device, which in the namespace is lo) and
-// NFLOG, and editcap converts each file to pcapng. Needs root,
-// ip, tcpdump and editcap; skipped with a message otherwise. No packet
-// leaves the namespace, and the host's own netfilter rules are not touched
-// (the NFLOG rule lives in the namespace and goes with it).
+// NFLOG, and editcap converts each file to pcapng. Needs root, ip,
+// nsenter, tcpdump and editcap, and CONNSCOPE_SKIP_ROOT_TESTS not 1;
+// skipped with a message otherwise. No packet leaves the namespace, and
+// the host's own netfilter rules are not touched (the NFLOG rule lives in
+// the namespace and goes with it).
 
 import (
-	"bufio"
 	"bytes"
 	"crypto/rand"
-	"encoding/hex"
 	"flag"
 	"fmt"
 	"io"
@@ -25,6 +24,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/connscope/connscope/internal/netnstest"
 	"github.com/connscope/connscope/packet"
 )
 
@@ -41,22 +41,9 @@ const (
 )
 
 func TestRealCaptures(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to create a network namespace and capture in it")
-	}
-	for _, tool := range []string{"ip", "tcpdump", "editcap"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("needs %s (apt-get install -y iproute2 tcpdump tshark)", tool)
-		}
-	}
-	ns := "cs-cap-" + randomHex(4)
-	run(t, "ip", "netns", "add", ns)
-	t.Cleanup(func() {
-		if out, err := exec.Command("ip", "netns", "del", ns).CombinedOutput(); err != nil {
-			t.Errorf("ip netns del %s: %v: %s", ns, err, out)
-		}
-	})
-	run(t, "ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up")
+	netnstest.NeedRoot(t, "a network namespace to capture in")
+	netnstest.NeedTools(t, "apt-get install -y tcpdump tshark", "tcpdump", "editcap")
+	ns := netnstest.New(t, "cap")
 
 	// NFLOG of every TCP packet, in the namespace only; cut to 128 bytes
 	// like the agent's copy range, and sent at once (threshold 1; else the
@@ -65,10 +52,10 @@ func TestRealCaptures(t *testing.T) {
 	const group = "7"
 	nflogOK := true
 	for _, ipt := range []string{"iptables", "ip6tables"} {
-		out, err := exec.Command("ip", "netns", "exec", ns, ipt, "-A", "OUTPUT", "-p", "tcp",
-			"-j", "NFLOG", "--nflog-group", group, "--nflog-size", "128", "--nflog-threshold", "1").CombinedOutput()
+		_, err := ns.Run(time.Minute, ipt, "-A", "OUTPUT", "-p", "tcp",
+			"-j", "NFLOG", "--nflog-group", group, "--nflog-size", "128", "--nflog-threshold", "1")
 		if err != nil {
-			t.Logf("no NFLOG capture: %s in the namespace: %v: %s", ipt, err, out)
+			t.Logf("no NFLOG capture: %s in the namespace: %v", ipt, err)
 			nflogOK = false
 		}
 	}
@@ -91,25 +78,29 @@ func TestRealCaptures(t *testing.T) {
 	if nflogOK {
 		caps = append(caps, capture{"nflog.pcap", []string{"-i", "nflog:" + group}, LinkTypeNFLOG, 128})
 	}
-	var dumps []*exec.Cmd
+	logs := t.TempDir()
+	var dumps []*netnstest.Proc
 	for _, c := range caps {
-		args := append([]string{"netns", "exec", ns, "tcpdump", "--immediate-mode", "-U", "-Z", "root", "-w", filepath.Join(dir, c.file)}, c.args...)
+		args := append([]string{"tcpdump", "--immediate-mode", "-U", "-Z", "root", "-w", filepath.Join(dir, c.file)}, c.args...)
 		if c.linkType != LinkTypeNFLOG {
 			args = append(args, "tcp")
 		}
-		dumps = append(dumps, startTcpdump(t, args))
+		d := ns.Start(t, logs, "tcpdump-"+c.file, args...)
+		d.WaitOutput(t, "listening on", 10*time.Second)
+		dumps = append(dumps, d)
 	}
 
 	start := time.Now()
-	helper := exec.Command("ip", "netns", "exec", ns, os.Args[0], "-test.run=^TestCaptureTrafficHelper$", "-test.v")
-	helper.Env = append(os.Environ(), helperEnv+"="+strconv.Itoa(port))
-	if out, err := helper.CombinedOutput(); err != nil {
-		t.Fatalf("traffic helper: %v\n%s", err, out)
+	if _, err := ns.Run(time.Minute, "env", helperEnv+"="+strconv.Itoa(port),
+		os.Args[0], "-test.run=^TestCaptureTrafficHelper$", "-test.v"); err != nil {
+		t.Fatalf("traffic helper: %v", err)
 	}
 	time.Sleep(500 * time.Millisecond)
 	end := time.Now()
 	for _, d := range dumps {
-		stopTcpdump(t, d)
+		if err := d.Stop(10 * time.Second); err != nil {
+			t.Fatal(err)
+		}
 	}
 
 	for _, c := range caps {
@@ -293,59 +284,6 @@ func TestCaptureTrafficHelper(t *testing.T) {
 	fmt.Println("traffic done")
 }
 
-func startTcpdump(t *testing.T, args []string) *exec.Cmd {
-	t.Helper()
-	cmd := exec.Command("ip", args...)
-	stderr, err := cmd.StderrPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { // only if the test failed before stopTcpdump
-		if cmd.ProcessState == nil {
-			cmd.Process.Kill()
-			cmd.Wait()
-		}
-	})
-	ready := make(chan string, 1)
-	go func() {
-		sc := bufio.NewScanner(stderr)
-		var all strings.Builder
-		for sc.Scan() {
-			all.WriteString(sc.Text() + "\n")
-			if strings.Contains(sc.Text(), "listening on") {
-				ready <- ""
-			}
-		}
-		ready <- all.String()
-	}()
-	select {
-	case msg := <-ready:
-		if msg != "" {
-			t.Fatalf("tcpdump %v: %s", args, msg)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatalf("tcpdump %v did not start listening within 10 s", args)
-	}
-	return cmd
-}
-
-func stopTcpdump(t *testing.T, cmd *exec.Cmd) {
-	t.Helper()
-	cmd.Process.Signal(os.Interrupt)
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
-	select {
-	case <-done:
-	case <-time.After(10 * time.Second):
-		cmd.Process.Kill()
-		<-done
-		t.Fatalf("tcpdump did not stop on SIGINT")
-	}
-}
-
 func run(t *testing.T, name string, args ...string) {
 	t.Helper()
 	if out, err := exec.Command(name, args...).CombinedOutput(); err != nil {
@@ -357,10 +295,4 @@ func randomUint16() uint16 {
 	b := make([]byte, 2)
 	rand.Read(b)
 	return uint16(b[0])<<8 | uint16(b[1])
-}
-
-func randomHex(n int) string {
-	b := make([]byte, n)
-	rand.Read(b)
-	return hex.EncodeToString(b)
 }
