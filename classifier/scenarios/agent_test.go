@@ -7,12 +7,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"os"
 	"os/exec"
 	"strconv"
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/connscope/connscope/internal/netnstest"
 )
 
 // The agent's sampling policy: a label bit and an NFLOG group of its own,
@@ -123,7 +124,7 @@ func agentArgs(bin, file string) []string {
 // both families, read with iptables-save. The agent binds its NFLOG group
 // before it installs any rule, so from then on nothing it logs is lost to
 // a missing reader.
-func (l *lab) startAgent(bin, file string) *proc {
+func (l *lab) startAgent(bin, file string) *netnstest.Proc {
 	l.t.Helper()
 	p := l.start("agent", l.server, agentArgs(bin, file)...)
 	deadline := time.Now().Add(30 * time.Second)
@@ -136,11 +137,11 @@ func (l *lab) startAgent(bin, file string) *proc {
 		}
 		if time.Now().After(deadline) {
 			l.t.Fatalf("the agent's rules were not in place in both families within 30 s; connscope rules seen:\n%s\nagent output:\n%s",
-				joinLines(lines), p.output())
+				joinLines(lines), p.Output())
 		}
 		select {
-		case <-p.done:
-			l.t.Fatalf("agent exited (%v) before its rules were in place:\n%s", p.waitErr, p.output())
+		case <-p.Done():
+			l.t.Fatalf("agent exited (%v) before its rules were in place:\n%s", p.Err(), p.Output())
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
@@ -167,33 +168,32 @@ func joinLines(lines []ruleLine) string {
 	return b.String()
 }
 
-// stopAgent sends SIGTERM to the agent (its PID: `ip netns exec` execs
-// it) and checks that it exits 0, that it removed every rule of its own
+// stopAgent sends SIGTERM to the agent (its PID: nsenter execs it) and checks that it exits 0, that it removed every rule of its own
 // and none of the seed's, and that it lost nothing: no kernel sequence
 // gap, receive-buffer overflow, undecodable packet, queue drop, sink
 // error or unshipped record, as its last log line counts them.
-func (l *lab) stopAgent(p *proc) {
+func (l *lab) stopAgent(p *netnstest.Proc) {
 	t := l.t
 	t.Helper()
-	if err := syscall.Kill(p.cmd.Process.Pid, syscall.SIGTERM); err != nil {
-		t.Fatalf("SIGTERM to the agent (PID %d): %v", p.cmd.Process.Pid, err)
+	if err := syscall.Kill(p.Pid(), syscall.SIGTERM); err != nil {
+		t.Fatalf("SIGTERM to the agent (PID %d): %v", p.Pid(), err)
 	}
 	// The agent removes its rules, reads what the kernel still held and
 	// flushes its queue within its shutdown timeout (10 s).
 	select {
-	case <-p.done:
+	case <-p.Done():
 	case <-time.After(30 * time.Second):
-		_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
-		<-p.done
-		t.Fatalf("the agent did not exit within 30 s of SIGTERM; killed:\n%s", p.output())
+		_ = syscall.Kill(-p.Pid(), syscall.SIGKILL)
+		<-p.Done()
+		t.Fatalf("the agent did not exit within 30 s of SIGTERM; killed:\n%s", p.Output())
 	}
 	var exit *exec.ExitError
 	switch {
-	case p.waitErr == nil:
-	case errors.As(p.waitErr, &exit):
-		t.Errorf("the agent exited with status %d after SIGTERM, want 0:\n%s", exit.ExitCode(), p.output())
+	case p.Err() == nil:
+	case errors.As(p.Err(), &exit):
+		t.Errorf("the agent exited with status %d after SIGTERM, want 0:\n%s", exit.ExitCode(), p.Output())
 	default:
-		t.Errorf("the agent: %v:\n%s", p.waitErr, p.output())
+		t.Errorf("the agent: %v:\n%s", p.Err(), p.Output())
 	}
 
 	lines := l.connscopeRules()
@@ -213,7 +213,7 @@ func (l *lab) stopAgent(p *proc) {
 
 	stopped := agentLog(p, "stopped")
 	if stopped == nil {
-		t.Errorf("the agent logged no \"stopped\" line:\n%s", p.output())
+		t.Errorf("the agent logged no \"stopped\" line:\n%s", p.Output())
 		return
 	}
 	for _, k := range []string{"lostKernel", "enobufs", "undecodable", "droppedQueueFull", "unshipped", "sinkErrors"} {
@@ -232,9 +232,8 @@ func (l *lab) stopAgent(p *proc) {
 
 // agentLog returns the fields of the agent's first JSON log line whose msg
 // is msg, or nil.
-func agentLog(p *proc, msg string) map[string]any {
-	b, _ := os.ReadFile(p.err)
-	for _, line := range strings.Split(string(b), "\n") {
+func agentLog(p *netnstest.Proc, msg string) map[string]any {
+	for _, line := range strings.Split(p.Stderr(), "\n") {
 		var m map[string]any
 		if json.Unmarshal([]byte(line), &m) == nil && m["msg"] == msg {
 			return m
@@ -244,7 +243,7 @@ func agentLog(p *proc, msg string) map[string]any {
 }
 
 // agentLogField returns one field of agentLog as text, "?" when missing.
-func agentLogField(p *proc, msg, field string) string {
+func agentLogField(p *netnstest.Proc, msg, field string) string {
 	if v, ok := agentLog(p, msg)[field]; ok {
 		return fmt.Sprint(v)
 	}

@@ -157,7 +157,7 @@ func (l *lab) writeTestdata(bin string, bundles []bundle) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if _, err := l.run(time.Minute, "", "tshark", "-r", out.capture, "-Y", "tcp.dstport in {"+strings.Join(ports, ", ")+"}",
+			if _, err := l.run(time.Minute, nil, "tshark", "-r", out.capture, "-Y", "tcp.dstport in {"+strings.Join(ports, ", ")+"}",
 				"-F", out.format, "-w", dest); err != nil {
 				t.Fatal(err)
 			}

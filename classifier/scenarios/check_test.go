@@ -131,7 +131,7 @@ func (l *lab) keepArtefacts() {
 		if _, err := os.Stat(path); err != nil {
 			continue
 		}
-		text, err := l.run(time.Minute, "", "tshark", "-n", "-r", path, "-T", "fields", "-E", "separator=\t",
+		text, err := l.run(time.Minute, nil, "tshark", "-n", "-r", path, "-T", "fields", "-E", "separator=\t",
 			"-e", "frame.time_relative", "-e", "ip.src", "-e", "ipv6.src", "-e", "tcp.srcport",
 			"-e", "ip.dst", "-e", "ipv6.dst", "-e", "tcp.dstport", "-e", "tcp.flags.str",
 			"-e", "tcp.seq_raw", "-e", "tcp.ack_raw", "-e", "tcp.window_size_value", "-e", "ip.ttl", "-e", "ipv6.hlim",

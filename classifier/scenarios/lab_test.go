@@ -1,20 +1,15 @@
 package scenarios
 
 import (
-	"bytes"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
-	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
-	"sync"
-	"syscall"
 	"testing"
 	"time"
+
+	"github.com/connscope/connscope/internal/netnstest"
 )
 
 // The lab's addresses. They exist only on the veths inside the namespaces a
@@ -42,27 +37,18 @@ const (
 	serverMAC       = "02:c5:02:00:00:02"
 )
 
-// lab is a client -- router -- server topology of three network namespaces,
-// and the processes a test started in them. Everything it creates is removed
-// by the t.Cleanup that newLab registers.
+// lab is a client -- router -- server topology of three network namespaces
+// (internal/netnstest), and the processes a test started in them.
+// Everything it creates is removed by the test's cleanups, also when it
+// fails: first the processes (killed by process group), then the
+// namespaces, which takes their veths, addresses and iptables rules with
+// them.
 type lab struct {
 	t   *testing.T
 	dir string // working directory: scripts' configs, process output, captures
 
-	client, router, server string // namespace names, cs-<role>-<random>
-	python                 string // a python3 that has scapy
-
-	mu    sync.Mutex
-	procs []*proc
-}
-
-// proc is a background process started by the lab, with its output in files.
-type proc struct {
-	name     string
-	cmd      *exec.Cmd
-	out, err string // paths of stdout and stderr
-	done     chan struct{}
-	waitErr  error
+	client, router, server *netnstest.NS // cs-<role>-<random>
+	python                 string        // a python3 that has scapy
 }
 
 // newLab creates the namespaces, veths, addresses, static neighbours and
@@ -70,115 +56,82 @@ type proc struct {
 // python is the python3 the lab runs hack/scenarios/*.py with. It needs root.
 func newLab(t *testing.T, python string) *lab {
 	t.Helper()
-	suffix := randomSuffix(t)
 	l := &lab{
 		t:      t,
 		python: python,
 		dir:    t.TempDir(),
-		client: "cs-client-" + suffix,
-		router: "cs-router-" + suffix,
-		server: "cs-server-" + suffix,
-	}
-	t.Cleanup(l.teardown)
-
-	for _, ns := range []string{l.client, l.router, l.server} {
-		l.must("", "ip", "netns", "add", ns)
-		l.must(ns, "ip", "link", "set", "lo", "up")
+		client: netnstest.New(t, "client"),
+		router: netnstest.New(t, "router"),
+		server: netnstest.New(t, "server"),
 	}
 	// Each veth is created inside the namespaces directly, so its names never
 	// meet the machine's own interfaces.
-	l.must(l.client, "ip", "link", "add", clientIf, "address", clientMAC, "type", "veth",
-		"peer", "name", routerClientIf, "address", routerClientMAC, "netns", l.router)
-	l.must(l.server, "ip", "link", "add", serverIf, "address", serverMAC, "type", "veth",
-		"peer", "name", routerServerIf, "address", routerServerMAC, "netns", l.router)
+	l.client.Must(t, "ip", "link", "add", clientIf, "address", clientMAC, "type", "veth",
+		"peer", "name", routerClientIf, "address", routerClientMAC, "netns", l.router.Name())
+	l.server.Must(t, "ip", "link", "add", serverIf, "address", serverMAC, "type", "veth",
+		"peer", "name", routerServerIf, "address", routerServerMAC, "netns", l.router.Name())
 
-	type ifaddr struct{ ns, dev, v4, v6 string }
+	type ifaddr struct {
+		ns          *netnstest.NS
+		dev, v4, v6 string
+	}
 	for _, a := range []ifaddr{
 		{l.client, clientIf, clientV4, clientV6},
 		{l.router, routerClientIf, routerClientV4, routerClientV6},
 		{l.router, routerServerIf, routerServerV4, routerServerV6},
 		{l.server, serverIf, serverV4, serverV6},
 	} {
-		l.must(a.ns, "ip", "addr", "add", a.v4+"/24", "dev", a.dev)
-		l.must(a.ns, "ip", "-6", "addr", "add", a.v6+"/64", "dev", a.dev, "nodad")
+		a.ns.Must(t, "ip", "addr", "add", a.v4+"/24", "dev", a.dev)
+		a.ns.Must(t, "ip", "-6", "addr", "add", a.v6+"/64", "dev", a.dev, "nodad")
 		// One segment is one captured packet.
-		l.must(a.ns, "ethtool", "-K", a.dev, "tso", "off", "gso", "off", "gro", "off")
-		l.must(a.ns, "ip", "link", "set", a.dev, "up")
+		a.ns.Must(t, "ethtool", "-K", a.dev, "tso", "off", "gso", "off", "gro", "off")
+		a.ns.Must(t, "ip", "link", "set", a.dev, "up")
 	}
-	l.must(l.client, "ip", "route", "add", "default", "via", routerClientV4)
-	l.must(l.client, "ip", "-6", "route", "add", "default", "via", routerClientV6)
-	l.must(l.server, "ip", "route", "add", "default", "via", routerServerV4)
-	l.must(l.server, "ip", "-6", "route", "add", "default", "via", routerServerV6)
+	l.client.Must(t, "ip", "route", "add", "default", "via", routerClientV4)
+	l.client.Must(t, "ip", "-6", "route", "add", "default", "via", routerClientV6)
+	l.server.Must(t, "ip", "route", "add", "default", "via", routerServerV4)
+	l.server.Must(t, "ip", "-6", "route", "add", "default", "via", routerServerV6)
 	// Static neighbours: no ARP or neighbour discovery delays a first packet.
 	// (A first IPv6 SYN held ~1 s in the neighbour queue went out together
 	// with its retransmission: two identical SYNs, excluded multiple_syn.)
-	type neigh struct{ ns, dev, v4, v6, mac string }
+	type neigh struct {
+		ns               *netnstest.NS
+		dev, v4, v6, mac string
+	}
 	for _, n := range []neigh{
 		{l.client, clientIf, routerClientV4, routerClientV6, routerClientMAC},
 		{l.router, routerClientIf, clientV4, clientV6, clientMAC},
 		{l.router, routerServerIf, serverV4, serverV6, serverMAC},
 		{l.server, serverIf, routerServerV4, routerServerV6, routerServerMAC},
 	} {
-		l.must(n.ns, "ip", "neigh", "replace", n.v4, "lladdr", n.mac, "dev", n.dev, "nud", "permanent")
-		l.must(n.ns, "ip", "-6", "neigh", "replace", n.v6, "lladdr", n.mac, "dev", n.dev, "nud", "permanent")
+		n.ns.Must(t, "ip", "neigh", "replace", n.v4, "lladdr", n.mac, "dev", n.dev, "nud", "permanent")
+		n.ns.Must(t, "ip", "-6", "neigh", "replace", n.v6, "lladdr", n.mac, "dev", n.dev, "nud", "permanent")
 	}
-	l.must(l.router, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1")
-	l.must(l.router, "sysctl", "-q", "-w", "net.ipv6.conf.all.forwarding=1")
+	l.router.Must(t, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1")
+	l.router.Must(t, "sysctl", "-q", "-w", "net.ipv6.conf.all.forwarding=1")
 	return l
-}
-
-// randomSuffix returns 8 random hex digits for unique namespace names.
-func randomSuffix(t *testing.T) string {
-	b := make([]byte, 4)
-	if _, err := rand.Read(b); err != nil {
-		t.Fatalf("random namespace suffix: %v", err)
-	}
-	return hex.EncodeToString(b)
-}
-
-// command returns the command that runs args in namespace ns ("" is the
-// machine's own namespace, used only for `ip netns add/del`). Each command
-// gets a process group of its own so that teardown can kill it with its
-// children.
-func command(ctx context.Context, ns string, args ...string) *exec.Cmd {
-	if ns != "" {
-		args = append([]string{"ip", "netns", "exec", ns}, args...)
-	}
-	cmd := exec.CommandContext(ctx, args[0], args[1:]...)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
-	return cmd
 }
 
 // run runs args in namespace ns to completion, within timeout, and returns its
 // combined output. The error names the namespace, the command, its exit status
-// and its output.
-func (l *lab) run(timeout time.Duration, ns string, args ...string) (string, error) {
+// and its output. A nil ns is the machine's own namespace, used only for
+// programs that read and write files (openssl req, tshark -r).
+func (l *lab) run(timeout time.Duration, ns *netnstest.NS, args ...string) (string, error) {
+	if ns != nil {
+		return ns.Run(timeout, args...)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	cmd := command(ctx, ns, args...)
-	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &out
-	err := cmd.Run()
+	out, err := exec.CommandContext(ctx, args[0], args[1:]...).CombinedOutput()
 	if err != nil {
-		return out.String(), fmt.Errorf("[%s] %s: %w\n%s", nsLabel(ns), strings.Join(args, " "), err, out.String())
+		return string(out), fmt.Errorf("[host] %s: %w\n%s", strings.Join(args, " "), err, out)
 	}
-	return out.String(), nil
-}
-
-// must runs args in namespace ns and fails the test if it fails.
-func (l *lab) must(ns string, args ...string) string {
-	l.t.Helper()
-	out, err := l.run(30*time.Second, ns, args...)
-	if err != nil {
-		l.t.Fatal(err)
-	}
-	return out
+	return string(out), nil
 }
 
 // runExit runs args in namespace ns and accepts the listed exit codes (a curl
 // that times out by design exits 28). Any other outcome is an error.
-func (l *lab) runExit(timeout time.Duration, ns string, codes []int, args ...string) (string, error) {
+func (l *lab) runExit(timeout time.Duration, ns *netnstest.NS, codes []int, args ...string) (string, error) {
 	out, err := l.run(timeout, ns, args...)
 	var exit *exec.ExitError
 	if errors.As(err, &exit) {
@@ -191,105 +144,19 @@ func (l *lab) runExit(timeout time.Duration, ns string, codes []int, args ...str
 	return out, err
 }
 
-func nsLabel(ns string) string {
-	if ns == "" {
-		return "host"
-	}
-	return ns
-}
-
 // start starts args in namespace ns in the background, output to
-// <dir>/<name>.out and .err. Teardown kills it if it is still running.
-func (l *lab) start(name, ns string, args ...string) *proc {
+// <dir>/<name>.out and .err. The test's cleanup kills it by process group if
+// it is still running.
+func (l *lab) start(name string, ns *netnstest.NS, args ...string) *netnstest.Proc {
 	l.t.Helper()
-	p := &proc{
-		name: name,
-		out:  filepath.Join(l.dir, name+".out"),
-		err:  filepath.Join(l.dir, name+".err"),
-		done: make(chan struct{}),
-	}
-	p.cmd = command(context.Background(), ns, args...)
-	stdout, err := os.Create(p.out)
-	if err != nil {
-		l.t.Fatal(err)
-	}
-	stderr, err := os.Create(p.err)
-	if err != nil {
-		l.t.Fatal(err)
-	}
-	p.cmd.Stdout, p.cmd.Stderr = stdout, stderr
-	if err := p.cmd.Start(); err != nil {
-		l.t.Fatalf("start %s [%s] %s: %v", name, nsLabel(ns), strings.Join(args, " "), err)
-	}
-	l.mu.Lock()
-	l.procs = append(l.procs, p)
-	l.mu.Unlock()
-	go func() {
-		p.waitErr = p.cmd.Wait()
-		stdout.Close()
-		stderr.Close()
-		close(p.done)
-	}()
-	return p
-}
-
-// output returns what the process printed so far, stdout then stderr.
-func (p *proc) output() string {
-	o, _ := os.ReadFile(p.out)
-	e, _ := os.ReadFile(p.err)
-	return string(o) + string(e)
-}
-
-// waitFor waits until the process prints text (on stdout or stderr); it fails
-// the test when the process exits first or timeout passes.
-func (l *lab) waitFor(p *proc, text string, timeout time.Duration) {
-	l.t.Helper()
-	deadline := time.Now().Add(timeout)
-	for time.Now().Before(deadline) {
-		if strings.Contains(p.output(), text) {
-			return
-		}
-		select {
-		case <-p.done:
-			l.t.Fatalf("%s exited (%v) before printing %q:\n%s", p.name, p.waitErr, text, p.output())
-		case <-time.After(50 * time.Millisecond):
-		}
-	}
-	l.t.Fatalf("%s did not print %q within %v:\n%s", p.name, text, timeout, p.output())
+	return ns.Start(l.t, l.dir, name, args...)
 }
 
 // stop sends SIGINT to the process group (what Ctrl-C does, so captures flush
 // their files) and waits for it to exit; after 5 s it kills the group.
-func (l *lab) stop(p *proc) {
+func (l *lab) stop(p *netnstest.Proc) {
 	l.t.Helper()
-	_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGINT)
-	select {
-	case <-p.done:
-	case <-time.After(5 * time.Second):
-		_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
-		<-p.done
-		l.t.Errorf("%s did not stop on SIGINT within 5 s; killed:\n%s", p.name, p.output())
-	}
-}
-
-// teardown kills every process the lab started that still runs (by process
-// group) and deletes the namespaces, which removes their veths, addresses
-// and iptables rules with them.
-func (l *lab) teardown() {
-	l.mu.Lock()
-	procs := l.procs
-	l.mu.Unlock()
-	for _, p := range procs {
-		select {
-		case <-p.done:
-		default:
-			_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
-			<-p.done
-		}
-	}
-	for _, ns := range []string{l.client, l.router, l.server} {
-		if out, err := l.run(30*time.Second, "", "ip", "netns", "del", ns); err != nil && !strings.Contains(out, "No such file") {
-			l.t.Errorf("remove namespace: %v", err)
-		}
+	if err := p.Stop(5 * time.Second); err != nil {
+		l.t.Error(err)
 	}
 }

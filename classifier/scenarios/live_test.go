@@ -8,6 +8,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/connscope/connscope/internal/netnstest"
 )
 
 var (
@@ -45,7 +47,7 @@ func TestScenarios(t *testing.T) {
 	if testing.Short() {
 		t.Skip("scenario traffic takes ~30 s; skipped in -short mode")
 	}
-	needRoot(t)
+	netnstest.NeedRoot(t, "network namespaces, iptables, raw sockets")
 	python := requireTools(t, agentTools...)
 	cli := buildCLI(t) // in the background while the lab is set up
 	l := newLab(t, python)
@@ -53,17 +55,17 @@ func TestScenarios(t *testing.T) {
 
 	// Netfilter: only ever inside the lab's namespaces.
 	for _, rule := range routerRules(scenarios) {
-		l.must(l.router, append([]string{"iptables"}, rule...)...)
-		l.must(l.router, append([]string{"ip6tables"}, rule...)...)
+		l.router.Must(t, append([]string{"iptables"}, rule...)...)
+		l.router.Must(t, append([]string{"ip6tables"}, rule...)...)
 	}
 	for _, s := range scenarios {
 		for _, rule := range s.clientRules {
-			l.must(l.client, append([]string{"iptables"}, rule...)...)
+			l.client.Must(t, append([]string{"iptables"}, rule...)...)
 		}
 	}
 	for _, rule := range seedRules() {
-		l.must(l.server, append([]string{"iptables", "-t", "mangle"}, rule...)...)
-		l.must(l.server, append([]string{"ip6tables", "-t", "mangle"}, rule...)...)
+		l.server.Must(t, append([]string{"iptables", "-t", "mangle"}, rule...)...)
+		l.server.Must(t, append([]string{"ip6tables", "-t", "mangle"}, rule...)...)
 	}
 
 	// Servers.
@@ -92,13 +94,13 @@ func TestScenarios(t *testing.T) {
 	nflog := l.start("tshark", l.server, "tshark", "-q", "-i", "nflog:"+strconv.Itoa(nflogGroup), "-w", nflogPcap)
 
 	// Generous waits: python and tshark start slowly on a busy machine.
-	l.waitFor(srv, "ready", 30*time.Second)
-	l.waitFor(tls, "ACCEPT", 30*time.Second)
-	l.waitFor(inj, "ready", 30*time.Second)
-	l.waitFor(dump, "listening on", 30*time.Second)
+	srv.WaitOutput(t, "ready", 30*time.Second)
+	tls.WaitOutput(t, "ACCEPT", 30*time.Second)
+	inj.WaitOutput(t, "ready", 30*time.Second)
+	dump.WaitOutput(t, "listening on", 30*time.Second)
 	// tshark prints "Capturing on" before dumpcap has bound the NFLOG group;
 	// packets logged before "Capture started" are lost.
-	l.waitFor(nflog, "Capture started", 30*time.Second)
+	nflog.WaitOutput(t, "Capture started", 30*time.Second)
 	// The agent, beside the seed's rules, once built; startAgent returns
 	// when its rules are in place.
 	bin := cli()

@@ -12,18 +12,6 @@ import (
 	"time"
 )
 
-// needRoot skips the test unless it runs as root and CONNSCOPE_SKIP_ROOT_TESTS
-// is not 1.
-func needRoot(t *testing.T) {
-	t.Helper()
-	if os.Getenv("CONNSCOPE_SKIP_ROOT_TESTS") == "1" {
-		t.Skip("CONNSCOPE_SKIP_ROOT_TESTS=1: skipping the scenario tests, which need root and network namespaces")
-	}
-	if os.Geteuid() != 0 {
-		t.Skip("scenario tests need root (network namespaces, iptables, raw sockets); run them as root after hack/setup-scenarios.sh")
-	}
-}
-
 // requireTools skips the test, naming what is missing, when a tool of the
 // scenarios, or one of extra, is not installed (hack/setup-scenarios.sh
 // installs them all). It returns the python3 to use: Debian's, which has
@@ -222,7 +210,7 @@ func (l *lab) injectorConfig(ss []*scenario) string {
 func (l *lab) selfSignedCert() (cert, key string) {
 	l.t.Helper()
 	cert, key = filepath.Join(l.dir, "cert.pem"), filepath.Join(l.dir, "key.pem")
-	if _, err := l.run(30*time.Second, "", "openssl", "req", "-x509", "-newkey", "ec",
+	if _, err := l.run(30*time.Second, nil, "openssl", "req", "-x509", "-newkey", "ec",
 		"-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1",
 		"-subj", "/CN=connscope-scenario", "-keyout", key, "-out", cert); err != nil {
 		l.t.Fatal(err)
