@@ -280,6 +280,7 @@ func (r *SamplingPolicyReconciler) finalize(ctx context.Context, p *samplingv1al
 	}
 	if n := len(pods.Items); n > 0 {
 		before := p.DeepCopy()
+		p.Status.ObservedGeneration = p.Generation
 		msg := fmt.Sprintf("waiting for %d agent pod(s) to stop and remove their iptables rules", n)
 		setConditions(&p.Status, p.Generation, health{
 			readyReason: ReasonDeleting, readyMsg: msg,

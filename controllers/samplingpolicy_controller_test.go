@@ -1,0 +1,576 @@
+package controllers
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	eventsv1 "k8s.io/api/events/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/utils/ptr"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/config"
+
+	"github.com/connscope/connscope/agent"
+	samplingv1alpha1 "github.com/connscope/connscope/api/v1alpha1"
+)
+
+func ctrlConfigForTests() config.Controller {
+	// Tests start a manager per test (and two in the restart test).
+	return config.Controller{SkipNameValidation: ptr.To(true)}
+}
+
+var ctx = context.Background()
+
+const wait = 15 * time.Second
+
+// newPolicy creates a policy and, at the end of the test, deletes it and
+// waits until it is gone (its finalizer removed by the controller, which
+// must still run: register this after startController).
+func newPolicy(t *testing.T, name string, edit func(*samplingv1alpha1.SamplingPolicy)) *samplingv1alpha1.SamplingPolicy {
+	t.Helper()
+	p := &samplingv1alpha1.SamplingPolicy{
+		ObjectMeta: metav1.ObjectMeta{Name: name},
+		Spec:       samplingv1alpha1.SamplingPolicySpec{Probability: "0.0001"},
+	}
+	if edit != nil {
+		edit(p)
+	}
+	if err := k8s.Create(ctx, p); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = k8s.Delete(ctx, p)
+		eventually(t, wait, "policy "+name+" gone", func() error {
+			err := k8s.Get(ctx, client.ObjectKey{Name: name}, &samplingv1alpha1.SamplingPolicy{})
+			if apierrors.IsNotFound(err) {
+				return nil
+			}
+			return fmt.Errorf("still there (%v)", err)
+		})
+		// No garbage collector here: remove the children ourselves.
+		for _, o := range childObjects(name) {
+			_ = k8s.Delete(ctx, o)
+		}
+	})
+	return p
+}
+
+func childObjects(policy string) []client.Object {
+	a, c := DefaultAgentNamespace, DefaultClassifierNamespace
+	meta := func(name, ns string) metav1.ObjectMeta { return metav1.ObjectMeta{Name: name, Namespace: ns} }
+	return []client.Object{
+		&appsv1.DaemonSet{ObjectMeta: meta(AgentName(policy), a)},
+		&corev1.ConfigMap{ObjectMeta: meta(AgentName(policy), a)},
+		&corev1.ServiceAccount{ObjectMeta: meta(AgentName(policy), a)},
+		&appsv1.Deployment{ObjectMeta: meta(ClassifierName(policy), c)},
+		&corev1.Service{ObjectMeta: meta(ClassifierName(policy), c)},
+		&corev1.ServiceAccount{ObjectMeta: meta(ClassifierName(policy), c)},
+		&corev1.PersistentVolumeClaim{ObjectMeta: meta(ClassifierDataName(policy), c)},
+	}
+}
+
+func getPolicy(t *testing.T, name string) *samplingv1alpha1.SamplingPolicy {
+	t.Helper()
+	var p samplingv1alpha1.SamplingPolicy
+	if err := k8s.Get(ctx, client.ObjectKey{Name: name}, &p); err != nil {
+		t.Fatal(err)
+	}
+	return &p
+}
+
+func getDS(name string) (*appsv1.DaemonSet, error) {
+	var ds appsv1.DaemonSet
+	err := k8s.Get(ctx, client.ObjectKey{Namespace: DefaultAgentNamespace, Name: AgentName(name)}, &ds)
+	return &ds, err
+}
+
+func getDeployment(name string) (*appsv1.Deployment, error) {
+	var d appsv1.Deployment
+	err := k8s.Get(ctx, client.ObjectKey{Namespace: DefaultClassifierNamespace, Name: ClassifierName(name)}, &d)
+	return &d, err
+}
+
+func agentSettings(t *testing.T, name string) agent.Config {
+	t.Helper()
+	var cm corev1.ConfigMap
+	if err := k8s.Get(ctx, client.ObjectKey{Namespace: DefaultAgentNamespace, Name: AgentName(name)}, &cm); err != nil {
+		t.Fatal(err)
+	}
+	c, err := agent.ParseConfig([]byte(cm.Data[agentConfigFile]))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// condition returns the policy's condition of type typ, as "Status/Reason".
+func condition(p *samplingv1alpha1.SamplingPolicy, typ string) string {
+	c := meta.FindStatusCondition(p.Status.Conditions, typ)
+	if c == nil {
+		return "absent"
+	}
+	return string(c.Status) + "/" + c.Reason
+}
+
+// wantConditions waits until the policy's Ready, Progressing and Degraded
+// conditions are as given ("True/AllAgentsReady", ...) for its current
+// generation.
+func wantConditions(t *testing.T, name, ready, progressing, degraded string) *samplingv1alpha1.SamplingPolicy {
+	t.Helper()
+	var p *samplingv1alpha1.SamplingPolicy
+	eventually(t, wait, name+" conditions", func() error {
+		p = getPolicy(t, name)
+		got := []string{condition(p, "Ready"), condition(p, "Progressing"), condition(p, "Degraded")}
+		want := []string{ready, progressing, degraded}
+		if !slices.Equal(got, want) {
+			return fmt.Errorf("Ready, Progressing, Degraded = %v, want %v", got, want)
+		}
+		for _, c := range p.Status.Conditions {
+			if c.ObservedGeneration != p.Generation {
+				return fmt.Errorf("condition %s is of generation %d, the policy's is %d", c.Type, c.ObservedGeneration, p.Generation)
+			}
+		}
+		if p.Status.ObservedGeneration != p.Generation {
+			return fmt.Errorf("observedGeneration %d, generation %d", p.Status.ObservedGeneration, p.Generation)
+		}
+		return nil
+	})
+	return p
+}
+
+// setDaemonSetStatus writes the status the DaemonSet controller would.
+func setDaemonSetStatus(t *testing.T, name string, desired, ready, updated int32) {
+	t.Helper()
+	eventually(t, wait, "DaemonSet status written", func() error {
+		ds, err := getDS(name)
+		if err != nil {
+			return err
+		}
+		ds.Status = appsv1.DaemonSetStatus{
+			ObservedGeneration:     ds.Generation,
+			DesiredNumberScheduled: desired,
+			CurrentNumberScheduled: desired,
+			NumberReady:            ready,
+			NumberAvailable:        ready,
+			NumberUnavailable:      desired - ready,
+			UpdatedNumberScheduled: updated,
+		}
+		return k8s.Status().Update(ctx, ds)
+	})
+}
+
+// setDeploymentStatus writes the status the Deployment controller would.
+func setDeploymentStatus(t *testing.T, name string, available bool) {
+	t.Helper()
+	eventually(t, wait, "Deployment status written", func() error {
+		d, err := getDeployment(name)
+		if err != nil {
+			return err
+		}
+		want := ptr.Deref(d.Spec.Replicas, 1)
+		avail, cond := int32(0), corev1.ConditionFalse
+		if available {
+			avail, cond = want, corev1.ConditionTrue
+		}
+		now := metav1.Now()
+		d.Status = appsv1.DeploymentStatus{
+			ObservedGeneration: d.Generation,
+			Replicas:           want, UpdatedReplicas: want, ReadyReplicas: avail, AvailableReplicas: avail,
+			UnavailableReplicas: want - avail,
+			Conditions: []appsv1.DeploymentCondition{
+				{Type: appsv1.DeploymentAvailable, Status: cond, Reason: "MinimumReplicasAvailable", LastUpdateTime: now, LastTransitionTime: now},
+				{Type: appsv1.DeploymentProgressing, Status: corev1.ConditionTrue, Reason: "NewReplicaSetAvailable", LastUpdateTime: now, LastTransitionTime: now},
+			},
+		}
+		return k8s.Status().Update(ctx, d)
+	})
+}
+
+func TestReconcileCreatesTheChildren(t *testing.T) {
+	needEnv(t)
+	startController(t, testOptions())
+	newPolicy(t, "create", nil)
+
+	var ds *appsv1.DaemonSet
+	eventually(t, wait, "children created", func() error {
+		for _, o := range childObjects("create") {
+			if _, pvc := o.(*corev1.PersistentVolumeClaim); pvc {
+				continue
+			}
+			if err := k8s.Get(ctx, client.ObjectKeyFromObject(o), o); err != nil {
+				return fmt.Errorf("%T %s: %w", o, o.GetName(), err)
+			}
+		}
+		var err error
+		ds, err = getDS("create")
+		return err
+	})
+	p := getPolicy(t, "create")
+	if !slices.Contains(p.Finalizers, samplingv1alpha1.Finalizer) {
+		t.Errorf("finalizers %v", p.Finalizers)
+	}
+	// Owner references and labels on every child.
+	for _, o := range childObjects("create") {
+		if err := k8s.Get(ctx, client.ObjectKeyFromObject(o), o); err != nil {
+			if _, pvc := o.(*corev1.PersistentVolumeClaim); pvc && apierrors.IsNotFound(err) {
+				continue // no storage asked for: an emptyDir
+			}
+			t.Fatal(err)
+		}
+		refs := o.GetOwnerReferences()
+		if len(refs) != 1 || refs[0].UID != p.UID || !ptr.Deref(refs[0].Controller, false) {
+			t.Errorf("%T %s: owner references %+v", o, o.GetName(), refs)
+		}
+		if o.GetLabels()[LabelPolicy] != "create" || o.GetLabels()[LabelManagedBy] != FieldOwner {
+			t.Errorf("%T %s: labels %v", o, o.GetName(), o.GetLabels())
+		}
+	}
+	// The DaemonSet as built, after the API server's defaulting.
+	pod := ds.Spec.Template.Spec
+	c := pod.Containers[0]
+	if !pod.HostNetwork || c.SecurityContext == nil || ptr.Deref(c.SecurityContext.Privileged, true) ||
+		!slices.Equal(c.SecurityContext.Capabilities.Add, []corev1.Capability{"NET_ADMIN", "NET_RAW"}) ||
+		!ptr.Deref(c.SecurityContext.ReadOnlyRootFilesystem, false) ||
+		pod.SecurityContext.SeccompProfile.Type != corev1.SeccompProfileTypeRuntimeDefault {
+		t.Errorf("agent pod security: %+v %+v", pod.SecurityContext, c.SecurityContext)
+	}
+	if ds.Spec.UpdateStrategy.RollingUpdate.MaxSurge.IntValue() != 0 || c.Image != "connscope/connscope:test" ||
+		len(pod.Tolerations) != 1 || pod.Tolerations[0].Operator != corev1.TolerationOpExists {
+		t.Errorf("DaemonSet spec: %+v", ds.Spec)
+	}
+	// The allocation, the endpoints and the agent's settings agree.
+	if p.Status.LabelBit == nil || p.Status.NFLOGGroup == nil {
+		t.Fatalf("no allocation in status: %+v", p.Status)
+	}
+	cfg := agentSettings(t, "create")
+	if cfg.LabelBit != int(*p.Status.LabelBit) || cfg.NFLOGGroup != int(*p.Status.NFLOGGroup) ||
+		cfg.Sink != p.Status.IngestEndpoint || cfg.Probability != 0.0001 || cfg.PacketCap != 10 {
+		t.Errorf("agent settings %+v vs status %+v", cfg, p.Status)
+	}
+	if p.Status.ClassifierEndpoint != "http://connscope-create-classifier.connscope-system.svc:8080" {
+		t.Errorf("classifier endpoint %q", p.Status.ClassifierEndpoint)
+	}
+	// Nothing has run yet: not Ready, Progressing.
+	wantConditions(t, "create", "False/AgentsRollingOut", "True/AgentsRollingOut", "False/Reconciled")
+}
+
+// A reconcile that finds everything as built writes nothing.
+func TestReconcileWritesOnlyWhatDiffers(t *testing.T) {
+	needEnv(t)
+	startController(t, testOptions())
+	newPolicy(t, "steady", nil)
+	eventually(t, wait, "DaemonSet", func() error { _, err := getDS("steady"); return err })
+	wantConditions(t, "steady", "False/AgentsRollingOut", "True/AgentsRollingOut", "False/Reconciled")
+	versions := func() map[string]string {
+		out := map[string]string{}
+		for _, o := range childObjects("steady") {
+			if err := k8s.Get(ctx, client.ObjectKeyFromObject(o), o); err == nil {
+				out[fmt.Sprintf("%T/%s", o, o.GetName())] = o.GetResourceVersion()
+			}
+		}
+		return out
+	}
+	before := versions()
+	ds, _ := getDS("steady")
+	gen := ds.Generation
+	// A status change of a child makes the controller reconcile again.
+	setDaemonSetStatus(t, "steady", 2, 1, 2)
+	eventually(t, wait, "nodes counted", func() error {
+		if n := getPolicy(t, "steady").Status.Nodes; n.Desired != 2 || n.Ready != 1 {
+			return fmt.Errorf("nodes %+v", n)
+		}
+		return nil
+	})
+	after := versions()
+	for k, v := range before {
+		if strings.Contains(k, "DaemonSet") {
+			continue // its status was written by the test
+		}
+		if after[k] != v {
+			t.Errorf("%s was written again: resourceVersion %s -> %s", k, v, after[k])
+		}
+	}
+	if ds, _ := getDS("steady"); ds.Generation != gen {
+		t.Errorf("DaemonSet generation %d -> %d", gen, ds.Generation)
+	}
+}
+
+func TestSpecChangeUpdatesTheChildren(t *testing.T) {
+	needEnv(t)
+	startController(t, testOptions())
+	newPolicy(t, "change", nil)
+	var hash string
+	eventually(t, wait, "DaemonSet", func() error {
+		ds, err := getDS("change")
+		if err == nil {
+			hash = ds.Spec.Template.Annotations[AnnotationConfigHash]
+		}
+		return err
+	})
+
+	p := getPolicy(t, "change")
+	p.Spec.Probability = "0.01"
+	p.Spec.PacketCap = 20
+	p.Spec.ServerPorts = []int32{443}
+	p.Spec.NodeSelector = map[string]string{"pool": "edge"}
+	p.Spec.IdleTimeout = &metav1.Duration{Duration: 5 * time.Second}
+	p.Spec.Agent.Image = "connscope/connscope:next"
+	p.Spec.Sink.Classifier.Storage = &samplingv1alpha1.StorageSpec{Size: resourceQuantity("5Gi")}
+	if err := k8s.Update(ctx, p); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, wait, "children updated", func() error {
+		cfg := agentSettings(t, "change")
+		if cfg.Probability != 0.01 || cfg.PacketCap != 20 || !slices.Equal(cfg.Ports, []int{443}) {
+			return fmt.Errorf("agent settings %+v", cfg)
+		}
+		ds, err := getDS("change")
+		if err != nil {
+			return err
+		}
+		pod := ds.Spec.Template.Spec
+		if pod.Containers[0].Image != "connscope/connscope:next" || pod.NodeSelector["pool"] != "edge" {
+			return fmt.Errorf("DaemonSet image %s, nodeSelector %v", pod.Containers[0].Image, pod.NodeSelector)
+		}
+		if ds.Spec.Template.Annotations[AnnotationConfigHash] == hash {
+			return errors.New("the settings changed but the pod template's hash did not: agents would not restart")
+		}
+		d, err := getDeployment("change")
+		if err != nil {
+			return err
+		}
+		if !slices.Contains(d.Spec.Template.Spec.Containers[0].Args, "--idle-timeout=5s") {
+			return fmt.Errorf("classifier args %v", d.Spec.Template.Spec.Containers[0].Args)
+		}
+		if v := d.Spec.Template.Spec.Volumes[0]; v.PersistentVolumeClaim == nil || v.PersistentVolumeClaim.ClaimName != ClassifierDataName("change") {
+			return fmt.Errorf("classifier data volume %+v", v)
+		}
+		var pvc corev1.PersistentVolumeClaim
+		return k8s.Get(ctx, client.ObjectKey{Namespace: DefaultClassifierNamespace, Name: ClassifierDataName("change")}, &pvc)
+	})
+	wantConditions(t, "change", "False/AgentsRollingOut", "True/AgentsRollingOut", "False/Reconciled")
+
+	// Someone edits a child by hand: the controller puts it back.
+	ds, _ := getDS("change")
+	ds.Spec.Template.Spec.Containers[0].SecurityContext.Capabilities.Add = []corev1.Capability{"SYS_ADMIN"}
+	if err := k8s.Update(ctx, ds); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, wait, "DaemonSet restored", func() error {
+		ds, err := getDS("change")
+		if err != nil {
+			return err
+		}
+		if got := ds.Spec.Template.Spec.Containers[0].SecurityContext.Capabilities.Add; !slices.Equal(got, []corev1.Capability{"NET_ADMIN", "NET_RAW"}) {
+			return fmt.Errorf("capabilities %v", got)
+		}
+		return nil
+	})
+}
+
+func TestStatusFollowsDaemonSetAndDeployment(t *testing.T) {
+	needEnv(t)
+	startController(t, testOptions())
+	newPolicy(t, "health", nil)
+	eventually(t, wait, "children", func() error {
+		if _, err := getDS("health"); err != nil {
+			return err
+		}
+		_, err := getDeployment("health")
+		return err
+	})
+
+	// Agents rolled out but one node's agent is not ready: Degraded.
+	setDaemonSetStatus(t, "health", 3, 2, 3)
+	setDeploymentStatus(t, "health", true)
+	p := wantConditions(t, "health", "False/AgentsNotReady", "False/Reconciled", "True/AgentsNotReady")
+	if n := p.Status.Nodes; n != (samplingv1alpha1.NodeCounts{Desired: 3, Ready: 2, Updated: 3}) {
+		t.Errorf("nodes %+v", n)
+	}
+
+	// Every node runs a ready agent and the classifier is available: Ready.
+	setDaemonSetStatus(t, "health", 3, 3, 3)
+	wantConditions(t, "health", "True/AllAgentsReady", "False/Reconciled", "False/Reconciled")
+
+	// A rollout in progress: Progressing, not Ready.
+	setDaemonSetStatus(t, "health", 3, 3, 1)
+	wantConditions(t, "health", "False/AgentsRollingOut", "True/AgentsRollingOut", "False/Reconciled")
+
+	// Agents fine, classifier unavailable: not Ready.
+	setDaemonSetStatus(t, "health", 3, 3, 3)
+	setDeploymentStatus(t, "health", false)
+	wantConditions(t, "health", "False/ClassifierNotAvailable", "True/ClassifierNotAvailable", "False/Reconciled")
+
+	// The DaemonSet controller has not seen the latest spec yet.
+	setDeploymentStatus(t, "health", true)
+	wantConditions(t, "health", "True/AllAgentsReady", "False/Reconciled", "False/Reconciled")
+	p = getPolicy(t, "health")
+	p.Spec.PacketCap = 5
+	if err := k8s.Update(ctx, p); err != nil {
+		t.Fatal(err)
+	}
+	wantConditions(t, "health", "False/AgentsRollingOut", "True/AgentsRollingOut", "False/Reconciled")
+
+	// Events tell a user what happened.
+	eventually(t, wait, "events", func() error {
+		var evs eventsv1.EventList
+		if err := k8s.List(ctx, &evs); err != nil {
+			return err
+		}
+		reasons := map[string]bool{}
+		for _, e := range evs.Items {
+			if e.Regarding.Name == "health" && e.Regarding.Kind == "SamplingPolicy" {
+				reasons[e.Reason] = true
+			}
+		}
+		for _, r := range []string{"Allocated", ReasonReady, ReasonAgentsNotReady, ReasonAgentsRollingOut} {
+			if !reasons[r] {
+				return fmt.Errorf("no %s event among %v", r, reasons)
+			}
+		}
+		return nil
+	})
+}
+
+func TestAllocationAcrossPolicies(t *testing.T) {
+	needEnv(t)
+	opts := testOptions() // three label bits, three groups
+	c := startController(t, opts)
+	names := []string{"alloc-a", "alloc-b", "alloc-c"}
+	for _, n := range names {
+		newPolicy(t, n, nil)
+	}
+	got := map[string]Allocation{}
+	eventually(t, wait, "three allocations", func() error {
+		bits, groups := map[int32]string{}, map[int32]string{}
+		for _, n := range names {
+			p := getPolicy(t, n)
+			if p.Status.LabelBit == nil || p.Status.NFLOGGroup == nil {
+				return fmt.Errorf("%s has none yet", n)
+			}
+			b, g := *p.Status.LabelBit, *p.Status.NFLOGGroup
+			if o, dup := bits[b]; dup {
+				return fmt.Errorf("%s and %s both hold label bit %d", o, n, b)
+			}
+			if o, dup := groups[g]; dup {
+				return fmt.Errorf("%s and %s both hold group %d", o, n, g)
+			}
+			if !opts.LabelBits.Contains(b) || !opts.NFLOGGroups.Contains(g) {
+				return fmt.Errorf("%s holds %d/%d, outside the ranges", n, b, g)
+			}
+			bits[b], groups[g] = n, n
+			got[n] = Allocation{b, g}
+		}
+		return nil
+	})
+
+	// A fourth finds none free: Degraded, no children.
+	newPolicy(t, "alloc-d", nil)
+	p := wantConditions(t, "alloc-d", "False/NoLabelBitFree", "False/Reconciled", "True/NoLabelBitFree")
+	if c := meta.FindStatusCondition(p.Status.Conditions, "Degraded"); !strings.Contains(c.Message, "every label bit of 16-18 is held by another SamplingPolicy") {
+		t.Errorf("Degraded message %q", c.Message)
+	}
+	if _, err := getDS("alloc-d"); !apierrors.IsNotFound(err) {
+		t.Errorf("alloc-d got a DaemonSet without a label bit: %v", err)
+	}
+
+	// A restarted controller gives every policy what it had.
+	c.restart(t)
+	for _, n := range names {
+		p := getPolicy(t, n)
+		p.Spec.PacketCap = 11 // make it reconcile
+		if err := k8s.Update(ctx, p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, n := range names {
+		eventually(t, wait, n+" reconciled after restart", func() error {
+			if cfg := agentSettings(t, n); cfg.PacketCap != 11 {
+				return fmt.Errorf("packetCap %d", cfg.PacketCap)
+			}
+			p := getPolicy(t, n)
+			if (Allocation{*p.Status.LabelBit, *p.Status.NFLOGGroup}) != got[n] {
+				return fmt.Errorf("allocation %d/%d, had %+v", *p.Status.LabelBit, *p.Status.NFLOGGroup, got[n])
+			}
+			return nil
+		})
+	}
+
+	// Deleting one frees its values for the waiting policy at once.
+	if err := k8s.Delete(ctx, getPolicy(t, "alloc-b")); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, wait, "alloc-d allocated", func() error {
+		p := getPolicy(t, "alloc-d")
+		if p.Status.LabelBit == nil || p.Status.NFLOGGroup == nil {
+			return errors.New("none yet")
+		}
+		if (Allocation{*p.Status.LabelBit, *p.Status.NFLOGGroup}) != got["alloc-b"] {
+			return fmt.Errorf("got %d/%d, alloc-b had %+v", *p.Status.LabelBit, *p.Status.NFLOGGroup, got["alloc-b"])
+		}
+		return nil
+	})
+	wantConditions(t, "alloc-d", "False/AgentsRollingOut", "True/AgentsRollingOut", "False/Reconciled")
+}
+
+func TestDeletionWaitsForTheAgentsToGo(t *testing.T) {
+	needEnv(t)
+	startController(t, testOptions())
+	newPolicy(t, "gone", nil)
+	eventually(t, wait, "DaemonSet", func() error { _, err := getDS("gone"); return err })
+
+	// An agent pod as the DaemonSet controller would create it.
+	pod := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{
+			Name: AgentName("gone") + "-x7k2p", Namespace: DefaultAgentNamespace,
+			Labels: objectLabels("gone", ComponentAgent),
+		},
+		Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "agent", Image: "connscope/connscope:test"}}},
+	}
+	if err := k8s.Create(ctx, pod); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = k8s.Delete(ctx, pod, client.GracePeriodSeconds(0)) })
+
+	if err := k8s.Delete(ctx, getPolicy(t, "gone")); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, wait, "DaemonSet deleted first", func() error {
+		if _, err := getDS("gone"); !apierrors.IsNotFound(err) {
+			return fmt.Errorf("DaemonSet still there (%v)", err)
+		}
+		return nil
+	})
+	p := wantConditions(t, "gone", "False/Deleting", "True/Deleting", "False/Reconciled")
+	if c := meta.FindStatusCondition(p.Status.Conditions, "Ready"); !strings.Contains(c.Message, "waiting for 1 agent pod(s) to stop and remove their iptables rules") {
+		t.Errorf("Ready message %q", c.Message)
+	}
+	// The policy stays while the agent pod is there.
+	time.Sleep(2 * time.Second)
+	if p := getPolicy(t, "gone"); !slices.Contains(p.Finalizers, samplingv1alpha1.Finalizer) {
+		t.Fatalf("finalizer removed while an agent pod remains: %v", p.Finalizers)
+	}
+	// The pod goes (its agent removed its rules): so does the policy.
+	if err := k8s.Delete(ctx, pod, client.GracePeriodSeconds(0)); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, wait, "policy gone", func() error {
+		err := k8s.Get(ctx, client.ObjectKey{Name: "gone"}, &samplingv1alpha1.SamplingPolicy{})
+		if apierrors.IsNotFound(err) {
+			return nil
+		}
+		return fmt.Errorf("still there (%v)", err)
+	})
+}
+
+func resourceQuantity(s string) resource.Quantity { return resource.MustParse(s) }

@@ -1,0 +1,174 @@
+package controllers
+
+import (
+	"context"
+
+	"flag"
+	"fmt"
+	"github.com/go-logr/logr"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/client-go/rest"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/envtest"
+	"sigs.k8s.io/controller-runtime/pkg/log/zap"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+
+	samplingv1alpha1 "github.com/connscope/connscope/api/v1alpha1"
+)
+
+// The envtest suite: one real kube-apiserver and etcd for the package,
+// the generated CRD installed, and the two namespaces the controller
+// manages. There is no kube-controller-manager: tests set the DaemonSets'
+// and Deployments' status as those controllers would, and nothing
+// garbage-collects.
+
+var (
+	testCfg    *rest.Config
+	k8s        client.Client
+	testScheme = runtime.NewScheme()
+	envMissing string
+	verbose    = flag.Bool("controller-log", false, "print the controller's log")
+)
+
+func TestMain(m *testing.M) {
+	flag.Parse()
+	os.Exit(runSuite(m))
+}
+
+func runSuite(m *testing.M) int {
+	_ = clientgoscheme.AddToScheme(testScheme)
+	_ = samplingv1alpha1.AddToScheme(testScheme)
+	if os.Getenv("KUBEBUILDER_ASSETS") == "" {
+		if os.Getenv("CONNSCOPE_REQUIRE_ENVTEST") != "" {
+			fmt.Fprintln(os.Stderr, "CONNSCOPE_REQUIRE_ENVTEST is set but KUBEBUILDER_ASSETS is not: run `make envtest` (hack/envtest.sh prints the folder)")
+			return 1
+		}
+		envMissing = "KUBEBUILDER_ASSETS is unset: the controller tests need kube-apiserver and etcd (`make test` sets it up, or export KUBEBUILDER_ASSETS=$(hack/envtest.sh))"
+		return m.Run()
+	}
+	if *verbose {
+		ctrl.SetLogger(zap.New(zap.UseDevMode(true)))
+	} else {
+		ctrl.SetLogger(logr.Discard())
+	}
+	env := &envtest.Environment{
+		CRDDirectoryPaths:     []string{filepath.Join("..", "config", "crd", "bases")},
+		ErrorIfCRDPathMissing: true,
+	}
+	cfg, err := env.Start()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "start envtest:", err)
+		return 1
+	}
+	defer func() { _ = env.Stop() }()
+	testCfg = cfg
+	if k8s, err = client.New(cfg, client.Options{Scheme: testScheme}); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	for _, ns := range []string{DefaultAgentNamespace, DefaultClassifierNamespace} {
+		if err := k8s.Create(context.Background(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+	}
+	return m.Run()
+}
+
+func needEnv(t *testing.T) {
+	t.Helper()
+	if envMissing != "" {
+		t.Skip(envMissing)
+	}
+}
+
+// testOptions are the controller's options in tests: small pools, so that
+// exhaustion is quick to reach.
+func testOptions() Options {
+	o := DefaultOptions()
+	o.Image = "connscope/connscope:test"
+	o.LabelBits = Range{Min: 16, Max: 18}
+	o.NFLOGGroups = Range{Min: 1000, Max: 1002}
+	return o
+}
+
+// testController is a running manager with the reconciler, configured as
+// `connscope controller` configures it.
+type testController struct {
+	opts Options
+	stop func()
+}
+
+// startController runs the controller until the test ends (after the
+// test's own cleanups, so that deleted policies lose their finalizer).
+func startController(t *testing.T, opts Options) *testController {
+	t.Helper()
+	c := &testController{opts: opts}
+	c.stop = runManager(t, opts)
+	t.Cleanup(func() { c.stop() })
+	return c
+}
+
+// restart stops the controller and starts a new one: a new process, as
+// far as the controller can tell.
+func (c *testController) restart(t *testing.T) {
+	t.Helper()
+	c.stop()
+	c.stop = runManager(t, c.opts)
+}
+
+func runManager(t *testing.T, opts Options) (stop func()) {
+	t.Helper()
+	mgr, err := ctrl.NewManager(testCfg, ctrl.Options{
+		Scheme:                 testScheme,
+		Metrics:                metricsserver.Options{BindAddress: "0"},
+		HealthProbeBindAddress: "0",
+		Cache:                  CacheOptions(opts),
+		Controller:             ctrlConfigForTests(),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := NewSamplingPolicyReconciler(mgr, opts).SetupWithManager(mgr); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := mgr.Start(ctx); err != nil {
+			t.Errorf("manager: %v", err)
+		}
+	}()
+	stopped := false
+	return func() {
+		if !stopped {
+			stopped = true
+			cancel()
+			<-done
+		}
+	}
+}
+
+// eventually polls cond until it returns nil or the timeout passes.
+func eventually(t *testing.T, timeout time.Duration, what string, cond func() error) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	var err error
+	for time.Now().Before(deadline) {
+		if err = cond(); err == nil {
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Fatalf("%s: not within %v: %v", what, timeout, err)
+}
