@@ -9,6 +9,8 @@
 # files are committed; CI checks that running this changes nothing.
 #
 # Usage: hack/gen-manifests.sh generate|manifests|all
+#        hack/gen-manifests.sh --check   # regenerate all; fail if anything
+#                                        # generated differs from git's copy
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -28,6 +30,11 @@ if [[ ! -x "$cgen" ]]; then
 fi
 
 what=${1:-all}
+check=0
+if [[ $what == --check ]]; then
+	check=1
+	what=all
+fi
 if [[ $what == generate || $what == all ]]; then
 	"$cgen" object paths="./api/..."
 fi
@@ -36,4 +43,15 @@ if [[ $what == manifests || $what == all ]]; then
 		paths="./api/..." paths="./controllers/..." \
 		output:crd:artifacts:config=config/crd/bases \
 		output:rbac:artifacts:config=config/rbac
+fi
+
+if [[ $check == 1 ]]; then
+	generated=(api/v1alpha1/zz_generated.deepcopy.go config/crd/bases config/rbac/role.yaml)
+	if [[ -n "$(git status --porcelain -- "${generated[@]}")" ]]; then
+		echo "gen-manifests: generated files are stale; run 'make manifests generate' and commit:" >&2
+		git status --porcelain -- "${generated[@]}" >&2
+		git diff --stat -- "${generated[@]}" >&2
+		exit 1
+	fi
+	echo "gen-manifests: generated files are up to date" >&2
 fi
