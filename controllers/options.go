@@ -156,13 +156,26 @@ func objectLabels(policy, component string) map[string]string {
 // (by label); Secrets never. Policies are cluster-scoped and unaffected.
 func CacheOptions(opts Options) cache.Options {
 	mine := labels.SelectorFromSet(labels.Set{LabelName: "connscope"})
-	byObject := map[client.Object]cache.ByObject{}
-	for _, o := range []client.Object{&appsv1.DaemonSet{}, &appsv1.Deployment{}, &corev1.Service{}, &corev1.ConfigMap{},
-		&corev1.ServiceAccount{}, &corev1.PersistentVolumeClaim{}, &corev1.Pod{}} {
-		byObject[o] = cache.ByObject{Label: mine}
+	in := func(namespaces ...string) cache.ByObject {
+		b := cache.ByObject{Label: mine, Namespaces: map[string]cache.Config{}}
+		for _, ns := range namespaces {
+			b.Namespaces[ns] = cache.Config{}
+		}
+		return b
 	}
+	agents, classifiers := opts.AgentNamespace, opts.ClassifierNamespace
 	return cache.Options{
-		DefaultNamespaces: map[string]cache.Config{opts.AgentNamespace: {}, opts.ClassifierNamespace: {}},
-		ByObject:          byObject,
+		DefaultNamespaces: map[string]cache.Config{agents: {}, classifiers: {}},
+		// Each kind only where the controller keeps it: its Roles grant
+		// nothing more.
+		ByObject: map[client.Object]cache.ByObject{
+			&appsv1.DaemonSet{}:             in(agents),
+			&corev1.ConfigMap{}:             in(agents),
+			&corev1.Pod{}:                   in(agents),
+			&corev1.ServiceAccount{}:        in(agents, classifiers),
+			&appsv1.Deployment{}:            in(classifiers),
+			&corev1.Service{}:               in(classifiers),
+			&corev1.PersistentVolumeClaim{}: in(classifiers),
+		},
 	}
 }

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -16,9 +18,12 @@ import (
 	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/client-go/rest"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/config"
+	"sigs.k8s.io/yaml"
 
 	"github.com/connscope/connscope/agent"
 	samplingv1alpha1 "github.com/connscope/connscope/api/v1alpha1"
@@ -574,3 +579,54 @@ func TestDeletionWaitsForTheAgentsToGo(t *testing.T) {
 }
 
 func resourceQuantity(s string) resource.Quantity { return resource.MustParse(s) }
+
+// The controller works with nothing but the RBAC that config/rbac grants
+// (generated from the markers): it runs here as its ServiceAccount.
+func TestControllerRunsWithOnlyItsGeneratedRBAC(t *testing.T) {
+	needEnv(t)
+	var objs []client.Object
+	for _, f := range []string{"role.yaml", "role_binding.yaml", "service_account.yaml"} {
+		b, err := os.ReadFile(filepath.Join("..", "config", "rbac", f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, doc := range strings.Split(string(b), "\n---") {
+			var u unstructured.Unstructured
+			if err := yaml.Unmarshal([]byte(doc), &u.Object); err != nil {
+				t.Fatalf("%s: %v", f, err)
+			}
+			if len(u.Object) == 0 {
+				continue
+			}
+			objs = append(objs, &u)
+		}
+	}
+	for _, o := range objs {
+		if err := k8s.Create(ctx, o); err != nil {
+			t.Fatalf("%s %s: %v", o.GetObjectKind().GroupVersionKind().Kind, o.GetName(), err)
+		}
+		t.Cleanup(func() { _ = k8s.Delete(ctx, o) })
+	}
+	cfg := rest.CopyConfig(testCfg)
+	cfg.Impersonate = rest.ImpersonationConfig{UserName: "system:serviceaccount:connscope-system:connscope-controller"}
+	old := testCfg
+	testCfg = cfg // startController uses it
+	startController(t, testOptions())
+	testCfg = old
+	newPolicy(t, "rbac", func(p *samplingv1alpha1.SamplingPolicy) {
+		p.Spec.Sink.Classifier.Storage = &samplingv1alpha1.StorageSpec{Size: resourceQuantity("1Gi")}
+	})
+	eventually(t, wait, "children created as the ServiceAccount", func() error {
+		for _, o := range childObjects("rbac") {
+			if err := k8s.Get(ctx, client.ObjectKeyFromObject(o), o); err != nil {
+				return fmt.Errorf("%T %s: %w", o, o.GetName(), err)
+			}
+		}
+		return nil
+	})
+	setDaemonSetStatus(t, "rbac", 1, 1, 1)
+	setDeploymentStatus(t, "rbac", true)
+	wantConditions(t, "rbac", "True/AllAgentsReady", "False/Reconciled", "False/Reconciled")
+	// The deletion (DaemonSet delete, pod list, finalizer removal) runs in
+	// newPolicy's cleanup, still as the ServiceAccount.
+}
