@@ -168,10 +168,11 @@ func joinLines(lines []ruleLine) string {
 	return b.String()
 }
 
-// stopAgent sends SIGTERM to the agent (its PID: nsenter execs it) and checks that it exits 0, that it removed every rule of its own
-// and none of the seed's, and that it lost nothing: no kernel sequence
-// gap, receive-buffer overflow, undecodable packet, queue drop, sink
-// error or unshipped record, as its last log line counts them.
+// stopAgent sends SIGTERM to the agent (its PID: nsenter execs it) and
+// checks that it exits 0, that it removed every rule of its own and none
+// of the seed's, and that it lost nothing: no kernel sequence gap,
+// receive-buffer overflow, undecodable packet, queue drop, sink error or
+// unshipped record, as its last log line counts them.
 func (l *lab) stopAgent(p *netnstest.Proc) {
 	t := l.t
 	t.Helper()
