@@ -630,3 +630,31 @@ func TestControllerRunsWithOnlyItsGeneratedRBAC(t *testing.T) {
 	// The deletion (DaemonSet delete, pod list, finalizer removal) runs in
 	// newPolicy's cleanup, still as the ServiceAccount.
 }
+
+// A child the API server refuses to change makes the policy Degraded with
+// the server's reason, and a fix clears it.
+func TestApplyFailureDegrades(t *testing.T) {
+	needEnv(t)
+	startController(t, testOptions())
+	newPolicy(t, "stuck", func(p *samplingv1alpha1.SamplingPolicy) {
+		p.Spec.Sink.Classifier.Storage = &samplingv1alpha1.StorageSpec{Size: resourceQuantity("1Gi"), StorageClassName: ptr.To("slow")}
+	})
+	eventually(t, wait, "volume claim", func() error {
+		return k8s.Get(ctx, client.ObjectKey{Namespace: DefaultClassifierNamespace, Name: ClassifierDataName("stuck")}, &corev1.PersistentVolumeClaim{})
+	})
+	p := getPolicy(t, "stuck")
+	p.Spec.Sink.Classifier.Storage.StorageClassName = ptr.To("fast") // immutable in a claim
+	if err := k8s.Update(ctx, p); err != nil {
+		t.Fatal(err)
+	}
+	p = wantConditions(t, "stuck", "False/ApplyFailed", "False/Reconciled", "True/ApplyFailed")
+	if c := meta.FindStatusCondition(p.Status.Conditions, "Degraded"); !strings.Contains(c.Message, "cannot write PersistentVolumeClaim connscope-system/connscope-stuck-classifier-data") ||
+		!strings.Contains(c.Message, "immutable") {
+		t.Errorf("Degraded message %q", c.Message)
+	}
+	p.Spec.Sink.Classifier.Storage.StorageClassName = ptr.To("slow")
+	if err := k8s.Update(ctx, p); err != nil {
+		t.Fatal(err)
+	}
+	wantConditions(t, "stuck", "False/AgentsRollingOut", "True/AgentsRollingOut", "False/Reconciled")
+}
