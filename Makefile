@@ -54,6 +54,7 @@ lint:
 .PHONY: verify-generated
 verify-generated:
 	bash hack/gen-proto.sh --check
+	bash hack/gen-manifests.sh --check
 
 ## generate-proto regenerates packet/ingestpb from ingest.proto (protoc and
 ## its plugins are installed by the script; the generated code is committed).
