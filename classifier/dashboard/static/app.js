@@ -1,0 +1,1 @@
+/* connscope dashboard (placeholder; full version follows) */
