@@ -1,0 +1,300 @@
+package store
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"time"
+
+	"github.com/connscope/connscope/classifier/aggregate"
+	"github.com/connscope/connscope/classifier/classify"
+)
+
+// Counters are an agent instance's totals as of its latest batch.
+type Counters struct {
+	PacketsLogged, PacketsLostKernel, ReceiveOverflows, DroppedQueueFull, ReadErrors uint64
+}
+
+// Batch is an accepted batch of one agent instance, as ingest journals it.
+type Batch struct {
+	Instance     string
+	Sequence     uint64
+	Node, Policy string
+	Counters     Counters
+	// MaxTS is the latest packet timestamp in the batch (ns).
+	MaxTS int64
+	// Data is the batch's packets, encoded by ingest.
+	Data []byte
+}
+
+// Accept makes b durable, unless its sequence number is not above the
+// highest accepted for its agent instance: then it reports a duplicate and
+// stores nothing. The sequence and the journal row are written in one
+// transaction, so an acknowledged batch is in the journal.
+func (s *Store) Accept(ctx context.Context, b Batch) (duplicate bool, err error) {
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return false, fmt.Errorf("store: accept batch: %w", err)
+	}
+	defer tx.Rollback()
+	var highest uint64
+	switch err := tx.QueryRowContext(ctx, "SELECT highest FROM agents WHERE instance = ?", b.Instance).Scan(&highest); err {
+	case nil, sql.ErrNoRows:
+	default:
+		return false, fmt.Errorf("store: accept batch: %w", err)
+	}
+	if b.Sequence <= highest {
+		return true, nil
+	}
+	c := b.Counters
+	if _, err := tx.ExecContext(ctx, `INSERT INTO agents (instance, node, policy, highest, updated_ns,
+		packets_logged, packets_lost_kernel, receive_overflows, packets_dropped_queue_full, read_errors)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+		ON CONFLICT (instance) DO UPDATE SET highest = excluded.highest, updated_ns = excluded.updated_ns,
+		packets_logged = excluded.packets_logged, packets_lost_kernel = excluded.packets_lost_kernel,
+		receive_overflows = excluded.receive_overflows, packets_dropped_queue_full = excluded.packets_dropped_queue_full,
+		read_errors = excluded.read_errors`,
+		b.Instance, b.Node, b.Policy, int64(b.Sequence), time.Now().UnixNano(),
+		int64(c.PacketsLogged), int64(c.PacketsLostKernel), int64(c.ReceiveOverflows), int64(c.DroppedQueueFull), int64(c.ReadErrors)); err != nil {
+		return false, fmt.Errorf("store: accept batch: %w", err)
+	}
+	if len(b.Data) > 0 {
+		if _, err := tx.ExecContext(ctx, "INSERT INTO journal (node, policy, max_ns, batch) VALUES (?, ?, ?, ?)",
+			b.Node, b.Policy, b.MaxTS, b.Data); err != nil {
+			return false, fmt.Errorf("store: journal batch: %w", err)
+		}
+	}
+	if err := tx.Commit(); err != nil {
+		return false, fmt.Errorf("store: accept batch: %w", err)
+	}
+	return false, nil
+}
+
+// ConnID names one counted connection of an engine (node and policy):
+// its key, encoded by ingest, and its first packet's timestamp.
+type ConnID struct {
+	Node, Policy string
+	Key          string
+	First        int64
+}
+
+// Cutoff lets journal rows of an engine go: every row whose latest packet
+// is before Before (ns), and every written connection that began before it.
+type Cutoff struct {
+	Node, Policy string
+	Before       int64
+}
+
+// Commit is what one transaction writes.
+type Commit struct {
+	// Delta holds the counts and anomalies to add (may be nil).
+	Delta *aggregate.Delta
+	// Written are the connections Delta counts whose packets may still
+	// be in the journal.
+	Written []ConnID
+	// Cutoffs delete journal rows and written connections no longer needed.
+	Cutoffs []Cutoff
+}
+
+// Commit writes c in one transaction.
+func (s *Store) Commit(ctx context.Context, c Commit) error {
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("store: commit: %w", err)
+	}
+	defer tx.Rollback()
+	if d := c.Delta; d != nil {
+		if err := writeCounts(ctx, tx, d); err != nil {
+			return err
+		}
+		if err := s.writeAnomalies(ctx, tx, d); err != nil {
+			return err
+		}
+	}
+	if len(c.Written) > 0 {
+		st, err := tx.PrepareContext(ctx, "INSERT OR IGNORE INTO written (node, policy, conn, first_ns) VALUES (?, ?, ?, ?)")
+		if err != nil {
+			return fmt.Errorf("store: commit: %w", err)
+		}
+		for _, w := range c.Written {
+			if _, err := st.ExecContext(ctx, w.Node, w.Policy, []byte(w.Key), w.First); err != nil {
+				st.Close()
+				return fmt.Errorf("store: commit written connections: %w", err)
+			}
+		}
+		st.Close()
+	}
+	for _, cut := range c.Cutoffs {
+		if _, err := tx.ExecContext(ctx, "DELETE FROM journal WHERE node = ? AND policy = ? AND max_ns < ?", cut.Node, cut.Policy, cut.Before); err != nil {
+			return fmt.Errorf("store: trim journal: %w", err)
+		}
+		if _, err := tx.ExecContext(ctx, "DELETE FROM written WHERE node = ? AND policy = ? AND first_ns < ?", cut.Node, cut.Policy, cut.Before); err != nil {
+			return fmt.Errorf("store: trim written connections: %w", err)
+		}
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("store: commit: %w", err)
+	}
+	if c.Delta != nil && !c.Delta.Empty() {
+		s.lastUpdated.Store(time.Now().UnixNano())
+	}
+	return nil
+}
+
+func writeCounts(ctx context.Context, tx *sql.Tx, d *aggregate.Delta) error {
+	st, err := tx.PrepareContext(ctx, `INSERT INTO counts (bucket, node, policy, port, ipv, country, asn, kind, name, n)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+		ON CONFLICT (bucket, node, policy, port, ipv, country, asn, kind, name) DO UPDATE SET n = n + excluded.n`)
+	if err != nil {
+		return fmt.Errorf("store: write counts: %w", err)
+	}
+	defer st.Close()
+	for dims, c := range d.Counts {
+		put := func(kind, name string, n int64) error {
+			if n == 0 {
+				return nil
+			}
+			_, err := st.ExecContext(ctx, dims.Bucket, dims.Node, dims.Policy, int(dims.Port), int(dims.IPVersion),
+				dims.Country, int64(dims.ASN), kind, name, n)
+			return err
+		}
+		var err error
+		for _, stg := range classify.Stages {
+			err = firstErr(err, put(KindStage, stg.String(), c.Stages[stg]))
+		}
+		for t := classify.Tag(0); t < classify.NumTags; t++ {
+			err = firstErr(err, put(KindTag, t.String(), c.Tags[t]))
+		}
+		for sig := classify.SigNone; sig < classify.NumSignatures; sig++ {
+			err = firstErr(err, put(KindSignature, sig.String(), c.Sigs[sig]))
+		}
+		for _, e := range classify.Exclusions {
+			err = firstErr(err, put(KindExcluded, e.String(), c.Excluded[e]))
+		}
+		if err != nil {
+			return fmt.Errorf("store: write counts: %w", err)
+		}
+	}
+	return nil
+}
+
+func firstErr(a, b error) error {
+	if a != nil {
+		return a
+	}
+	return b
+}
+
+func (s *Store) writeAnomalies(ctx context.Context, tx *sql.Tx, d *aggregate.Delta) error {
+	as := d.Anomalies
+	if len(as) > s.maxAnomalies {
+		as = as[len(as)-s.maxAnomalies:]
+	}
+	if len(as) == 0 {
+		return nil
+	}
+	st, err := tx.PrepareContext(ctx, `INSERT INTO anomalies (time_ns, last_ns, node, policy, client, client_port, server, port, ipv,
+		country, asn, stage, tags, signature, packets) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`)
+	if err != nil {
+		return fmt.Errorf("store: write anomalies: %w", err)
+	}
+	defer st.Close()
+	for _, a := range as {
+		if _, err := st.ExecContext(ctx, a.Time, a.LastSeen, a.Node, a.Policy, a.Client.String(), int(a.ClientPort),
+			a.Server.String(), int(a.Port), int(a.IPVersion), a.Country, int64(a.ASN),
+			int(a.Stage), int64(a.Tags), int(a.Signature), a.Packets); err != nil {
+			return fmt.Errorf("store: write anomalies: %w", err)
+		}
+	}
+	// The ring: keep the newest maxAnomalies rows.
+	if _, err := tx.ExecContext(ctx, "DELETE FROM anomalies WHERE id <= (SELECT MAX(id) FROM anomalies) - ?", s.maxAnomalies); err != nil {
+		return fmt.Errorf("store: bound anomalies: %w", err)
+	}
+	return nil
+}
+
+// JournalRow is one journaled batch.
+type JournalRow struct {
+	ID           int64
+	Node, Policy string
+	MaxTS        int64
+	Data         []byte
+}
+
+// Journal calls fn for every journaled batch in the order they were
+// accepted. fn must not use the store.
+func (s *Store) Journal(ctx context.Context, fn func(JournalRow) error) error {
+	rows, err := s.db.QueryContext(ctx, "SELECT id, node, policy, max_ns, batch FROM journal ORDER BY id")
+	if err != nil {
+		return fmt.Errorf("store: read journal: %w", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var r JournalRow
+		if err := rows.Scan(&r.ID, &r.Node, &r.Policy, &r.MaxTS, &r.Data); err != nil {
+			return fmt.Errorf("store: read journal: %w", err)
+		}
+		if err := fn(r); err != nil {
+			return err
+		}
+	}
+	return rows.Err()
+}
+
+// JournalLen returns the number of journaled batches.
+func (s *Store) JournalLen(ctx context.Context) (int, error) {
+	var n int
+	err := s.db.QueryRowContext(ctx, "SELECT COUNT(*) FROM journal").Scan(&n)
+	return n, err
+}
+
+// WrittenConns returns the counted connections still recorded, of every
+// engine.
+func (s *Store) WrittenConns(ctx context.Context) (map[ConnID]bool, error) {
+	rows, err := s.db.QueryContext(ctx, "SELECT node, policy, conn, first_ns FROM written")
+	if err != nil {
+		return nil, fmt.Errorf("store: read written connections: %w", err)
+	}
+	defer rows.Close()
+	out := map[ConnID]bool{}
+	for rows.Next() {
+		var id ConnID
+		var key []byte
+		if err := rows.Scan(&id.Node, &id.Policy, &key, &id.First); err != nil {
+			return nil, fmt.Errorf("store: read written connections: %w", err)
+		}
+		id.Key = string(key)
+		out[id] = true
+	}
+	return out, rows.Err()
+}
+
+// Agent is what the store knows of an agent instance.
+type Agent struct {
+	Instance, Node, Policy string
+	Highest                uint64
+	Updated                time.Time
+	Counters               Counters
+}
+
+// Agents returns the known agent instances.
+func (s *Store) Agents(ctx context.Context) ([]Agent, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT instance, node, policy, highest, updated_ns, packets_logged, packets_lost_kernel,
+		receive_overflows, packets_dropped_queue_full, read_errors FROM agents ORDER BY node, policy, instance`)
+	if err != nil {
+		return nil, fmt.Errorf("store: read agents: %w", err)
+	}
+	defer rows.Close()
+	var out []Agent
+	for rows.Next() {
+		var a Agent
+		var hi, up, c1, c2, c3, c4, c5 int64
+		if err := rows.Scan(&a.Instance, &a.Node, &a.Policy, &hi, &up, &c1, &c2, &c3, &c4, &c5); err != nil {
+			return nil, fmt.Errorf("store: read agents: %w", err)
+		}
+		a.Highest, a.Updated = uint64(hi), time.Unix(0, up)
+		a.Counters = Counters{uint64(c1), uint64(c2), uint64(c3), uint64(c4), uint64(c5)}
+		out = append(out, a)
+	}
+	return out, rows.Err()
+}
