@@ -60,6 +60,8 @@ type pageView struct {
 	RowsRaw    []tableRow          `json:"rows"`
 	TableEmpty string              `json:"tableEmpty"`
 	OptionsRaw map[string][]string `json:"options"`
+	Sparks     int                 `json:"sparks"`
+	Tooltip    string              `json:"tooltip"`
 	Errors     string              `json:"errors"`
 	ErrorsOpen bool                `json:"errorsOpen"`
 }
@@ -96,6 +98,8 @@ const readView = `(() => {
     barWidths: q(".bars .bar-row rect.fill").map((r) => r.getBoundingClientRect().width),
     rows: q("#anomalies tbody tr").filter((r) => !r.querySelector("td.empty")).map((r) => { const c = r.cells; return { Client: c[1].textContent, Node: c[3].textContent, Country: c[4].textContent, Stage: c[6].textContent, Signature: c[7].textContent }; }),
     tableEmpty: tEmpty ? tEmpty.textContent : "",
+    sparks: q(".bars polyline.spark-line").length,
+    tooltip: document.getElementById("tooltip").hidden ? "" : document.getElementById("tooltip").textContent,
     options, errors: errs.textContent, errorsOpen: !errs.hidden,
   };
 })()`
@@ -253,6 +257,9 @@ func TestDashboardInHeadlessChromium(t *testing.T) {
 		if v.Signatures["SYN → ∅"] <= 0 || v.Signatures["PSH+ACK → RST = RST"] <= 0 {
 			t.Errorf("signature bars lack the fixture's signatures: %v", v.Signatures)
 		}
+		if want := len(v.Tags) + len(v.Signatures); v.Sparks != want {
+			t.Errorf("%d trend sparklines, want one per bar (%d)", v.Sparks, want)
+		}
 		for i, w := range v.BarWidths {
 			if w <= 0 {
 				t.Errorf("bar %d has width %.1f px", i, w)
@@ -309,6 +316,22 @@ func TestDashboardInHeadlessChromium(t *testing.T) {
 			t.Errorf("lines mode: %d lines and %d areas, want %d and 0", len(v3.Lines), len(v3.Areas), len(stageKeys))
 		}
 		b.screenshot(artefacts, "screenshot-node-b-lines.png")
+		// "Ended early" stacks the four early stages on a zoomed axis.
+		b.mustEval(`document.querySelector('.seg button[data-mode="early"]').click()`, nil)
+		v4 := b.view()
+		if len(v4.Areas) != 4 || len(v4.YLabels) != 5 || v4.YLabels[4] == "100%" {
+			t.Errorf("ended-early mode: %d areas, y labels %q; want 4 areas on an axis below 100%%", len(v4.Areas), v4.YLabels)
+		}
+		// Hovering the chart shows the bucket's values.
+		var box struct{ X, Y, W, H float64 }
+		b.mustEval(`(() => { const r = document.querySelector("#stage-chart svg").getBoundingClientRect(); return { X: r.x, Y: r.y, W: r.width, H: r.height }; })()`, &box)
+		b.must("Input.dispatchMouseEvent", map[string]any{"type": "mouseMoved", "x": box.X + box.W*0.9, "y": box.Y + box.H/2}, nil)
+		b.waitFor("the chart tooltip", `!document.getElementById("tooltip").hidden`, 5*time.Second)
+		if tip := b.view().Tooltip; !strings.Contains(tip, "UTC") || !strings.Contains(tip, "Post PSH") {
+			t.Errorf("tooltip %q lacks the bucket time and the stages", tip)
+		}
+		b.screenshot(artefacts, "screenshot-node-b-early.png")
+		b.must("Input.dispatchMouseEvent", map[string]any{"type": "mouseMoved", "x": 2, "y": 2}, nil)
 		b.mustEval(`document.querySelector('.seg button[data-mode="stacked"]').click()`, nil)
 		v = v2
 	})
@@ -344,6 +367,30 @@ func TestDashboardInHeadlessChromium(t *testing.T) {
 				t.Errorf("console.%s: %s", e.Type, raw)
 			}
 		}
+	})
+
+	// A leading "-" excludes: country US excluded.
+	t.Run("exclude a country", func(t *testing.T) {
+		before := len(api.Requests())
+		b.mustEval(`(() => { const f = document.getElementById("filters"); f.elements.location.value = "US"; f.elements["location-exclude"].checked = true; f.elements.location.dispatchEvent(new Event("change", { bubbles: true })); })()`, nil)
+		v2 := b.waitReady(v.Generation)
+		reqs := apiRequestsSince(api, before)["/api/v1/anomalies"]
+		if len(reqs) == 0 {
+			t.Error("excluding US did not request the anomalies again")
+		}
+		for _, q := range reqs {
+			if q.Get("location") != "-US" || q.Get("node") != "node-b" {
+				t.Errorf("anomalies requested with %v, want location=-US and node=node-b", q)
+			}
+		}
+		for _, r := range v2.RowsRaw {
+			if r.Country == "US" {
+				t.Fatalf("a US row is shown with US excluded: %+v", r)
+			}
+		}
+		checkCards(t, v2, "node=node-b&location=-US")
+		b.mustEval(`(() => { const f = document.getElementById("filters"); f.elements.location.value = ""; f.elements["location-exclude"].checked = false; f.elements.location.dispatchEvent(new Event("change", { bubbles: true })); })()`, nil)
+		v = b.waitReady(v2.Generation)
 	})
 
 	// 3. A node without data: empty states, not errors.

@@ -7,7 +7,6 @@ package dashboard
 
 import (
 	"bufio"
-	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -18,6 +17,7 @@ import (
 	"regexp"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -64,9 +64,13 @@ type browser struct {
 // The process is killed and its profile removed when the test ends.
 func startBrowser(t *testing.T, exe string) *browser {
 	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	profile := t.TempDir()
-	cmd := exec.CommandContext(ctx, exe,
+	// A profile of its own, removed after the browser's whole process
+	// group has gone (t.TempDir's removal races Chromium's helpers).
+	profile, err := os.MkdirTemp("", "connscope-chromium-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(exe,
 		// As root in a container, per the machine notes; the networking
 		// flags stop Chromium from calling home on a closed network.
 		"--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -80,12 +84,13 @@ func startBrowser(t *testing.T, exe string) *browser {
 		"about:blank",
 	)
 	cmd.Env = append(os.Environ(), "TZ=UTC")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)
 	}
 	if err := cmd.Start(); err != nil {
-		cancel()
+		os.RemoveAll(profile)
 		t.Fatalf("start %s: %v", exe, err)
 	}
 	b := &browser{t: t, cmd: cmd, pending: map[int64]chan cdpMessage{}}
@@ -93,8 +98,29 @@ func startBrowser(t *testing.T, exe string) *browser {
 		if b.ws != nil {
 			b.ws.Close()
 		}
-		cancel()
-		_ = cmd.Wait()
+		// The browser and its helpers: TERM, then KILL after 5s.
+		pgid := cmd.Process.Pid
+		_ = syscall.Kill(-pgid, syscall.SIGTERM)
+		done := make(chan struct{})
+		go func() { _ = cmd.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(5 * time.Second):
+			_ = syscall.Kill(-pgid, syscall.SIGKILL)
+			<-done
+		}
+		for i := 0; ; i++ {
+			err := os.RemoveAll(profile)
+			if err == nil {
+				break
+			}
+			if i == 20 {
+				t.Logf("remove the browser profile %s: %v", profile, err)
+				break
+			}
+			_ = syscall.Kill(-pgid, syscall.SIGKILL)
+			time.Sleep(100 * time.Millisecond)
+		}
 	})
 
 	// "DevTools listening on ws://127.0.0.1:PORT/devtools/browser/ID"

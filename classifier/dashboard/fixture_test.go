@@ -409,25 +409,30 @@ func (f *fixtureAPI) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	for i, t := range bs {
 		timestamps[i] = t.Format(time.RFC3339)
 	}
+	// breakdownOf derives the tag or signature shares from stage shares.
+	breakdownOf := func(tags bool, s map[string]float64) map[string]float64 {
+		out := map[string]float64{}
+		if tags {
+			for _, tw := range fixtureTagWeights {
+				out[tw.tag] = tw.share(s)
+			}
+		} else {
+			for _, sw := range fixtureSignatureWeights {
+				out[sw.sig] = sw.frac * s[sw.stage]
+			}
+		}
+		return out
+	}
 	// breakdown returns shares and counts of the tags or signatures.
 	breakdown := func(tags bool) (map[string]string, map[string]int) {
 		shares, counts := map[string]string{}, map[string]int{}
 		if q.empty() {
 			return shares, counts
 		}
-		s, n := q.summary(), q.connections()
-		add := func(k string, v float64) {
+		n := q.connections()
+		for k, v := range breakdownOf(tags, q.summary()) {
 			shares[k] = pct(v)
 			counts[k] = int(v / 100 * float64(n))
-		}
-		if tags {
-			for _, tw := range fixtureTagWeights {
-				add(tw.tag, tw.share(s))
-			}
-		} else {
-			for _, sw := range fixtureSignatureWeights {
-				add(sw.sig, sw.frac*s[sw.stage])
-			}
 		}
 		return shares, counts
 	}
@@ -471,12 +476,8 @@ func (f *fixtureAPI) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		for k := range shares {
 			keys = append(keys, k)
 		}
-		ok(map[string]any{"serie_0": series(keys, func(time.Time) map[string]float64 {
-			m := map[string]float64{}
-			for k, v := range shares {
-				m[k], _ = strconv.ParseFloat(v, 64)
-			}
-			return m
+		ok(map[string]any{"serie_0": series(keys, func(t time.Time) map[string]float64 {
+			return breakdownOf(tags, q.shares(t))
 		})})
 	case "/api/v1/anomalies":
 		limit := 100

@@ -228,12 +228,14 @@
     const req = (path, extra) => path + "?" + queryOf(f, extra);
     const guard = (p) => p.catch((e) => { errors.push(e instanceof RequestError ? e : new RequestError("?", String(e))); return null; });
 
-    const [summary, series, tags, sigs, anomalies] = await Promise.all([
+    const [summary, series, tags, sigs, anomalies, tagSeries, sigSeries] = await Promise.all([
       guard(getJSON(req("/radar/tcp_resets_timeouts/summary"))),
       guard(getJSON(req("/radar/tcp_resets_timeouts/timeseries_groups"))),
       guard(getJSON(req("/api/v1/tags/summary"))),
       guard(getJSON(req("/api/v1/signatures/summary"))),
       guard(getJSON(req("/api/v1/anomalies", { limit: "100" }))),
+      guard(getJSON(req("/api/v1/tags/timeseries_groups"))),
+      guard(getJSON(req("/api/v1/signatures/timeseries_groups"))),
     ]);
     if (gen !== state.generation) return; // a newer refresh superseded this one
 
@@ -243,8 +245,8 @@
     renderRange(meta, f);
     renderCards();
     renderStageChart();
-    renderTags(tags);
-    renderSignatures(sigs);
+    renderTags(tags, tagSeries);
+    renderSignatures(sigs, sigSeries);
     renderAnomalies(anomalies);
     showErrors(errors);
     $("#updated").textContent = "updated " + new Date().toISOString().slice(11, 19) + " UTC";
@@ -347,14 +349,15 @@
     }
     const interval = form.elements.aggInterval.value;
     const times = ts.map((t) => Date.parse(t));
-    const visible = STAGES.filter((st) => !state.hidden.has(st.key));
+    const early = state.mode === "early";
+    const visible = STAGES.filter((st) => !state.hidden.has(st.key) && !(early && st.key === "no_match"));
     const vals = {};
     for (const st of STAGES) vals[st.key] = times.map((_, i) => num((ser[st.key] || [])[i]));
 
     const W = Math.max(box.clientWidth || 900, 320), H = 300;
     const m = { l: 46, r: 14, t: 10, b: 28 };
     const iw = W - m.l - m.r, ih = H - m.t - m.b;
-    const stacked = state.mode === "stacked";
+    const stacked = state.mode !== "lines";
     let yMax;
     if (stacked) {
       const sums = times.map((_, i) => visible.reduce((a, st) => a + vals[st.key][i], 0));
@@ -367,7 +370,7 @@
     const x = (t) => m.l + (t1 === t0 ? iw / 2 : ((t - t0) / (t1 - t0)) * iw);
     const y = (v) => m.t + ih - (Math.min(v, yMax) / yMax) * ih;
 
-    const svg = s("svg", { viewBox: "0 0 " + W + " " + H, width: W, height: H, role: "img", "aria-label": "Stage shares over time, " + (stacked ? "stacked" : "lines") });
+    const svg = s("svg", { viewBox: "0 0 " + W + " " + H, width: W, height: H, role: "img", "aria-label": "Stage shares over time, " + state.mode });
     svg.append(s("title", { text: "Stage shares over time" }));
     // Y axis.
     const ya = s("g", { class: "axis y" });
@@ -432,7 +435,7 @@
       tip.textContent = "";
       tip.append(h("div", { class: "t", text: fmtTime(times[best], interval) + " UTC" }));
       for (const st of STAGES.slice().reverse()) {
-        if (state.hidden.has(st.key)) continue;
+        if (!visible.includes(st)) continue;
         tip.append(h("div", { class: "r" },
           h("span", null, h("i", { class: "dot c-" + st.key }), st.label),
           h("b", { text: fmtPct(vals[st.key][best]) + "%" })));
@@ -450,12 +453,14 @@
   }
 
   // ---------- bars ----------
-  function bars(container, rows, emptyText) {
+  function bars(container, rows, emptyText, what) {
     container.textContent = "";
     if (!rows.length) {
       container.append(h("div", { class: "empty", text: emptyText }));
       return;
     }
+    container.append(h("div", { class: "bars-head", "aria-hidden": "true" },
+      h("span", { text: what }), h("span", { text: "share of classified connections" }), h("span", { text: "% · count" }), h("span", { text: "trend" })));
     const max = Math.max(...rows.map((r) => r.pct), 0) || 1;
     for (const r of rows) {
       const w = Math.max(0, Math.min(100, (r.pct / max) * 100));
@@ -464,19 +469,36 @@
         s("svg", { viewBox: "0 0 100 14", preserveAspectRatio: "none", "aria-hidden": "true" },
           s("rect", { class: "track", x: 0, y: 2, width: 100, height: 10, rx: 0 }),
           s("rect", { class: "fill " + (r.cls || ""), x: 0, y: 2, width: w.toFixed(2), height: 10 })),
-        h("span", { class: "val" }, fmtPct(r.pct) + "%", r.count != null ? h("span", { class: "n", text: fmtInt(r.count) }) : null)));
+        h("span", { class: "val" }, fmtPct(r.pct) + "%", r.count != null ? h("span", { class: "n", text: fmtInt(r.count) }) : null),
+        sparkline(r.spark, r.cls)));
     }
   }
-  function breakdown(result) {
+  // sparkline draws a row's share over the date range, on its own scale.
+  function sparkline(values, cls) {
+    const W = 64, H = 16;
+    const svg = s("svg", { class: "spark", viewBox: "0 0 " + W + " " + H, preserveAspectRatio: "none" });
+    if (!values || values.length < 2) return svg;
+    const max = Math.max(...values);
+    if (!(max > 0)) return svg;
+    const pts = values.map((v, i) => (i * W / (values.length - 1)).toFixed(1) + "," + (H - 1 - (v / max) * (H - 2)).toFixed(1));
+    svg.append(s("title", { text: "Over the date range (own scale); peak " + fmtPct(max) + "%" }),
+      s("polyline", { class: "spark-line " + (cls || ""), points: pts.join(" ") }));
+    return svg;
+  }
+  function breakdown(result, series) {
     if (!result) return null;
     const shares = result.summary_0 || {};
     const counts = result.counts || {};
+    const serie = (series && series.serie_0) || {};
     const keys = new Set([...Object.keys(shares), ...Object.keys(counts)]);
-    return [...keys].map((k) => ({ key: k, pct: num(shares[k]), count: counts[k] != null ? counts[k] : null }));
+    return [...keys].map((k) => ({
+      key: k, pct: num(shares[k]), count: counts[k] != null ? counts[k] : null,
+      spark: Array.isArray(serie[k]) ? serie[k].map(num) : null,
+    }));
   }
-  function renderTags(result) {
+  function renderTags(result, series) {
     const el = $("#tags");
-    const rows = breakdown(result);
+    const rows = breakdown(result, series);
     if (!rows) { el.textContent = ""; el.append(h("div", { class: "empty", text: "Tags could not be loaded (see the error above)." })); return; }
     rows.sort((a, b) => {
       const ta = TAG[a.key], tb = TAG[b.key];
@@ -491,7 +513,7 @@
         ...r, label: r.key, mono: true, depth: t ? t.depth : 0, title: r.key + (t ? ": " + t.what : ""),
         cls: SCANNER_TAGS.has(r.key) ? "scanner" : EVIDENCE_TAGS.has(r.key) ? "evidence" : "",
       };
-    }), "No tagged connections match these filters.");
+    }), "No tagged connections match these filters.", "tag");
   }
   function signatureStage(sig) {
     if (sig.startsWith("SYN; ACK")) return "post_ack";
@@ -500,15 +522,15 @@
     if (sig.startsWith("PSH+ACK")) return "post_psh";
     return "";
   }
-  function renderSignatures(result) {
+  function renderSignatures(result, series) {
     const el = $("#signatures");
-    const rows = breakdown(result);
+    const rows = breakdown(result, series);
     if (!rows) { el.textContent = ""; el.append(h("div", { class: "empty", text: "Signatures could not be loaded (see the error above)." })); return; }
     rows.sort((a, b) => b.pct - a.pct || (b.count || 0) - (a.count || 0) || a.key.localeCompare(b.key));
     bars(el, rows.filter((r) => r.pct > 0 || (r.count || 0) > 0).map((r) => {
       const st = signatureStage(r.key);
       return { ...r, label: r.key || "(no signature)", mono: true, cls: st, title: (r.key || "(no signature)") + (st ? " · " + STAGE[st].label : "") };
-    }), "No signatures match these filters.");
+    }), "No signatures match these filters.", "signature");
     const legend = h("div", { class: "legend-mini" }, STAGES.filter((st) => st.key !== "no_match").map((st) =>
       h("span", null, h("i", { class: "dot c-" + st.key }), st.label)));
     if (rows.length) el.append(legend);
