@@ -79,3 +79,11 @@ demo: build
 
 clean:
 	rm -rf bin .cache
+
+## dashboard-test installs Debian's chromium (hack/setup-browser.sh) and
+## runs the dashboard's tests, the headless browser one included;
+## screenshots land in .cache/dashboard/.
+.PHONY: dashboard-test
+dashboard-test:
+	bash hack/setup-browser.sh
+	$(GO) test -count=1 -v ./classifier/dashboard

@@ -460,7 +460,7 @@
       return;
     }
     container.append(h("div", { class: "bars-head", "aria-hidden": "true" },
-      h("span", { text: what }), h("span", { text: "share of classified connections" }), h("span", { text: "% · count" }), h("span", { text: "trend" })));
+      h("span", { text: what }), h("span", { text: "share of connections" }), h("span", { text: "% · count" }), h("span", { text: "trend" })));
     const max = Math.max(...rows.map((r) => r.pct), 0) || 1;
     for (const r of rows) {
       const w = Math.max(0, Math.min(100, (r.pct / max) * 100));
@@ -478,6 +478,16 @@
     const W = 64, H = 16;
     const svg = s("svg", { class: "spark", viewBox: "0 0 " + W + " " + H, preserveAspectRatio: "none" });
     if (!values || values.length < 2) return svg;
+    // At most 28 points (bucket means): a trend, not every wiggle.
+    const bins = Math.min(28, values.length);
+    if (values.length > bins) {
+      const out = [];
+      for (let b = 0; b < bins; b++) {
+        const part = values.slice(Math.floor((b * values.length) / bins), Math.floor(((b + 1) * values.length) / bins));
+        out.push(part.reduce((a, v) => a + v, 0) / part.length);
+      }
+      values = out;
+    }
     const max = Math.max(...values);
     if (!(max > 0)) return svg;
     const pts = values.map((v, i) => (i * W / (values.length - 1)).toFixed(1) + "," + (H - 1 - (v / max) * (H - 2)).toFixed(1));
