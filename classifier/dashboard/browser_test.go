@@ -420,9 +420,21 @@ func TestDashboardInHeadlessChromium(t *testing.T) {
 		if !v2.ErrorsOpen || !strings.Contains(v2.Errors, "GET /api/v1/signatures/summary?") || !strings.Contains(v2.Errors, "HTTP 500") || !strings.Contains(v2.Errors, "injected failure") {
 			t.Errorf("error banner (open=%v) %q does not name the failing request, its status and message", v2.ErrorsOpen, v2.Errors)
 		}
+		v = v2
 		if len(v2.Areas) != len(stageKeys) || len(v2.RowsRaw) == 0 {
 			t.Errorf("with only signatures failing, the chart (%d areas) and table (%d rows) should still render", len(v2.Areas), len(v2.RowsRaw))
 		}
 		b.screenshot(artefacts, "screenshot-error.png")
+	})
+
+	// The dark scheme, for a look (no assertions beyond rendering).
+	t.Run("dark scheme", func(t *testing.T) {
+		b.must("Emulation.setEmulatedMedia", map[string]any{"features": []map[string]string{{"name": "prefers-color-scheme", "value": "dark"}}}, nil)
+		b.mustEval(`document.getElementById("refresh").click()`, nil)
+		v2 := b.waitReady(v.Generation)
+		if len(v2.Areas) != len(stageKeys) {
+			t.Errorf("dark scheme: %d areas", len(v2.Areas))
+		}
+		b.screenshot(artefacts, "screenshot-dark.png")
 	})
 }

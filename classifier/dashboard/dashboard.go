@@ -1,7 +1,30 @@
-// Package dashboard serves connscope's operator dashboard: a single static
-// page (HTML, CSS, JS, hand-made SVG charts) embedded in the binary, which
-// talks to the classifier's Radar-compatible HTTP API on the same origin.
-// No CDN, no external fonts: clusters are often air-gapped.
+// Package dashboard serves connscope's operator dashboard: one static page
+// (index.html, style.css, app.js with hand-made SVG charts; no third-party
+// code, no build step) embedded in the binary. No CDN, no external fonts:
+// clusters are often air-gapped, and a test pins that.
+//
+// The page shows the stage shares over time as Radar does, the tag and
+// signature breakdowns, and the recent anomalous connections, with filters.
+// It does not compute anything itself: it reads the classifier's HTTP API
+// on the same origin, with absolute paths, so the service mounts Handler
+// at / (or under a prefix with http.StripPrefix) beside these endpoints:
+//
+//	GET /radar/tcp_resets_timeouts/summary            result.summary_0{stage: "pct"}
+//	GET /radar/tcp_resets_timeouts/timeseries_groups  result.serie_0{timestamps, stage: ["pct"]}
+//	GET /api/v1/tags/summary, /api/v1/signatures/summary
+//	                                                  result.summary_0{name: "pct"}, result.counts{name: n}
+//	GET /api/v1/tags/timeseries_groups, /api/v1/signatures/timeseries_groups
+//	                                                  result.serie_0{timestamps, name: ["pct"]}
+//	GET /api/v1/anomalies?limit=100                   result.connections[{time, client, server_port,
+//	                                                  node, country, asn, stage, tags, signature}]
+//	GET /api/v1/dimensions                            result{nodes, policies, ports, countries, asns}
+//
+// with the filters location, asn (a leading "-" excludes), node, port,
+// ipVersion, policy, dateRange and aggInterval. An error answer
+// ({"success":false,"errors":[{"message":...}]}, any status) is shown in a
+// banner naming the request. The browser test (browser_test.go) runs the
+// page in headless Chromium against a fixture of this contract
+// (fixture_test.go).
 package dashboard
 
 import (
