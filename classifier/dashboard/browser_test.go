@@ -427,6 +427,36 @@ func TestDashboardInHeadlessChromium(t *testing.T) {
 		b.screenshot(artefacts, "screenshot-error.png")
 	})
 
+	// Every interval renders, down to a single bucket.
+	t.Run("date ranges and intervals", func(t *testing.T) {
+		for _, tc := range []struct{ dateRange, interval string }{
+			{"1d", "15m"}, {"28d", "1d"}, {"28d", "1w"}, {"7d", "1w"}, {"7d", "1h"},
+		} {
+			before := len(api.Requests())
+			b.mustEval(fmt.Sprintf(`(() => { const f = document.getElementById("filters"); f.elements.dateRange.value = %q; f.elements.aggInterval.value = %q; f.elements.aggInterval.dispatchEvent(new Event("change", { bubbles: true })); })()`, tc.dateRange, tc.interval), nil)
+			v2 := b.waitReady(v.Generation)
+			v = v2
+			for _, q := range apiRequestsSince(api, before)["/radar/tcp_resets_timeouts/timeseries_groups"] {
+				if q.Get("dateRange") != tc.dateRange || q.Get("aggInterval") != tc.interval {
+					t.Errorf("timeseries requested with %v, want dateRange=%s aggInterval=%s", q, tc.dateRange, tc.interval)
+				}
+			}
+			if len(v2.Areas) != len(stageKeys) || v2.ErrorsOpen {
+				t.Errorf("%s/%s: %d areas, errors %q", tc.dateRange, tc.interval, len(v2.Areas), v2.Errors)
+				continue
+			}
+			for _, a := range v2.Areas {
+				if a.W <= 0 || a.H <= 0 {
+					t.Errorf("%s/%s: area %s is %.0fx%.0f px", tc.dateRange, tc.interval, a.Stage, a.W, a.H)
+				}
+			}
+			if len(v2.XLabels) == 0 {
+				t.Errorf("%s/%s: no x axis labels", tc.dateRange, tc.interval)
+			}
+			checkCards(t, v2, "dateRange="+tc.dateRange+"&aggInterval="+tc.interval)
+		}
+	})
+
 	// The dark scheme, for a look (no assertions beyond rendering).
 	t.Run("dark scheme", func(t *testing.T) {
 		b.must("Emulation.setEmulatedMedia", map[string]any{"features": []map[string]string{{"name": "prefers-color-scheme", "value": "dark"}}}, nil)
