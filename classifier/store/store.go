@@ -109,6 +109,12 @@ var migrations = []string{
 		conn     BLOB    NOT NULL,
 		first_ns INTEGER NOT NULL,
 		PRIMARY KEY (node, policy, conn, first_ns)
+	) WITHOUT ROWID;
+	CREATE TABLE engines (
+		node      TEXT    NOT NULL,
+		policy    TEXT    NOT NULL,
+		counted_before_ns INTEGER NOT NULL, -- every connection that began before was counted
+		PRIMARY KEY (node, policy)
 	) WITHOUT ROWID;`,
 }
 

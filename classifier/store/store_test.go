@@ -214,23 +214,23 @@ func TestAcceptDedupesAndJournals(t *testing.T) {
 	ctx := context.Background()
 	b := store.Batch{Instance: "a1", Sequence: 1, Node: "n1", Policy: "p", MaxTS: 100, Data: []byte("one"), Counters: store.Counters{PacketsLogged: 7}}
 	for i, want := range []bool{false, true} {
-		dup, err := s.Accept(ctx, b)
+		dup, _, err := s.Accept(ctx, b)
 		if err != nil || dup != want {
 			t.Fatalf("accept #%d: duplicate %v, %v; want %v", i, dup, err, want)
 		}
 	}
 	b.Sequence, b.MaxTS, b.Data = 2, 200, []byte("two")
-	if dup, err := s.Accept(ctx, b); err != nil || dup {
+	if dup, _, err := s.Accept(ctx, b); err != nil || dup {
 		t.Fatal(dup, err)
 	}
 	b.Instance, b.Sequence, b.Data = "a2", 1, []byte("other")
-	if dup, err := s.Accept(ctx, b); err != nil || dup {
+	if dup, _, err := s.Accept(ctx, b); err != nil || dup {
 		t.Fatal(dup, err)
 	}
 	s.Close()
 	s = open(t, path, store.Options{})
 	b.Instance, b.Sequence = "a1", 2
-	if dup, err := s.Accept(ctx, b); err != nil || !dup {
+	if dup, _, err := s.Accept(ctx, b); err != nil || !dup {
 		t.Fatalf("after reopen: duplicate %v, %v", dup, err)
 	}
 	var data []string
@@ -247,7 +247,7 @@ func TestAcceptDedupesAndJournals(t *testing.T) {
 
 	// A commit counts, records written connections and trims the journal.
 	w := []store.ConnID{{Node: "n1", Policy: "p", Key: "k1", First: 50}, {Node: "n1", Policy: "p", Key: "k2", First: 150}}
-	if err := s.Commit(ctx, store.Commit{Delta: sample(), Written: w, Cutoffs: []store.Cutoff{{Node: "n1", Policy: "p", Before: 150}}}); err != nil {
+	if err := s.Commit(ctx, store.Commit{Delta: sample(), Written: w, Cutoffs: []store.Cutoff{{Node: "n1", Policy: "p", CountedBefore: 150, JournalBefore: 150, MaxID: 100}}}); err != nil {
 		t.Fatal(err)
 	}
 	data = nil
@@ -258,6 +258,20 @@ func TestAcceptDedupesAndJournals(t *testing.T) {
 	written, err := s.WrittenConns(ctx)
 	if err != nil || len(written) != 1 || !written[w[1]] {
 		t.Errorf("written %v %v", written, err)
+	}
+	cuts, err := s.EngineCutoffs(ctx)
+	if err != nil || cuts[[2]string{"n1", "p"}] != 150 {
+		t.Errorf("engine cutoffs %v %v", cuts, err)
+	}
+	// A row beyond MaxID stays whatever its time.
+	if err := s.Commit(ctx, store.Commit{Cutoffs: []store.Cutoff{{Node: "n1", Policy: "p", CountedBefore: 100, JournalBefore: 1000, MaxID: 1}}}); err != nil {
+		t.Fatal(err)
+	}
+	if n, _ := s.JournalLen(ctx); n != 2 {
+		t.Errorf("journal has %d rows, want 2 (ids above MaxID kept)", n)
+	}
+	if cuts, _ := s.EngineCutoffs(ctx); cuts[[2]string{"n1", "p"}] != 150 {
+		t.Errorf("engine cutoff moved back: %v", cuts)
 	}
 }
 

@@ -30,21 +30,22 @@ type Batch struct {
 // Accept makes b durable, unless its sequence number is not above the
 // highest accepted for its agent instance: then it reports a duplicate and
 // stores nothing. The sequence and the journal row are written in one
-// transaction, so an acknowledged batch is in the journal.
-func (s *Store) Accept(ctx context.Context, b Batch) (duplicate bool, err error) {
+// transaction, so an acknowledged batch is in the journal. id is the
+// journal row's (0 when nothing was journaled).
+func (s *Store) Accept(ctx context.Context, b Batch) (duplicate bool, id int64, err error) {
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
-		return false, fmt.Errorf("store: accept batch: %w", err)
+		return false, 0, fmt.Errorf("store: accept batch: %w", err)
 	}
 	defer tx.Rollback()
-	var highest uint64
+	var highest int64
 	switch err := tx.QueryRowContext(ctx, "SELECT highest FROM agents WHERE instance = ?", b.Instance).Scan(&highest); err {
 	case nil, sql.ErrNoRows:
 	default:
-		return false, fmt.Errorf("store: accept batch: %w", err)
+		return false, 0, fmt.Errorf("store: accept batch: %w", err)
 	}
-	if b.Sequence <= highest {
-		return true, nil
+	if b.Sequence <= uint64(highest) {
+		return true, 0, nil
 	}
 	c := b.Counters
 	if _, err := tx.ExecContext(ctx, `INSERT INTO agents (instance, node, policy, highest, updated_ns,
@@ -56,18 +57,42 @@ func (s *Store) Accept(ctx context.Context, b Batch) (duplicate bool, err error)
 		read_errors = excluded.read_errors`,
 		b.Instance, b.Node, b.Policy, int64(b.Sequence), time.Now().UnixNano(),
 		int64(c.PacketsLogged), int64(c.PacketsLostKernel), int64(c.ReceiveOverflows), int64(c.DroppedQueueFull), int64(c.ReadErrors)); err != nil {
-		return false, fmt.Errorf("store: accept batch: %w", err)
+		return false, 0, fmt.Errorf("store: accept batch: %w", err)
 	}
 	if len(b.Data) > 0 {
-		if _, err := tx.ExecContext(ctx, "INSERT INTO journal (node, policy, max_ns, batch) VALUES (?, ?, ?, ?)",
-			b.Node, b.Policy, b.MaxTS, b.Data); err != nil {
-			return false, fmt.Errorf("store: journal batch: %w", err)
+		res, err := tx.ExecContext(ctx, "INSERT INTO journal (node, policy, max_ns, batch) VALUES (?, ?, ?, ?)",
+			b.Node, b.Policy, b.MaxTS, b.Data)
+		if err != nil {
+			return false, 0, fmt.Errorf("store: journal batch: %w", err)
+		}
+		if id, err = res.LastInsertId(); err != nil {
+			return false, 0, fmt.Errorf("store: journal batch: %w", err)
 		}
 	}
 	if err := tx.Commit(); err != nil {
-		return false, fmt.Errorf("store: accept batch: %w", err)
+		return false, 0, fmt.Errorf("store: accept batch: %w", err)
 	}
-	return false, nil
+	return false, id, nil
+}
+
+// EngineCutoffs returns, per engine (node and policy), the time before
+// which every connection that began has been counted.
+func (s *Store) EngineCutoffs(ctx context.Context) (map[[2]string]int64, error) {
+	rows, err := s.db.QueryContext(ctx, "SELECT node, policy, counted_before_ns FROM engines")
+	if err != nil {
+		return nil, fmt.Errorf("store: read engine cutoffs: %w", err)
+	}
+	defer rows.Close()
+	out := map[[2]string]int64{}
+	for rows.Next() {
+		var node, policy string
+		var ns int64
+		if err := rows.Scan(&node, &policy, &ns); err != nil {
+			return nil, fmt.Errorf("store: read engine cutoffs: %w", err)
+		}
+		out[[2]string{node, policy}] = ns
+	}
+	return out, rows.Err()
 }
 
 // ConnID names one counted connection of an engine (node and policy):
@@ -78,11 +103,17 @@ type ConnID struct {
 	First        int64
 }
 
-// Cutoff lets journal rows of an engine go: every row whose latest packet
-// is before Before (ns), and every written connection that began before it.
+// Cutoff records how far an engine (node and policy) has counted and lets
+// what it no longer needs go.
 type Cutoff struct {
 	Node, Policy string
-	Before       int64
+	// CountedBefore (ns): every connection of the engine that began before
+	// it has been counted (by this commit or an earlier one). It is
+	// recorded, and written connections that began before it are deleted.
+	CountedBefore int64
+	// JournalBefore and MaxID: journal rows with an id up to MaxID whose
+	// latest packet is before JournalBefore (ns) are deleted.
+	JournalBefore, MaxID int64
 }
 
 // Commit is what one transaction writes.
@@ -125,11 +156,17 @@ func (s *Store) Commit(ctx context.Context, c Commit) error {
 		st.Close()
 	}
 	for _, cut := range c.Cutoffs {
-		if _, err := tx.ExecContext(ctx, "DELETE FROM journal WHERE node = ? AND policy = ? AND max_ns < ?", cut.Node, cut.Policy, cut.Before); err != nil {
+		if _, err := tx.ExecContext(ctx, "DELETE FROM journal WHERE node = ? AND policy = ? AND id <= ? AND max_ns < ?",
+			cut.Node, cut.Policy, cut.MaxID, cut.JournalBefore); err != nil {
 			return fmt.Errorf("store: trim journal: %w", err)
 		}
-		if _, err := tx.ExecContext(ctx, "DELETE FROM written WHERE node = ? AND policy = ? AND first_ns < ?", cut.Node, cut.Policy, cut.Before); err != nil {
+		if _, err := tx.ExecContext(ctx, "DELETE FROM written WHERE node = ? AND policy = ? AND first_ns < ?", cut.Node, cut.Policy, cut.CountedBefore); err != nil {
 			return fmt.Errorf("store: trim written connections: %w", err)
+		}
+		if _, err := tx.ExecContext(ctx, `INSERT INTO engines (node, policy, counted_before_ns) VALUES (?, ?, ?)
+			ON CONFLICT (node, policy) DO UPDATE SET counted_before_ns = MAX(counted_before_ns, excluded.counted_before_ns)`,
+			cut.Node, cut.Policy, cut.CountedBefore); err != nil {
+			return fmt.Errorf("store: record engine cutoff: %w", err)
 		}
 	}
 	if err := tx.Commit(); err != nil {
