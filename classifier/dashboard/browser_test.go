@@ -306,6 +306,11 @@ func TestDashboardInHeadlessChromium(t *testing.T) {
 				t.Fatalf("anomalies table shows a row of node %q with the node-b filter", r.Node)
 			}
 		}
+		var csv string
+		b.mustEval(`document.getElementById("csv").getAttribute("href")`, &csv)
+		if !strings.HasPrefix(csv, "/radar/tcp_resets_timeouts/timeseries_groups?") || !strings.Contains(csv, "node=node-b") || !strings.Contains(csv, "format=CSV") {
+			t.Errorf("CSV link %q does not carry the filters and format=CSV", csv)
+		}
 		if !strings.Contains(v2.URL, "node=node-b") {
 			t.Errorf("page URL %q does not keep the filter", v2.URL)
 		}
@@ -338,36 +343,7 @@ func TestDashboardInHeadlessChromium(t *testing.T) {
 
 	// Until here the page must have loaded nothing from elsewhere and
 	// logged no error.
-	t.Run("same origin, no console errors", func(t *testing.T) {
-		for _, raw := range b.eventsOf("Network.requestWillBeSent") {
-			var e struct {
-				Request struct{ URL string } `json:"request"`
-			}
-			_ = json.Unmarshal(raw, &e)
-			if !strings.HasPrefix(e.Request.URL, srv.URL+"/") && !strings.HasPrefix(e.Request.URL, "data:") {
-				t.Errorf("the page requested %s, outside its origin %s", e.Request.URL, srv.URL)
-			}
-		}
-		for _, raw := range b.eventsOf("Runtime.exceptionThrown") {
-			t.Errorf("uncaught exception in the page: %s", raw)
-		}
-		for _, raw := range b.eventsOf("Log.entryAdded") {
-			var e struct {
-				Entry struct{ Level, Text, URL string } `json:"entry"`
-			}
-			_ = json.Unmarshal(raw, &e)
-			if e.Entry.Level == "error" {
-				t.Errorf("console error: %s %s", e.Entry.Text, e.Entry.URL)
-			}
-		}
-		for _, raw := range b.eventsOf("Runtime.consoleAPICalled") {
-			var e struct{ Type string }
-			_ = json.Unmarshal(raw, &e)
-			if e.Type == "error" || e.Type == "warning" {
-				t.Errorf("console.%s: %s", e.Type, raw)
-			}
-		}
-	})
+	t.Run("same origin, no console errors", func(t *testing.T) { checkCleanPage(t, b, srv.URL) })
 
 	// A leading "-" excludes: country US excluded.
 	t.Run("exclude a country", func(t *testing.T) {
@@ -467,4 +443,38 @@ func TestDashboardInHeadlessChromium(t *testing.T) {
 		}
 		b.screenshot(artefacts, "screenshot-dark.png")
 	})
+}
+
+// checkCleanPage fails when the page requested anything outside origin or
+// logged an error (uncaught exceptions, console errors, CSP violations).
+func checkCleanPage(t *testing.T, b *browser, origin string) {
+	t.Helper()
+	for _, raw := range b.eventsOf("Network.requestWillBeSent") {
+		var e struct {
+			Request struct{ URL string } `json:"request"`
+		}
+		_ = json.Unmarshal(raw, &e)
+		if !strings.HasPrefix(e.Request.URL, origin+"/") && !strings.HasPrefix(e.Request.URL, "data:") {
+			t.Errorf("the page requested %s, outside its origin %s", e.Request.URL, origin)
+		}
+	}
+	for _, raw := range b.eventsOf("Runtime.exceptionThrown") {
+		t.Errorf("uncaught exception in the page: %s", raw)
+	}
+	for _, raw := range b.eventsOf("Log.entryAdded") {
+		var e struct {
+			Entry struct{ Level, Text, URL string } `json:"entry"`
+		}
+		_ = json.Unmarshal(raw, &e)
+		if e.Entry.Level == "error" {
+			t.Errorf("console error: %s %s", e.Entry.Text, e.Entry.URL)
+		}
+	}
+	for _, raw := range b.eventsOf("Runtime.consoleAPICalled") {
+		var e struct{ Type string }
+		_ = json.Unmarshal(raw, &e)
+		if e.Type == "error" || e.Type == "warning" {
+			t.Errorf("console.%s: %s", e.Type, raw)
+		}
+	}
 }

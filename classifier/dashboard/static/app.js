@@ -222,6 +222,7 @@
     const f = readFilters();
     syncURL(f);
     markActive();
+    $("#csv").href = "/radar/tcp_resets_timeouts/timeseries_groups?" + queryOf(f, { format: "CSV" });
     const errors = [];
     // The filter lists: loaded once, retried on every refresh until they load.
     if (!state.dimsLoaded) state.dimsLoaded = await loadDimensions(errors);
