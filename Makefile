@@ -86,4 +86,4 @@ clean:
 .PHONY: dashboard-test
 dashboard-test:
 	bash hack/setup-browser.sh
-	$(GO) test -count=1 -v ./classifier/dashboard
+	CONNSCOPE_REQUIRE_BROWSER=1 $(GO) test -count=1 -v ./classifier/dashboard

@@ -4,8 +4,9 @@ package dashboard
 // hack/setup-browser.sh installs it), driven over the DevTools protocol,
 // against the fixture API (fixture_test.go, a stand-in for the classifier
 // service until it lands). Skipped, with a message, when there is no
-// chromium. Artefact: a screenshot in t.TempDir(), copied to
-// .cache/dashboard/ at the repository root for humans.
+// chromium, unless CONNSCOPE_REQUIRE_BROWSER is set (then it fails).
+// Artefacts: screenshots in t.TempDir(), copied to .cache/dashboard/ at
+// the repository root for humans.
 
 import (
 	"encoding/base64"
@@ -189,7 +190,11 @@ func parseFloat(s string) (float64, error) {
 func TestDashboardInHeadlessChromium(t *testing.T) {
 	exe := chromiumPath()
 	if exe == "" {
-		t.Skip("chromium not found: run hack/setup-browser.sh (Debian's chromium package) or set CONNSCOPE_CHROMIUM to run the dashboard's browser test")
+		msg := "chromium not found: run hack/setup-browser.sh (Debian's chromium package) or set CONNSCOPE_CHROMIUM to run the dashboard's browser test"
+		if os.Getenv("CONNSCOPE_REQUIRE_BROWSER") != "" {
+			t.Fatal(msg + " (CONNSCOPE_REQUIRE_BROWSER is set, so this fails rather than skips)")
+		}
+		t.Skip(msg)
 	}
 	if testing.Short() {
 		t.Skip("-short: skipping the headless browser test")
