@@ -23,7 +23,8 @@ setup-test:
 ## operator's tests against a real kube-apiserver and etcd (envtest; they
 ## fail rather than skip here when the binaries are missing).
 test: setup-test lint verify-generated envtest
-	KUBEBUILDER_ASSETS="$$(bash hack/envtest.sh)" CONNSCOPE_REQUIRE_ENVTEST=1 \
+	bash hack/setup-browser.sh
+	KUBEBUILDER_ASSETS="$$(bash hack/envtest.sh)" CONNSCOPE_REQUIRE_ENVTEST=1 CONNSCOPE_REQUIRE_BROWSER=1 \
 		$(GO) test -count=1 -timeout 30m $(PKGS)
 
 ## envtest builds kube-apiserver from the Kubernetes module and installs
