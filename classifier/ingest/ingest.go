@@ -109,6 +109,10 @@ type Config struct {
 	Geo *geo.DB
 	// Flow configures the connection tables (idle timeout, packet cap).
 	Flow flow.Config
+	// Policy, when set, is the only SamplingPolicy this classifier
+	// serves: a batch of another policy is rejected (INVALID_ARGUMENT), a
+	// batch without one is taken as this policy's.
+	Policy string
 	// Token is the bearer token agents must present; "" accepts any
 	// stream (tests, or a network that only agents reach).
 	Token string
@@ -369,14 +373,14 @@ func (s *Server) Push(stream ingestpb.Ingest_PushServer) error {
 		if err != nil {
 			return err
 		}
+		if err := s.accept(ctx, b); err != nil {
+			return err
+		}
 		if k := (engineKey{b.Node, b.Policy}); !fed[k] {
 			fed[k] = true
 			s.mu.Lock()
 			s.engine(k).streams++
 			s.mu.Unlock()
-		}
-		if err := s.accept(ctx, b); err != nil {
-			return err
 		}
 		if s.afterAccept != nil {
 			s.afterAccept(b)
@@ -420,6 +424,15 @@ func (s *Server) accept(ctx context.Context, b *ingestpb.PacketBatch) error {
 	}
 	if b.Sequence == 0 {
 		return reject("sequence 0: sequences start at 1")
+	}
+	if p := s.cfg.Policy; p != "" {
+		switch b.Policy {
+		case p:
+		case "":
+			b.Policy = p
+		default:
+			return reject("policy %q: this classifier serves policy %q; point the agent at that policy's classifier", b.Policy, p)
+		}
 	}
 	recs, err := ingestpb.AppendRecords(nil, b.Packets)
 	if err != nil {

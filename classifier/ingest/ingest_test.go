@@ -116,7 +116,7 @@ func start(t *testing.T, path, addr, token string, c *clock, db *geo.DB) *server
 	}
 	ing, err := ingest.New(context.Background(), ingest.Config{
 		Store: st, Geo: db, Flow: flow.Config{IdleTimeout: idle, Linger: 10 * idle},
-		Token: token, Grace: time.Nanosecond, Tick: time.Hour, Now: c.Now,
+		Policy: "default", Token: token, Grace: time.Nanosecond, Tick: time.Hour, Now: c.Now,
 	})
 	if err != nil {
 		st.Close()
@@ -394,7 +394,8 @@ func TestBadBatchIsRejected(t *testing.T) {
 	for _, b := range []*ingestpb.PacketBatch{
 		{Node: "n", Policy: "p", Sequence: 1},
 		{Node: "n", Policy: "p", AgentInstance: "x"},
-		{Node: "n", Policy: "p", AgentInstance: "x", Sequence: 1, Packets: []*ingestpb.Packet{{SrcIp: []byte{1, 2, 3}, DstIp: []byte{1, 2, 3, 4}}}},
+		{Node: "n", Policy: "default", AgentInstance: "x", Sequence: 1, Packets: []*ingestpb.Packet{{SrcIp: []byte{1, 2, 3}, DstIp: []byte{1, 2, 3, 4}}}},
+		{Node: "n", Policy: "other", AgentInstance: "x", Sequence: 1},
 	} {
 		stream, err := ingestpb.NewIngestClient(conn).Push(context.Background())
 		if err != nil {
@@ -407,7 +408,7 @@ func TestBadBatchIsRejected(t *testing.T) {
 			t.Errorf("batch %+v: %v, want InvalidArgument", b, err)
 		}
 	}
-	if st := s.ing.Stats(); st.Rejected != 3 || st.Batches != 0 {
+	if st := s.ing.Stats(); st.Rejected != 4 || st.Batches != 0 {
 		t.Errorf("stats %+v", st)
 	}
 }
