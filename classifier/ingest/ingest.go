@@ -176,6 +176,7 @@ type Server struct {
 	written []store.ConnID
 	stats   Stats
 	retry   *store.Commit // a commit that failed, tried again first
+	drain   bool          // shutting down: refuse batches
 	recs    []packet.Record
 
 	commitMu sync.Mutex // one commit at a time
@@ -462,6 +463,9 @@ func (s *Server) accept(ctx context.Context, b *ingestpb.PacketBatch) error {
 	// batches in journal order (replay feeds them in that order).
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.drain {
+		return status.Errorf(codes.Unavailable, "batch %d: the classifier is shutting down; send it again", b.Sequence)
+	}
 	dup, id, err := s.cfg.Store.Accept(ctx, batch)
 	if err != nil {
 		s.stats.StoreErrors++
@@ -484,6 +488,16 @@ func (s *Server) accept(ctx context.Context, b *ingestpb.PacketBatch) error {
 	}
 	e.lastID = id
 	return nil
+}
+
+// Drain makes the server refuse further batches (UNAVAILABLE: agents
+// send them again) and returns once no batch is being accepted. A batch
+// accepted whose ack is then lost to the shutdown is a duplicate when
+// sent again. Streams may then be closed at once.
+func (s *Server) Drain() {
+	s.mu.Lock()
+	s.drain = true
+	s.mu.Unlock()
 }
 
 // Run advances the clocks and commits aggregates every tick until ctx
