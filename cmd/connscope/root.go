@@ -16,5 +16,6 @@ by the stage where they ended, tags and signatures (Cloudflare Radar's method).`
 	root.AddCommand(newClassifyCommand())
 	root.AddCommand(newAgentCommand())
 	root.AddCommand(newControllerCommand())
+	root.AddCommand(newClassifierCommand())
 	return root
 }
