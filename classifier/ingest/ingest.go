@@ -90,8 +90,8 @@ import (
 
 // Defaults.
 const (
-	DefaultGrace = time.Second
-	DefaultTick  = time.Second
+	DefaultGrace = 500 * time.Millisecond
+	DefaultTick  = 500 * time.Millisecond
 	DefaultStall = time.Minute
 )
 
