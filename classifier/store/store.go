@@ -36,7 +36,15 @@ type Options struct {
 	// MaxAnomalies bounds the recent anomalous connections kept (0 means
 	// aggregate.DefaultMaxAnomalies).
 	MaxAnomalies int
+	// AnomaliesPerCommit bounds the anomalies one commit writes: the
+	// latest of its delta (0 means DefaultAnomaliesPerCommit). In a burst
+	// the ring then holds the latest of each commit rather than only the
+	// very latest, and writing it stays cheap.
+	AnomaliesPerCommit int
 }
+
+// DefaultAnomaliesPerCommit is Options.AnomaliesPerCommit when 0.
+const DefaultAnomaliesPerCommit = 1000
 
 // Store is the classifier's database. It is safe for concurrent use;
 // writes are serialised.
@@ -44,6 +52,7 @@ type Store struct {
 	db           *sql.DB
 	path         string
 	maxAnomalies int
+	perCommit    int
 	lastUpdated  atomic.Int64 // ns; last commit of aggregates
 }
 
@@ -135,13 +144,22 @@ func Open(path string, o Options) (*Store, error) {
 	// One connection: SQLite has one writer anyway, and this keeps
 	// transactions from waiting on each other's locks.
 	db.SetMaxOpenConns(1)
-	s := &Store{db: db, path: path, maxAnomalies: o.MaxAnomalies}
+	s := &Store{db: db, path: path, maxAnomalies: o.MaxAnomalies, perCommit: o.AnomaliesPerCommit}
 	if s.maxAnomalies <= 0 {
 		s.maxAnomalies = aggregate.DefaultMaxAnomalies
+	}
+	if s.perCommit <= 0 {
+		s.perCommit = DefaultAnomaliesPerCommit
 	}
 	if err := s.migrate(context.Background()); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("store: %s: %w", path, err)
+	}
+	// Until the first commit, the data is as fresh as the files' last write.
+	for _, f := range []string{path, path + "-wal"} {
+		if st, err := os.Stat(f); err == nil && st.ModTime().UnixNano() > s.lastUpdated.Load() {
+			s.lastUpdated.Store(st.ModTime().UnixNano())
+		}
 	}
 	return s, nil
 }
@@ -186,8 +204,8 @@ func (s *Store) Ping(ctx context.Context) error {
 	return s.db.QueryRowContext(ctx, "SELECT 1").Scan(&one)
 }
 
-// LastUpdated returns when aggregates were last written (zero if not
-// since the store opened).
+// LastUpdated returns when aggregates were last written: by this process,
+// else when the database files were last modified.
 func (s *Store) LastUpdated() time.Time {
 	ns := s.lastUpdated.Load()
 	if ns == 0 {

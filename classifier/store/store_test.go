@@ -68,6 +68,9 @@ func TestCountsPersistAcrossReopenAndAdd(t *testing.T) {
 	}
 	s.Close()
 	s = open(t, path, store.Options{})
+	if s.LastUpdated().IsZero() {
+		t.Error("LastUpdated unknown after reopening a store with data")
+	}
 	if err := s.Write(ctx, sample()); err != nil {
 		t.Fatal(err)
 	}
@@ -289,5 +292,20 @@ func TestNewerSchemaIsRefused(t *testing.T) {
 	db.Close()
 	if _, err := store.Open(path, store.Options{}); err == nil || !strings.Contains(err.Error(), "newer") {
 		t.Errorf("opening a newer schema: %v", err)
+	}
+}
+
+func TestACommitWritesOnlyItsLatestAnomalies(t *testing.T) {
+	s := open(t, filepath.Join(t.TempDir(), "c.db"), store.Options{MaxAnomalies: 10, AnomaliesPerCommit: 2})
+	d := aggregate.NewDelta(0)
+	for i := range 4 {
+		d.Anomalies = append(d.Anomalies, anomaly(i, "n1"))
+	}
+	if err := s.Write(context.Background(), d); err != nil {
+		t.Fatal(err)
+	}
+	got, _ := s.Anomalies(context.Background(), store.Filter{}, 10)
+	if len(got) != 2 || got[0].ClientPort != 40003 || got[1].ClientPort != 40002 {
+		t.Errorf("kept %+v, want the latest two", got)
 	}
 }

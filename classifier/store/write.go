@@ -224,8 +224,8 @@ func firstErr(a, b error) error {
 
 func (s *Store) writeAnomalies(ctx context.Context, tx *sql.Tx, d *aggregate.Delta) error {
 	as := d.Anomalies
-	if len(as) > s.maxAnomalies {
-		as = as[len(as)-s.maxAnomalies:]
+	if n := min(s.maxAnomalies, s.perCommit); len(as) > n {
+		as = as[len(as)-n:]
 	}
 	if len(as) == 0 {
 		return nil
