@@ -2,8 +2,10 @@ package ingest_test
 
 import (
 	"context"
+	"fmt"
 	"net/netip"
 	"path/filepath"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -59,4 +61,44 @@ func BenchmarkIngest(b *testing.B) {
 		}
 	}
 	b.ReportMetric(float64(b.N*batch)/b.Elapsed().Seconds(), "records/s")
+}
+
+// BenchmarkIngestParallel is BenchmarkIngest with 8 agents submitting at
+// once: their batches share transactions (group commit).
+func BenchmarkIngestParallel(b *testing.B) {
+	st, err := store.Open(filepath.Join(b.TempDir(), "c.db"), store.Options{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer st.Close()
+	srv, err := ingest.New(context.Background(), ingest.Config{Store: st, Flow: flow.Config{IdleTimeout: 100 * time.Millisecond}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	const batch = 1000
+	var agent atomic.Int64
+	b.SetParallelism(4) // 8 submitters on 2 CPUs
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		id := agent.Add(1)
+		recs := make([]packet.Record, batch)
+		base := time.Now()
+		seq := uint64(0)
+		for pb.Next() {
+			seq++
+			for i := range recs {
+				r := &recs[i]
+				*r = packet.Record{Timestamp: base.Add(time.Duration(seq) * time.Millisecond).UnixNano(), SrcPort: uint16(i), DstPort: 443, Flags: packet.SYN, Seq: uint32(seq)}
+				r.SetSrc(netip.AddrFrom4([4]byte{10, byte(id), byte(seq >> 8), byte(seq)}))
+				r.SetDst(netip.MustParseAddr("192.0.2.1"))
+			}
+			pb := &ingestpb.PacketBatch{Node: fmt.Sprint("n", id), Policy: "p", AgentInstance: fmt.Sprint("bench", id), Sequence: seq, Packets: ingestpb.AppendPackets(nil, recs)}
+			if err := ingest.Accept(srv, pb); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
+	b.ReportMetric(float64(b.N*batch)/b.Elapsed().Seconds(), "records/s")
+	b.ReportMetric(float64(srv.Stats().Batches)/float64(max(srv.Stats().Groups, 1)), "batches/transaction")
 }

@@ -136,10 +136,12 @@ type Config struct {
 
 // Stats count what the server saw since it started.
 type Stats struct {
-	Streams, AuthFailures, Rejected       uint64
-	Batches, Duplicates, Records          uint64
-	Connections, Replayed, ReplaySkipped  uint64
-	CommitErrors, StoreErrors             uint64
+	Streams, AuthFailures, Rejected      uint64
+	Batches, Duplicates, Records         uint64
+	Connections, Replayed, ReplaySkipped uint64
+	CommitErrors, StoreErrors            uint64
+	// Groups counts the journal transactions (group commits) of batches.
+	Groups                                uint64
 	OpenConnections, Engines, JournalRows int
 }
 
@@ -180,6 +182,10 @@ type Server struct {
 	recs    []packet.Record
 
 	commitMu sync.Mutex // one commit at a time
+
+	gmu     sync.Mutex // queue, leading
+	queue   []*pending
+	leading bool
 
 	// afterAccept, when set (tests), runs after a batch is accepted and
 	// before its ack is sent.
@@ -459,35 +465,91 @@ func (s *Server) accept(ctx context.Context, b *ingestpb.PacketBatch) error {
 			DroppedQueueFull: c.PacketsDroppedQueueFull, ReadErrors: c.ReadErrors,
 		}
 	}
-	// The lock spans the journal write and the table, so that tables see
-	// batches in journal order (replay feeds them in that order).
+	p := &pending{batch: batch, recs: recs, done: make(chan struct{})}
+	s.submit(p)
+	return p.err
+}
+
+// pending is a batch waiting for its group's transaction.
+type pending struct {
+	batch store.Batch
+	recs  []packet.Record
+	err   error
+	done  chan struct{}
+}
+
+// submit makes p durable and feeds it to its engine, in a group with the
+// batches other streams submit meanwhile (one transaction, one sync to
+// disk, for all of them). The first submitter leads: it commits groups
+// until none is waiting; the others wait for their outcome.
+func (s *Server) submit(p *pending) {
+	s.gmu.Lock()
+	s.queue = append(s.queue, p)
+	if s.leading {
+		s.gmu.Unlock()
+		<-p.done
+		return
+	}
+	s.leading = true
+	for len(s.queue) > 0 {
+		group := s.queue
+		s.queue = nil
+		s.gmu.Unlock()
+		s.commitGroup(group)
+		s.gmu.Lock()
+	}
+	s.leading = false
+	s.gmu.Unlock()
+}
+
+// commitGroup journals a group of batches in one transaction and feeds
+// them to their engines in journal order. The engine lock spans both, so
+// tables see batches in journal order (replay feeds them in that order).
+func (s *Server) commitGroup(group []*pending) {
+	defer func() {
+		for _, p := range group {
+			close(p.done)
+		}
+	}()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.drain {
-		return status.Errorf(codes.Unavailable, "batch %d: the classifier is shutting down; send it again", b.Sequence)
+		for _, p := range group {
+			p.err = status.Errorf(codes.Unavailable, "batch %d: the classifier is shutting down; send it again", p.batch.Sequence)
+		}
+		return
 	}
-	dup, id, err := s.cfg.Store.Accept(ctx, batch)
+	bs := make([]store.Batch, len(group))
+	for i, p := range group {
+		bs[i] = p.batch
+	}
+	res, err := s.cfg.Store.AcceptAll(context.Background(), bs)
+	s.stats.Groups++
 	if err != nil {
-		s.stats.StoreErrors++
-		s.log.Error("accept batch", "err", err)
-		return status.Errorf(codes.Unavailable, "batch %d: cannot store it now: %v", b.Sequence, err)
+		s.stats.StoreErrors += uint64(len(group))
+		s.log.Error("accept batches", "batches", len(group), "err", err)
+		for _, p := range group {
+			p.err = status.Errorf(codes.Unavailable, "batch %d: cannot store it now: %v", p.batch.Sequence, err)
+		}
+		return
 	}
-	if dup {
-		s.stats.Duplicates++
-		return nil
+	for i, p := range group {
+		if res[i].Duplicate {
+			s.stats.Duplicates++
+			continue
+		}
+		s.stats.Batches++
+		s.stats.Records += uint64(len(p.recs))
+		if len(p.recs) == 0 {
+			continue
+		}
+		e := s.engine(engineKey{p.batch.Node, p.batch.Policy})
+		if err := e.table.AddBatch(p.recs); err != nil {
+			// Cannot happen: AppendRecords gives IP versions 4 and 6 only.
+			s.log.Error("engine refused a batch", "err", err)
+		}
+		e.lastID = res[i].ID
 	}
-	s.stats.Batches++
-	s.stats.Records += uint64(len(recs))
-	if len(recs) == 0 {
-		return nil
-	}
-	e := s.engine(engineKey{b.Node, b.Policy})
-	if err := e.table.AddBatch(recs); err != nil {
-		// Cannot happen: AppendRecords gives IP versions 4 and 6 only.
-		s.log.Error("engine refused a batch", "err", err)
-	}
-	e.lastID = id
-	return nil
 }
 
 // Drain makes the server refuse further batches (UNAVAILABLE: agents

@@ -412,3 +412,41 @@ func TestBadBatchIsRejected(t *testing.T) {
 		t.Errorf("stats %+v", st)
 	}
 }
+
+func TestConcurrentAgentsAreAllCounted(t *testing.T) {
+	c := &clock{}
+	s := start(t, filepath.Join(t.TempDir(), "c.db"), "", "", c, nil)
+	recs := traffic(200)
+	last := time.Unix(0, recs[len(recs)-1].Timestamp)
+	c.Set(last)
+	var wg sync.WaitGroup
+	for _, node := range []string{"a", "b", "c", "d"} {
+		sk, err := ship.Open("grpc://"+s.addr, ship.Options{Node: node, Policy: "default", AckTimeout: 5 * time.Second})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer sk.Close()
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for _, b := range batches(recs, 10) {
+				if err := sk.Send(context.Background(), b); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	finish(t, s, last)
+	st := s.ing.Stats()
+	n := uint64(len(batches(recs, 10)))
+	if st.Batches != 4*n || st.Connections != 800 || st.Engines != 4 {
+		t.Errorf("stats %+v, want %d batches, 800 connections, 4 engines", st, 4*n)
+	}
+	t.Logf("%d batches in %d transactions", st.Batches, st.Groups)
+	stages, _, _ := totals(t, s.st)
+	if want := [6]int64{0, 160, 160, 160, 160, 160}; stages != want {
+		t.Errorf("stages %v, want %v", stages, want)
+	}
+}

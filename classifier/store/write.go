@@ -27,52 +27,76 @@ type Batch struct {
 	Data []byte
 }
 
+// Accepted is the outcome of one batch of AcceptAll.
+type Accepted struct {
+	// Duplicate: the sequence number was not above the highest accepted
+	// for the agent instance; nothing was stored.
+	Duplicate bool
+	// ID is the journal row's (0 when nothing was journaled).
+	ID int64
+}
+
 // Accept makes b durable, unless its sequence number is not above the
 // highest accepted for its agent instance: then it reports a duplicate and
 // stores nothing. The sequence and the journal row are written in one
 // transaction, so an acknowledged batch is in the journal. id is the
 // journal row's (0 when nothing was journaled).
 func (s *Store) Accept(ctx context.Context, b Batch) (duplicate bool, id int64, err error) {
+	res, err := s.AcceptAll(ctx, []Batch{b})
+	if err != nil {
+		return false, 0, err
+	}
+	return res[0].Duplicate, res[0].ID, nil
+}
+
+// AcceptAll accepts batches in order in one transaction (group commit:
+// one sync to disk for all of them), as Accept does each. Either all
+// outcomes hold or, on an error, none.
+func (s *Store) AcceptAll(ctx context.Context, bs []Batch) ([]Accepted, error) {
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
-		return false, 0, fmt.Errorf("store: accept batch: %w", err)
+		return nil, fmt.Errorf("store: accept batches: %w", err)
 	}
 	defer tx.Rollback()
-	var highest int64
-	switch err := tx.QueryRowContext(ctx, "SELECT highest FROM agents WHERE instance = ?", b.Instance).Scan(&highest); err {
-	case nil, sql.ErrNoRows:
-	default:
-		return false, 0, fmt.Errorf("store: accept batch: %w", err)
-	}
-	if b.Sequence <= uint64(highest) {
-		return true, 0, nil
-	}
-	c := b.Counters
-	if _, err := tx.ExecContext(ctx, `INSERT INTO agents (instance, node, policy, highest, updated_ns,
-		packets_logged, packets_lost_kernel, receive_overflows, packets_dropped_queue_full, read_errors)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-		ON CONFLICT (instance) DO UPDATE SET highest = excluded.highest, updated_ns = excluded.updated_ns,
-		packets_logged = excluded.packets_logged, packets_lost_kernel = excluded.packets_lost_kernel,
-		receive_overflows = excluded.receive_overflows, packets_dropped_queue_full = excluded.packets_dropped_queue_full,
-		read_errors = excluded.read_errors`,
-		b.Instance, b.Node, b.Policy, int64(b.Sequence), time.Now().UnixNano(),
-		int64(c.PacketsLogged), int64(c.PacketsLostKernel), int64(c.ReceiveOverflows), int64(c.DroppedQueueFull), int64(c.ReadErrors)); err != nil {
-		return false, 0, fmt.Errorf("store: accept batch: %w", err)
-	}
-	if len(b.Data) > 0 {
-		res, err := tx.ExecContext(ctx, "INSERT INTO journal (node, policy, max_ns, batch) VALUES (?, ?, ?, ?)",
-			b.Node, b.Policy, b.MaxTS, b.Data)
-		if err != nil {
-			return false, 0, fmt.Errorf("store: journal batch: %w", err)
+	out := make([]Accepted, len(bs))
+	for i, b := range bs {
+		var highest int64
+		switch err := tx.QueryRowContext(ctx, "SELECT highest FROM agents WHERE instance = ?", b.Instance).Scan(&highest); err {
+		case nil, sql.ErrNoRows:
+		default:
+			return nil, fmt.Errorf("store: accept batch: %w", err)
 		}
-		if id, err = res.LastInsertId(); err != nil {
-			return false, 0, fmt.Errorf("store: journal batch: %w", err)
+		if b.Sequence <= uint64(highest) {
+			out[i].Duplicate = true
+			continue
+		}
+		c := b.Counters
+		if _, err := tx.ExecContext(ctx, `INSERT INTO agents (instance, node, policy, highest, updated_ns,
+			packets_logged, packets_lost_kernel, receive_overflows, packets_dropped_queue_full, read_errors)
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+			ON CONFLICT (instance) DO UPDATE SET highest = excluded.highest, updated_ns = excluded.updated_ns,
+			packets_logged = excluded.packets_logged, packets_lost_kernel = excluded.packets_lost_kernel,
+			receive_overflows = excluded.receive_overflows, packets_dropped_queue_full = excluded.packets_dropped_queue_full,
+			read_errors = excluded.read_errors`,
+			b.Instance, b.Node, b.Policy, int64(b.Sequence), time.Now().UnixNano(),
+			int64(c.PacketsLogged), int64(c.PacketsLostKernel), int64(c.ReceiveOverflows), int64(c.DroppedQueueFull), int64(c.ReadErrors)); err != nil {
+			return nil, fmt.Errorf("store: accept batch: %w", err)
+		}
+		if len(b.Data) > 0 {
+			res, err := tx.ExecContext(ctx, "INSERT INTO journal (node, policy, max_ns, batch) VALUES (?, ?, ?, ?)",
+				b.Node, b.Policy, b.MaxTS, b.Data)
+			if err != nil {
+				return nil, fmt.Errorf("store: journal batch: %w", err)
+			}
+			if out[i].ID, err = res.LastInsertId(); err != nil {
+				return nil, fmt.Errorf("store: journal batch: %w", err)
+			}
 		}
 	}
 	if err := tx.Commit(); err != nil {
-		return false, 0, fmt.Errorf("store: accept batch: %w", err)
+		return nil, fmt.Errorf("store: accept batches: %w", err)
 	}
-	return false, id, nil
+	return out, nil
 }
 
 // EngineCutoffs returns, per engine (node and policy), the time before
