@@ -125,6 +125,17 @@ var migrations = []string{
 		counted_before_ns INTEGER NOT NULL, -- every connection that began before was counted
 		PRIMARY KEY (node, policy)
 	) WITHOUT ROWID;`,
+	// 2: counted connections in one row per engine and commit (a row per
+	// connection cost more than the rest of a commit).
+	`DROP TABLE written;
+	CREATE TABLE written_sets (
+		id           INTEGER PRIMARY KEY AUTOINCREMENT,
+		node         TEXT    NOT NULL,
+		policy       TEXT    NOT NULL,
+		max_first_ns INTEGER NOT NULL, -- the latest first packet of the set
+		conns        BLOB    NOT NULL  -- per connection: key length (2 bytes), key, first packet ns (8 bytes)
+	);
+	CREATE INDEX written_sets_engine ON written_sets (node, policy, max_first_ns);`,
 }
 
 // Open opens (creating it and its directory if needed) the database file

@@ -259,8 +259,8 @@ func TestAcceptDedupesAndJournals(t *testing.T) {
 		t.Errorf("journal after cutoff %v", data)
 	}
 	written, err := s.WrittenConns(ctx)
-	if err != nil || len(written) != 1 || !written[w[1]] {
-		t.Errorf("written %v %v", written, err)
+	if err != nil || len(written) != 2 || !written[w[0]] || !written[w[1]] {
+		t.Errorf("written %v %v (a set stays while one of it began at or after the cutoff)", written, err)
 	}
 	cuts, err := s.EngineCutoffs(ctx)
 	if err != nil || cuts[[2]string{"n1", "p"}] != 150 {
@@ -275,6 +275,12 @@ func TestAcceptDedupesAndJournals(t *testing.T) {
 	}
 	if cuts, _ := s.EngineCutoffs(ctx); cuts[[2]string{"n1", "p"}] != 150 {
 		t.Errorf("engine cutoff moved back: %v", cuts)
+	}
+	if err := s.Commit(ctx, store.Commit{Cutoffs: []store.Cutoff{{Node: "n1", Policy: "p", CountedBefore: 151}}}); err != nil {
+		t.Fatal(err)
+	}
+	if written, _ := s.WrittenConns(ctx); len(written) != 0 {
+		t.Errorf("written %v after a cutoff past all of them", written)
 	}
 }
 

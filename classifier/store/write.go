@@ -3,6 +3,8 @@ package store
 import (
 	"context"
 	"database/sql"
+	"encoding/binary"
+	"errors"
 	"fmt"
 	"time"
 
@@ -166,25 +168,15 @@ func (s *Store) Commit(ctx context.Context, c Commit) error {
 			return err
 		}
 	}
-	if len(c.Written) > 0 {
-		st, err := tx.PrepareContext(ctx, "INSERT OR IGNORE INTO written (node, policy, conn, first_ns) VALUES (?, ?, ?, ?)")
-		if err != nil {
-			return fmt.Errorf("store: commit: %w", err)
-		}
-		for _, w := range c.Written {
-			if _, err := st.ExecContext(ctx, w.Node, w.Policy, []byte(w.Key), w.First); err != nil {
-				st.Close()
-				return fmt.Errorf("store: commit written connections: %w", err)
-			}
-		}
-		st.Close()
+	if err := writeSets(ctx, tx, c.Written); err != nil {
+		return err
 	}
 	for _, cut := range c.Cutoffs {
 		if _, err := tx.ExecContext(ctx, "DELETE FROM journal WHERE node = ? AND policy = ? AND id <= ? AND max_ns < ?",
 			cut.Node, cut.Policy, cut.MaxID, cut.JournalBefore); err != nil {
 			return fmt.Errorf("store: trim journal: %w", err)
 		}
-		if _, err := tx.ExecContext(ctx, "DELETE FROM written WHERE node = ? AND policy = ? AND first_ns < ?", cut.Node, cut.Policy, cut.CountedBefore); err != nil {
+		if _, err := tx.ExecContext(ctx, "DELETE FROM written_sets WHERE node = ? AND policy = ? AND max_first_ns < ?", cut.Node, cut.Policy, cut.CountedBefore); err != nil {
 			return fmt.Errorf("store: trim written connections: %w", err)
 		}
 		if _, err := tx.ExecContext(ctx, `INSERT INTO engines (node, policy, counted_before_ns) VALUES (?, ?, ?)
@@ -309,23 +301,62 @@ func (s *Store) JournalLen(ctx context.Context) (int, error) {
 	return n, err
 }
 
+// writeSets records counted connections, one row per engine.
+func writeSets(ctx context.Context, tx *sql.Tx, ws []ConnID) error {
+	type set struct {
+		maxFirst int64
+		buf      []byte
+	}
+	sets := map[[2]string]*set{}
+	for _, w := range ws {
+		k := [2]string{w.Node, w.Policy}
+		st := sets[k]
+		if st == nil {
+			st = &set{maxFirst: w.First}
+			sets[k] = st
+		}
+		st.maxFirst = max(st.maxFirst, w.First)
+		st.buf = binary.BigEndian.AppendUint16(st.buf, uint16(len(w.Key)))
+		st.buf = append(st.buf, w.Key...)
+		st.buf = binary.BigEndian.AppendUint64(st.buf, uint64(w.First))
+	}
+	for k, st := range sets {
+		if _, err := tx.ExecContext(ctx, "INSERT INTO written_sets (node, policy, max_first_ns, conns) VALUES (?, ?, ?, ?)",
+			k[0], k[1], st.maxFirst, st.buf); err != nil {
+			return fmt.Errorf("store: commit written connections: %w", err)
+		}
+	}
+	return nil
+}
+
 // WrittenConns returns the counted connections still recorded, of every
-// engine.
+// engine. A connection that began before its engine's cutoff may be
+// among them (sets go as a whole once all of theirs began before it).
 func (s *Store) WrittenConns(ctx context.Context) (map[ConnID]bool, error) {
-	rows, err := s.db.QueryContext(ctx, "SELECT node, policy, conn, first_ns FROM written")
+	rows, err := s.db.QueryContext(ctx, "SELECT node, policy, conns FROM written_sets")
 	if err != nil {
 		return nil, fmt.Errorf("store: read written connections: %w", err)
 	}
 	defer rows.Close()
 	out := map[ConnID]bool{}
 	for rows.Next() {
-		var id ConnID
-		var key []byte
-		if err := rows.Scan(&id.Node, &id.Policy, &key, &id.First); err != nil {
+		var node, policy string
+		var b []byte
+		if err := rows.Scan(&node, &policy, &b); err != nil {
 			return nil, fmt.Errorf("store: read written connections: %w", err)
 		}
-		id.Key = string(key)
-		out[id] = true
+		for len(b) > 0 {
+			if len(b) < 2 {
+				return nil, errors.New("store: read written connections: truncated set")
+			}
+			n := int(binary.BigEndian.Uint16(b))
+			if len(b) < 2+n+8 {
+				return nil, errors.New("store: read written connections: truncated set")
+			}
+			id := ConnID{Node: node, Policy: policy, Key: string(b[2 : 2+n]), First: int64(binary.BigEndian.Uint64(b[2+n:]))}
+			out[id] = true
+			b = b[2+n+8:]
+		}
 	}
 	return out, rows.Err()
 }
