@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/metadata"
 
 	"github.com/connscope/connscope/agent/ship"
 	"github.com/connscope/connscope/classifier/classify"
@@ -297,9 +298,23 @@ func TestWrongOrMissingTokenIsRefused(t *testing.T) {
 			t.Errorf("token %q: batch accepted", tok)
 		}
 	}
+	// The status is UNAUTHENTICATED, also for a malformed header.
+	conn, err := grpc.NewClient("passthrough:///"+s.addr, grpc.WithTransportCredentials(insecureCreds()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	ctx := metadata.AppendToOutgoingContext(context.Background(), "authorization", "Basic s3cret")
+	stream, err := ingestpb.NewIngestClient(conn).Push(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := stream.Recv(); statusCode(err) != "Unauthenticated" {
+		t.Errorf("malformed authorization: %v, want Unauthenticated", err)
+	}
 	st := s.ing.Stats()
-	if st.AuthFailures != 2 || st.Batches != 0 {
-		t.Errorf("stats %+v, want 2 auth failures and no batch", st)
+	if st.AuthFailures != 3 || st.Batches != 0 {
+		t.Errorf("stats %+v, want 3 auth failures and no batch", st)
 	}
 	if n, _ := s.st.JournalLen(context.Background()); n != 0 {
 		t.Errorf("journal holds %d batches after refused streams", n)
