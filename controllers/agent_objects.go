@@ -85,6 +85,7 @@ func AgentConfig(p *samplingv1alpha1.SamplingPolicy, alloc Allocation, opts Opti
 		}
 	}
 	c.Sink = IngestEndpoint(opts, p.Name)
+	c.SinkTokenFile = IngestTokenPath
 	c.MetricsAddr = fmt.Sprintf(":%d", AgentMetricsPort(opts, alloc))
 	c.ShutdownTimeout = agent.Duration(10 * time.Second)
 	if err := c.Validate(); err != nil {
@@ -165,6 +166,8 @@ func AgentDaemonSet(p *samplingv1alpha1.SamplingPolicy, alloc Allocation, config
 	}
 	port := AgentMetricsPort(opts, alloc)
 	podLabels := objectLabels(p.Name, ComponentAgent)
+	// The agent runs as root: only its owner may read the token.
+	tokenVolume, tokenMount := ingestTokenVolume(p.Name, 0o400)
 
 	ds := &appsv1.DaemonSet{
 		TypeMeta:   metav1.TypeMeta{APIVersion: "apps/v1", Kind: "DaemonSet"},
@@ -231,6 +234,7 @@ func AgentDaemonSet(p *samplingv1alpha1.SamplingPolicy, alloc Allocation, config
 						VolumeMounts: []corev1.VolumeMount{
 							{Name: "config", MountPath: agentConfigDir, ReadOnly: true},
 							{Name: "xtables-lock", MountPath: xtablesLock},
+							tokenMount,
 						},
 					}},
 					Volumes: []corev1.Volume{
@@ -240,6 +244,7 @@ func AgentDaemonSet(p *samplingv1alpha1.SamplingPolicy, alloc Allocation, config
 						{Name: "xtables-lock", VolumeSource: corev1.VolumeSource{HostPath: &corev1.HostPathVolumeSource{
 							Path: xtablesLock, Type: ptr.To(corev1.HostPathFileOrCreate),
 						}}},
+						tokenVolume,
 					},
 				},
 			},

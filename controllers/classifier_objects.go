@@ -85,7 +85,8 @@ func ClassifierVolumeClaim(p *samplingv1alpha1.SamplingPolicy, opts Options) *co
 	}
 }
 
-// ClassifierArgs are the classifier's command line for a policy.
+// ClassifierArgs are the classifier's command line for a policy. Agents
+// must present the policy's ingest token (mounted at IngestTokenPath).
 func ClassifierArgs(p *samplingv1alpha1.SamplingPolicy) []string {
 	idle := DefaultIdleTimeout
 	if p.Spec.IdleTimeout != nil {
@@ -97,6 +98,7 @@ func ClassifierArgs(p *samplingv1alpha1.SamplingPolicy) []string {
 		fmt.Sprintf("--http-addr=:%d", ClassifierHTTPPort),
 		"--policy=" + p.Name,
 		"--idle-timeout=" + idle.String(),
+		"--ingest-token-file=" + IngestTokenPath,
 		"--log-json",
 	}
 	if ch := p.Spec.Sink.ClickHouse; p.Spec.Sink.Type == samplingv1alpha1.SinkClickHouse && ch != nil {
@@ -118,8 +120,10 @@ func ClassifierArgs(p *samplingv1alpha1.SamplingPolicy) []string {
 // security standard: non-root, no capabilities, read-only root
 // filesystem, seccomp RuntimeDefault. With the Classifier sink it runs one
 // replica and replaces it with Recreate (one writer of the SQLite store);
-// with ClickHouse it rolls.
-func ClassifierDeployment(p *samplingv1alpha1.SamplingPolicy, opts Options) *appsv1.Deployment {
+// with ClickHouse it rolls. tokenHash is IngestTokenHash of the policy's
+// ingest token: the classifier reads the token only at start, so a new
+// token rolls it.
+func ClassifierDeployment(p *samplingv1alpha1.SamplingPolicy, tokenHash string, opts Options) *appsv1.Deployment {
 	name := ClassifierName(p.Name)
 	cs := p.Spec.Sink.Classifier
 	image := opts.Image
@@ -155,6 +159,10 @@ func ClassifierDeployment(p *samplingv1alpha1.SamplingPolicy, opts Options) *app
 		{Name: "data", MountPath: classifierDataDir},
 		{Name: "tmp", MountPath: "/tmp"},
 	}
+	// Readable by the classifier's group (fsGroup) only.
+	tokenVolume, tokenMount := ingestTokenVolume(p.Name, 0o440)
+	volumes = append(volumes, tokenVolume)
+	mounts = append(mounts, tokenMount)
 	if g := cs.GeoIP; g != nil {
 		volumes = append(volumes, corev1.Volume{Name: "geoip", VolumeSource: corev1.VolumeSource{
 			PersistentVolumeClaim: &corev1.PersistentVolumeClaimVolumeSource{ClaimName: g.ClaimName, ReadOnly: true},
@@ -188,7 +196,10 @@ func ClassifierDeployment(p *samplingv1alpha1.SamplingPolicy, opts Options) *app
 			Selector: &metav1.LabelSelector{MatchLabels: selectorLabels(p.Name, ComponentClassifier)},
 			Strategy: strategy,
 			Template: corev1.PodTemplateSpec{
-				ObjectMeta: metav1.ObjectMeta{Labels: objectLabels(p.Name, ComponentClassifier)},
+				ObjectMeta: metav1.ObjectMeta{
+					Labels:      objectLabels(p.Name, ComponentClassifier),
+					Annotations: map[string]string{AnnotationIngestTokenHash: tokenHash},
+				},
 				Spec: corev1.PodSpec{
 					ServiceAccountName:           name,
 					AutomountServiceAccountToken: ptr.To(false),

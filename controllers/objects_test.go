@@ -116,9 +116,10 @@ func TestGoldenAgentObjects(t *testing.T) {
 
 func TestGoldenClassifierObjects(t *testing.T) {
 	p, opts := goldenPolicy(), DefaultOptions()
-	checkGolden(t, "classifier-deployment", ClassifierDeployment(p, opts))
+	checkGolden(t, "classifier-deployment", ClassifierDeployment(p, IngestTokenHash("golden-token"), opts))
 	checkGolden(t, "classifier-service", ClassifierService(p, opts))
 	checkGolden(t, "classifier-pvc", ClassifierVolumeClaim(p, opts))
+	checkGolden(t, "ingest-token-secret", IngestTokenSecret(p, opts.ClassifierNamespace, "golden-token"))
 
 	ch := goldenPolicy()
 	ch.Spec.Sink = samplingv1alpha1.SinkSpec{
@@ -129,7 +130,7 @@ func TestGoldenClassifierObjects(t *testing.T) {
 			CredentialsSecret: &samplingv1alpha1.SecretKeysRef{Name: "clickhouse", UsernameKey: "user", PasswordKey: "pass"},
 		},
 	}
-	checkGolden(t, "classifier-deployment-clickhouse", ClassifierDeployment(ch, opts))
+	checkGolden(t, "classifier-deployment-clickhouse", ClassifierDeployment(ch, IngestTokenHash("golden-token"), opts))
 	if ClassifierVolumeClaim(ch, opts) != nil {
 		t.Error("a ClickHouse sink got a volume claim for the embedded store")
 	}
@@ -209,5 +210,21 @@ func TestParseRange(t *testing.T) {
 		if (err == nil) != tc.ok || got != tc.want {
 			t.Errorf("ParseRange(%q) = %v, %v", tc.in, got, err)
 		}
+	}
+}
+
+// Tokens are 32 random bytes, base64url: one word the classifier accepts,
+// a new one each time.
+func TestNewIngestToken(t *testing.T) {
+	a, err := NewIngestToken()
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := NewIngestToken()
+	if len(a) != 43 || !validIngestToken(a) || a == b {
+		t.Errorf("tokens %q, %q", a, b)
+	}
+	if IngestTokenHash(a) == IngestTokenHash(b) || strings.Contains(IngestTokenHash(a), a[:8]) {
+		t.Errorf("hashes %s, %s", IngestTokenHash(a), IngestTokenHash(b))
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
@@ -29,9 +30,17 @@ import (
 )
 
 // The controller's permissions: the policies everywhere (they are
-// cluster-scoped), the children only in the two namespaces it manages, no
-// Secrets at all (the classifier's pods receive the ClickHouse credentials
-// from the kubelet).
+// cluster-scoped), the children only in the two namespaces it manages.
+// Of Secrets it touches only the policies' ingest tokens, and only in
+// those two namespaces (namespaced Roles, nothing cluster-wide): get,
+// create and update, no list or watch (it reads them with the API reader,
+// not through a cache) and no delete (the garbage collector removes them
+// with their policy). It cannot be narrowed by name: RBAC cannot restrict
+// create with resourceNames (the object's name is not known when create
+// is authorised), and the token Secrets' names (connscope-<policy>-ingest)
+// are per policy, while resourceNames takes only exact names, no
+// prefixes. Other Secrets (the ClickHouse credentials) reach the
+// classifier's pods from the kubelet, never through the controller.
 //
 // +kubebuilder:rbac:groups=sampling.connscope.dev,resources=samplingpolicies,verbs=get;list;watch;patch;update
 // +kubebuilder:rbac:groups=sampling.connscope.dev,resources=samplingpolicies/status,verbs=get;patch;update
@@ -44,6 +53,8 @@ import (
 // +kubebuilder:rbac:groups="",namespace=connscope-system,resources=services;serviceaccounts;persistentvolumeclaims,verbs=get;list;watch;create;patch
 // +kubebuilder:rbac:groups=coordination.k8s.io,namespace=connscope-system,resources=leases,verbs=get;list;watch;create;update;patch;delete
 // +kubebuilder:rbac:groups="",namespace=connscope-system,resources=events,verbs=create;patch
+// +kubebuilder:rbac:groups="",namespace=connscope-agents,resources=secrets,verbs=get;create;update
+// +kubebuilder:rbac:groups="",namespace=connscope-system,resources=secrets,verbs=get;create;update
 // +kubebuilder:rbac:groups=authentication.k8s.io,resources=tokenreviews,verbs=create
 // +kubebuilder:rbac:groups=authorization.k8s.io,resources=subjectaccessreviews,verbs=create
 
@@ -173,12 +184,17 @@ func (r *SamplingPolicyReconciler) Reconcile(ctx context.Context, req ctrl.Reque
 		r.degrade(&p, ReasonInvalidSettings, err.Error())
 		return ctrl.Result{}, nil
 	}
+	token, err := r.ensureIngestToken(ctx, &p)
+	if err != nil {
+		r.degrade(&p, ReasonApplyFailed, err.Error())
+		return ctrl.Result{}, err
+	}
 	children := []client.Object{ClassifierServiceAccount(&p, r.Options)}
 	if pvc := ClassifierVolumeClaim(&p, r.Options); pvc != nil {
 		children = append(children, pvc)
 	}
 	children = append(children,
-		ClassifierDeployment(&p, r.Options),
+		ClassifierDeployment(&p, IngestTokenHash(token), r.Options),
 		ClassifierService(&p, r.Options),
 		AgentServiceAccount(&p, r.Options),
 		cm,
@@ -320,6 +336,72 @@ func (r *SamplingPolicyReconciler) wakeWaiting(ctx context.Context, p *samplingv
 		default:
 		}
 	}
+}
+
+// ensureIngestToken returns the policy's ingest token, making sure that
+// its Secret exists in both namespaces and holds it. The token is the one
+// already stored (the classifier's copy first: the running classifier
+// read it at start), so it survives reconciles and controller restarts; a
+// new one is generated only when neither Secret holds one. The Secrets
+// are read from the API server (the cache holds no Secrets) and written
+// with create and update (no server-side apply: its patch would need the
+// patch verb, and the data must never be overwritten by a rebuilt object).
+func (r *SamplingPolicyReconciler) ensureIngestToken(ctx context.Context, p *samplingv1alpha1.SamplingPolicy) (string, error) {
+	name := IngestTokenName(p.Name)
+	namespaces := []string{r.Options.ClassifierNamespace, r.Options.AgentNamespace}
+	existing := make([]*corev1.Secret, len(namespaces))
+	token := ""
+	for i, ns := range namespaces {
+		s := &corev1.Secret{}
+		err := r.APIReader.Get(ctx, client.ObjectKey{Namespace: ns, Name: name}, s)
+		if apierrors.IsNotFound(err) {
+			continue
+		}
+		if err != nil {
+			return "", fmt.Errorf("cannot read Secret %s/%s: %w", ns, name, err)
+		}
+		if !metav1.IsControlledBy(s, p) {
+			return "", fmt.Errorf("Secret %s/%s exists and does not belong to this policy: delete it or rename the policy", ns, name)
+		}
+		existing[i] = s
+		if t := string(s.Data[IngestTokenKey]); token == "" && validIngestToken(t) {
+			token = t
+		}
+	}
+	if token == "" {
+		var err error
+		if token, err = NewIngestToken(); err != nil {
+			return "", err
+		}
+	}
+	for i, ns := range namespaces {
+		want := IngestTokenSecret(p, ns, token)
+		s := existing[i]
+		switch {
+		case s == nil:
+			if err := r.Client.Create(ctx, want, client.FieldOwner(FieldOwner)); err != nil {
+				return "", fmt.Errorf("cannot write Secret %s/%s: %w", ns, name, err)
+			}
+			r.Recorder.Eventf(p, nil, corev1.EventTypeNormal, "IngestTokenCreated", "Create",
+				"ingest token Secret %s/%s created", ns, name)
+		case string(s.Data[IngestTokenKey]) != token:
+			// Only a copy that differs from the other (or was emptied) is
+			// rewritten, and never silently.
+			s.Data = want.Data
+			if err := r.Client.Update(ctx, s, client.FieldOwner(FieldOwner)); err != nil {
+				return "", fmt.Errorf("cannot write Secret %s/%s: %w", ns, name, err)
+			}
+			r.Recorder.Eventf(p, nil, corev1.EventTypeWarning, "IngestTokenRepaired", "Update",
+				"ingest token Secret %s/%s held another token or none; set to the policy's token", ns, name)
+		}
+	}
+	return token, nil
+}
+
+// validIngestToken reports whether t can be a token file's content: the
+// classifier requires one non-empty word.
+func validIngestToken(t string) bool {
+	return t != "" && !strings.ContainsAny(t, " \t\r\n")
 }
 
 // apply writes obj with server-side apply under FieldOwner: the API

@@ -2,6 +2,7 @@ package controllers
 
 import (
 	"context"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"os"
@@ -81,7 +82,48 @@ func childObjects(policy string) []client.Object {
 		&corev1.Service{ObjectMeta: meta(ClassifierName(policy), c)},
 		&corev1.ServiceAccount{ObjectMeta: meta(ClassifierName(policy), c)},
 		&corev1.PersistentVolumeClaim{ObjectMeta: meta(ClassifierDataName(policy), c)},
+		&corev1.Secret{ObjectMeta: meta(IngestTokenName(policy), a)},
+		&corev1.Secret{ObjectMeta: meta(IngestTokenName(policy), c)},
 	}
+}
+
+// ingestSecrets returns the policy's token Secrets, the agents' and the
+// classifier's.
+func ingestSecrets(name string) (agents, classifier *corev1.Secret, err error) {
+	agents, classifier = &corev1.Secret{}, &corev1.Secret{}
+	if err := k8s.Get(ctx, client.ObjectKey{Namespace: DefaultAgentNamespace, Name: IngestTokenName(name)}, agents); err != nil {
+		return nil, nil, err
+	}
+	if err := k8s.Get(ctx, client.ObjectKey{Namespace: DefaultClassifierNamespace, Name: IngestTokenName(name)}, classifier); err != nil {
+		return nil, nil, err
+	}
+	return agents, classifier, nil
+}
+
+// tokenMount checks that a pod mounts the policy's token Secret read-only
+// so that IngestTokenPath is its token.
+func tokenMount(pod corev1.PodSpec, policy string) error {
+	var vol *corev1.Volume
+	for i := range pod.Volumes {
+		if s := pod.Volumes[i].Secret; s != nil && s.SecretName == IngestTokenName(policy) {
+			vol = &pod.Volumes[i]
+		}
+	}
+	if vol == nil {
+		return fmt.Errorf("no volume of Secret %s in %+v", IngestTokenName(policy), pod.Volumes)
+	}
+	if it := vol.Secret.Items; len(it) != 1 || it[0].Key != IngestTokenKey || it[0].Path != IngestTokenKey {
+		return fmt.Errorf("token volume items %+v", it)
+	}
+	for _, m := range pod.Containers[0].VolumeMounts {
+		if m.Name == vol.Name {
+			if !m.ReadOnly || filepath.Join(m.MountPath, IngestTokenKey) != IngestTokenPath {
+				return fmt.Errorf("token mount %+v", m)
+			}
+			return nil
+		}
+	}
+	return fmt.Errorf("token volume not mounted: %+v", pod.Containers[0].VolumeMounts)
 }
 
 func getPolicy(t *testing.T, name string) *samplingv1alpha1.SamplingPolicy {
@@ -576,6 +618,120 @@ func TestDeletionWaitsForTheAgentsToGo(t *testing.T) {
 		}
 		return fmt.Errorf("still there (%v)", err)
 	})
+}
+
+// The ingest token: one per policy, the same in both namespaces, mounted
+// into agents and classifier, and never replaced by a reconcile, a spec
+// change or a controller restart.
+func TestIngestTokenIsSharedMountedAndStable(t *testing.T) {
+	needEnv(t)
+	c := startController(t, testOptions())
+	newPolicy(t, "token", nil)
+	var token string
+	var versions [2]string
+	eventually(t, wait, "token Secrets", func() error {
+		a, cl, err := ingestSecrets("token")
+		if err != nil {
+			return err
+		}
+		token = string(cl.Data[IngestTokenKey])
+		if string(a.Data[IngestTokenKey]) != token {
+			return fmt.Errorf("agents' token %q, classifier's %q", a.Data[IngestTokenKey], token)
+		}
+		versions = [2]string{a.ResourceVersion, cl.ResourceVersion}
+		return nil
+	})
+	if b, err := base64.RawURLEncoding.DecodeString(token); err != nil || len(b) != 32 {
+		t.Fatalf("token %q: %d bytes, %v", token, len(b), err)
+	}
+	p := getPolicy(t, "token")
+	a, cl, _ := ingestSecrets("token")
+	for _, s := range []*corev1.Secret{a, cl} {
+		if !metav1.IsControlledBy(s, p) || s.Type != corev1.SecretTypeOpaque {
+			t.Errorf("Secret %s/%s: owners %+v, type %s", s.Namespace, s.Name, s.OwnerReferences, s.Type)
+		}
+	}
+	// Both pods mount it; the agent's settings and the classifier's
+	// command line point at it.
+	eventually(t, wait, "token mounted", func() error {
+		ds, err := getDS("token")
+		if err != nil {
+			return err
+		}
+		if err := tokenMount(ds.Spec.Template.Spec, "token"); err != nil {
+			return fmt.Errorf("agent: %w", err)
+		}
+		d, err := getDeployment("token")
+		if err != nil {
+			return err
+		}
+		if err := tokenMount(d.Spec.Template.Spec, "token"); err != nil {
+			return fmt.Errorf("classifier: %w", err)
+		}
+		if args := d.Spec.Template.Spec.Containers[0].Args; !slices.Contains(args, "--ingest-token-file="+IngestTokenPath) {
+			return fmt.Errorf("classifier args %v", args)
+		}
+		if h := d.Spec.Template.Annotations[AnnotationIngestTokenHash]; h != IngestTokenHash(token) {
+			return fmt.Errorf("classifier token hash %q", h)
+		}
+		return nil
+	})
+	if f := agentSettings(t, "token").SinkTokenFile; f != IngestTokenPath {
+		t.Errorf("agent sinkTokenFile %q", f)
+	}
+
+	unchanged := func(when string) {
+		t.Helper()
+		a, cl, err := ingestSecrets("token")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if string(a.Data[IngestTokenKey]) != token || string(cl.Data[IngestTokenKey]) != token {
+			t.Fatalf("%s: the token changed", when)
+		}
+		if got := [2]string{a.ResourceVersion, cl.ResourceVersion}; got != versions {
+			t.Errorf("%s: Secrets written again: resourceVersions %v -> %v", when, versions, got)
+		}
+	}
+	setProbability := func(prob string, want float64) {
+		t.Helper()
+		p := getPolicy(t, "token")
+		p.Spec.Probability = prob
+		if err := k8s.Update(ctx, p); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, wait, "settings "+prob, func() error {
+			if got := agentSettings(t, "token").Probability; got != want {
+				return fmt.Errorf("probability %v", got)
+			}
+			return nil
+		})
+	}
+	setProbability("0.01", 0.01)
+	unchanged("after a spec change")
+	c.restart(t)
+	setProbability("0.02", 0.02)
+	unchanged("after a controller restart")
+
+	// A lost copy comes back with the same token (at the next reconcile:
+	// the controller watches no Secrets).
+	if err := k8s.Delete(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: DefaultAgentNamespace, Name: IngestTokenName("token")}}); err != nil {
+		t.Fatal(err)
+	}
+	setProbability("0.03", 0.03)
+	eventually(t, wait, "agents' Secret recreated", func() error {
+		a, _, err := ingestSecrets("token")
+		if err != nil {
+			return err
+		}
+		if string(a.Data[IngestTokenKey]) != token {
+			return errors.New("recreated with another token")
+		}
+		return nil
+	})
+	if d, _ := getDeployment("token"); d.Spec.Template.Annotations[AnnotationIngestTokenHash] != IngestTokenHash(token) {
+		t.Error("the classifier's token hash changed")
+	}
 }
 
 func resourceQuantity(s string) resource.Quantity { return resource.MustParse(s) }
