@@ -17,5 +17,6 @@ by the stage where they ended, tags and signatures (Cloudflare Radar's method).`
 	root.AddCommand(newAgentCommand())
 	root.AddCommand(newControllerCommand())
 	root.AddCommand(newClassifierCommand())
+	root.AddCommand(newStandaloneCommand())
 	return root
 }
