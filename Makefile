@@ -73,10 +73,18 @@ fuzz:
 bench:
 	bash hack/bench/run.sh
 
-## demo classifies the bundled real-traffic scenario captures and prints the
-## Radar-style summary and the table.
+## demo runs connscope live (root): client, router and server network
+## namespaces, `connscope standalone` in the server, real traffic (clients,
+## scanners, a middlebox, an RST injector), the Radar-style summary, then the
+## dashboard on http://127.0.0.1:8080/ until Ctrl-C (hack/demo.sh;
+## DEMO_EXIT_AFTER_SUMMARY=1 stops after the summary, DEMO_PORT moves the
+## dashboard). demo-captures classifies the bundled captures instead.
+.PHONY: demo-captures
 demo: build
-	bash hack/demo.sh
+	CONNSCOPE=$(BIN) bash hack/demo.sh
+
+demo-captures: build
+	bash hack/demo-captures.sh
 
 clean:
 	rm -rf bin .cache
