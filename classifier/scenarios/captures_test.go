@@ -21,7 +21,7 @@ import (
 //	testdata/agent/golden.json
 //
 // The files of one folder are classified together (connscope merges them by
-// timestamp), as `make demo` does with testdata/*.pcap: the marker
+// timestamp), as `make demo-captures` does with testdata/*.pcap: the marker
 // connection in marker.pcap, made more than the idle timeout after all the
 // others, is what lets the silent connections of the other files be judged
 // timeouts rather than incomplete. The NFLOG captures and the agent's sit in
@@ -51,7 +51,7 @@ func (g golden) key() string {
 }
 
 // TestScenarioCaptures classifies the bundled captures of real traffic with
-// the default flags, as `make demo` does, and compares every connection with
+// the default flags, as `make demo-captures` does, and compares every connection with
 // the golden files. It needs neither root nor any tool besides go.
 func TestScenarioCaptures(t *testing.T) {
 	for _, dir := range []string{testdataDir, testdataNFLOGDir, testdataAgentDir} {
