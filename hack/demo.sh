@@ -187,7 +187,7 @@ for i in $(seq 30); do
 done
 
 say "Radar-style summary: GET $summary_url (from $server)"
-printf '%s' "$cur" | $py -m json.tool
+printf '%s' "$cur" | $py -m json.tool --no-ensure-ascii
 [ -z "${DEMO_SUMMARY_FILE:-}" ] || printf '%s' "$cur" >"$DEMO_SUMMARY_FILE"
 printf '%s' "$cur" | $py -c '
 import json, sys
