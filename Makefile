@@ -68,10 +68,28 @@ fuzz:
 	$(GO) test ./packet -run '^$$' -fuzz FuzzDecode -fuzztime $(FUZZTIME)
 	$(GO) test ./classifier/capture -run '^$$' -fuzz FuzzReader -fuzztime $(FUZZTIME)
 
-## bench compares connscope classify with a bare read and with peers
-## (tshark, argus, tcptrace) on one synthetic capture; see hack/bench.
+## bench runs the engine benchmark (connscope classify against a bare read
+## and peers: tshark, argus, tcptrace; hack/bench/run.sh), then the agent's:
+## capture (NFLOG readers under a SYN flood: the agent, ulogd2, tshark) and
+## datapath (iperf3 and wrk through the rules). Each alone: bench-engine,
+## bench-agent (both agent benchmarks), bench-agent-capture,
+## bench-agent-datapath. The agent's need root; results in .cache/bench.
+.PHONY: bench-engine bench-agent bench-agent-capture bench-agent-datapath
 bench:
 	bash hack/bench/run.sh
+	bash hack/bench/agent-capture.sh
+	bash hack/bench/agent-datapath.sh
+
+bench-engine:
+	bash hack/bench/run.sh
+
+bench-agent: bench-agent-capture bench-agent-datapath
+
+bench-agent-capture:
+	bash hack/bench/agent-capture.sh
+
+bench-agent-datapath:
+	bash hack/bench/agent-datapath.sh
 
 ## demo runs connscope live (root): client, router and server network
 ## namespaces, `connscope standalone` in the server, real traffic (clients,

@@ -1,0 +1,298 @@
+# agent-lib.sh is sourced by the agent benchmarks (agent-capture.sh,
+# agent-datapath.sh): network namespaces joined by a veth, processes started
+# in them and stopped by PID, and a cleanup that runs on every exit.
+#
+# Everything happens in two namespaces made here (csb-cli-* and csb-srv-*),
+# joined by one veth pair with segmentation offloads off, addressed from
+# 198.18.0.0/15 (RFC 2544's benchmarking range) on those veths only. No
+# rule, route or sysctl of the machine's own namespace is read or changed,
+# except that iptables-save (which changes nothing) checks at the end that
+# the machine has no rule of the benchmark's policies.
+#
+# Functions (after bench_init):
+#   bench_init NAME        work folder, logs in .cache/bench/agent-out/NAME, the trap
+#   ns_pair                make the namespaces and the veth; sets CLI, SRV,
+#                          CLI_IP, SRV_IP, CLI_DEV, SRV_DEV, CLI_MAC, SRV_MAC
+#   ns_drop                remove them (and stop what runs in them first)
+#   in_ns NS CMD...        run CMD in namespace NS (nsenter, no /sys remount)
+#   start_bg NAME NS CPU CMD...   start CMD in NS pinned to CPU ("" = any) in a
+#                          session of its own, in cgroup $BG_CGROUP when set;
+#                          sets BG_PID; output in $LOGS/NAME.log
+#   cpu_limit_group FRACTION   a cpu cgroup allowed FRACTION of one core (CFS
+#                          quota, 100 ms period), removed at exit; sets BG_CGROUP
+#   stop_bg PID [SIGNAL] [SECONDS]   signal PID, wait for it, then SIGKILL its group
+#   group_cpu_ticks PID    user+system clock ticks of every process in PID's group
+#   nflog_bound NS GROUP   true when GROUP is bound in NS (/proc/net/netfilter/nfnetlink_log)
+
+set -euo pipefail
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+CACHE=$REPO/.cache/bench
+CLK_TCK=$(getconf CLK_TCK)
+BG_PIDS=()
+NAMESPACES=()
+CGROUPS=()
+BG_CGROUP=""
+# the policy names the benchmarks give the agent; checked on the host at exit
+BENCH_POLICIES=(bench-capture bench-datapath)
+
+log() { echo "${BENCH_NAME:-bench}: $*" >&2; }
+die() {
+	log "$*"
+	exit 1
+}
+
+bench_init() {
+	BENCH_NAME=$1
+	[[ $(id -u) -eq 0 ]] || die "needs root (network namespaces, iptables, NFLOG)"
+	mkdir -p "$CACHE"
+	printf '*\n' >"$CACHE/.gitignore" # the cache folder ignores itself
+	LOGS=$CACHE/agent-out/$BENCH_NAME
+	rm -rf "$LOGS"
+	mkdir -p "$LOGS"
+	WORK=$(mktemp -d "/tmp/connscope-$BENCH_NAME.XXXXXX")
+	HOST_RULES_BEFORE=$(host_policy_rules)
+	trap bench_cleanup EXIT
+	trap 'log "interrupted"; exit 130' INT TERM HUP
+}
+
+# bench_cleanup stops every process started here (by PID, then its
+# group), removes the namespaces and the work folder, and checks that the
+# machine's own rules hold nothing of the benchmark's policies.
+bench_cleanup() {
+	local rc=$? pid ns
+	trap - EXIT INT TERM HUP
+	set +e
+	for pid in "${BG_PIDS[@]}"; do
+		stop_bg "$pid" TERM 5 2>/dev/null
+	done
+	for ns in "${NAMESPACES[@]}"; do
+		ip netns del "$ns" 2>/dev/null
+	done
+	local cg
+	for cg in "${CGROUPS[@]}"; do
+		rmdir "$cg" 2>/dev/null || log "could not remove cgroup $cg"
+	done
+	[[ -n ${WORK:-} && -d $WORK ]] && rm -rf "$WORK"
+	if [[ -n ${HOST_RULES_BEFORE+x} ]]; then
+		local after
+		after=$(host_policy_rules)
+		if [[ $after != "$HOST_RULES_BEFORE" ]]; then
+			log "ERROR: the machine's own iptables rules changed during the benchmark:"
+			diff <(echo "$HOST_RULES_BEFORE") <(echo "$after") >&2
+			rc=1
+		fi
+	fi
+	exit "$rc"
+}
+
+# host_policy_rules prints the machine's rules that mention a policy of the
+# benchmarks (iptables-save only reads).
+host_policy_rules() {
+	local prog pat
+	pat=$(
+		IFS='|'
+		echo "${BENCH_POLICIES[*]}"
+	)
+	for prog in iptables-nft-save ip6tables-nft-save iptables-legacy-save ip6tables-legacy-save; do
+		command -v "$prog" >/dev/null || continue
+		"$prog" 2>/dev/null | grep -E "connscope policy ($pat)" | sed "s/^/$prog: /" || true
+	done
+}
+
+in_ns() {
+	local ns=$1
+	shift
+	nsenter --net="/run/netns/$ns" -- "$@"
+}
+
+ns_pair() {
+	local id
+	id=$(od -An -N3 -tx1 /dev/urandom | tr -d ' \n')
+	CLI=csb-cli-$id SRV=csb-srv-$id
+	CLI_DEV=csb-c$id SRV_DEV=csb-s$id # up to 15 characters
+	CLI_IP=198.18.0.1 SRV_IP=198.18.0.2
+	ip netns add "$CLI"
+	NAMESPACES+=("$CLI")
+	ip netns add "$SRV"
+	NAMESPACES+=("$SRV")
+	# Made inside the client namespace: the machine's namespace never
+	# holds either end.
+	ip -n "$CLI" link add "$CLI_DEV" type veth peer name "$SRV_DEV" netns "$SRV"
+	local ns dev ip
+	for ns in "$CLI" "$SRV"; do
+		if [[ $ns == "$CLI" ]]; then dev=$CLI_DEV ip=$CLI_IP; else dev=$SRV_DEV ip=$SRV_IP; fi
+		ip -n "$ns" link set lo up
+		# one segment is one packet (as on the wire, and as NFLOG logs it)
+		in_ns "$ns" ethtool -K "$dev" tso off gso off gro off >/dev/null
+		ip -n "$ns" addr add "$ip/30" dev "$dev"
+		ip -n "$ns" link set "$dev" up
+	done
+	SRV_MAC=$(ip -n "$SRV" -o link show "$SRV_DEV" | grep -o 'link/ether [0-9a-f:]*' | cut -d' ' -f2)
+	CLI_MAC=$(ip -n "$CLI" -o link show "$CLI_DEV" | grep -o 'link/ether [0-9a-f:]*' | cut -d' ' -f2)
+	# No ARP during a run.
+	ip -n "$CLI" neigh replace "$SRV_IP" lladdr "$SRV_MAC" dev "$CLI_DEV" nud permanent
+	ip -n "$SRV" neigh replace "$CLI_IP" lladdr "$CLI_MAC" dev "$SRV_DEV" nud permanent
+}
+
+# ns_drop stops the processes still running in the current pair, then
+# deletes it.
+ns_drop() {
+	local pid ns keep=()
+	for pid in "${BG_PIDS[@]}"; do
+		stop_bg "$pid" TERM 5 2>/dev/null || true
+	done
+	BG_PIDS=()
+	for ns in "${NAMESPACES[@]}"; do
+		if [[ $ns == "${CLI:-}" || $ns == "${SRV:-}" ]]; then
+			ip netns del "$ns" 2>/dev/null || true
+		else
+			keep+=("$ns")
+		fi
+	done
+	NAMESPACES=("${keep[@]}")
+}
+
+start_bg() {
+	local name=$1 ns=$2 cpu=$3
+	shift 3
+	local pin=()
+	[[ -n $cpu ]] && pin=(taskset -c "$cpu")
+	# Not a process-group leader (no job control), so setsid does not
+	# fork: $! is the program itself once nsenter and taskset have exec'd
+	# (and bash, which joins the cgroup first).
+	if [[ -n $BG_CGROUP ]]; then
+		setsid bash -c 'echo $$ >"$1/cgroup.procs" && shift && exec "$@"' _ "$BG_CGROUP" \
+			nsenter --net="/run/netns/$ns" -- "${pin[@]}" "$@" >"$LOGS/$name.log" 2>&1 </dev/null &
+	else
+		setsid nsenter --net="/run/netns/$ns" -- "${pin[@]}" "$@" >"$LOGS/$name.log" 2>&1 </dev/null &
+	fi
+	BG_PID=$!
+	BG_PIDS+=("$BG_PID")
+}
+
+stop_bg() {
+	local pid=$1 sig=${2:-TERM} secs=${3:-10} i
+	kill -0 "$pid" 2>/dev/null || {
+		wait "$pid" 2>/dev/null || true
+		return 0
+	}
+	kill -s "$sig" "$pid" 2>/dev/null || true
+	for ((i = 0; i < secs * 10; i++)); do
+		kill -0 "$pid" 2>/dev/null || break
+		sleep 0.1
+	done
+	if kill -0 "$pid" 2>/dev/null; then
+		log "PID $pid did not stop on SIG$sig within ${secs}s: SIGKILL to its group"
+		kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
+	fi
+	wait "$pid" 2>/dev/null || true
+	# anything it left in its group (dumpcap under tshark)
+	kill -KILL -- "-$pid" 2>/dev/null || true
+	local keep=() p
+	for p in "${BG_PIDS[@]}"; do [[ $p == "$pid" ]] || keep+=("$p"); done
+	BG_PIDS=("${keep[@]}")
+}
+
+cpu_limit_group() {
+	local frac=$1 quota dir
+	quota=$(awk -v f="$frac" 'BEGIN { printf "%d", f * 100000 }')
+	((quota >= 1000)) || die "CPU limit $frac: at least 0.01 of a core"
+	if [[ -f /sys/fs/cgroup/cpu/cpu.cfs_quota_us ]]; then # cgroup v1
+		dir=/sys/fs/cgroup/cpu/connscope-$BENCH_NAME-$$-${#CGROUPS[@]}
+		mkdir "$dir"
+		CGROUPS+=("$dir")
+		echo 100000 >"$dir/cpu.cfs_period_us"
+		echo "$quota" >"$dir/cpu.cfs_quota_us"
+	elif [[ -f /sys/fs/cgroup/cgroup.controllers ]]; then # cgroup v2
+		grep -qw cpu /sys/fs/cgroup/cgroup.subtree_control ||
+			die "cgroup v2 without the cpu controller enabled for children: CPU limits are not possible here"
+		dir=/sys/fs/cgroup/connscope-$BENCH_NAME-$$-${#CGROUPS[@]}
+		mkdir "$dir"
+		CGROUPS+=("$dir")
+		echo "$quota 100000" >"$dir/cpu.max"
+	else
+		die "no cpu cgroup controller found: CPU limits are not possible here"
+	fi
+	BG_CGROUP=$dir
+}
+
+group_cpu_ticks() {
+	# /proc/PID/stat: the command may hold spaces; fields after ")" are
+	# state ppid pgrp ... utime(14) stime(15), counted from the start.
+	local pgid=$1
+	# (a process may end between the glob and the read: not an error)
+	{ cat /proc/[0-9]*/stat 2>/dev/null || true; } | awk -v g="$pgid" '{
+		sub(/^.*\) /, ""); split($0, f, " ")
+		if (f[3] == g) t += f[12] + f[13]
+	} END { printf "%d\n", t }'
+}
+
+nflog_bound() {
+	# columns: group, peer portid, queued, copy mode, copy range, flush timeout, use
+	in_ns "$1" cat /proc/net/netfilter/nfnetlink_log 2>/dev/null | awk -v g="$2" '$1 == g { f = 1 } END { exit !f }'
+}
+
+# wait_for SECONDS CMD...: polls CMD every 0.1 s until it succeeds.
+wait_for() {
+	local secs=$1 i
+	shift
+	for ((i = 0; i < secs * 10; i++)); do
+		"$@" && return 0
+		sleep 0.1
+	done
+	return 1
+}
+
+# median of the numbers given
+median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { if (NR == 0) exit; print (NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2) }'; }
+
+# build_tools builds connscope and the benchmark programs into $CACHE.
+build_tools() {
+	log "building connscope, synflood, tinyhttp and bareread into $CACHE"
+	(
+		cd "$REPO"
+		go build -o "$CACHE/connscope" ./cmd/connscope
+		go build -o "$CACHE/synflood" ./hack/bench/synflood
+		go build -o "$CACHE/tinyhttp" ./hack/bench/tinyhttp
+		go build -o "$CACHE/bareread" ./hack/bench/bareread
+	)
+}
+
+# need_tools CMD...: runs hack/setup-bench.sh once when one is missing.
+need_tools() {
+	local t missing=0
+	for t in "$@"; do
+		if [[ $t == /* ]]; then compgen -G "$t" >/dev/null || missing=1; else command -v "$t" >/dev/null || missing=1; fi
+	done
+	if [[ $missing -eq 1 && ${BENCH_NO_SETUP:-} != 1 ]]; then
+		log "installing tools: hack/setup-bench.sh"
+		bash "$REPO/hack/setup-bench.sh" >&2 || true
+	fi
+	for t in "$@"; do
+		if [[ $t == /* ]]; then compgen -G "$t" >/dev/null || die "$t is missing: run hack/setup-bench.sh as root"; else command -v "$t" >/dev/null || die "$t is missing: run hack/setup-bench.sh as root"; fi
+	done
+}
+
+# write_agent_results joins the agent benchmarks' reports that exist into
+# .cache/bench/agent-results.md.
+write_agent_results() {
+	local f parts=()
+	for f in "$CACHE/agent-capture.md" "$CACHE/agent-datapath.md"; do
+		[[ -s $f ]] && parts+=("$f")
+	done
+	{
+		echo "# connscope agent benchmarks"
+		echo
+		echo "Written by hack/bench/agent-capture.sh and hack/bench/agent-datapath.sh (make bench-agent); each part says when it ran."
+		for f in "${parts[@]}"; do
+			echo
+			cat "$f"
+		done
+	} >"$CACHE/agent-results.md"
+}
+
+# kernel_info: one line on the machine.
+kernel_info() {
+	echo "kernel $(uname -r), $(nproc) cores ($(lscpu | sed -n 's/^Model name:[[:space:]]*//p' | head -n 1)), $(go version | cut -d' ' -f3), commit $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo none)"
+}
