@@ -6,7 +6,7 @@ BIN     := bin/connscope
 PKGS    := ./...
 FUZZTIME ?= 30s
 
-.PHONY: all build test test-unit lint fuzz bench demo setup setup-test clean envtest manifests generate
+.PHONY: all build test test-unit lint fuzz bench demo setup setup-test clean envtest manifests generate images
 
 all: build
 
@@ -32,6 +32,14 @@ test: setup-test lint verify-generated envtest
 ## KUBEBUILDER_ASSETS).
 envtest:
 	bash hack/envtest.sh >/dev/null
+
+## images writes connscope/connscope:latest and connscope/pause:latest as
+## image archives into .cache/images (hack/images.sh: no Docker engine or
+## registry needed; load them with `ctr -n k8s.io images import FILE`).
+## IMAGE_TAG changes the tag.
+IMAGE_TAG ?= latest
+images:
+	bash hack/images.sh --tag $(IMAGE_TAG)
 
 ## manifests regenerates config/crd/bases and config/rbac/role.yaml from
 ## the kubebuilder markers; generate regenerates the API's deep-copy code
