@@ -39,46 +39,9 @@ func FromRecord(p *Packet, r *packet.Record) {
 // range, or a number of option kinds other than min(num_options,
 // packet.MaxOptions).
 func ToRecord(r *packet.Record, p *Packet) error {
-	*r = packet.Record{
-		Timestamp: p.TimestampNs,
-		Seq:       p.Seq,
-		Ack:       p.Ack,
-		DF:        p.Df,
-	}
-	switch {
-	case len(p.SrcIp) == 4 && len(p.DstIp) == 4:
-		r.IPVersion = 4
-		r.SrcIP[10], r.SrcIP[11] = 0xff, 0xff
-		r.DstIP[10], r.DstIP[11] = 0xff, 0xff
-		copy(r.SrcIP[12:], p.SrcIp)
-		copy(r.DstIP[12:], p.DstIp)
-	case len(p.SrcIp) == 16 && len(p.DstIp) == 16:
-		r.IPVersion = 6
-		copy(r.SrcIP[:], p.SrcIp)
-		copy(r.DstIP[:], p.DstIp)
-	default:
-		return fmt.Errorf("packet addresses of %d and %d bytes: want both 4 (IPv4) or both 16 (IPv6)", len(p.SrcIp), len(p.DstIp))
-	}
-	var err error
-	r.SrcPort, err = field16("src_port", p.SrcPort, err)
-	r.DstPort, err = field16("dst_port", p.DstPort, err)
-	r.Window, err = field16("window", p.Window, err)
-	r.IPID, err = field16("ip_id", p.IpId, err)
-	r.PayloadLen, err = field16("payload_len", p.PayloadLen, err)
-	var flags, ttl uint8
-	flags, err = field8("flags", p.Flags, err)
-	ttl, err = field8("ttl", p.Ttl, err)
-	r.NumOptions, err = field8("num_options", p.NumOptions, err)
-	if err != nil {
-		return err
-	}
-	r.Flags, r.TTL = packet.Flags(flags), ttl
-	if want := min(int(p.NumOptions), packet.MaxOptions); len(p.OptionKinds) != want {
-		return fmt.Errorf("packet has %d option kinds and num_options %d: want %d kinds (the first %d are kept)",
-			len(p.OptionKinds), p.NumOptions, want, packet.MaxOptions)
-	}
-	copy(r.Options[:], p.OptionKinds)
-	return nil
+	var w wirePacket
+	w.fromMessage(p)
+	return w.record(r)
 }
 
 func field16(name string, v uint32, err error) (uint16, error) {
