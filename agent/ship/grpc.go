@@ -68,12 +68,12 @@ type grpcSink struct {
 	// rejected; the next batch is acked+1, also when it is a batch sent
 	// again after a failure.
 	acked uint64
-	// msg is reused from batch to batch with its Packet messages. No
-	// stats handler or tracing is installed on the connection, so nothing
-	// reads a message after SendMsg returns, and msg is only changed by
-	// the next Send.
-	msg      ingestpb.PacketBatch
-	counters ingestpb.AgentCounters
+	// frame holds the batches' fields besides the packets; wire is the
+	// batch being sent, encoded by ingestpb.AppendBatch straight from the
+	// records (no message per packet) into storage reused from batch to
+	// batch: ingestpb.WireCodec copies it into a buffer of gRPC's own.
+	frame ingestpb.Frame
+	wire  ingestpb.Wire
 }
 
 func openGRPC(target string, useTLS bool, o Options) (*grpcSink, error) {
@@ -110,8 +110,8 @@ func openGRPC(target string, useTLS bool, o Options) (*grpcSink, error) {
 		s.timeout = DefaultAckTimeout
 	}
 	s.life, s.endLife = context.WithCancel(context.Background())
-	s.msg.Node, s.msg.Policy, s.msg.AgentInstance = o.Node, o.Policy, s.instance
-	s.msg.Counters = &s.counters
+	s.frame.Node, s.frame.Policy, s.frame.AgentInstance = o.Node, o.Policy, s.instance
+	s.frame.HasCounters = o.Counters != nil
 	return s, nil
 }
 
@@ -159,23 +159,23 @@ func (s *grpcSink) roundTrip(seq uint64, batch []packet.Record) error {
 		if token != "" {
 			ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+token)
 		}
-		stream, err := s.client.Push(ctx)
+		stream, err := s.client.Push(ctx, grpc.ForceCodecV2(ingestpb.WireCodec{}))
 		if err != nil {
 			return fmt.Errorf("open stream: %w", err)
 		}
 		s.stream = stream
 	}
-	s.msg.Sequence = seq
-	s.msg.Packets = ingestpb.AppendPackets(s.msg.Packets[:0], batch)
+	s.frame.Sequence = seq
 	if s.opts.Counters != nil {
 		c := s.opts.Counters()
-		s.counters.PacketsLogged = c.PacketsLogged
-		s.counters.PacketsLostKernel = c.PacketsLostKernel
-		s.counters.ReceiveOverflows = c.ReceiveOverflows
-		s.counters.PacketsDroppedQueueFull = c.DroppedQueueFull
-		s.counters.ReadErrors = c.ReadErrors
+		s.frame.Counters.PacketsLogged = c.PacketsLogged
+		s.frame.Counters.PacketsLostKernel = c.PacketsLostKernel
+		s.frame.Counters.ReceiveOverflows = c.ReceiveOverflows
+		s.frame.Counters.PacketsDroppedQueueFull = c.DroppedQueueFull
+		s.frame.Counters.ReadErrors = c.ReadErrors
 	}
-	if err := s.stream.Send(&s.msg); err != nil {
+	s.wire.B = ingestpb.AppendBatch(s.wire.B[:0], &s.frame, batch)
+	if err := s.stream.SendMsg(&s.wire); err != nil {
 		if errors.Is(err, io.EOF) {
 			// The receiver ended the stream; Recv returns its status.
 			_, err = s.stream.Recv()

@@ -4,6 +4,10 @@
 // assembles and classifies connections as their packets arrive, and
 // writes the aggregates of finished connections to the store.
 //
+// The gRPC server must be made with ServerOptions: batches are received as
+// their wire bytes, decoded straight into records (ingestpb.DecodeFrame,
+// no message per packet) and journaled as they came.
+//
 // # Acceptance
 //
 // A stream must carry `authorization: Bearer <token>` equal (compared in
@@ -77,7 +81,6 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/proto"
 
 	"github.com/connscope/connscope/classifier/aggregate"
 	"github.com/connscope/connscope/classifier/classify"
@@ -179,7 +182,6 @@ type Server struct {
 	stats   Stats
 	retry   *store.Commit // a commit that failed, tried again first
 	drain   bool          // shutting down: refuse batches
-	recs    []packet.Record
 
 	commitMu sync.Mutex // one commit at a time
 
@@ -189,7 +191,7 @@ type Server struct {
 
 	// afterAccept, when set (tests), runs after a batch is accepted and
 	// before its ack is sent.
-	afterAccept func(*ingestpb.PacketBatch)
+	afterAccept func(*ingestpb.Frame)
 }
 
 // New opens the engine and replays the journal.
@@ -235,8 +237,16 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	return s, nil
 }
 
-// Register adds the Ingest service to a gRPC server.
+// Register adds the Ingest service to a gRPC server, which must have been
+// made with ServerOptions.
 func (s *Server) Register(r grpc.ServiceRegistrar) { ingestpb.RegisterIngestServer(r, s) }
+
+// ServerOptions are the options the gRPC server of Register needs: a codec
+// that hands Push each batch as its wire bytes (ingestpb.WireCodec; other
+// messages go through gRPC's protobuf codec as usual).
+func ServerOptions() []grpc.ServerOption {
+	return []grpc.ServerOption{grpc.ForceServerCodecV2(ingestpb.WireCodec{})}
+}
 
 // Stats returns the counts so far.
 func (s *Server) Stats() Stats {
@@ -319,18 +329,13 @@ func (s *Server) replay(ctx context.Context) error {
 		e.skip[id.Key+fmt.Sprint(id.First)] = true
 	}
 	rows := 0
-	var msg ingestpb.PacketBatch
+	var f ingestpb.Frame
 	err = s.cfg.Store.Journal(ctx, func(r store.JournalRow) error {
-		if err := proto.Unmarshal(r.Data, &msg); err != nil {
+		if err := ingestpb.DecodeFrame(&f, r.Data); err != nil {
 			return fmt.Errorf("ingest: replay journal row %d: %w", r.ID, err)
 		}
-		recs, err := ingestpb.AppendRecords(s.recs[:0], msg.Packets)
-		if err != nil {
-			return fmt.Errorf("ingest: replay journal row %d: %w", r.ID, err)
-		}
-		s.recs = recs
 		e := setup(engineKey{r.Node, r.Policy})
-		if err := e.table.AddBatch(recs); err != nil {
+		if err := e.table.AddBatch(f.Records); err != nil {
 			return fmt.Errorf("ingest: replay journal row %d: %w", r.ID, err)
 		}
 		e.lastID = r.ID
@@ -372,15 +377,20 @@ func (s *Server) Push(stream ingestpb.Ingest_PushServer) error {
 			}
 		}
 	}()
+	var raw ingestpb.Wire
+	var f ingestpb.Frame
 	for {
-		b, err := stream.Recv()
-		if err == io.EOF {
-			return nil
-		}
-		if err != nil {
+		if err := stream.RecvMsg(&raw); err != nil {
+			if err == io.EOF {
+				return nil
+			}
 			return err
 		}
-		if err := s.accept(ctx, b); err != nil {
+		b := &f
+		if err := ingestpb.DecodeFrame(b, raw.B); err != nil {
+			return s.reject(b.Sequence, "%v", err)
+		}
+		if err := s.accept(b, raw.B); err != nil {
 			return err
 		}
 		if k := (engineKey{b.Node, b.Policy}); !fed[k] {
@@ -417,15 +427,20 @@ func (s *Server) authenticate(ctx context.Context) error {
 	return nil
 }
 
-// accept makes b durable and feeds it to its engine, or returns the status
+// reject counts a batch that breaks the protocol and returns the status
 // the stream ends with.
-func (s *Server) accept(ctx context.Context, b *ingestpb.PacketBatch) error {
-	reject := func(format string, a ...any) error {
-		s.mu.Lock()
-		s.stats.Rejected++
-		s.mu.Unlock()
-		return status.Errorf(codes.InvalidArgument, "batch %d: "+format, append([]any{b.Sequence}, a...)...)
-	}
+func (s *Server) reject(seq uint64, format string, a ...any) error {
+	s.mu.Lock()
+	s.stats.Rejected++
+	s.mu.Unlock()
+	return status.Errorf(codes.InvalidArgument, "batch %d: "+format, append([]any{seq}, a...)...)
+}
+
+// accept makes b durable, journaling data (b's wire encoding), and feeds
+// it to its engine, or returns the status the stream ends with. It
+// returns once b's outcome is decided; b and data may be reused then.
+func (s *Server) accept(b *ingestpb.Frame, data []byte) error {
+	reject := func(format string, a ...any) error { return s.reject(b.Sequence, format, a...) }
 	if b.AgentInstance == "" {
 		return reject("no agent_instance")
 	}
@@ -441,25 +456,19 @@ func (s *Server) accept(ctx context.Context, b *ingestpb.PacketBatch) error {
 			return reject("policy %q: this classifier serves policy %q; point the agent at that policy's classifier", b.Policy, p)
 		}
 	}
-	recs, err := ingestpb.AppendRecords(nil, b.Packets)
-	if err != nil {
-		return reject("%v", err)
-	}
+	recs := b.Records
 	var maxTS int64
 	for i := range recs {
 		maxTS = max(maxTS, recs[i].Timestamp)
 	}
-	var data []byte
-	if len(b.Packets) > 0 {
-		if data, err = proto.Marshal(&ingestpb.PacketBatch{Packets: b.Packets}); err != nil {
-			return status.Errorf(codes.Internal, "batch %d: encode for the journal: %v", b.Sequence, err)
-		}
+	if len(recs) == 0 {
+		data = nil // nothing to journal
 	}
 	batch := store.Batch{
 		Instance: b.AgentInstance, Sequence: b.Sequence, Node: b.Node, Policy: b.Policy,
 		MaxTS: maxTS, Data: data,
 	}
-	if c := b.Counters; c != nil {
+	if c := &b.Counters; b.HasCounters {
 		batch.Counters = store.Counters{
 			PacketsLogged: c.PacketsLogged, PacketsLostKernel: c.PacketsLostKernel, ReceiveOverflows: c.ReceiveOverflows,
 			DroppedQueueFull: c.PacketsDroppedQueueFull, ReadErrors: c.ReadErrors,

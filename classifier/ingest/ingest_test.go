@@ -136,7 +136,7 @@ func start(t *testing.T, path, addr, token string, c *clock, db *geo.DB) *server
 	if err != nil {
 		t.Fatal(err)
 	}
-	g := grpc.NewServer()
+	g := grpc.NewServer(ingest.ServerOptions()...)
 	ing.Register(g)
 	s := &server{t: t, st: st, ing: ing, grpc: g, addr: lis.Addr().String(), clock: c, done: make(chan struct{})}
 	go func() { defer close(s.done); g.Serve(lis) }()
@@ -327,7 +327,7 @@ func TestDuplicateBatchIsAckedNotCounted(t *testing.T) {
 	var once sync.Once
 	// The first ack comes too late: the sink gives up and sends the batch
 	// again with the same sequence number on a new stream.
-	s.ing.SetAfterAccept(func(*ingestpb.PacketBatch) { once.Do(func() { time.Sleep(600 * time.Millisecond) }) })
+	s.ing.SetAfterAccept(func(*ingestpb.Frame) { once.Do(func() { time.Sleep(600 * time.Millisecond) }) })
 	sk := sink(t, s.addr, "", ship.Options{AckTimeout: 200 * time.Millisecond})
 	recs := traffic(10)
 	c.Set(time.Unix(0, recs[len(recs)-1].Timestamp))

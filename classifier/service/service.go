@@ -173,7 +173,7 @@ func Start(ctx context.Context, cfg Config) (*Service, error) {
 		return nil, err
 	}
 	metrics = api.NewMetrics(s.ing.Stats)
-	s.grpc = grpc.NewServer()
+	s.grpc = grpc.NewServer(ingest.ServerOptions()...)
 	s.ing.Register(s.grpc)
 	s.http = &http.Server{
 		Handler: api.New(api.Config{
