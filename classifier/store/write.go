@@ -60,10 +60,13 @@ func (s *Store) AcceptAll(ctx context.Context, bs []Batch) ([]Accepted, error) {
 		return nil, fmt.Errorf("store: accept batches: %w", err)
 	}
 	defer tx.Rollback()
+	highestStmt := tx.StmtContext(ctx, s.accept.highest)
+	agentStmt := tx.StmtContext(ctx, s.accept.agent)
+	journalStmt := tx.StmtContext(ctx, s.accept.journal)
 	out := make([]Accepted, len(bs))
 	for i, b := range bs {
 		var highest int64
-		switch err := tx.QueryRowContext(ctx, "SELECT highest FROM agents WHERE instance = ?", b.Instance).Scan(&highest); err {
+		switch err := highestStmt.QueryRowContext(ctx, b.Instance).Scan(&highest); err {
 		case nil, sql.ErrNoRows:
 		default:
 			return nil, fmt.Errorf("store: accept batch: %w", err)
@@ -73,20 +76,12 @@ func (s *Store) AcceptAll(ctx context.Context, bs []Batch) ([]Accepted, error) {
 			continue
 		}
 		c := b.Counters
-		if _, err := tx.ExecContext(ctx, `INSERT INTO agents (instance, node, policy, highest, updated_ns,
-			packets_logged, packets_lost_kernel, receive_overflows, packets_dropped_queue_full, read_errors)
-			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-			ON CONFLICT (instance) DO UPDATE SET highest = excluded.highest, updated_ns = excluded.updated_ns,
-			packets_logged = excluded.packets_logged, packets_lost_kernel = excluded.packets_lost_kernel,
-			receive_overflows = excluded.receive_overflows, packets_dropped_queue_full = excluded.packets_dropped_queue_full,
-			read_errors = excluded.read_errors`,
-			b.Instance, b.Node, b.Policy, int64(b.Sequence), time.Now().UnixNano(),
+		if _, err := agentStmt.ExecContext(ctx, b.Instance, b.Node, b.Policy, int64(b.Sequence), time.Now().UnixNano(),
 			int64(c.PacketsLogged), int64(c.PacketsLostKernel), int64(c.ReceiveOverflows), int64(c.DroppedQueueFull), int64(c.ReadErrors)); err != nil {
 			return nil, fmt.Errorf("store: accept batch: %w", err)
 		}
 		if len(b.Data) > 0 {
-			res, err := tx.ExecContext(ctx, "INSERT INTO journal (node, policy, max_ns, batch) VALUES (?, ?, ?, ?)",
-				b.Node, b.Policy, b.MaxTS, b.Data)
+			res, err := journalStmt.ExecContext(ctx, b.Node, b.Policy, b.MaxTS, b.Data)
 			if err != nil {
 				return nil, fmt.Errorf("store: journal batch: %w", err)
 			}
@@ -99,6 +94,46 @@ func (s *Store) AcceptAll(ctx context.Context, bs []Batch) ([]Accepted, error) {
 		return nil, fmt.Errorf("store: accept batches: %w", err)
 	}
 	return out, nil
+}
+
+// acceptStmts are the statements of AcceptAll, prepared once (parsing
+// them for every batch cost more than running them).
+type acceptStmts struct {
+	highest, agent, journal *sql.Stmt
+}
+
+func (a *acceptStmts) prepare(ctx context.Context, db *sql.DB) error {
+	var err error
+	prep := func(q string) *sql.Stmt {
+		if err != nil {
+			return nil
+		}
+		var st *sql.Stmt
+		st, err = db.PrepareContext(ctx, q)
+		return st
+	}
+	a.highest = prep("SELECT highest FROM agents WHERE instance = ?")
+	a.agent = prep(`INSERT INTO agents (instance, node, policy, highest, updated_ns,
+		packets_logged, packets_lost_kernel, receive_overflows, packets_dropped_queue_full, read_errors)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+		ON CONFLICT (instance) DO UPDATE SET highest = excluded.highest, updated_ns = excluded.updated_ns,
+		packets_logged = excluded.packets_logged, packets_lost_kernel = excluded.packets_lost_kernel,
+		receive_overflows = excluded.receive_overflows, packets_dropped_queue_full = excluded.packets_dropped_queue_full,
+		read_errors = excluded.read_errors`)
+	a.journal = prep("INSERT INTO journal (node, policy, max_ns, batch) VALUES (?, ?, ?, ?)")
+	if err != nil {
+		a.close()
+		return fmt.Errorf("prepare the accepting statements: %w", err)
+	}
+	return nil
+}
+
+func (a *acceptStmts) close() {
+	for _, st := range []*sql.Stmt{a.highest, a.agent, a.journal} {
+		if st != nil {
+			st.Close()
+		}
+	}
 }
 
 // EngineCutoffs returns, per engine (node and policy), the time before
