@@ -26,9 +26,26 @@ const (
 	agentPacketCap  = 10
 )
 
-// agentCommentPrefix starts the comment of every rule the agent installs
+// agentSpec is one `connscope agent` a test runs in the server
+// namespace: its sampling policy (a label bit and an NFLOG group of its
+// own; probability 1 and a cap of agentPacketCap packets), its sink, and
+// flags beyond those.
+type agentSpec struct {
+	policy          string
+	labelBit, group int
+	sink            string
+	extra           []string
+}
+
+// fileAgent is TestScenarios' agent: the scenarios' policy, writing to a
+// pcapng file.
+func fileAgent(file string) agentSpec {
+	return agentSpec{policy: agentPolicy, labelBit: agentLabelBit, group: agentNFLOGGroup, sink: "file://" + file}
+}
+
+// commentPrefix starts the comment of every rule the agent installs
 // (package rules); the seed's rules say "connscope scenario: " instead.
-const agentCommentPrefix = "connscope policy " + agentPolicy + ":"
+func (a agentSpec) commentPrefix() string { return "connscope policy " + a.policy + ":" }
 
 // saveProgram is one iptables-save of one backend and family.
 type saveProgram struct{ name, family string }
@@ -50,9 +67,8 @@ var agentTools = []string{"iptables-nft", "ip6tables-nft", "iptables-legacy", "i
 
 // ruleLine is one line of iptables-save output that mentions connscope.
 type ruleLine struct {
-	prog   saveProgram
-	line   string
-	ofSeed bool // one of seedRules
+	prog saveProgram
+	line string
 }
 
 func (r ruleLine) String() string { return r.prog.name + ": " + r.line }
@@ -72,89 +88,88 @@ func (l *lab) connscopeRules() []ruleLine {
 			if !strings.Contains(strings.ToLower(line), "connscope") {
 				continue
 			}
-			lines = append(lines, ruleLine{prog: p, line: line, ofSeed: strings.Contains(line, "connscope scenario: ")})
+			lines = append(lines, ruleLine{prog: p, line: line})
 		}
 	}
 	return lines
 }
 
-// agentJumps returns the families in which the agent's jump from
+// agentJumps returns the families in which the jump of agent a from
 // PREROUTING is in place. The agent fills its chain before it inserts the
 // jump, so a jump means the family's rules are complete.
-func agentJumps(lines []ruleLine) map[string]bool {
+func agentJumps(lines []ruleLine, a agentSpec) map[string]bool {
 	families := map[string]bool{}
 	for _, r := range lines {
 		if strings.HasPrefix(r.line, "-A PREROUTING ") && strings.Contains(r.line, "-j CONNSCOPE-") &&
-			strings.Contains(r.line, agentCommentPrefix) {
+			strings.Contains(r.line, a.commentPrefix()) {
 			families[r.prog.family] = true
 		}
 	}
 	return families
 }
 
-// seedRuleCount counts the seed's rules per family.
-func seedRuleCount(lines []ruleLine) map[string]int {
-	n := map[string]int{}
-	for _, r := range lines {
-		if r.ofSeed {
-			n[r.prog.family]++
-		}
-	}
-	return n
-}
-
-// agentArgs are the arguments of `connscope agent` writing to file.
-func agentArgs(bin, file string) []string {
-	return []string{bin, "agent",
-		"--policy", agentPolicy,
+// args are the arguments of `connscope agent` (the binary bin) for a.
+func (a agentSpec) args(bin string) []string {
+	return append([]string{bin, "agent",
+		"--policy", a.policy,
 		"--probability", "1",
 		"--packet-cap", strconv.Itoa(agentPacketCap),
-		"--label-bit", strconv.Itoa(agentLabelBit),
-		"--nflog-group", strconv.Itoa(agentNFLOGGroup),
-		"--sink", "file://" + file,
+		"--label-bit", strconv.Itoa(a.labelBit),
+		"--nflog-group", strconv.Itoa(a.group),
+		"--sink", a.sink,
 		// No metrics server: polling it from inside the namespace would
 		// make TCP connections the seed's rules (and the agent's) log.
 		"--metrics-addr=",
 		"--log-json",
-	}
+	}, a.extra...)
 }
 
-// startAgent starts `connscope agent` (the binary bin) in the server
-// namespace, writing to file, and returns once its rules are in place in
-// both families, read with iptables-save. The agent binds its NFLOG group
-// before it installs any rule, so from then on nothing it logs is lost to
-// a missing reader.
-func (l *lab) startAgent(bin, file string) *netnstest.Proc {
+// startAgent starts agent a (the binary bin) in the server namespace, its
+// output in the lab's folder as name.out and name.err, and returns once
+// its rules are in place in both families, read with iptables-save. The
+// agent binds its NFLOG group before it installs any rule, so from then
+// on nothing it logs is lost to a missing reader.
+func (l *lab) startAgent(name, bin string, a agentSpec) *netnstest.Proc {
 	l.t.Helper()
-	p := l.start("agent", l.server, agentArgs(bin, file)...)
+	p := l.start(name, l.server, a.args(bin)...)
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		lines := l.connscopeRules()
-		if j := agentJumps(lines); j["IPv4"] && j["IPv6"] {
-			l.t.Logf("agent ready (backend %s): %d rule lines of its own beside the seed's %v",
-				agentLogField(p, "rules installed", "backend"), len(lines)-len(seedLines(lines)), seedRuleCount(lines))
+		if j := agentJumps(lines, a); j["IPv4"] && j["IPv6"] {
+			l.t.Logf("%s ready (backend %s): %d rule lines of its own beside %d others",
+				name, agentLogField(p, "rules installed", "backend"), len(ofAgent(lines, a, true)), len(ofAgent(lines, a, false)))
 			return p
 		}
 		if time.Now().After(deadline) {
-			l.t.Fatalf("the agent's rules were not in place in both families within 30 s; connscope rules seen:\n%s\nagent output:\n%s",
-				joinLines(lines), p.Output())
+			l.t.Fatalf("the rules of %s were not in place in both families within 30 s; connscope rules seen:\n%s\nagent output:\n%s",
+				name, joinLines(lines), p.Output())
 		}
 		select {
 		case <-p.Done():
-			l.t.Fatalf("agent exited (%v) before its rules were in place:\n%s", p.Err(), p.Output())
+			l.t.Fatalf("%s exited (%v) before its rules were in place:\n%s", name, p.Err(), p.Output())
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
 }
 
-func seedLines(lines []ruleLine) []ruleLine {
-	var seed []ruleLine
+// ofAgent returns the lines of agent a (mine: its rules, its jumps and its
+// chains' declarations) or all the others.
+func ofAgent(lines []ruleLine, a agentSpec, mine bool) []ruleLine {
+	chains := map[string]bool{} // ":CONNSCOPE-... " declarations of a's chains
 	for _, r := range lines {
-		if r.ofSeed {
-			seed = append(seed, r)
+		if _, chain, ok := strings.Cut(r.line, "-j CONNSCOPE-"); ok && strings.Contains(r.line, a.commentPrefix()) {
+			chains[":CONNSCOPE-"+strings.Fields(chain)[0]+" "] = true
 		}
 	}
-	return seed
+	var out []ruleLine
+	for _, r := range lines {
+		decl, _, _ := strings.Cut(r.line, "- [")
+		of := strings.Contains(r.line, a.commentPrefix()) || chains[decl]
+		if of == mine {
+			out = append(out, r)
+		}
+	}
+	return out
 }
 
 func joinLines(lines []ruleLine) string {
@@ -168,14 +183,15 @@ func joinLines(lines []ruleLine) string {
 	return b.String()
 }
 
-// stopAgent sends SIGTERM to the agent (its PID: nsenter execs it) and
-// checks that it exits 0, that it removed every rule of its own and none
-// of the seed's, and that it lost nothing: no kernel sequence gap,
-// receive-buffer overflow, undecodable packet, queue drop, sink error or
-// unshipped record, as its last log line counts them.
-func (l *lab) stopAgent(p *netnstest.Proc) {
+// stopAgent sends SIGTERM to agent a (its PID: nsenter execs it) and
+// checks that it exits 0, that it removed every rule of its own and no
+// other (the seed's, other agents'), and that it lost nothing: no kernel
+// sequence gap, receive-buffer overflow, undecodable packet, queue drop,
+// sink error or unshipped record, as its last log line counts them.
+func (l *lab) stopAgent(p *netnstest.Proc, a agentSpec) {
 	t := l.t
 	t.Helper()
+	others := joinLines(ofAgent(l.connscopeRules(), a, false))
 	if err := syscall.Kill(p.Pid(), syscall.SIGTERM); err != nil {
 		t.Fatalf("SIGTERM to the agent (PID %d): %v", p.Pid(), err)
 	}
@@ -198,18 +214,11 @@ func (l *lab) stopAgent(p *netnstest.Proc) {
 	}
 
 	lines := l.connscopeRules()
-	var left []ruleLine
-	for _, r := range lines {
-		if !r.ofSeed {
-			left = append(left, r)
-		}
+	if left := ofAgent(lines, a, true); len(left) > 0 {
+		t.Errorf("agent %s left rules of its own after SIGTERM:\n%s", a.policy, joinLines(left))
 	}
-	if len(left) > 0 {
-		t.Errorf("the agent left rules of its own after SIGTERM:\n%s", joinLines(left))
-	}
-	if n := seedRuleCount(lines); n["IPv4"] != len(seedRules()) || n["IPv6"] != len(seedRules()) {
-		t.Errorf("after the agent stopped, the seed's rules per family are %v, want %d each (the agent must remove only its own):\n%s",
-			n, len(seedRules()), joinLines(lines))
+	if after := joinLines(ofAgent(lines, a, false)); after != others {
+		t.Errorf("agent %s changed rules not its own (it must remove only its own):\nbefore:\n%safter:\n%s", a.policy, others, after)
 	}
 
 	stopped := agentLog(p, "stopped")

@@ -53,37 +53,12 @@ func TestScenarios(t *testing.T) {
 	l := newLab(t, python)
 	t.Cleanup(func() { l.keepArtefacts() })
 
-	// Netfilter: only ever inside the lab's namespaces.
-	for _, rule := range routerRules(scenarios) {
-		l.router.Must(t, append([]string{"iptables"}, rule...)...)
-		l.router.Must(t, append([]string{"ip6tables"}, rule...)...)
-	}
-	for _, s := range scenarios {
-		for _, rule := range s.clientRules {
-			l.client.Must(t, append([]string{"iptables"}, rule...)...)
-		}
-	}
+	l.installMiddleboxes(scenarios)
 	for _, rule := range seedRules() {
 		l.server.Must(t, append([]string{"iptables", "-t", "mangle"}, rule...)...)
 		l.server.Must(t, append([]string{"ip6tables", "-t", "mangle"}, rule...)...)
 	}
-
-	// Servers.
-	var ports []string
-	for _, s := range scenarios {
-		switch {
-		case s.port == httpsPort:
-		case s.serverDelay > 0:
-			ports = append(ports, fmt.Sprintf("%d:%d", s.port, s.serverDelay))
-		default:
-			ports = append(ports, strconv.Itoa(s.port))
-		}
-	}
-	srv := l.start("server", l.server, append([]string{python, filepath.Join(scriptDir, "server.py")}, ports...)...)
-	cert, key := l.selfSignedCert()
-	tls := l.start("https-server", l.server, "openssl", "s_server", "-www", "-accept", strconv.Itoa(httpsPort),
-		"-cert", cert, "-key", key)
-	inj := l.start("injector", l.router, python, filepath.Join(scriptDir, "injector.py"), l.injectorConfig(scenarios))
+	serversReady := l.startServers(scenarios)
 
 	// Captures: what the server receives, three times.
 	inPcap := filepath.Join(l.dir, "in.pcap")
@@ -94,9 +69,7 @@ func TestScenarios(t *testing.T) {
 	nflog := l.start("tshark", l.server, "tshark", "-q", "-i", "nflog:"+strconv.Itoa(nflogGroup), "-w", nflogPcap)
 
 	// Generous waits: python and tshark start slowly on a busy machine.
-	srv.WaitOutput(t, "ready", 30*time.Second)
-	tls.WaitOutput(t, "ACCEPT", 30*time.Second)
-	inj.WaitOutput(t, "ready", 30*time.Second)
+	serversReady()
 	dump.WaitOutput(t, "listening on", 30*time.Second)
 	// tshark prints "Capturing on" before dumpcap has bound the NFLOG group;
 	// packets logged before "Capture started" are lost.
@@ -104,42 +77,28 @@ func TestScenarios(t *testing.T) {
 	// The agent, beside the seed's rules, once built; startAgent returns
 	// when its rules are in place.
 	bin := cli()
-	agent := l.startAgent(bin, agentPcap)
+	agent := l.startAgent("agent", bin, fileAgent(agentPcap))
 
 	// All scenarios but the marker at once.
-	start := time.Now()
-	var wg sync.WaitGroup
-	errs := make([]error, len(scenarios))
 	var marker *scenario
-	for i, s := range scenarios {
+	var others []*scenario
+	for _, s := range scenarios {
 		if s.port == markerPort {
 			marker = s
-			continue
-		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			errs[i] = s.drive(l, s)
-		}()
-	}
-	wg.Wait()
-	for i, err := range errs {
-		if err != nil {
-			t.Errorf("scenario %s: %v", scenarios[i].name, err)
+		} else {
+			others = append(others, s)
 		}
 	}
-	t.Logf("scenarios ran in %v", time.Since(start).Round(time.Millisecond))
+	l.drive(others)
 
 	// Silence longer than the idle timeout, then the marker connection, so
 	// the captures' last packet is past every other connection's timeout.
 	time.Sleep(idleTimeout + 1500*time.Millisecond)
-	if err := marker.drive(l, marker); err != nil {
-		t.Errorf("scenario %s: %v", marker.name, err)
-	}
+	l.drive([]*scenario{marker})
 	time.Sleep(2 * time.Second) // let the NFLOG reader drain
 	l.stop(dump)
 	l.stop(nflog)
-	l.stopAgent(agent)
+	l.stopAgent(agent, fileAgent(agentPcap))
 	if t.Failed() {
 		t.FailNow()
 	}
@@ -161,4 +120,76 @@ func TestScenarios(t *testing.T) {
 			{testdataAgentDir, agentPcap, "pcapng", ".pcapng", agentConns},
 		})
 	}
+}
+
+// installMiddleboxes installs the netfilter rules of scenarios ss: the
+// router's (routerRules) and the clients' own, only ever inside the lab's
+// namespaces.
+func (l *lab) installMiddleboxes(ss []*scenario) {
+	t := l.t
+	t.Helper()
+	for _, rule := range routerRules(ss) {
+		l.router.Must(t, append([]string{"iptables"}, rule...)...)
+		l.router.Must(t, append([]string{"ip6tables"}, rule...)...)
+	}
+	for _, s := range ss {
+		for _, rule := range s.clientRules {
+			l.client.Must(t, append([]string{"iptables"}, rule...)...)
+		}
+	}
+}
+
+// startServers starts what scenarios ss talk to: server.py on their ports
+// in the server namespace, openssl s_server for the HTTPS scenario, and
+// the injector in the router. It returns a function that waits until all
+// three are ready (generous waits: python starts slowly on a busy
+// machine), so that a test can start other things meanwhile.
+func (l *lab) startServers(ss []*scenario) (ready func()) {
+	t := l.t
+	t.Helper()
+	var ports []string
+	for _, s := range ss {
+		switch {
+		case s.port == httpsPort:
+		case s.serverDelay > 0:
+			ports = append(ports, fmt.Sprintf("%d:%d", s.port, s.serverDelay))
+		default:
+			ports = append(ports, strconv.Itoa(s.port))
+		}
+	}
+	srv := l.start("server", l.server, append([]string{l.python, filepath.Join(scriptDir, "server.py")}, ports...)...)
+	cert, key := l.selfSignedCert()
+	tls := l.start("https-server", l.server, "openssl", "s_server", "-www", "-accept", strconv.Itoa(httpsPort),
+		"-cert", cert, "-key", key)
+	inj := l.start("injector", l.router, l.python, filepath.Join(scriptDir, "injector.py"), l.injectorConfig(ss))
+	return func() {
+		t.Helper()
+		srv.WaitOutput(t, "ready", 30*time.Second)
+		tls.WaitOutput(t, "ACCEPT", 30*time.Second)
+		inj.WaitOutput(t, "ready", 30*time.Second)
+	}
+}
+
+// drive makes the traffic of scenarios ss, all at once, and fails the test
+// (without stopping it) for each scenario whose tool failed.
+func (l *lab) drive(ss []*scenario) {
+	t := l.t
+	t.Helper()
+	start := time.Now()
+	var wg sync.WaitGroup
+	errs := make([]error, len(ss))
+	for i, s := range ss {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = s.drive(l, s)
+		}()
+	}
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			t.Errorf("scenario %s: %v", ss[i].name, err)
+		}
+	}
+	t.Logf("%d scenarios ran in %v", len(ss), time.Since(start).Round(time.Millisecond))
 }
