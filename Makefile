@@ -79,14 +79,17 @@ fuzz:
 ## bench runs the engine benchmark (connscope classify against a bare read
 ## and peers: tshark, argus, tcptrace; hack/bench/run.sh), then the agent's:
 ## capture (NFLOG readers under a SYN flood: the agent, ulogd2, tshark) and
-## datapath (iperf3 and wrk through the rules). Each alone: bench-engine,
-## bench-agent (both agent benchmarks), bench-agent-capture,
-## bench-agent-datapath. The agent's need root; results in .cache/bench.
-.PHONY: bench-engine bench-agent bench-agent-capture bench-agent-datapath
+## datapath (iperf3 and wrk through the rules), then the classifier's
+## ingest (records per core with 1 and 8 agents, RST to API time;
+## hack/bench/ingest.sh). Each alone: bench-engine, bench-agent (both agent
+## benchmarks), bench-agent-capture, bench-agent-datapath, bench-ingest.
+## The agent's and ingest need root; results in .cache/bench.
+.PHONY: bench-engine bench-agent bench-agent-capture bench-agent-datapath bench-ingest
 bench:
 	bash hack/bench/run.sh
 	bash hack/bench/agent-capture.sh
 	bash hack/bench/agent-datapath.sh
+	bash hack/bench/ingest.sh
 
 bench-engine:
 	bash hack/bench/run.sh
@@ -98,6 +101,9 @@ bench-agent-capture:
 
 bench-agent-datapath:
 	bash hack/bench/agent-datapath.sh
+
+bench-ingest:
+	bash hack/bench/ingest.sh
 
 ## demo runs connscope live (root): client, router and server network
 ## namespaces, `connscope standalone` in the server, real traffic (clients,

@@ -55,6 +55,7 @@ wanted=(
 	"iptables:iptables-nft"
 	"iptables:iptables-legacy"
 	"ethtool:ethtool"
+	"jq:jq"
 )
 
 if [[ $(id -u) -ne 0 ]]; then
