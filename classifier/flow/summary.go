@@ -74,6 +74,7 @@ const (
 	stTTLJumpFirst
 	stIPIDJump
 	stReordered
+	stFree // on the pool's free list (not in the index)
 )
 
 // Saturating counters packed in entry.cnt, two bits each.

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"math/bits"
 	"math/rand/v2"
+	"unsafe"
 
 	"github.com/connscope/connscope/packet"
 )
@@ -27,7 +28,6 @@ type Table struct {
 
 	stats Stats
 	out   Conn
-	sink  uint32 // keeps AddBatch's warming loads from being optimised away
 }
 
 // New returns a table that hands finished connections to emit.
@@ -98,48 +98,71 @@ func (t *Table) Add(r *packet.Record) error {
 	return nil
 }
 
-// batchLen is how many packets AddBatch prepares at once.
+// batchLen is how many packets AddBatch prepares at once: one stage of its
+// pipeline.
 const batchLen = 16
 
-// AddBatch adds packets in order, exactly as Add would one by one. It first
-// loads the index slots and entries the packets will touch,
-// all of a batch together, so that their cache misses overlap instead of
-// following one another: with hundreds of thousands of connections open
-// the table is bound by memory latency, not by work.
+// AddBatch adds packets in order, exactly as Add would one by one. It is
+// pipelined so that cache misses overlap instead of following one another:
+// with hundreds of thousands of connections open the table is bound by
+// memory latency, not by work. While it adds the packets of one stage of
+// batchLen packets, the entries of the next stage are on their way into
+// the cache (prefetched from the index slots found for them), and the
+// index slots of the stage after that too. A prefetch is only a hint: the
+// table may change between a prefetch and the packet it was made for, and
+// each packet is then looked up as Add does.
+//
+// A record of an unknown IP version fails the whole call (ErrBadPacket)
+// before any packet is added.
 func (t *Table) AddBatch(rs []packet.Record) error {
-	var keys [batchLen]Key
-	var hs [batchLen]uint32
-	var ids [batchLen]uint32
-	for len(rs) > 0 {
-		n := min(len(rs), batchLen)
-		for i := range n {
-			if v := rs[i].IPVersion; v != 4 && v != 6 {
-				return ErrBadPacket
+	for i := range rs {
+		if v := rs[i].IPVersion; v != 4 && v != 6 {
+			return ErrBadPacket
+		}
+	}
+	var keys [3][batchLen]Key
+	var hs [3][batchLen]uint32
+	var addrs [3 * batchLen]uintptr
+	stages := (len(rs) + batchLen - 1) / batchLen
+	part := func(c int) []packet.Record { return rs[c*batchLen : min((c+1)*batchLen, len(rs))] }
+	for c := 0; c < stages+2; c++ {
+		if c < stages {
+			// Stage 1: keys, hashes, and the index slots they lead to.
+			ks, h := &keys[c%3], &hs[c%3]
+			slots, mask := t.index.slots, t.index.mask
+			p := part(c)
+			for i := range p {
+				ks[i] = keyOf(&p[i])
+				h[i] = t.index.seed.hash(&ks[i])
+				addrs[i] = uintptr(unsafe.Pointer(&slots[h[i]&mask]))
+			}
+			prefetch(&addrs[0], len(p))
+		}
+		if c >= 1 && c-1 < stages {
+			// Stage 2: the entries the slots point at (the cache lines an
+			// entry spans).
+			h := &hs[(c-1)%3]
+			slots, mask := t.index.slots, t.index.mask
+			n := 0
+			for i := range part(c - 1) {
+				if sl := slots[h[i]&mask]; sl != 0 && sl&^idMask == slotTag(h[i]) {
+					if id := sl & idMask; id < t.conns.n {
+						e := uintptr(unsafe.Pointer(t.conns.at(id)))
+						addrs[n], addrs[n+1], addrs[n+2] = e, e+64, e+unsafe.Sizeof(entry{})-1
+						n += 3
+					}
+				}
+			}
+			prefetch(&addrs[0], n)
+		}
+		if c >= 2 {
+			// Stage 3: add the packets.
+			ks, h := &keys[(c-2)%3], &hs[(c-2)%3]
+			p := part(c - 2)
+			for i := range p {
+				t.add(&p[i], &ks[i], h[i])
 			}
 		}
-		var sink uint32
-		slots, mask := t.index.slots, t.index.mask
-		for i := range n {
-			keys[i] = keyOf(&rs[i])
-			hs[i] = t.index.seed.hash(&keys[i])
-		}
-		// Tight loops of independent loads: many misses in flight at once.
-		for i := range n {
-			sink += slots[hs[i]&mask]
-		}
-		for i := range n {
-			ids[i] = 0
-			if sl := slots[hs[i]&mask]; sl != 0 && sl&^idMask == slotTag(hs[i]) {
-				ids[i] = sl & idMask
-				e := t.conns.at(ids[i])
-				sink += uint32(e.key.ClientIP[0]) + uint32(e.key.ClientPort) + uint32(e.last) + uint32(e.n) + e.state
-			}
-		}
-		t.sink += sink
-		for i := range n {
-			t.add(&rs[i], &keys[i], hs[i])
-		}
-		rs = rs[n:]
 	}
 	return nil
 }
@@ -477,7 +500,7 @@ func (x *index) find(k *Key, h uint32, p *connPool) uint32 {
 
 func (x *index) insert(id, h uint32, p *connPool) {
 	if (x.count+1)*2 > len(x.slots) {
-		x.grow(p)
+		x.grow(p, id)
 	}
 	i := h & x.mask
 	for x.slots[i] != 0 {
@@ -512,20 +535,33 @@ func (x *index) delete(id, h uint32, p *connPool) {
 	x.count--
 }
 
-func (x *index) grow(p *connPool) {
-	old := x.slots
-	x.slots = make([]uint32, len(old)*2)
+// grow doubles the index and inserts every held entry again except skip
+// (the one being inserted). It walks the pool in id order, so that the
+// hashes are read sequentially rather than one cache miss per slot.
+func (x *index) grow(p *connPool, skip uint32) {
+	x.slots = makeSlots(len(x.slots) * 2)
 	x.mask = uint32(len(x.slots) - 1)
-	for _, s := range old {
-		if s == 0 {
+	for id := uint32(1); id < p.n; id++ {
+		e := p.at(id)
+		if id == skip || e.state&stFree != 0 {
 			continue
 		}
-		i := p.at(s&idMask).hash & x.mask
+		i := e.hash & x.mask
 		for x.slots[i] != 0 {
 			i = (i + 1) & x.mask
 		}
-		x.slots[i] = s
+		x.slots[i] = id | slotTag(e.hash)
 	}
+}
+
+// makeSlots allocates an index of n slots; a large one is advised for huge
+// pages.
+func makeSlots(n int) []uint32 {
+	s := make([]uint32, n)
+	if n*4 >= 2*hugePageSize {
+		adviseHuge(unsafe.Pointer(&s[0]), uintptr(n)*4)
+	}
+	return s
 }
 
 // list is a doubly linked list of entries through their prev/next fields.
@@ -591,14 +627,34 @@ func (p *connPool) alloc() uint32 {
 		p.n = 1 // id 0 is nil
 	}
 	if int(p.n>>pageBits) == len(p.pages) {
-		p.pages = append(p.pages, new([pageSize]entry))
+		p.grow()
 	}
 	id := p.n
 	p.n++
 	return id
 }
 
+// smallPages are allocated one by one; beyond them pages come in groups of
+// pageGroup, whose memory is advised for huge pages (see adviseHuge), so
+// that a small table stays small and a large one is cheap to reach.
+const (
+	smallPages = 4
+	pageGroup  = 16
+)
+
+func (p *connPool) grow() {
+	if len(p.pages) < smallPages {
+		p.pages = append(p.pages, new([pageSize]entry))
+		return
+	}
+	g := new([pageGroup][pageSize]entry)
+	adviseHuge(unsafe.Pointer(g), unsafe.Sizeof(*g))
+	for i := range g {
+		p.pages = append(p.pages, &g[i])
+	}
+}
+
 func (p *connPool) free(id uint32) {
-	*p.at(id) = entry{next: p.freeL}
+	*p.at(id) = entry{next: p.freeL, state: stFree}
 	p.freeL = id
 }

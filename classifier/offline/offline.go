@@ -64,7 +64,7 @@ func Run(files []string, cfg flow.Config, emit func(*flow.Conn, classify.Result)
 	}
 	heap.Init(&h)
 	// Packets go to the table in batches (see flow.Table.AddBatch).
-	var batch [64]packet.Record
+	var batch [256]packet.Record
 	n := 0
 	add := func(r *packet.Record) error {
 		batch[n] = *r
