@@ -177,12 +177,26 @@ func Build(s Spec) (v1.Hash, error) {
 	if err := os.MkdirAll(filepath.Dir(s.Out), 0o755); err != nil {
 		return v1.Hash{}, err
 	}
-	tmp := s.Out + ".tmp"
-	if err := tarball.WriteToFile(tmp, ref, img); err != nil {
+	// A temporary file of its own, renamed at the end: two builds writing
+	// the same archive at once each leave a whole one.
+	f, err := os.CreateTemp(filepath.Dir(s.Out), filepath.Base(s.Out)+".*.tmp")
+	if err != nil {
+		return v1.Hash{}, err
+	}
+	tmp := f.Name()
+	err = tarball.Write(ref, img, f)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Chmod(tmp, 0o644)
+	}
+	if err != nil {
 		os.Remove(tmp)
 		return v1.Hash{}, fmt.Errorf("writing %s: %w", s.Out, err)
 	}
 	if err := os.Rename(tmp, s.Out); err != nil {
+		os.Remove(tmp)
 		return v1.Hash{}, err
 	}
 	return img.Digest()

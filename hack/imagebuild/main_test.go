@@ -2,17 +2,14 @@ package main
 
 import (
 	"archive/tar"
-	"bytes"
-	"fmt"
+	"bufio"
 	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"syscall"
 	"testing"
-	"time"
 
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 )
@@ -224,35 +221,23 @@ func TestImages(t *testing.T) {
 
 	prootfs := unpack(t, pause)
 	cmd := exec.Command("chroot", prootfs, "/pause")
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
+	stderr, err := cmd.StderrPipe()
+	must(t, err)
 	must(t, cmd.Start())
-	// Wait until it catches SIGTERM (bit 15 of SigCgt), so the signal
-	// tests its handler and not the default action.
-	for !catchesTERM(cmd.Process.Pid) {
-		if _, err := os.Stat(fmt.Sprintf("/proc/%d", cmd.Process.Pid)); err != nil {
-			t.Fatalf("pause exited at once: %s", stderr.String())
-		}
-		time.Sleep(10 * time.Millisecond)
+	// It says so once its handler is installed; before that, SIGTERM
+	// would end it by the default action and prove nothing.
+	r := bufio.NewReader(stderr)
+	line, err := r.ReadString('\n')
+	if err != nil || !strings.Contains(line, "waiting") {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+		t.Fatalf("pause's first line %q: %v", line, err)
 	}
 	must(t, cmd.Process.Signal(syscall.SIGTERM))
+	rest, _ := io.ReadAll(r)
 	if err := cmd.Wait(); err != nil {
-		t.Errorf("pause after SIGTERM: %v (%s)", err, stderr.String())
+		t.Errorf("pause after SIGTERM: %v (%s)", err, rest)
 	}
-}
-
-func catchesTERM(pid int) bool {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return false
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, "SigCgt:"); ok {
-			mask, err := strconv.ParseUint(strings.TrimSpace(v), 16, 64)
-			return err == nil && mask&(1<<(uint(syscall.SIGTERM)-1)) != 0
-		}
-	}
-	return false
 }
 
 // unpack writes an archive's single layer into a new folder.
