@@ -17,6 +17,7 @@ build:
 ## tools, real clients, scanners and an injector.
 setup-test:
 	bash hack/setup-scenarios.sh
+	bash hack/setup-clickhouse.sh
 
 ## test runs every test: lint, unit tests, fuzz seed corpora, the
 ## real-traffic scenario tests in network namespaces (as root), and the
@@ -24,7 +25,7 @@ setup-test:
 ## fail rather than skip here when the binaries are missing).
 test: setup-test lint verify-generated envtest
 	bash hack/setup-browser.sh
-	KUBEBUILDER_ASSETS="$$(bash hack/envtest.sh)" CONNSCOPE_REQUIRE_ENVTEST=1 CONNSCOPE_REQUIRE_BROWSER=1 \
+	KUBEBUILDER_ASSETS="$$(bash hack/envtest.sh)" CONNSCOPE_REQUIRE_ENVTEST=1 CONNSCOPE_REQUIRE_BROWSER=1 CONNSCOPE_REQUIRE_CLICKHOUSE=1 \
 		$(GO) test -count=1 -timeout 30m $(PKGS)
 
 ## envtest builds kube-apiserver from the Kubernetes module and installs

@@ -16,6 +16,9 @@
 //	grpcs://host:port       the same over TLS (Options.TLSConfig, else the system roots)
 //	file:///abs/path.pcapng a pcapng file of header-only raw-IP packets that
 //	                        `connscope classify` reads
+//	clickhouse://host:port/db the packets table of a ClickHouse database (HTTP
+//	                        interface; credentials from CONNSCOPE_CLICKHOUSE_USERNAME
+//	                        and _PASSWORD), which classifier/chstore's replicas read
 //
 // The gRPC sink speaks packet/ingestpb's Ingest.Push: one stream, one
 // batch in flight, Send returns nil only when the receiver acknowledged

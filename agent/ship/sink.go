@@ -90,13 +90,15 @@ type Counters struct {
 }
 
 // URLs the sinks accept, for error messages.
-const urlForms = "grpc://host:port, grpcs://host:port or file:///absolute/path.pcapng"
+const urlForms = "grpc://host:port, grpcs://host:port, clickhouse://host:8123/database or file:///absolute/path.pcapng"
 
 // Open returns the sink rawURL names:
 //
 //	grpc://host:port          the Ingest service over plaintext gRPC
 //	grpcs://host:port         the Ingest service over gRPC with TLS
 //	file:///abs/path.pcapng   a pcapng file, created or truncated
+//	clickhouse://host:port/db the packets table of a ClickHouse database,
+//	                          over its HTTP interface (port 8123 by default)
 //
 // A gRPC sink connects lazily: Open does not fail when the receiver is
 // down, the first Send does. A file sink creates its file at once.
@@ -124,6 +126,8 @@ func Open(rawURL string, o Options) (Sink, error) {
 			return nil, fmt.Errorf("sink URL %q is plaintext gRPC but a TLS configuration was given: use grpcs://%s", rawURL, target)
 		}
 		return openGRPC(target, u.Scheme == "grpcs", o)
+	case "clickhouse":
+		return openClickHouse(rawURL, o)
 	case "file":
 		path, err := filePath(rawURL, u)
 		if err != nil {

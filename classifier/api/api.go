@@ -47,10 +47,26 @@ import (
 	"github.com/connscope/connscope/classifier/store"
 )
 
+// Store is what the handler reads: the SQLite store (classifier/store)
+// and the ClickHouse store (classifier/chstore) both satisfy it.
+type Store interface {
+	// Buckets returns the counts of the buckets f selects, in time order.
+	Buckets(ctx context.Context, f store.Filter) ([]store.BucketCounts, error)
+	// Anomalies returns up to limit recent anomalous connections, newest
+	// first.
+	Anomalies(ctx context.Context, f store.Filter, limit int) ([]aggregate.Anomaly, error)
+	// Dimensions returns the values seen of each dimension.
+	Dimensions(ctx context.Context) (store.Dimensions, error)
+	// Ping checks that the store answers.
+	Ping(ctx context.Context) error
+	// LastUpdated is the time of the latest write (zero when unknown).
+	LastUpdated() time.Time
+}
+
 // Config configures the handler.
 type Config struct {
 	// Store is read for every answer. Required.
-	Store *store.Store
+	Store Store
 	// Registry is served at /metrics; nil serves an empty registry.
 	Registry *prometheus.Registry
 	// Ready reports whether the service is ready (journal replayed,

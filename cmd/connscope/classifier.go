@@ -26,6 +26,7 @@ func newClassifierCommand() *cobra.Command {
 		cfg                            service.Config
 		storeURL, tokenFile, retention string
 		logJSON                        bool
+		chf                            *clickhouseFlags
 	)
 	cmd := &cobra.Command{
 		Use:   "classifier [flags]",
@@ -51,6 +52,19 @@ that was acknowledged: accepted batches are journaled and replayed.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			var err error
+			if strings.HasPrefix(storeURL, "clickhouse:") {
+				ret, err := parseRetention(retention)
+				if err != nil {
+					return err
+				}
+				var h slog.Handler = slog.NewTextHandler(cmd.ErrOrStderr(), nil)
+				if logJSON {
+					h = slog.NewJSONHandler(cmd.ErrOrStderr(), nil)
+				}
+				ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+				defer stop()
+				return runClickHouseClassifier(ctx, cmd, storeURL, chf, cfg.IdleTimeout, cfg.PacketCap, cfg.GeoIPDir, cfg.HTTPAddr, ret, slog.New(h), dashboard.Handler())
+			}
 			if cfg.StorePath, err = parseStoreURL(storeURL); err != nil {
 				return err
 			}
@@ -91,13 +105,14 @@ that was acknowledged: accepted batches are journaled and replayed.`,
 	f.StringVar(&cfg.Policy, "policy", "", `the SamplingPolicy served: batches of another policy are rejected ("" accepts any)`)
 	f.DurationVar(&cfg.IdleTimeout, "idle-timeout", flow.DefaultIdleTimeout, "silence after which a connection without RST, FIN or cap is judged timed out")
 	f.IntVar(&cfg.PacketCap, "packet-cap", flow.DefaultPacketCap, "client packets of a connection that count (the agents' cap)")
-	f.StringVar(&storeURL, "store", "sqlite:///var/lib/connscope/connscope.db", "where aggregates and the journal are kept: sqlite:///absolute/path.db")
+	f.StringVar(&storeURL, "store", "sqlite:///var/lib/connscope/connscope.db", "where aggregates and the journal are kept: sqlite:///absolute/path.db, or clickhouse://host:8123/database (the agents insert packets there; replicas classify windows)")
 	f.StringVar(&cfg.GeoIPDir, "geoip-dir", "", "directory with GeoLite2-Country.mmdb and GeoLite2-ASN.mmdb (optional; absent means unknown)")
 	f.StringVar(&tokenFile, "ingest-token-file", "", "file holding the bearer token agents must present")
 	f.StringVar(&retention, "retention", "30d", "how long buckets and anomalies are kept (e.g. 30d, 12w, 720h)")
 	f.IntVar(&cfg.MaxAnomalies, "max-anomalies", aggregate.DefaultMaxAnomalies, "recent anomalous connections kept for drill-down")
 	f.DurationVar(&cfg.Grace, "grace", ingest.DefaultGrace, "how far the engine's clock stays behind the wall clock, for the agents' batching delay")
 	f.BoolVar(&logJSON, "log-json", false, "log JSON lines instead of text")
+	chf = addClickHouseFlags(f)
 	return cmd
 }
 
@@ -109,10 +124,8 @@ func parseStoreURL(s string) (string, error) {
 	}
 	switch u.Scheme {
 	case "sqlite":
-	case "clickhouse":
-		return "", fmt.Errorf("--store %q: the ClickHouse store is not implemented in this classifier yet; use sqlite:///absolute/path.db", s)
 	default:
-		return "", fmt.Errorf("--store %q: scheme %q is not supported; write sqlite:///absolute/path.db", s, u.Scheme)
+		return "", fmt.Errorf("--store %q: scheme %q is not supported; write sqlite:///absolute/path.db or clickhouse://host:8123/database", s, u.Scheme)
 	}
 	if u.Host != "" || u.Opaque != "" || !filepath.IsAbs(u.Path) || strings.HasSuffix(u.Path, "/") {
 		return "", fmt.Errorf("--store %q: give an absolute file path with three slashes, e.g. sqlite:///var/lib/connscope/connscope.db", s)

@@ -31,7 +31,9 @@ func TestClassifierBadFlagsNameTheFlag(t *testing.T) {
 		args []string
 		want string
 	}{
-		{[]string{"--store=clickhouse://ch:9000/connscope"}, "--store"},
+		{[]string{"--store=clickhouse://ch:8123"}, "--store"},
+		{[]string{"--store=clickhouse://user:pw@ch:8123/connscope"}, "--store"},
+		{[]string{"--store=clickhouse://ch:8123/connscope", "--window=7m"}, "window"},
 		{[]string{"--store=sqlite://relative.db"}, "--store"},
 		{[]string{"--store=/var/lib/x.db"}, "--store"},
 		{[]string{db, "--retention=forever"}, "--retention"},
