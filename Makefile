@@ -91,6 +91,7 @@ bench:
 	bash hack/bench/agent-capture.sh
 	bash hack/bench/agent-datapath.sh
 	bash hack/bench/ingest.sh
+	bash hack/bench/clickhouse.sh
 
 bench-engine:
 	bash hack/bench/run.sh
@@ -105,6 +106,13 @@ bench-agent-datapath:
 
 bench-ingest:
 	bash hack/bench/ingest.sh
+
+## bench-clickhouse: rows inserted/s per agent core (the clickhouse sink,
+## against clickhouse-client) and connections classified/s from ClickHouse
+## with 1 and 2 replicas (against the offline engine); hack/bench/clickhouse.sh.
+.PHONY: bench-clickhouse
+bench-clickhouse:
+	bash hack/bench/clickhouse.sh
 
 ## demo runs connscope live (root): client, router and server network
 ## namespaces, `connscope standalone` in the server, real traffic (clients,

@@ -112,6 +112,9 @@ func (s *Server) Dir() string { return s.dir }
 // Addr returns the HTTP interface's host:port.
 func (s *Server) Addr() string { return net.JoinHostPort("127.0.0.1", strconv.Itoa(s.httpPort)) }
 
+// TCPPort returns the native protocol's port (clickhouse-client).
+func (s *Server) TCPPort() int { return s.tcpPort }
+
 // URL returns clickhouse://ADDR/db.
 func (s *Server) URL(db string) string { return "clickhouse://" + s.Addr() + "/" + db }
 
