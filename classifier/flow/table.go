@@ -459,7 +459,10 @@ func keyEq(a, b *Key) bool {
 // deletion) from keys to entry ids. A slot holds an entry id in its low
 // idBits and the top bits of the key's hash above them (0: empty), so that a
 // probe touches an entry only when those bits match: a lookup that misses
-// (every new connection, and its reverse key) reads no entry at all.
+// (every new connection, and its reverse key) reads no entry at all. It
+// doubles when it would be more than 2/3 full: with 16 slots to a cache
+// line, probes stay short, and the index costs 6 to 12 bytes per held
+// connection.
 type index struct {
 	slots []uint32
 	mask  uint32
@@ -499,7 +502,7 @@ func (x *index) find(k *Key, h uint32, p *connPool) uint32 {
 }
 
 func (x *index) insert(id, h uint32, p *connPool) {
-	if (x.count+1)*2 > len(x.slots) {
+	if (x.count+1)*3 > len(x.slots)*2 { // at most 2/3 full
 		x.grow(p, id)
 	}
 	i := h & x.mask
