@@ -18,6 +18,7 @@ import (
 
 	"github.com/connscope/connscope/agent/nflog"
 	"github.com/connscope/connscope/agent/rules"
+	"github.com/connscope/connscope/internal/chclient"
 )
 
 // Defaults of the settings that have one. Probability, label bit, NFLOG
@@ -181,7 +182,7 @@ func (c *Config) AddFlags(fs *pflag.FlagSet) {
 	fs.StringSliceVar(&c.IPFamilies, "ip-families", c.IPFamilies, "address families to sample: IPv4, IPv6 or both")
 	fs.StringVar(&c.Backend, "backend", c.Backend, "iptables backend: auto (as the host uses), nft or legacy")
 	fs.DurationVar((*time.Duration)(&c.Resync), "resync", time.Duration(c.Resync), "how often the rules are checked and restored if removed")
-	fs.StringVar(&c.Sink, "sink", c.Sink, "where records go: grpc://HOST:PORT, grpcs://HOST:PORT or file:///PATH.pcapng (required)")
+	fs.StringVar(&c.Sink, "sink", c.Sink, "where records go: grpc://HOST:PORT, grpcs://HOST:PORT, clickhouse://HOST:8123/DATABASE or file:///PATH.pcapng (required)")
 	fs.StringVar(&c.SinkTokenFile, "sink-token-file", c.SinkTokenFile, "file holding the bearer token sent to a gRPC sink")
 	fs.IntVar(&c.QueueCapacity, "queue-capacity", c.QueueCapacity, "records waiting for the sink at most; more are dropped and counted")
 	fs.StringVar(&c.NodeName, "node-name", c.NodeName, "name of this node in shipped records (default $NODE_NAME, else the host name)")
@@ -466,8 +467,12 @@ func checkSinkURL(raw string) error {
 		if !filepath.IsAbs(u.Path) {
 			return fmt.Errorf("%q: the path must be absolute: file:///ABSOLUTE/PATH.pcapng", raw)
 		}
+	case "clickhouse":
+		if _, err := chclient.ParseURL(raw); err != nil {
+			return err
+		}
 	default:
-		return fmt.Errorf("%q: scheme %q is none of grpc, grpcs, file", raw, u.Scheme)
+		return fmt.Errorf("%q: scheme %q is none of grpc, grpcs, clickhouse, file", raw, u.Scheme)
 	}
 	return nil
 }
