@@ -6,7 +6,7 @@ BIN     := bin/connscope
 PKGS    := ./...
 FUZZTIME ?= 30s
 
-.PHONY: all build test test-unit lint fuzz bench demo setup setup-test clean envtest manifests generate images
+.PHONY: all build test test-unit lint fuzz bench demo setup setup-test clean envtest manifests generate images helm gen-chart chart-test
 
 all: build
 
@@ -23,9 +23,10 @@ setup-test:
 ## real-traffic scenario tests in network namespaces (as root), and the
 ## operator's tests against a real kube-apiserver and etcd (envtest; they
 ## fail rather than skip here when the binaries are missing).
-test: setup-test lint verify-generated envtest
+test: setup-test lint verify-generated envtest helm images
 	bash hack/setup-browser.sh
 	KUBEBUILDER_ASSETS="$$(bash hack/envtest.sh)" CONNSCOPE_REQUIRE_ENVTEST=1 CONNSCOPE_REQUIRE_BROWSER=1 CONNSCOPE_REQUIRE_CLICKHOUSE=1 \
+		CONNSCOPE_IMAGES_DIR=$(CURDIR)/.cache/images CONNSCOPE_REQUIRE_IMAGES=1 \
 		$(GO) test -count=1 -timeout 30m $(PKGS)
 
 ## envtest builds kube-apiserver from the Kubernetes module and installs
@@ -33,6 +34,23 @@ test: setup-test lint verify-generated envtest
 ## KUBEBUILDER_ASSETS).
 envtest:
 	bash hack/envtest.sh >/dev/null
+
+## helm builds helm and kubectl into .cache/bin from the Go module proxy,
+## once (hack/setup-helm.sh, hack/setup-kubectl.sh), for the chart tests.
+helm:
+	bash hack/setup-helm.sh >/dev/null
+	bash hack/setup-kubectl.sh >/dev/null
+
+## chart-test runs the chart's and kustomize's tests (charts/) against
+## envtest with helm and kubectl.
+chart-test: envtest helm
+	KUBEBUILDER_ASSETS="$$(bash hack/envtest.sh)" CONNSCOPE_REQUIRE_ENVTEST=1 \
+		$(GO) test -count=1 -v ./charts/
+
+## gen-chart rewrites the chart's generated files (CRD and RBAC copied
+## from config/, the values README from values.yaml's comments).
+gen-chart:
+	bash hack/gen-chart.sh
 
 ## images writes connscope/connscope:latest and connscope/pause:latest as
 ## image archives into .cache/images (hack/images.sh: no Docker engine or
@@ -65,6 +83,7 @@ lint:
 verify-generated:
 	bash hack/gen-proto.sh --check
 	bash hack/gen-manifests.sh --check
+	bash hack/gen-chart.sh --check
 
 ## generate-proto regenerates packet/ingestpb from ingest.proto (protoc and
 ## its plugins are installed by the script; the generated code is committed).
