@@ -17,8 +17,9 @@
 // with INVALID_ARGUMENT. A batch whose (agent_instance, sequence) is not
 // above the highest accepted for that instance is a duplicate: it is
 // acknowledged and not stored again. Otherwise the batch's packets are
-// written to the journal table in the same SQLite transaction as the new
-// highest sequence; the ack is sent only after that transaction commits.
+// written to the journal (package store) with the new highest sequence,
+// batches of several streams waiting at the same time in one write and
+// one sync to disk; the ack is sent only after that sync.
 // A store error ends the stream with UNAVAILABLE, and the agent sends the
 // batch again.
 //

@@ -6,6 +6,9 @@
 // instance, a journal of accepted batches not yet fully classified, and
 // the connections already counted whose packets are still journaled.
 //
+// The journal is not in SQLite: it is append-only segment files beside
+// the database, synced once per group of batches (journal.go says how).
+//
 // The schema is created and migrated in code (migrations, PRAGMA
 // user_version) when the store opens. The database runs in WAL mode with
 // synchronous=FULL: a committed transaction survives a crash of the
@@ -54,7 +57,7 @@ type Store struct {
 	maxAnomalies int
 	perCommit    int
 	lastUpdated  atomic.Int64 // ns; last commit of aggregates
-	accept       acceptStmts
+	journal      *journal
 }
 
 // migrations are applied in order; PRAGMA user_version holds how many
@@ -167,7 +170,7 @@ func Open(path string, o Options) (*Store, error) {
 		db.Close()
 		return nil, fmt.Errorf("store: %s: %w", path, err)
 	}
-	if err := s.accept.prepare(context.Background(), db); err != nil {
+	if err := s.openJournal(context.Background()); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("store: %s: %w", path, err)
 	}
@@ -222,10 +225,24 @@ func (s *Store) migrate(ctx context.Context) error {
 // Path returns the database file.
 func (s *Store) Path() string { return s.path }
 
-// Close closes the database.
+// openJournal opens the journal's segments (journal.go) beside the
+// database, with the agents table's instances.
+func (s *Store) openJournal(ctx context.Context) error {
+	agents, err := s.loadAgents(ctx)
+	if err != nil {
+		return err
+	}
+	var next int64
+	if err := s.db.QueryRowContext(ctx, "SELECT COALESCE(MAX(seq), 0) FROM sqlite_sequence WHERE name = 'journal'").Scan(&next); err != nil {
+		return fmt.Errorf("read the journal table's last id: %w", err)
+	}
+	s.journal, err = openJournal(s.path+".batches", agents, next+1)
+	return err
+}
+
+// Close closes the journal and the database.
 func (s *Store) Close() error {
-	s.accept.close()
-	return s.db.Close()
+	return errors.Join(s.journal.close(), s.db.Close())
 }
 
 // Ping checks that the database answers (readiness).
@@ -268,5 +285,6 @@ func (s *Store) Retain(ctx context.Context, before time.Time) (int64, error) {
 		n, _ := res.RowsAffected()
 		total += n
 	}
+	s.journal.forget(before.UnixNano())
 	return total, nil
 }

@@ -1,11 +1,13 @@
 package store
 
 import (
+	"cmp"
 	"context"
 	"database/sql"
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/connscope/connscope/classifier/aggregate"
@@ -40,9 +42,10 @@ type Accepted struct {
 
 // Accept makes b durable, unless its sequence number is not above the
 // highest accepted for its agent instance: then it reports a duplicate and
-// stores nothing. The sequence and the journal row are written in one
-// transaction, so an acknowledged batch is in the journal. id is the
-// journal row's (0 when nothing was journaled).
+// stores nothing. The batch, with its sequence number, is written to the
+// journal and synced to disk before Accept returns, so an acknowledged
+// batch is in the journal. id is the journal entry's (0 when it holds no
+// data).
 func (s *Store) Accept(ctx context.Context, b Batch) (duplicate bool, id int64, err error) {
 	res, err := s.AcceptAll(ctx, []Batch{b})
 	if err != nil {
@@ -51,89 +54,18 @@ func (s *Store) Accept(ctx context.Context, b Batch) (duplicate bool, id int64, 
 	return res[0].Duplicate, res[0].ID, nil
 }
 
-// AcceptAll accepts batches in order in one transaction (group commit:
-// one sync to disk for all of them), as Accept does each. Either all
+// AcceptAll accepts batches in order with one write and one sync to
+// disk of the journal (group commit), as Accept does each. Either all
 // outcomes hold or, on an error, none.
 func (s *Store) AcceptAll(ctx context.Context, bs []Batch) ([]Accepted, error) {
-	tx, err := s.db.BeginTx(ctx, nil)
-	if err != nil {
+	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("store: accept batches: %w", err)
 	}
-	defer tx.Rollback()
-	highestStmt := tx.StmtContext(ctx, s.accept.highest)
-	agentStmt := tx.StmtContext(ctx, s.accept.agent)
-	journalStmt := tx.StmtContext(ctx, s.accept.journal)
-	out := make([]Accepted, len(bs))
-	for i, b := range bs {
-		var highest int64
-		switch err := highestStmt.QueryRowContext(ctx, b.Instance).Scan(&highest); err {
-		case nil, sql.ErrNoRows:
-		default:
-			return nil, fmt.Errorf("store: accept batch: %w", err)
-		}
-		if b.Sequence <= uint64(highest) {
-			out[i].Duplicate = true
-			continue
-		}
-		c := b.Counters
-		if _, err := agentStmt.ExecContext(ctx, b.Instance, b.Node, b.Policy, int64(b.Sequence), time.Now().UnixNano(),
-			int64(c.PacketsLogged), int64(c.PacketsLostKernel), int64(c.ReceiveOverflows), int64(c.DroppedQueueFull), int64(c.ReadErrors)); err != nil {
-			return nil, fmt.Errorf("store: accept batch: %w", err)
-		}
-		if len(b.Data) > 0 {
-			res, err := journalStmt.ExecContext(ctx, b.Node, b.Policy, b.MaxTS, b.Data)
-			if err != nil {
-				return nil, fmt.Errorf("store: journal batch: %w", err)
-			}
-			if out[i].ID, err = res.LastInsertId(); err != nil {
-				return nil, fmt.Errorf("store: journal batch: %w", err)
-			}
-		}
-	}
-	if err := tx.Commit(); err != nil {
+	out, err := s.journal.accept(bs)
+	if err != nil {
 		return nil, fmt.Errorf("store: accept batches: %w", err)
 	}
 	return out, nil
-}
-
-// acceptStmts are the statements of AcceptAll, prepared once (parsing
-// them for every batch cost more than running them).
-type acceptStmts struct {
-	highest, agent, journal *sql.Stmt
-}
-
-func (a *acceptStmts) prepare(ctx context.Context, db *sql.DB) error {
-	var err error
-	prep := func(q string) *sql.Stmt {
-		if err != nil {
-			return nil
-		}
-		var st *sql.Stmt
-		st, err = db.PrepareContext(ctx, q)
-		return st
-	}
-	a.highest = prep("SELECT highest FROM agents WHERE instance = ?")
-	a.agent = prep(`INSERT INTO agents (instance, node, policy, highest, updated_ns,
-		packets_logged, packets_lost_kernel, receive_overflows, packets_dropped_queue_full, read_errors)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-		ON CONFLICT (instance) DO UPDATE SET highest = excluded.highest, updated_ns = excluded.updated_ns,
-		packets_logged = excluded.packets_logged, packets_lost_kernel = excluded.packets_lost_kernel,
-		receive_overflows = excluded.receive_overflows, packets_dropped_queue_full = excluded.packets_dropped_queue_full,
-		read_errors = excluded.read_errors`)
-	a.journal = prep("INSERT INTO journal (node, policy, max_ns, batch) VALUES (?, ?, ?, ?)")
-	if err != nil {
-		a.close()
-		return fmt.Errorf("prepare the accepting statements: %w", err)
-	}
-	return nil
-}
-
-func (a *acceptStmts) close() {
-	for _, st := range []*sql.Stmt{a.highest, a.agent, a.journal} {
-		if st != nil {
-			st.Close()
-		}
-	}
 }
 
 // EngineCutoffs returns, per engine (node and policy), the time before
@@ -188,13 +120,41 @@ type Commit struct {
 	Cutoffs []Cutoff
 }
 
-// Commit writes c in one transaction.
+// Commit writes c in one transaction, with the agent instances' highest
+// sequence numbers and counters accepted since the last, then lets go of
+// the journal's segments that c's cutoffs no longer need.
 func (s *Store) Commit(ctx context.Context, c Commit) error {
+	agents := s.journal.dirtyAgents()
+	if err := s.commit(ctx, c, agents); err != nil {
+		s.journal.redirty(agents)
+		return err
+	}
+	if err := s.journal.trim(c.Cutoffs); err != nil {
+		return fmt.Errorf("store: commit: %w", err)
+	}
+	return nil
+}
+
+func (s *Store) commit(ctx context.Context, c Commit, agents []Agent) error {
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
 		return fmt.Errorf("store: commit: %w", err)
 	}
 	defer tx.Rollback()
+	for _, a := range agents {
+		k := a.Counters
+		if _, err := tx.ExecContext(ctx, `INSERT INTO agents (instance, node, policy, highest, updated_ns,
+			packets_logged, packets_lost_kernel, receive_overflows, packets_dropped_queue_full, read_errors)
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+			ON CONFLICT (instance) DO UPDATE SET highest = MAX(highest, excluded.highest), updated_ns = excluded.updated_ns,
+			packets_logged = excluded.packets_logged, packets_lost_kernel = excluded.packets_lost_kernel,
+			receive_overflows = excluded.receive_overflows, packets_dropped_queue_full = excluded.packets_dropped_queue_full,
+			read_errors = excluded.read_errors`,
+			a.Instance, a.Node, a.Policy, int64(a.Highest), a.Updated.UnixNano(),
+			int64(k.PacketsLogged), int64(k.PacketsLostKernel), int64(k.ReceiveOverflows), int64(k.DroppedQueueFull), int64(k.ReadErrors)); err != nil {
+			return fmt.Errorf("store: record agents: %w", err)
+		}
+	}
 	if d := c.Delta; d != nil {
 		if err := writeCounts(ctx, tx, d); err != nil {
 			return err
@@ -310,8 +270,16 @@ type JournalRow struct {
 }
 
 // Journal calls fn for every journaled batch in the order they were
-// accepted. fn must not use the store.
+// accepted: the rows of the journal table (kept by an earlier connscope),
+// then the journal's segments. fn must not use the store.
 func (s *Store) Journal(ctx context.Context, fn func(JournalRow) error) error {
+	if err := s.journalTable(ctx, fn); err != nil {
+		return err
+	}
+	return s.journal.each(fn)
+}
+
+func (s *Store) journalTable(ctx context.Context, fn func(JournalRow) error) error {
 	rows, err := s.db.QueryContext(ctx, "SELECT id, node, policy, max_ns, batch FROM journal ORDER BY id")
 	if err != nil {
 		return fmt.Errorf("store: read journal: %w", err)
@@ -329,11 +297,11 @@ func (s *Store) Journal(ctx context.Context, fn func(JournalRow) error) error {
 	return rows.Err()
 }
 
-// JournalLen returns the number of journaled batches.
+// JournalLen returns the number of journaled batches still needed.
 func (s *Store) JournalLen(ctx context.Context) (int, error) {
 	var n int
 	err := s.db.QueryRowContext(ctx, "SELECT COUNT(*) FROM journal").Scan(&n)
-	return n, err
+	return n + s.journal.len(), err
 }
 
 // writeSets records counted connections, one row per engine.
@@ -406,22 +374,38 @@ type Agent struct {
 
 // Agents returns the known agent instances.
 func (s *Store) Agents(ctx context.Context) ([]Agent, error) {
+	s.journal.mu.Lock()
+	out := make([]Agent, 0, len(s.journal.agents))
+	for inst, a := range s.journal.agents {
+		out = append(out, Agent{Instance: inst, Node: a.node, Policy: a.policy, Highest: a.highest,
+			Updated: time.Unix(0, a.updated), Counters: a.counters})
+	}
+	s.journal.mu.Unlock()
+	slices.SortFunc(out, func(a, b Agent) int {
+		return cmp.Or(cmp.Compare(a.Node, b.Node), cmp.Compare(a.Policy, b.Policy), cmp.Compare(a.Instance, b.Instance))
+	})
+	return out, nil
+}
+
+// loadAgents reads the agents table.
+func (s *Store) loadAgents(ctx context.Context) (map[string]*agentState, error) {
 	rows, err := s.db.QueryContext(ctx, `SELECT instance, node, policy, highest, updated_ns, packets_logged, packets_lost_kernel,
-		receive_overflows, packets_dropped_queue_full, read_errors FROM agents ORDER BY node, policy, instance`)
+		receive_overflows, packets_dropped_queue_full, read_errors FROM agents`)
 	if err != nil {
-		return nil, fmt.Errorf("store: read agents: %w", err)
+		return nil, fmt.Errorf("read agents: %w", err)
 	}
 	defer rows.Close()
-	var out []Agent
+	out := map[string]*agentState{}
 	for rows.Next() {
-		var a Agent
-		var hi, up, c1, c2, c3, c4, c5 int64
-		if err := rows.Scan(&a.Instance, &a.Node, &a.Policy, &hi, &up, &c1, &c2, &c3, &c4, &c5); err != nil {
-			return nil, fmt.Errorf("store: read agents: %w", err)
+		var inst string
+		var a agentState
+		var hi, c1, c2, c3, c4, c5 int64
+		if err := rows.Scan(&inst, &a.node, &a.policy, &hi, &a.updated, &c1, &c2, &c3, &c4, &c5); err != nil {
+			return nil, fmt.Errorf("read agents: %w", err)
 		}
-		a.Highest, a.Updated = uint64(hi), time.Unix(0, up)
-		a.Counters = Counters{uint64(c1), uint64(c2), uint64(c3), uint64(c4), uint64(c5)}
-		out = append(out, a)
+		a.highest = uint64(hi)
+		a.counters = Counters{uint64(c1), uint64(c2), uint64(c3), uint64(c4), uint64(c5)}
+		out[inst] = &a
 	}
 	return out, rows.Err()
 }
