@@ -4,7 +4,7 @@
 #
 # 1. Records ingested per core: `connscope classifier` (GOMAXPROCS=1,
 #    pinned by taskset to CPU $CLASSIFIER_CPU) in a namespace of its own,
-#    its SQLite store in the work folder under /tmp (checked to be a disk,
+#    its store (SQLite and the journal) in the work folder under /tmp (checked to be a disk,
 #    not tmpfs: the journal's fsync is real), agents' gRPC sinks (hack/bench/ingestload: the
 #    agent's own ship package, one batch in flight per stream, 1024
 #    records a batch, each acknowledged only once journaled) pinned to the
@@ -106,7 +106,7 @@ range() { # range STREAMS FIELD: min–max over the runs
 	echo "## Classifier ingest ($(date -u +%Y-%m-%dT%H:%MZ))"
 	echo
 	echo "$(kernel_info); load average $LOAD_BEFORE before, $LOAD_AFTER after (2 cores shared with other work: the CPU-second figures are the comparable ones)."
-	echo "The classifier: GOMAXPROCS=1, pinned to CPU $CLASSIFIER_CPU, SQLite on $(df --output=source "$WORK" | tail -n 1) ($(stat -f -c %T "$WORK")); agents' sinks (ingestload, agent/ship) on CPU $LOAD_CPU, 1024 records a batch, one batch in flight per stream; $DURATION s measured per run, $TRIALS runs."
+	echo "The classifier: GOMAXPROCS=1, pinned to CPU $CLASSIFIER_CPU, its store (SQLite and the journal) on $(df --output=source "$WORK" | tail -n 1) ($(stat -f -c %T "$WORK")); agents' sinks (ingestload, agent/ship) on CPU $LOAD_CPU, 1024 records a batch, one batch in flight per stream; $DURATION s measured per run, $TRIALS runs."
 	echo
 	echo "| streams | records per classifier CPU-second (per core) | records/s wall, one core | target |"
 	echo "|---:|---:|---:|---|"
