@@ -159,9 +159,12 @@ func (j *journal) readSegment(name string, last bool) (*segment, int64, error) {
 			}
 			break
 		}
-		seg.entries = append(seg.entries, entryMeta{id: e.ID, node: e.Node, policy: e.Policy, maxTS: e.MaxTS})
-		seg.live++
-		j.live++
+		empty := len(e.Data) == 0
+		seg.entries = append(seg.entries, entryMeta{id: e.ID, node: e.Node, policy: e.Policy, maxTS: e.MaxTS, gone: empty})
+		if !empty {
+			seg.live++
+			j.live++
+		}
 		j.next = max(j.next, e.ID+1)
 		a := j.agents[e.instance]
 		if a == nil {
@@ -324,9 +327,14 @@ func (j *journal) accept(bs []Batch) ([]Accepted, error) {
 		if out[i].Duplicate {
 			continue
 		}
-		seg.entries = append(seg.entries, entryMeta{id: out[i].ID, node: b.Node, policy: b.Policy, maxTS: b.MaxTS})
-		seg.live++
-		j.live++
+		// An entry without data is there for its sequence number only:
+		// nothing waits for a cutoff to let it go.
+		empty := len(b.Data) == 0
+		seg.entries = append(seg.entries, entryMeta{id: out[i].ID, node: b.Node, policy: b.Policy, maxTS: b.MaxTS, gone: empty})
+		if !empty {
+			seg.live++
+			j.live++
+		}
 		a := j.agents[b.Instance]
 		if a == nil {
 			a = &agentState{}
