@@ -120,11 +120,9 @@ func openJournal(dir string, agents map[string]*agentState, next int64) (*journa
 			j.size = size
 		}
 	}
-	if len(j.segs) == 0 {
-		if err := j.rotate(); err != nil {
-			return nil, err
-		}
-	} else {
+	// With no segment yet, the first accept begins one (opening stays
+	// free of syncs to disk).
+	if len(j.segs) > 0 {
 		last := j.segs[len(j.segs)-1]
 		if j.f, err = os.OpenFile(last.path, os.O_WRONLY, 0); err != nil {
 			return nil, fmt.Errorf("journal: %w", err)
@@ -283,7 +281,7 @@ func (j *journal) accept(bs []Batch) ([]Accepted, error) {
 	if j.broken != nil {
 		return nil, j.broken
 	}
-	if j.size >= segmentSize {
+	if j.f == nil || j.size >= segmentSize {
 		if err := j.rotate(); err != nil {
 			return nil, err
 		}
@@ -408,10 +406,13 @@ func (j *journal) trim(cuts []Cutoff) error {
 			}
 		}
 	}
-	if j.size > 0 && time.Since(j.opened) >= segmentAge {
+	if j.f != nil && j.size > 0 && time.Since(j.opened) >= segmentAge {
 		if err := j.rotate(); err != nil {
 			return err
 		}
+	}
+	if len(j.segs) == 0 {
+		return nil
 	}
 	var err error
 	current := j.segs[len(j.segs)-1]
