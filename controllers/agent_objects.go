@@ -86,6 +86,16 @@ func AgentConfig(p *samplingv1alpha1.SamplingPolicy, alloc Allocation, opts Opti
 	}
 	c.Sink = IngestEndpoint(opts, p.Name)
 	c.SinkTokenFile = IngestTokenPath
+	if ch := p.Spec.Sink.ClickHouse; p.Spec.Sink.Type == samplingv1alpha1.SinkClickHouse && ch != nil {
+		// At scale the agents insert into ClickHouse themselves
+		// (agent/ship's clickhouse sink); the classifier replicas read it.
+		db := ch.Database
+		if db == "" {
+			db = "connscope"
+		}
+		c.Sink = "clickhouse://" + ch.Address + "/" + db
+		c.SinkTokenFile = ""
+	}
 	c.MetricsAddr = fmt.Sprintf(":%d", AgentMetricsPort(opts, alloc))
 	c.ShutdownTimeout = agent.Duration(10 * time.Second)
 	if err := c.Validate(); err != nil {

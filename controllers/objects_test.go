@@ -126,13 +126,22 @@ func TestGoldenClassifierObjects(t *testing.T) {
 		Type:       samplingv1alpha1.SinkClickHouse,
 		Classifier: samplingv1alpha1.ClassifierSpec{Replicas: ptr.To[int32](3), Image: "registry.example/connscope:v1"},
 		ClickHouse: &samplingv1alpha1.ClickHouseSpec{
-			Address: "clickhouse.db.svc:9000", Database: "radar",
+			Address: "clickhouse.db.svc:8123", Database: "radar",
 			CredentialsSecret: &samplingv1alpha1.SecretKeysRef{Name: "clickhouse", UsernameKey: "user", PasswordKey: "pass"},
 		},
 	}
 	checkGolden(t, "classifier-deployment-clickhouse", ClassifierDeployment(ch, IngestTokenHash("golden-token"), opts))
 	if ClassifierVolumeClaim(ch, opts) != nil {
 		t.Error("a ClickHouse sink got a volume claim for the embedded store")
+	}
+	// At scale the agents insert into ClickHouse themselves, with no
+	// ingest token.
+	cfg, err := AgentConfig(ch, goldenAlloc, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Sink != "clickhouse://clickhouse.db.svc:8123/radar" || cfg.SinkTokenFile != "" {
+		t.Errorf("agent sink with ClickHouse: %q, token file %q", cfg.Sink, cfg.SinkTokenFile)
 	}
 }
 

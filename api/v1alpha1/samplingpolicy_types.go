@@ -150,7 +150,7 @@ type SamplingPolicySpec struct {
 // classifies and serves the API; with ClickHouse it keeps what it receives
 // there instead of in its own volume, so that it can run several replicas.
 //
-// +kubebuilder:validation:XValidation:rule="self.type != 'ClickHouse' || (has(self.clickhouse) && has(self.clickhouse.address) && size(self.clickhouse.address) > 0)",message="a ClickHouse sink needs clickhouse.address, e.g. \"clickhouse.db.svc:9000\""
+// +kubebuilder:validation:XValidation:rule="self.type != 'ClickHouse' || (has(self.clickhouse) && has(self.clickhouse.address) && size(self.clickhouse.address) > 0)",message="a ClickHouse sink needs clickhouse.address, e.g. \"clickhouse.db.svc:8123\""
 // +kubebuilder:validation:XValidation:rule="self.type == 'ClickHouse' || !has(self.clickhouse)",message="clickhouse is only read when type is ClickHouse: set type: ClickHouse or remove clickhouse"
 // +kubebuilder:validation:XValidation:rule="self.type == 'ClickHouse' || !has(self.classifier) || !has(self.classifier.replicas) || self.classifier.replicas <= 1",message="the Classifier sink keeps its records on one volume and runs one replica: use the ClickHouse sink for more replicas"
 type SinkSpec struct {
@@ -227,11 +227,13 @@ type GeoIPSpec struct {
 
 // ClickHouseSpec is a ClickHouse database.
 type ClickHouseSpec struct {
-	// address of ClickHouse's native protocol, HOST:PORT, e.g.
-	// "clickhouse.db.svc:9000".
+	// address of ClickHouse's HTTP interface, HOST:PORT, e.g.
+	// "clickhouse.db.svc:8123" (connscope speaks HTTP, not the native
+	// protocol of port 9000). The agents insert packets there and the
+	// classifier replicas read and write there.
 	// +required
 	// +kubebuilder:validation:MaxLength=255
-	// +kubebuilder:validation:XValidation:rule="self.matches('^[A-Za-z0-9.-]+:[0-9]{1,5}$') || self.matches('^[[][0-9A-Fa-f:.]+[]]:[0-9]{1,5}$')",message="clickhouse.address must be HOST:PORT, such as \"clickhouse.db.svc:9000\""
+	// +kubebuilder:validation:XValidation:rule="self.matches('^[A-Za-z0-9.-]+:[0-9]{1,5}$') || self.matches('^[[][0-9A-Fa-f:.]+[]]:[0-9]{1,5}$')",message="clickhouse.address must be HOST:PORT, such as \"clickhouse.db.svc:8123\""
 	Address string `json:"address"`
 
 	// database to use; default "connscope".

@@ -191,7 +191,7 @@ func TestValidationRefusesBadInputWithItsMessage(t *testing.T) {
 		{"ClickHouse address without port", func(o map[string]any) {
 			set(o, "spec.sink.type", "ClickHouse")
 			set(o, "spec.sink.clickhouse.address", "clickhouse.db.svc")
-		}, `clickhouse.address must be HOST:PORT, such as "clickhouse.db.svc:9000"`},
+		}, `clickhouse.address must be HOST:PORT, such as "clickhouse.db.svc:8123"`},
 		{"ClickHouse address as a URL", func(o map[string]any) {
 			set(o, "spec.sink.type", "ClickHouse")
 			set(o, "spec.sink.clickhouse.address", "tcp://clickhouse:9000")
