@@ -16,7 +16,7 @@
 // network, interface eth0) iptables-save shows:
 //
 //	:CONNSCOPE-JNPFP5XL-3VHNCQUJ - [0:0]
-//	-A PREROUTING -p tcp -m comment --comment "connscope policy web: sample new TCP connections" -j CONNSCOPE-JNPFP5XL-3VHNCQUJ
+//	-A PREROUTING -p tcp -m connbytes --connbytes 0:10 --connbytes-mode packets --connbytes-dir original -m comment --comment "connscope policy web: sample new TCP connections" -j CONNSCOPE-JNPFP5XL-3VHNCQUJ
 //	-A CONNSCOPE-JNPFP5XL-3VHNCQUJ -s 10.0.0.0/8 -m comment --comment "connscope policy web: never sample excluded clients" -j RETURN
 //	-A CONNSCOPE-JNPFP5XL-3VHNCQUJ -i eth0 -p tcp -m multiport --dports 80,443 -m tcp --tcp-flags FIN,SYN,RST,ACK SYN -m conntrack --ctstate NEW -m statistic --mode random --probability 0.00009999983 -m connlabel --label "3" --set -m comment --comment "connscope policy web: label a sample of new TCP connections"
 //	-A CONNSCOPE-JNPFP5XL-3VHNCQUJ -m connlabel --label "3" -m conntrack --ctdir ORIGINAL -m connbytes ! --connbytes 11 --connbytes-mode packets --connbytes-dir original -m comment --comment "connscope policy web: log the first 10 client packets of sampled connections" -j NFLOG --nflog-group 5 --nflog-size 128
@@ -30,10 +30,20 @@
 //     (iptables allows 28). The first part finds every chain a policy name
 //     ever had; the second keeps a policy whose bit or group changed apart
 //     from its earlier self.
-//   - The jump carries -p tcp so that other traffic costs one match. It is
-//     inserted at the top of PREROUTING: a rule above it that ACCEPTs
-//     would hide packets from the sampler, and as our rules never end a
-//     packet's walk, being first changes nothing for the rules below.
+//   - The jump carries -p tcp so that other traffic costs one match, and
+//     connbytes 0:N (packets, original direction) so that only a
+//     connection's first N client packets (and the replies sent
+//     meanwhile) enter the chain: nothing after them can be labelled (a
+//     new connection's SYN is its first packet: conntrack counts it
+//     before mangle PREROUTING) or logged (the log rule's own connbytes
+//     stops at N), so the method is unchanged, while the bulk of every
+//     established connection, the packets that matter for throughput,
+//     costs one rule with two matches instead of the chain's rules
+//     (TestOnlyTheFirstPacketsOfAConnectionEnterTheChain; the datapath
+//     benchmark measures it). It is inserted at the top of PREROUTING: a
+//     rule above it that ACCEPTs would hide packets from the sampler, and
+//     as our rules never end a packet's walk, being first changes nothing
+//     for the rules below.
 //   - Filters gate the labelling only: excluded clients RETURN first, the
 //     interfaces (-i, one labelling rule per interface) and server ports
 //     (multiport, at most 15) sit in the labelling rule. The log rule needs
@@ -52,12 +62,18 @@
 //     honours --nflog-size, copying the smaller of it and the reading
 //     socket's copy range (verified with both backends on Linux 6.18).
 //
-// connbytes switches conntrack accounting (nf_conntrack_acct) on for the
-// whole network namespace when the rule is added, and nothing switches it
-// back off: every connection of the namespace then carries packet and byte
-// counters, a few bytes of memory each. Connections that were open before
-// have no counters and are never logged, which the SYN-only labelling
-// makes moot.
+// connbytes switches conntrack accounting (sysctl
+// net.netfilter.nf_conntrack_acct, per network namespace) on for the whole
+// namespace when the rule is added (the kernel's connbytes match forces
+// it, with a "Forcing CT accounting to be enabled" line in the kernel
+// log), and nothing switches it back off: every connection of the
+// namespace opened from then on carries packet and byte counters (an
+// extension of 32 bytes, two counter updates per packet), whether it is
+// sampled or not. The agent runs in the host's namespace, so this is a
+// change to the node: `conntrack -L` then shows packets= and bytes=, and a
+// node that had accounting off pays for the counters. Connections that
+// were open before have no counters, never jump and are never logged,
+// which the SYN-only labelling makes moot.
 //
 // # Backends
 //

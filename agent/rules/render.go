@@ -70,7 +70,18 @@ func Rules(p Policy, f Family) RuleSet {
 	rs := RuleSet{
 		Family: f,
 		Chain:  chain,
+		// Only the first PacketCap packets of a connection (in the
+		// original direction, the one connbytes counts) can be labelled
+		// or logged, so only they jump: the bulk of an established
+		// connection passes PREROUTING after one cheap test and never
+		// traverses the chain. A SYN that opens a connection is its
+		// first packet (conntrack counts it before mangle PREROUTING
+		// runs), so labelling still sees every new connection. Packets
+		// without conntrack accounting (connections opened before
+		// accounting was on) never jump, as they were never logged.
 		Jump: []string{"-p", "tcp",
+			"-m", "connbytes", "--connbytes", "0:" + strconv.Itoa(p.PacketCap),
+			"--connbytes-mode", "packets", "--connbytes-dir", "original",
 			"-m", "comment", "--comment", c + " sample new TCP connections",
 			"-j", chain},
 	}

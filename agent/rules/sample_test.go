@@ -298,3 +298,74 @@ func (p *nflogPacket) parseIP(b []byte) error {
 	}
 	return nil
 }
+
+// TestOnlyTheFirstPacketsOfAConnectionEnterTheChain checks what keeps the
+// rules cheap for bulk traffic: the jump from PREROUTING is taken only
+// while a connection has sent at most PacketCap packets in the original
+// direction, so a long connection's later packets never traverse the
+// policy chain, and the chain still labels the connection and logs
+// exactly its first PacketCap client packets.
+func TestOnlyTheFirstPacketsOfAConnectionEnterTheChain(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, b Backend) {
+		ns := newTestNS(t)
+		const (
+			packetCap = 4
+			exchanges = 60
+		)
+		ln := ns.Listen(t, "tcp4", "127.0.0.1:0", echo)
+		p := Policy{
+			Name:        "bulk",
+			Probability: 1,
+			PacketCap:   packetCap,
+			LabelBit:    11,
+			NFLOGGroup:  78,
+			CopyRange:   128,
+			Families:    []Family{IPv4},
+		}
+		m := ns.manager(p, b)
+		mustEnsure(t, m)
+		// A rule of the test's own after the jump (which returns) counts
+		// every TCP packet: nft keeps no base-chain policy counter.
+		ns.ipt(b, IPv4, "-t", "mangle", "-A", "PREROUTING", "-p", "tcp", "-m", "comment", "--comment", "test: every TCP packet")
+
+		var c net.Conn
+		if err := ns.Do(func() (err error) {
+			c, err = net.DialTimeout("tcp4", ln.Addr().String(), 5*time.Second)
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+		if err := exchange(c, exchanges, 100); err != nil {
+			t.Fatal(err)
+		}
+		c.Close()
+
+		cc := ruleCounters(t, ns, b, IPv4, m.Chain())
+		if cc.label != 1 || cc.log != packetCap {
+			t.Errorf("label rule matched %d packets, NFLOG rule %d: want 1 and %d", cc.label, cc.log, packetCap)
+		}
+		// The counting rule sees every packet, the jump's counter those
+		// that entered the chain. On
+		// loopback both directions pass PREROUTING: the jump takes the
+		// client's first packetCap packets and the server's packets sent
+		// meanwhile, at most as many again.
+		out := ns.ipt(b, IPv4, "-t", "mangle", "-L", "PREROUTING", "-v", "-x", "-n")
+		var jumped, total int
+		for _, l := range strings.Split(out, "\n") {
+			f := strings.Fields(l)
+			switch {
+			case strings.Contains(l, "test: every TCP packet") && len(f) > 0:
+				total, _ = strconv.Atoi(f[0])
+			case len(f) >= 3 && f[2] == m.Chain():
+				jumped, _ = strconv.Atoi(f[0])
+			}
+		}
+		t.Logf("PREROUTING:\n%s", out)
+		if total < 2*exchanges {
+			t.Fatalf("PREROUTING saw %d packets, fewer than the %d segments sent: the counters are not what the test expects", total, 2*exchanges)
+		}
+		if jumped < packetCap || jumped > 2*packetCap {
+			t.Errorf("%d of %d packets jumped to the policy chain, want %d to %d (the first packets of the connection only)", jumped, total, packetCap, 2*packetCap)
+		}
+	})
+}
