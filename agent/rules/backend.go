@@ -56,6 +56,27 @@ type Options struct {
 	// LockWait is how long iptables waits for the xtables lock (legacy)
 	// before failing; 0 means 5 seconds.
 	LockWait time.Duration
+	// Generation, with the nft backend, returns the nf_tables ruleset
+	// generation of the namespace the iptables programs act on, so that
+	// Manager.Check runs no program while it is unchanged since the last
+	// check that passed. Nil means NFTGeneration when LookPath is nil (the
+	// programs act on the manager's own namespace), and no shortcut when
+	// LookPath is set (tests set both). Not used with iptables-legacy,
+	// whose changes the generation does not count.
+	Generation func() (uint32, error)
+}
+
+// generation is the ruleset generation function for backend b, or nil.
+func (o Options) generation(b Backend) func() (uint32, error) {
+	switch {
+	case b != BackendNFT:
+		return nil
+	case o.Generation != nil:
+		return o.Generation
+	case o.LookPath == nil:
+		return NFTGeneration
+	}
+	return nil
 }
 
 func (o Options) lookPath(name string) (string, error) {

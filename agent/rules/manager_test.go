@@ -148,6 +148,42 @@ func TestCheckNoticesFlushAndEnsureRestores(t *testing.T) {
 	})
 }
 
+// TestCheckListsTheRulesOnlyWhenTheRulesetChanged: with the nft backend,
+// a Check after one that passed runs no iptables program while the
+// namespace's nf_tables generation is unchanged, and lists the rules again
+// after any change, ours or not; with iptables-legacy (whose changes the
+// generation does not count) every Check lists the rules.
+func TestCheckListsTheRulesOnlyWhenTheRulesetChanged(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, b Backend) {
+		ns := newTestNS(t)
+		m := ns.manager(webPolicy(), b)
+		mustEnsure(t, m)
+		mustCheck(t, m) // lists: Ensure changed the ruleset
+		mustCheck(t, m)
+		mustCheck(t, m)
+		wantSkipped := 2
+		if b == BackendLegacy {
+			wantSkipped = 0
+		}
+		if m.checksSkipped != wantSkipped {
+			t.Errorf("%d of 3 Checks ran no iptables, want %d", m.checksSkipped, wantSkipped)
+		}
+
+		// A change elsewhere: Check lists again, finds ours in place.
+		ns.ipt(b, IPv4, "-t", "filter", "-N", "SOMEONE-ELSE")
+		mustCheck(t, m)
+		if m.checksSkipped != wantSkipped {
+			t.Errorf("a Check after a change ran no iptables")
+		}
+		// A flush of our chain is noticed (the generation moved).
+		ns.ipt(b, IPv6, "-t", "mangle", "-F", m.Chain())
+		wantDrift(t, m, "IPv6", "holds 0 rules")
+		wantDrift(t, m, "IPv6", "holds 0 rules") // and again: a failed Check is no reference
+		mustEnsure(t, m)
+		golden(t, "install", ns.save(b))
+	})
+}
+
 func TestEnsureRestoresTheJump(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, b Backend) {
 		ns := newTestNS(t)

@@ -159,7 +159,17 @@ func (ns *testNS) lookPath(name string) (string, error) {
 // options are the Options every manager of a test gets: never without
 // the namespace's LookPath.
 func (ns *testNS) options(b Backend) Options {
-	return Options{Backend: b, LookPath: ns.lookPath, Logger: testLogger(ns.t)}
+	return Options{Backend: b, LookPath: ns.lookPath, Logger: testLogger(ns.t), Generation: ns.generation}
+}
+
+// generation is the namespace's nf_tables generation (Options.Generation).
+func (ns *testNS) generation() (uint32, error) {
+	var g uint32
+	err := ns.Do(func() (err error) {
+		g, err = NFTGeneration()
+		return err
+	})
+	return g, err
 }
 
 // manager makes a manager that works in the namespace.
