@@ -18,14 +18,14 @@ import (
 
 func TestConfigDefaults(t *testing.T) {
 	got := Config{Group: 7}.withDefaults()
-	want := Config{Group: 7, CopyRange: 128, QueueThreshold: 64, FlushTimeout: 100 * time.Millisecond, ReadBuffer: 8 << 20}
+	want := Config{Group: 7, CopyRange: 128, QueueThreshold: 256, FlushTimeout: 100 * time.Millisecond, ReadBuffer: 8 << 20}
 	if got != want {
 		t.Errorf("defaults: got %+v, want %+v", got, want)
 	}
 	if err := got.validate(); err != nil {
 		t.Errorf("defaults do not validate: %v", err)
 	}
-	if got.timeoutHundredths() != 10 || got.nlbufsiz() != 64*(128+256) {
+	if got.timeoutHundredths() != 10 || got.nlbufsiz() != nlbufsizBest {
 		t.Errorf("defaults: timeout %d/100 s, nlbufsiz %d", got.timeoutHundredths(), got.nlbufsiz())
 	}
 }
@@ -67,8 +67,14 @@ func TestConfigKernelUnits(t *testing.T) {
 			t.Errorf("timeout %v: %d/100 s, want %d", tc.timeout, got, tc.want)
 		}
 	}
-	if got := (Config{QueueThreshold: 1 << 16, CopyRange: 65535}).nlbufsiz(); got != nlbufsizMax {
-		t.Errorf("nlbufsiz of a huge batch: %d, want the kernel's maximum %d", got, nlbufsizMax)
+	if got := (Config{QueueThreshold: 1 << 16, CopyRange: 65535}).nlbufsiz(); got != nlbufsizBest {
+		t.Errorf("nlbufsiz of a huge batch: %d, want %d", got, nlbufsizBest)
+	}
+	if got := (Config{QueueThreshold: 16, CopyRange: 128}).nlbufsiz(); got != 16*(128+256) {
+		t.Errorf("nlbufsiz of a batch of 16: %d, want room for 16 packets, %d", got, 16*(128+256))
+	}
+	if nlbufsizBest > nlbufsizMax {
+		t.Errorf("nlbufsizBest %d is above the kernel's maximum %d", nlbufsizBest, nlbufsizMax)
 	}
 }
 

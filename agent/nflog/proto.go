@@ -47,6 +47,16 @@ const nfulnlCfgFSeq = 0x0001 // NFULNL_CFG_F_SEQ: per-instance NFULA_SEQ
 // below its default, NLMSG_GOODSIZE, without an error.
 const nlbufsizMax = 131072
 
+// nlbufsizBest is the largest batch buffer Open asks for: a batch is one
+// skb allocated in softirq context (GFP_ATOMIC) of NFULA_CFG_NLBUFSIZ
+// bytes plus struct skb_shared_info (320 bytes on x86-64, up to about 800
+// with a large CONFIG_MAX_SKB_FRAGS), rounded up by the allocator to a
+// power of two. 64 KiB less 1 KiB stays one 64 KiB (order-4) allocation;
+// nlbufsizMax would be a 256 KiB one, half of it never used but counted
+// against the socket's receive buffer. It holds about 420 logged SYNs or
+// 280 packets cut at 128 bytes.
+const nlbufsizBest = 64<<10 - 1024
+
 // Packet attributes (enum nfulnl_attr_type).
 const (
 	nfulaPacketHdr     = 1  // NFULA_PACKET_HDR: struct nfulnl_msg_packet_hdr { __be16 hw_protocol; __u8 hook; __u8 _pad; }
