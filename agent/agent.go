@@ -314,6 +314,8 @@ func (a *Agent) keepRules(ctx context.Context, m *rules.Manager) {
 			if !cleaned {
 				if err := m.CleanupStale(); err != nil {
 					a.log.Error("could not remove rules left by an earlier run of this policy", "err", err)
+				} else {
+					a.log.Info("started: no rules of an earlier run of this policy left")
 				}
 				cleaned = true
 			}

@@ -112,13 +112,29 @@ func (m *Manager) Ensure() error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.checked = false
+	gen, genOK := m.generation()
+	writes := m.writes
 	var errs []error
 	for _, f := range m.families {
 		if err := m.ensureFamily(m.handles[f], m.sets[f]); err != nil {
 			errs = append(errs, fmt.Errorf("install %s rules of policy %q in %s: %w", f, m.policy.Name, m.handles[f], err))
 		}
 	}
-	return errors.Join(errs...)
+	if len(errs) > 0 || !genOK {
+		return errors.Join(errs...)
+	}
+	if m.writes == writes {
+		// Nothing written: the listings were a Check's.
+		m.checked, m.checkedGen = true, gen
+		return nil
+	}
+	// Our writes moved the generation: list once more now, so that the
+	// next Check (the next resync) can rely on the generation.
+	gen, genOK = m.generation()
+	if err := m.check(gen, genOK); err != nil {
+		m.log.Debug("the rules changed while they were installed", "err", err)
+	}
+	return nil
 }
 
 func (m *Manager) ensureFamily(h *handle, rs RuleSet) error {
@@ -295,20 +311,32 @@ func (e *DriftError) Is(target error) bool { return target == ErrDrift }
 func (m *Manager) Check() error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	var gen uint32
-	genOK := false
-	if m.gen != nil {
-		g, err := m.gen()
-		if err != nil {
-			m.log.Debug("could not read the nf_tables generation: listing the rules", "err", err)
-		} else {
-			gen, genOK = g, true
-			if m.checked && gen == m.checkedGen {
-				m.checksSkipped++
-				return nil
-			}
-		}
+	gen, genOK := m.generation()
+	if genOK && m.checked && gen == m.checkedGen {
+		m.checksSkipped++
+		return nil
 	}
+	return m.check(gen, genOK)
+}
+
+// generation reads the nf_tables generation, when the manager uses it.
+func (m *Manager) generation() (uint32, bool) {
+	if m.gen == nil {
+		return 0, false
+	}
+	g, err := m.gen()
+	if err != nil {
+		m.log.Debug("could not read the nf_tables generation: listing the rules", "err", err)
+		return 0, false
+	}
+	return g, true
+}
+
+// check lists the rules of every family and compares them with the
+// policy. gen is the generation read before the listing (when genOK): a
+// change made while we list moves the generation past it, so the next
+// Check lists again.
+func (m *Manager) check(gen uint32, genOK bool) error {
 	m.checked = false
 	var problems []string
 	var errs []error
@@ -328,8 +356,6 @@ func (m *Manager) Check() error {
 	if len(problems) > 0 {
 		return &DriftError{Policy: m.policy.Name, Problems: problems}
 	}
-	// Read before listing: a change made while we listed moves the
-	// generation past checkedGen, and the next Check lists again.
 	m.checked, m.checkedGen = genOK, gen
 	return nil
 }
