@@ -162,8 +162,8 @@ type Queue struct {
 	retries     atomic.Uint64
 	batches     atomic.Uint64
 
-	// wake is signalled, without waiting, when a batch's worth of records
-	// is queued.
+	// wake is signalled, without waiting, when a record is queued into an
+	// empty ring and when a batch's worth of records is queued.
 	wake    chan struct{}
 	running atomic.Bool
 
@@ -212,7 +212,7 @@ func (q *Queue) Offer(rec *packet.Record) bool {
 			if q.tail.CompareAndSwap(pos, pos+1) {
 				c.rec = *rec
 				c.seq.Store(pos + 1)
-				if pos+1-q.head.Load() >= uint64(q.cfg.BatchSize) {
+				if n := pos + 1 - q.head.Load(); n == 1 || n >= uint64(q.cfg.BatchSize) {
 					select {
 					case q.wake <- struct{}{}:
 					default:
@@ -270,7 +270,9 @@ func (q *Queue) take(max int, end uint64) {
 func (q *Queue) ready() uint64 { return q.tail.Load() - q.head.Load() }
 
 // Run is the sender loop. It sends a batch as soon as BatchSize records
-// are queued, or what there is FlushInterval after the previous send; a
+// are queued, or what there is FlushInterval after the previous send (or,
+// after a time with nothing queued, after the first record: an idle queue
+// sleeps until Offer wakes it, without a timer); a
 // batch the sink fails is sent again, after a backoff, until it is
 // delivered (or rejected: then it is dropped and counted). Records offered
 // meanwhile fill the ring.
@@ -300,6 +302,15 @@ func (q *Queue) Run(ctx context.Context) error {
 			return q.drain()
 		}
 		if len(q.pending) == 0 {
+			if q.ready() == 0 {
+				select {
+				case <-ctx.Done():
+					return q.drain()
+				case <-q.wake:
+				}
+				flush.Reset(q.cfg.FlushInterval)
+				continue
+			}
 			if q.ready() < batch {
 				select {
 				case <-ctx.Done():
