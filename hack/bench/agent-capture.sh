@@ -4,7 +4,7 @@
 # reader takes without losing one, side by side on the same traffic:
 #
 #   connscope agent   --probability 1 --sink file://... (its own rules, its
-#                     NFLOG settings: copy range 128, batches of 64, flush
+#                     NFLOG settings: copy range 128, batches of up to 256 in 64 KiB, flush
 #                     100 ms, SO_RCVBUFFORCE 8 MiB)
 #   ulogd2            NFLOG -> BASE -> PCAP, configured as fairly as it lets
 #                     itself be: netlink_socket_buffer_size 8 MiB (it uses
@@ -39,8 +39,11 @@
 #             -decode: decodable TCP records)
 #   loss      logged - written (the reader's loss), and sent - logged
 #             (lost before the rule: should be 0)
-#   CPU       user+system time of the reader's process group during the step
-#             (send and drain), also per packet written
+#   CPU       user+system time of the reader and every process it started
+#             (the agent's iptables runs, tshark's dumpcap) during the step
+#             (send and drain), from a cpuacct cgroup of the reader's own
+#             (exact: the scheduler's clock, not ticks), also per packet
+#             written: µs per packet = CPU seconds per million packets
 # plus what each reader says of its losses: the agent's
 # connscope_agent_packets_lost_total{reason} and nflog_enobufs_total, the
 # netlink socket's drop counter (/proc/net/netlink, batches dropped because
@@ -54,16 +57,22 @@
 #
 # Two passes by default: the reader with a whole core, and the reader held
 # to 0.02 of a core by a cgroup CPU quota, as a DaemonSet pod's CPU limit
-# would. On a machine whose one generator core offers ~100-150k SYN/s, no
+# would (applied once the reader has started, so that the agent's start,
+# a few dozen iptables runs, is not measured and takes no half minute).
+# On a machine whose one generator core offers ~100-150k SYN/s, no
 # reader with a whole core falls behind, and the first pass compares CPU
 # per packet only; the second makes the reader the bottleneck, so that the
 # highest zero-loss rate and the rate written at the flood tell the readers
 # apart. (A throttled reader finds a long backlog at each wakeup and spends
 # far less CPU per packet than one woken for every batch: compare CPU per
-# packet within a pass, not across passes.)
+# packet within a pass, not across passes.) The summary also gives, for
+# each pass, the ratio of CPU per packet, ulogd2 / agent, at every paced
+# rate both wrote whole: on a machine shared with other work this moves
+# far less than the rates do, as it does not count time spent waiting for
+# a core.
 #
 # Environment:
-#   BENCH_CAPTURE_RATES    packets/s of the paced steps (default "10000 20000 30000 50000 70000 100000 120000 150000 200000 300000 400000 800000")
+#   BENCH_CAPTURE_RATES    packets/s of the paced steps (default "2000 5000 10000 20000 30000 50000 70000 100000 120000 150000 200000 300000 400000 800000")
 #   BENCH_CAPTURE_SECONDS  seconds per step (default 3)
 #   BENCH_CAPTURE_READERS  which readers, in order (default "agent ulogd2 tshark")
 #   BENCH_CAPTURE_FLOOD    0 to skip the flood step (default 1)
@@ -82,7 +91,7 @@
 # Exit status 0 when every step ran (targets met or not: the table says).
 source "$(dirname "${BASH_SOURCE[0]}")/agent-lib.sh"
 
-rates=${BENCH_CAPTURE_RATES:-10000 20000 30000 50000 70000 100000 120000 150000 200000 300000 400000 800000}
+rates=${BENCH_CAPTURE_RATES:-2000 5000 10000 20000 30000 50000 70000 100000 120000 150000 200000 300000 400000 800000}
 secs=${BENCH_CAPTURE_SECONDS:-3}
 readers=${BENCH_CAPTURE_READERS:-agent ulogd2 tshark}
 flood=${BENCH_CAPTURE_FLOOD:-1}
@@ -172,7 +181,7 @@ EOF
 }
 
 steps=$LOGS/steps.tsv
-printf 'limit\treader\ttarget\tsent\tseconds\tlogged\twritten\tcpu_ticks\twall\tseq_gap\tqueue_full\tenobufs\tsock_drops\theld_at_stop\tnote\n' >"$steps"
+printf 'limit\treader\ttarget\tsent\tseconds\tlogged\twritten\tcpu_us\twall\tseq_gap\tqueue_full\tenobufs\tsock_drops\theld_at_stop\tnote\n' >"$steps"
 
 # one_step READER TARGET(0 = flood) TAG
 one_step() {
@@ -183,6 +192,9 @@ one_step() {
 		start_bg "$reader-$tag" "$SRV" "$reader_cpu" "$CACHE/connscope" "${agent_args[@]}" --sink "file://$out.pcapng"
 		pid=$BG_PID
 		wait_for 30 in_ns "$SRV" curl -sf -o /dev/null "http://$metrics/readyz" || die "the agent did not become ready: see $LOGS/$reader-$tag.log"
+		# Its start (rules installed, then those of earlier runs looked
+		# for: a dozen iptables runs) is not what the step measures.
+		wait_for 30 grep -q "no rules of an earlier run" "$LOGS/$reader-$tag.log" || die "the agent did not finish starting: see $LOGS/$reader-$tag.log"
 		;;
 	ulogd2)
 		write_ulogd_conf "$WORK/ulogd.conf" "$out.pcap" "$LOGS/$reader-$tag.ulogd.log"
@@ -197,9 +209,17 @@ one_step() {
 	esac
 	wait_for 30 nflog_bound "$SRV" "$group" || die "$reader did not bind NFLOG group $group: see $LOGS/$reader-$tag.log"
 	sleep 0.5 # the reader settles (tshark's dumpcap starts after the bind)
+	# The CPU limit applies from here: a reader's start (the agent's: a
+	# few dozen iptables runs) is not what the step measures, and at 2% of
+	# a core it would take half a minute.
+	local measure=$BG_ACCT
+	if [[ -n $limit_dir ]]; then
+		limit_group_procs "$BG_ACCT" "$limit_dir"
+		[[ -f /sys/fs/cgroup/cgroup.controllers ]] && measure=$limit_dir # v2: the processes moved
+	fi
 	local c0 t0 w0 c1 t1 w1 gen sent seconds
 	c0=$(nflog_rule_count)
-	t0=$(group_cpu_ticks "$pid")
+	t0=$(acct_usage_us "$measure")
 	w0=$(date +%s.%N)
 	gen=$(in_ns "$CLI" taskset -c "$gen_cpu" "$CACHE/synflood" -iface "$CLI_DEV" -dst-mac "$SRV_MAC" \
 		-src "$CLI_IP" -dst "$SRV_IP" -dport "$dport" -rate "$target" -duration "${secs}s")
@@ -210,7 +230,7 @@ one_step() {
 	sleep 1.2
 	wait_for 30 drained || note="not drained after 30 s"
 	sleep 0.3
-	t1=$(group_cpu_ticks "$pid")
+	t1=$(acct_usage_us "$measure")
 	w1=$(date +%s.%N)
 	c1=$(nflog_rule_count)
 	local rmem drops seq_gap="" queue_full="" enobufs=""
@@ -262,7 +282,7 @@ one_step() {
 	wall=$(awk -v a="$w0" -v b="$w1" 'BEGIN { printf "%.2f", b - a }')
 	printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$limit" "$reader" "$target" "$sent" "$seconds" "$((c1 - c0))" \
 		"$written" "$((t1 - t0))" "$wall" "$seq_gap" "$queue_full" "$enobufs" "$drops" "$held" "$note" >>"$steps"
-	log "$reader$([[ $limit != none ]] && echo " limited to $limit core") at $( ((target > 0)) && echo "$target/s" || echo flood): sent $sent in ${seconds%???????}s, logged $((c1 - c0)), written $written, CPU $(awk -v t=$((t1 - t0)) -v k="$CLK_TCK" 'BEGIN { printf "%.2f", t / k }')s${note:+ ($note)}"
+	log "$reader$([[ $limit != none ]] && echo " limited to $limit core") at $( ((target > 0)) && echo "$target/s" || echo flood): sent $sent in ${seconds%???????}s, logged $((c1 - c0)), written $written, CPU $(awk -v t=$((t1 - t0)) 'BEGIN { printf "%.3f", t / 1e6 }')s ($(awk -v t=$((t1 - t0)) -v w="$written" 'BEGIN { printf "%.2f", (w > 0 ? t / w : 0) }') µs/packet)${note:+ ($note)}"
 	LAST_ACHIEVED=$(awk -v s="$sent" -v t="$seconds" 'BEGIN { printf "%d", (t > 0 ? s / t : 0) }')
 	LAST_ZERO=0
 	[[ $((written + held)) -eq $((c1 - c0)) && $((c1 - c0)) -eq $sent ]] && LAST_ZERO=1
@@ -273,10 +293,15 @@ load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 log "the agent's rules, for ulogd2 and tshark"
 capture_agent_rules
 for limit in $limits; do
-	BG_CGROUP=""
-	[[ $limit == none ]] || cpu_limit_group "$limit"
+	BG_CGROUP="" limit_dir=""
+	if [[ $limit != none ]]; then
+		cpu_limit_group "$limit"
+		limit_dir=$BG_CGROUP BG_CGROUP="" # readers join it once started
+	fi
 	for reader in $readers; do
 		case $reader in agent | ulogd2 | tshark) ;; *) die "unknown reader $reader (agent, ulogd2, tshark)" ;; esac
+		BG_ACCT=""
+		acct_group
 		ns_pair
 		# the server answers every SYN with a RST; the client needs none of them
 		in_ns "$CLI" iptables-nft -t raw -A PREROUTING -p tcp --tcp-flags RST RST -j DROP
@@ -298,7 +323,7 @@ for limit in $limits; do
 		ns_drop
 	done
 done
-BG_CGROUP=""
+BG_CGROUP="" BG_ACCT=""
 load_after=$(cut -d' ' -f1-3 /proc/loadavg)
 
 # ---- the report ----
@@ -312,14 +337,14 @@ report=$CACHE/agent-capture.md
 	echo "- Steps of ${secs} s at $rates packets/s (stopping when the generator falls 10% short), then a flood. A fresh reader for each step, a fresh namespace pair for each reader."
 	echo "- Passes, by the reader's CPU limit: $(awk '{ for (i = 1; i <= NF; i++) printf "%s%s", (i > 1 ? ", " : ""), ($i == "none" ? "none (a whole core)" : $i " of a core (a cgroup CFS quota over 100 ms periods, as a pod'"'"'s CPU limit)") }' <<<"$limits")."
 	echo "- Rules: the agent's (probability 1, packet cap $packet_cap, --ports $dport, --nflog-size 128, group $group, iptables-nft); ulogd2 and tshark read the same rule set, restored from the agent's iptables-nft-save ($(grep -c -- '^-A' "$WORK/rules.v4") rules)."
-	echo "- connscope agent: \`connscope ${agent_args[*]} --sink file://…pcapng\` (copy range 128; kernel batches of 64 packets or 100 ms; SO_RCVBUFFORCE 8 MiB, 16 MiB granted)."
+	echo "- connscope agent: \`connscope ${agent_args[*]} --sink file://…pcapng\` (copy range 128; kernel batches of up to 256 packets in a 64 KiB buffer, or 100 ms; SO_RCVBUFFORCE 8 MiB, 16 MiB granted)."
 	echo "- ulogd2 $(dpkg-query -W -f='${Version}' ulogd2 2>/dev/null): \`stack=log1:NFLOG,base1:BASE,pcap1:PCAP\`, netlink_socket_buffer_size=8388608 with netlink_socket_buffer_maxsize=8388609 (SO_RCVBUFFORCE; ulogd2 applies a size only below the maximum, so 8 MiB and no growth, as the agent), netlink_qthreshold=64, netlink_qtimeout=10 (100 ms), pcap sync=0 (buffered writes). It has no option for the kernel's batch buffer, which stays at one page (about 16 packets of this size per batch)."
 	echo "- tshark $(tshark --version 2>/dev/null | head -n 1 | awk '{ print $3 }'): \`tshark -i nflog:$group -B 8 -w FILE\` (dumpcap reads the group; libpcap sets SO_RCVBUF, capped by net.core.rmem_max = $(cat /proc/sys/net/core/rmem_max), and leaves the kernel's batching defaults: 100 packets or 1 s, one page)."
-	echo "- sent: packets the veth accepted; logged: the NFLOG rule's counter (what the kernel logged to the group); written: TCP records in the reader's file after it stopped; reader loss = logged - written; held at stop: packets missing from the end of the file only (the source ports are sent in turn) while the kernel dropped no batch (socket drops 0, no sequence gap): they reached the reader's socket and the reader still held them when stopped (tshark: dumpcap keeps the tail of the last batch it read until more arrive), so they do not count against zero loss; CPU: user+system time of the reader's process group over the step (send and drain); CPU % is of one core over the send time."
+	echo "- sent: packets the veth accepted; logged: the NFLOG rule's counter (what the kernel logged to the group); written: TCP records in the reader's file after it stopped; reader loss = logged - written; held at stop: packets missing from the end of the file only (the source ports are sent in turn) while the kernel dropped no batch (socket drops 0, no sequence gap): they reached the reader's socket and the reader still held them when stopped (tshark: dumpcap keeps the tail of the last batch it read until more arrive), so they do not count against zero loss; CPU: user+system time of the reader and the processes it started (the agent's iptables runs, tshark's dumpcap), from a cpuacct cgroup (exact), over the step (send and drain); µs per packet written = CPU seconds per million packets; CPU % is of one core over the send time."
 	echo
 	echo "### Every step"
 	echo
-	awk -F'\t' -v k="$CLK_TCK" '
+	awk -F'\t' -v k=1e6 '
 	BEGIN {
 		print "| CPU limit | reader | offered | sent rate | sent | logged (rule) | written | reader loss (of which held at stop) | lost before the rule | reader CPU s | CPU % while sending | CPU µs per packet | agent: seq gap, queue full, ENOBUFS | socket drops (batches) | note |"
 		print "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---|"
@@ -336,7 +361,7 @@ report=$CACHE/agent-capture.md
 	echo
 	echo "### Summary"
 	echo
-	awk -F'\t' -v k="$CLK_TCK" '
+	awk -F'\t' -v k=1e6 '
 	NR == 1 { next }
 	{
 		key = $1 SUBSEP $2
@@ -346,6 +371,7 @@ report=$CACHE/agent-capture.md
 		# the reader at stop with no batch dropped by the kernel
 		zero = ($7 + $14 == $6 && $6 == $4)
 		if ($3 > 0) {
+			if (zero && $7 > 0) pus[$1 SUBSEP $2 SUBSEP $3] = 1e6 * $8 / k / $7
 			if (zero && ok[key]) maxz[key] = $3
 			if (!zero) { ok[key] = 0; lossy[key] = lossy[key] (lossy[key] == "" ? "" : ", ") ($3 / 1000) " k" }
 			else if (!ok[key]) clean_after[key] = clean_after[key] (clean_after[key] == "" ? "" : ", ") ($3 / 1000) " k"
@@ -386,6 +412,10 @@ report=$CACHE/agent-capture.md
 				print ""
 				continue
 			}
+			if (ok[a] && ok[u] && !(fl[a] && flossy[a]) && !(fl[u] && flossy[u])) {
+				printf "- %s: neither the agent nor ulogd2 lost a packet at any step (up to %d and %d k/s): the generator set the rate, not the readers, so rates do not separate them.\n", lim, za / 1000, zu / 1000
+				continue
+			}
 			if (zu > 0) printf "- %s: max zero-loss rate, agent / ulogd2: %d / %d k/s = %.2f×.", lim, za / 1000, zu / 1000, za / zu
 			else printf "- %s: max zero-loss rate: ulogd2 lost packets at every step.", lim
 			if (fl[a] && fl[u] && flossy[a] && flossy[u] && flog[u] > 0)
@@ -394,6 +424,22 @@ report=$CACHE/agent-capture.md
 				printf " (target ≥ 2×: %s)", verdict(za / zu)
 			if (fus[a] > 0 && fus[u] > 0) printf " CPU per packet at the flood, ulogd2 / agent: %.2f / %.2f µs = %.2f×.", fus[u], fus[a], fus[u] / fus[a]
 			print ""
+		}
+		# CPU per packet at the same paced rates, where both wrote everything
+		for (j = 1; j <= nl; j++) {
+			l = lorder[j]; nr = 0; lo = 0; hi = 0; list = ""
+			for (r in pus) {
+				split(r, rr, SUBSEP)
+				if (rr[1] != l || rr[2] != "agent" || !((l SUBSEP "ulogd2" SUBSEP rr[3]) in pus)) continue
+				ua = pus[r]; uu = pus[l SUBSEP "ulogd2" SUBSEP rr[3]]
+				if (ua <= 0) continue
+				x = uu / ua; nr++
+				if (nr == 1 || x < lo) lo = x
+				if (nr == 1 || x > hi) hi = x
+				list = list sprintf("%s%d k/s: %.2f / %.2f µs", (list == "" ? "" : "; "), rr[3] / 1000, uu, ua)
+			}
+			if (nr > 0)
+				printf "- %s: CPU per packet (= CPU seconds per million packets), ulogd2 / agent, at the %d paced rates both wrote whole: %.2f× to %.2f× (target ≥ 2×: %s) (%s).\n", (l == "none" ? "Whole core each" : "CPU limit " l " of a core each"), nr, lo, hi, verdict(lo), list
 		}
 	}' "$steps"
 } >"$report"

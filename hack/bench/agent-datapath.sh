@@ -2,7 +2,7 @@
 # agent-datapath.sh is the agent's datapath benchmark (`make
 # bench-agent-datapath`, part of `make bench`): what the agent's rules cost
 # the traffic they watch, in TCP throughput and in new connections per
-# second, under four conditions:
+# second, under five conditions:
 #
 #   none         no rule in the server namespace (conntrack is not even loaded
 #                there: nothing asks for it)
@@ -11,30 +11,48 @@
 #                namespace and never runs. Every Kubernetes node runs
 #                conntrack (kube-proxy), so this is the baseline the rules
 #                add to there.
+#   acct         conntrack as above and conntrack accounting on
+#                (net.netfilter.nf_conntrack_acct=1 in the server namespace):
+#                what the rules' connbytes match switches on for the whole
+#                namespace, measured apart from the rules themselves
 #   p=0.0001     `connscope agent --probability 0.0001` (file sink)
 #   p=1          `connscope agent --probability 1` (every connection's first
 #                10 client packets logged and written)
 #
 # For each run a fresh pair of namespaces (client and server, one veth with
-# TSO/GSO/GRO off, 198.18.0.0/30): iperf3 -s and hack/bench/tinyhttp (one
-# fixed response, Connection: close) in the server namespace, on core
-# BENCH_SERVER_CPU with the agent; from the client namespace, on core
-# BENCH_CLIENT_CPU:
+# TSO/GSO/GRO off, so that every 1448-byte segment is a packet netfilter
+# sees: the worst case for per-packet rules; 198.18.0.0/30): iperf3 -s and
+# hack/bench/tinyhttp (one fixed response, Connection: close) in the server
+# namespace, on core BENCH_SERVER_CPU, the agent on the same core; from the
+# client namespace, on core BENCH_CLIENT_CPU:
 #
 #   iperf3 -c SERVER -t BENCH_DATAPATH_SECONDS -J       one TCP stream, receiver's rate
 #   wrk -t1 -c BENCH_WRK_CONNECTIONS -d BENCH_DATAPATH_SECONDS -H 'Connection: close' http://SERVER:8080/
 #                                                       one new connection per request
 #
+# Two measures of each: the rate (wall clock: what a user sees, but on a
+# machine shared with other work it moves with their load), and the CPU
+# time the traffic took (user+system time of iperf3 or wrk and the servers,
+# which includes the kernel's packet path, softirqs included, run on their
+# behalf; from a cpuacct cgroup, exact, not sampled) per GB or per
+# connection: on a busy machine this moves far less than the rate, as it
+# does not count the time the traffic waited for a core. The agent's own
+# CPU time is reported apart.
+#
 # Each condition runs BENCH_DATAPATH_RUNS times, the conditions interleaved
-# and rotated (round 1: none, conntrack, p=0.0001, p=1; round 2 starts at
-# conntrack; ...) so that drift in the machine's load, and the previous
-# run's namespace being torn down (the script also waits 3 s after each),
-# spread over all of them; the table gives the median and every run. Loss is (baseline - condition) / baseline of the medians, with
-# both baselines.
+# and rotated (round 1: none, conntrack, acct, p=0.0001, p=1; round 2
+# starts at conntrack; ...) so that drift in the machine's load, and the
+# previous run's namespace being torn down (the script also waits 3 s after
+# each), spread over all of them; the table gives the median and the range
+# (min-max) of every measure. Loss is (baseline - condition) / baseline of
+# the medians (for CPU, the extra CPU per unit), against no rules and
+# against conntrack alone; the comparison that matters for a node is
+# p=0.0001 against conntrack.
 #
 # Environment:
 #   BENCH_DATAPATH_SECONDS   seconds of each iperf3 and wrk run (default 5)
-#   BENCH_DATAPATH_RUNS      runs of each condition (default 3)
+#   BENCH_DATAPATH_RUNS      runs of each condition (default 5)
+#   BENCH_DATAPATH_CONDITIONS  which conditions (default "none conntrack acct p=0.0001 p=1")
 #   BENCH_WRK_CONNECTIONS    wrk's concurrent connections (default 50)
 #   BENCH_CLIENT_CPU         core of iperf3 -c and wrk (default 0)
 #   BENCH_SERVER_CPU         core of the servers and the agent (default 1; 0 on one core)
@@ -45,11 +63,11 @@
 source "$(dirname "${BASH_SOURCE[0]}")/agent-lib.sh"
 
 secs=${BENCH_DATAPATH_SECONDS:-5}
-runs=${BENCH_DATAPATH_RUNS:-3}
+runs=${BENCH_DATAPATH_RUNS:-5}
 wrk_conns=${BENCH_WRK_CONNECTIONS:-50}
 client_cpu=${BENCH_CLIENT_CPU:-0}
 if [[ $(nproc) -ge 2 ]]; then server_cpu=${BENCH_SERVER_CPU:-1}; else server_cpu=${BENCH_SERVER_CPU:-0}; fi
-conditions=(none conntrack p=0.0001 p=1)
+read -r -a conditions <<<"${BENCH_DATAPATH_CONDITIONS:-none conntrack acct p=0.0001 p=1}"
 metrics=127.0.0.1:19478
 http_port=8080
 settle=3
@@ -59,24 +77,31 @@ need_tools iperf3 wrk iptables-nft nsenter taskset ethtool curl python3 ss
 build_tools
 
 rows=$LOGS/runs.tsv
-printf 'condition\trun\tiperf3_bps\tretransmits\twrk_rps\twrk_errors\tagent_logged\tagent_lost\tconntrack_entries\n' >"$rows"
+printf 'condition\trun\tiperf3_bps\tiperf3_bytes\tiperf3_cpu_us\tretransmits\twrk_rps\twrk_requests\twrk_cpu_us\twrk_errors\tagent_cpu_us\tagent_logged\tagent_lost\tconntrack_entries\tacct\n' >"$rows"
 
 listening() { [[ -n $(in_ns "$SRV" ss -Hltn "sport = :$1") ]]; }
 
 # one_run CONDITION RUN
 one_run() {
-	local cond=$1 run=$2 tag agent_pid="" note=""
+	local cond=$1 run=$2 tag agent_pid="" traffic agent_acct=""
 	tag=$(tr -c 'a-z0-9\n' '_' <<<"$cond")-$run
 	ns_pair
+	BG_ACCT=""
+	acct_group
+	traffic=$BG_ACCT
 	start_bg "iperf3-$tag" "$SRV" "$server_cpu" iperf3 -s -B "$SRV_IP"
 	start_bg "tinyhttp-$tag" "$SRV" "$server_cpu" "$CACHE/tinyhttp" -addr "$SRV_IP:$http_port"
 	case $cond in
 	none) ;;
-	conntrack)
+	conntrack | acct)
 		in_ns "$SRV" iptables-nft -t mangle -N CSBENCH-CONNTRACK
 		in_ns "$SRV" iptables-nft -t mangle -A CSBENCH-CONNTRACK -m conntrack --ctstate NEW -j RETURN
+		[[ $cond == acct ]] && in_ns "$SRV" sysctl -qw net.netfilter.nf_conntrack_acct=1
 		;;
 	p=*)
+		BG_ACCT=""
+		acct_group
+		agent_acct=$BG_ACCT
 		start_bg "agent-$tag" "$SRV" "$server_cpu" "$CACHE/connscope" agent --policy bench-datapath \
 			--probability "${cond#p=}" --packet-cap 10 --label-bit 7 --nflog-group 43 --backend nft \
 			--metrics-addr "$metrics" --sink "file://$WORK/agent-$tag.pcapng"
@@ -84,21 +109,29 @@ one_run() {
 		wait_for 30 in_ns "$SRV" curl -sf -o /dev/null "http://$metrics/readyz" || die "the agent did not become ready: see $LOGS/agent-$tag.log"
 		;;
 	esac
+	BG_ACCT=""
 	wait_for 10 listening "$http_port" || die "tinyhttp did not start: see $LOGS/tinyhttp-$tag.log"
 	wait_for 10 listening 5201 || die "iperf3 -s did not start: see $LOGS/iperf3-$tag.log"
 	sleep 0.5
 
-	local bps retr rps errs
-	in_ns "$CLI" taskset -c "$client_cpu" iperf3 -c "$SRV_IP" -t "$secs" -J >"$LOGS/iperf3-client-$tag.json" 2>&1 ||
+	local bps bytes retr rps reqs errs u0 u1 u2 a0="" a1=""
+	[[ -n $agent_acct ]] && a0=$(acct_usage_us "$agent_acct")
+	u0=$(acct_usage_us "$traffic")
+	in_acct "$traffic" "$CLI" "$client_cpu" iperf3 -c "$SRV_IP" -t "$secs" -J >"$LOGS/iperf3-client-$tag.json" 2>&1 ||
 		die "iperf3 -c failed: see $LOGS/iperf3-client-$tag.json"
-	read -r bps retr < <(python3 -c '
+	u1=$(acct_usage_us "$traffic")
+	read -r bps bytes retr < <(python3 -c '
 import json, sys
 e = json.load(open(sys.argv[1]))["end"]
-print(int(e["sum_received"]["bits_per_second"]), e["sum_sent"].get("retransmits", 0))' "$LOGS/iperf3-client-$tag.json")
+print(int(e["sum_received"]["bits_per_second"]), int(e["sum_received"]["bytes"]), e["sum_sent"].get("retransmits", 0))' "$LOGS/iperf3-client-$tag.json")
 	sleep 0.5
-	in_ns "$CLI" taskset -c "$client_cpu" wrk -t1 -c "$wrk_conns" -d "${secs}s" -H 'Connection: close' \
+	u1=$(acct_usage_us "$traffic")
+	in_acct "$traffic" "$CLI" "$client_cpu" wrk -t1 -c "$wrk_conns" -d "${secs}s" -H 'Connection: close' \
 		"http://$SRV_IP:$http_port/" >"$LOGS/wrk-$tag.txt" 2>&1 || die "wrk failed: see $LOGS/wrk-$tag.txt"
+	u2=$(acct_usage_us "$traffic")
+	[[ -n $agent_acct ]] && a1=$(acct_usage_us "$agent_acct")
 	rps=$(awk '/^Requests\/sec:/ { printf "%d", $2 }' "$LOGS/wrk-$tag.txt")
+	reqs=$(awk '/requests in/ { print $1; exit }' "$LOGS/wrk-$tag.txt")
 	errs=$(awk '/Socket errors:/ { gsub(/,/, ""); n += $4 + $6 + $8 + $10 } /Non-2xx/ { n += $NF } END { printf "%d", n }' "$LOGS/wrk-$tag.txt")
 
 	local logged="" lost=""
@@ -109,15 +142,18 @@ print(int(e["sum_received"]["bits_per_second"]), e["sum_sent"].get("retransmits"
 		stop_bg "$agent_pid" TERM 30
 		rm -f "$WORK/agent-$tag.pcapng"
 	fi
-	# whether conntrack ran in the server namespace: the connections it holds
-	local ct
+	# whether conntrack ran in the server namespace (the connections it
+	# holds), and whether accounting was on
+	local ct acct
 	ct=$(in_ns "$SRV" cat /proc/sys/net/netfilter/nf_conntrack_count 2>/dev/null || echo 0)
+	acct=$(in_ns "$SRV" cat /proc/sys/net/netfilter/nf_conntrack_acct 2>/dev/null || echo 0)
 	ns_drop
 	# The kernel tears a namespace down in the background (its sockets and
 	# conntrack entries): let that finish before the next run measures.
 	sleep "$settle"
-	printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$cond" "$run" "$bps" "$retr" "$rps" "${errs:-0}" "$logged" "$lost" "$ct" >>"$rows"
-	log "$cond run $run: iperf3 $(awk -v b="$bps" 'BEGIN { printf "%.2f", b / 1e9 }') Gbit/s, wrk $rps conn/s (errors ${errs:-0})${logged:+, agent logged $logged, lost $lost}"
+	printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$cond" "$run" "$bps" "$bytes" "$((u1 - u0))" "$retr" \
+		"$rps" "${reqs:-0}" "$((u2 - u1))" "${errs:-0}" "${a1:+$((a1 - a0))}" "$logged" "$lost" "$ct" "$acct" >>"$rows"
+	log "$cond run $run: iperf3 $(awk -v b="$bps" 'BEGIN { printf "%.2f", b / 1e9 }') Gbit/s, $(awk -v u="$((u1 - u0))" -v b="$bytes" 'BEGIN { printf "%.3f", (u / 1e6) / (b / 1e9) }') CPU s/GB; wrk $rps conn/s, $(awk -v u="$((u2 - u1))" -v n="${reqs:-0}" 'BEGIN { printf "%.1f", (n > 0 ? u / n : 0) }') CPU µs/conn (errors ${errs:-0})${logged:+; agent logged $logged, lost $lost}"
 }
 
 load_before=$(cut -d' ' -f1-3 /proc/loadavg)
@@ -134,53 +170,60 @@ report=$CACHE/agent-datapath.md
 	echo "## Datapath: what the rules cost the traffic"
 	echo
 	echo "$(date -u +%Y-%m-%dT%H:%M:%SZ), $(kernel_info); load average before $load_before, after $load_after."
-	echo "A fresh namespace pair per run (veth, TSO/GSO/GRO off); client tools on core $client_cpu, servers and agent on core $server_cpu."
+	echo "A fresh namespace pair per run (veth, TSO/GSO/GRO off: every 1448-byte segment is a packet the rules see, the worst case); client tools on core $client_cpu, servers and agent on core $server_cpu."
 	echo "iperf3 $(iperf3 --version 2>/dev/null | head -n 1 | awk '{ print $2 }'): \`iperf3 -c SERVER -t $secs\`, one TCP stream, the receiver's rate. wrk: \`wrk -t1 -c $wrk_conns -d ${secs}s -H 'Connection: close'\` against hack/bench/tinyhttp: every request a new TCP connection."
-	echo "Agent: \`connscope agent --probability P --packet-cap 10 --label-bit 7 --nflog-group 43 --backend nft --sink file://…\` (all ports, IPv4 and IPv6 rules). conntrack: one conntrack-match rule in an unreferenced chain (conntrack on, no rule runs)."
-	echo "$runs runs per condition, interleaved and rotated; median (and every run, in run order)."
+	echo "CPU: user+system time of the traffic's processes (iperf3 or wrk, and the servers), kernel packet path on their behalf included, from a cpuacct cgroup (exact), per GB received or per connection; the agent's CPU apart."
+	echo "Agent: \`connscope agent --probability P --packet-cap 10 --label-bit 7 --nflog-group 43 --backend nft --sink file://…\` (all ports, IPv4 and IPv6 rules). conntrack: one conntrack-match rule in an unreferenced chain (conntrack on, no rule runs). acct: the same with net.netfilter.nf_conntrack_acct=1, which the agent's connbytes match switches on."
+	echo "$runs runs per condition, interleaved and rotated; median [min–max]."
 	echo
 	awk -F'\t' '
 	function med(s,   a, n, i, j, t) {
 		n = split(s, a, " ")
 		for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (a[j] + 0 < a[i] + 0) { t = a[i]; a[i] = a[j]; a[j] = t }
+		lo = a[1]; hi = a[n]
 		return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
 	}
-	function runs(s, scale, fmt,   a, n, i, o) {
-		n = split(s, a, " "); o = ""
-		for (i = 1; i <= n; i++) o = o (i > 1 ? ", " : "") sprintf(fmt, a[i] / scale)
-		return o
-	}
-	function loss(b, v) { return b > 0 ? sprintf("%+.1f%%", 100 * (b - v) / b) : "" }
+	function cell(s, scale, fmt,   m) { m = med(s); return sprintf(fmt " [" fmt "–" fmt "]", m / scale, lo / scale, hi / scale) }
+	function slower(b, v) { return b > 0 ? sprintf("%+.1f%%", 100 * (b - v) / b) : "" }
+	function costlier(b, v) { return b > 0 ? sprintf("%+.1f%%", 100 * (v - b) / b) : "" }
 	NR == 1 { next }
 	{
-		if (!($1 in seen)) { seen[$1] = 1; order[++n] = $1 }
-		bps[$1] = bps[$1] " " $3; rps[$1] = rps[$1] " " $5
-		errs[$1] += $6; retr[$1] += $4; if ($9 > ct[$1]) ct[$1] = $9
-		if ($7 != "") { logged[$1] += $7; lost[$1] += $8 }
+		c = $1
+		if (!(c in seen)) { seen[c] = 1; order[++n] = c }
+		bps[c] = bps[c] " " $3
+		if ($4 > 0) gbcpu[c] = gbcpu[c] " " ($5 / 1e6) / ($4 / 1e9)
+		rps[c] = rps[c] " " $7
+		if ($8 > 0) conncpu[c] = conncpu[c] " " $9 / $8
+		errs[c] += $10; retr[c] += $6; if ($14 > ct[c]) ct[c] = $14
+		if ($11 != "") agcpu[c] = agcpu[c] " " $11 / 1e6
+		if ($12 != "") { logged[c] += $12; lost[c] += $13 }
+		acct[c] = acct[c] $15
 	}
 	END {
-		for (i = 1; i <= n; i++) { c = order[i]; mb[c] = med(bps[c]); mr[c] = med(rps[c]) }
-		print "| condition | iperf3 Gbit/s, median (runs) | loss vs none | loss vs conntrack | new connections/s, median (runs) | loss vs none | loss vs conntrack | wrk errors | iperf3 retransmits | conntrack entries at the end (max) | agent: packets logged, lost |"
-		print "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
+		for (i = 1; i <= n; i++) { c = order[i]; mb[c] = med(bps[c]); mg[c] = med(gbcpu[c]); mr[c] = med(rps[c]); mc[c] = med(conncpu[c]) }
+		print "| condition | iperf3 Gbit/s | vs none | vs conntrack | CPU s per GB | vs none | vs conntrack | new connections/s | vs none | vs conntrack | CPU µs per connection | vs none | vs conntrack | agent CPU s per run | wrk errors | iperf3 retransmits | conntrack entries (max) | agent: logged, lost |"
+		print "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
 		for (i = 1; i <= n; i++) {
 			c = order[i]
+			nb = (c == "none"); nc = (c == "none" || c == "conntrack")
 			ag = (c in logged) ? sprintf("%d, %d", logged[c], lost[c]) : ""
-			printf "| %s | %.2f (%s) | %s | %s | %.0f (%s) | %s | %s | %d | %d | %d | %s |\n", c, mb[c] / 1e9, runs(bps[c], 1e9, "%.2f"), \
-				(c == "none" ? "" : loss(mb["none"], mb[c])), ((c == "none" || c == "conntrack") ? "" : loss(mb["conntrack"], mb[c])), \
-				mr[c], runs(rps[c], 1, "%.0f"), (c == "none" ? "" : loss(mr["none"], mr[c])), ((c == "none" || c == "conntrack") ? "" : loss(mr["conntrack"], mr[c])), \
-				errs[c], retr[c], ct[c], ag
+			printf "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %d | %d | %d | %s |\n", c,
+				cell(bps[c], 1e9, "%.2f"), (nb ? "" : slower(mb["none"], mb[c])), (nc ? "" : slower(mb["conntrack"], mb[c])),
+				cell(gbcpu[c], 1, "%.3f"), (nb ? "" : costlier(mg["none"], mg[c])), (nc ? "" : costlier(mg["conntrack"], mg[c])),
+				cell(rps[c], 1, "%.0f"), (nb ? "" : slower(mr["none"], mr[c])), (nc ? "" : slower(mr["conntrack"], mr[c])),
+				cell(conncpu[c], 1, "%.1f"), (nb ? "" : costlier(mc["none"], mc[c])), (nc ? "" : costlier(mc["conntrack"], mc[c])),
+				((c in agcpu) ? cell(agcpu[c], 1, "%.3f") : ""), errs[c], retr[c], ct[c], ag
 		}
 		print ""
-		print "A positive loss is a slowdown; a negative one is noise in the agent'"'"'s favour."
+		print "Rates: a positive percentage is a slowdown. CPU: a positive percentage is extra CPU per GB or per connection. Either, negative: noise in the agent'"'"'s favour. Compare a difference with the ranges: when the ranges of two conditions overlap, this machine did not tell them apart."
 		c = "p=0.0001"
-		if ((c in seen) && ("none" in seen)) {
-			lt = 100 * (mb["none"] - mb[c]) / mb["none"]; lc = 100 * (mr["none"] - mr[c]) / mr["none"]
-			printf "\n- Target, at most 1%% loss at probability 0.0001 (vs no rules): throughput %+.1f%% (%s), new connections/s %+.1f%% (%s)\n", lt, (lt <= 1 ? "met" : "MISSED"), lc, (lc <= 1 ? "met" : "MISSED")
-			if ("conntrack" in seen) {
-				lt = 100 * (mb["conntrack"] - mb[c]) / mb["conntrack"]; lc = 100 * (mr["conntrack"] - mr[c]) / mr["conntrack"]
-				printf "- The same against conntrack alone (a Kubernetes node): throughput %+.1f%% (%s), new connections/s %+.1f%% (%s)\n", lt, (lt <= 1 ? "met" : "MISSED"), lc, (lc <= 1 ? "met" : "MISSED")
-			}
+		if ((c in seen) && ("conntrack" in seen)) {
+			printf "\n- Target, at most 1%% loss at probability 0.0001, against conntrack alone (a Kubernetes node): throughput %s and CPU per GB %s; new connections/s %s and CPU per connection %s.\n", slower(mb["conntrack"], mb[c]), costlier(mg["conntrack"], mg[c]), slower(mr["conntrack"], mr[c]), costlier(mc["conntrack"], mc[c])
+			if ("acct" in seen)
+				printf "- Of which conntrack accounting alone (acct vs conntrack): throughput %s, CPU per GB %s; connections/s %s, CPU per connection %s.\n", slower(mb["conntrack"], mb["acct"]), costlier(mg["conntrack"], mg["acct"]), slower(mr["conntrack"], mr["acct"]), costlier(mc["conntrack"], mc["acct"])
 		}
+		if ((c in seen) && ("none" in seen))
+			printf "- Against no rules at all (conntrack not loaded): throughput %s, CPU per GB %s; connections/s %s, CPU per connection %s.\n", slower(mb["none"], mb[c]), costlier(mg["none"], mg[c]), slower(mr["none"], mr[c]), costlier(mc["none"], mc[c])
 	}' "$rows"
 } >"$report"
 write_agent_results

@@ -16,23 +16,31 @@
 #   ns_drop                remove them (and stop what runs in them first)
 #   in_ns NS CMD...        run CMD in namespace NS (nsenter, no /sys remount)
 #   start_bg NAME NS CPU CMD...   start CMD in NS pinned to CPU ("" = any) in a
-#                          session of its own, in cgroup $BG_CGROUP when set;
-#                          sets BG_PID; output in $LOGS/NAME.log
+#                          session of its own, in cgroups $BG_CGROUP and
+#                          $BG_ACCT when set; sets BG_PID; output in $LOGS/NAME.log
 #   cpu_limit_group FRACTION   a cpu cgroup allowed FRACTION of one core (CFS
 #                          quota, 100 ms period), removed at exit; sets BG_CGROUP
+#   acct_group             a cgroup that only accounts CPU time, removed at
+#                          exit; sets BG_ACCT (with cgroup v2 and a CPU limit,
+#                          the limit's group)
+#   acct_usage_us DIR      CPU time (user+system, µs, exact: the scheduler's
+#                          clock, not ticks) of every process that ran in DIR,
+#                          children included, since it was made
+#   limit_group_procs FROM TO   move the processes of cgroup FROM under the CPU limit TO
+#   in_acct DIR NS CPU CMD...  run CMD in the foreground in NS, pinned to CPU
+#                          ("" = any), accounted in DIR
 #   stop_bg PID [SIGNAL] [SECONDS]   signal PID, wait for it, then SIGKILL its group
-#   group_cpu_ticks PID    user+system clock ticks of every process in PID's group
 #   nflog_bound NS GROUP   true when GROUP is bound in NS (/proc/net/netfilter/nfnetlink_log)
 
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 CACHE=$REPO/.cache/bench
-CLK_TCK=$(getconf CLK_TCK)
 BG_PIDS=()
 NAMESPACES=()
 CGROUPS=()
 BG_CGROUP=""
+BG_ACCT=""
 # the policy names the benchmarks give the agent; checked on the host at exit
 BENCH_POLICIES=(bench-capture bench-datapath)
 
@@ -161,14 +169,67 @@ start_bg() {
 	# Not a process-group leader (no job control), so setsid does not
 	# fork: $! is the program itself once nsenter and taskset have exec'd
 	# (and bash, which joins the cgroup first).
-	if [[ -n $BG_CGROUP ]]; then
-		setsid bash -c 'echo $$ >"$1/cgroup.procs" && shift && exec "$@"' _ "$BG_CGROUP" \
+	local groups
+	groups=$(bg_groups)
+	if [[ -n $groups ]]; then
+		setsid bash -c 'for g in $1; do echo $$ >"$g/cgroup.procs" || exit 1; done; shift; exec "$@"' _ "$groups" \
 			nsenter --net="/run/netns/$ns" -- "${pin[@]}" "$@" >"$LOGS/$name.log" 2>&1 </dev/null &
 	else
 		setsid nsenter --net="/run/netns/$ns" -- "${pin[@]}" "$@" >"$LOGS/$name.log" 2>&1 </dev/null &
 	fi
 	BG_PID=$!
 	BG_PIDS+=("$BG_PID")
+}
+
+# bg_groups: the cgroups a process started now joins (paths hold no spaces).
+bg_groups() {
+	local g=()
+	[[ -n $BG_CGROUP ]] && g+=("$BG_CGROUP")
+	[[ -n $BG_ACCT && $BG_ACCT != "$BG_CGROUP" ]] && g+=("$BG_ACCT")
+	echo "${g[*]}"
+}
+
+in_acct() {
+	local dir=$1 ns=$2 cpu=$3
+	shift 3
+	local pin=()
+	[[ -n $cpu ]] && pin=(taskset -c "$cpu")
+	bash -c 'echo $$ >"$1/cgroup.procs" || exit 1; shift; exec "$@"' _ "$dir" nsenter --net="/run/netns/$ns" -- "${pin[@]}" "$@"
+}
+
+acct_group() {
+	local dir
+	if [[ -f /sys/fs/cgroup/cgroup.controllers ]]; then # v2: cpu.stat's usage_usec is always there
+		if [[ -n $BG_CGROUP ]]; then
+			BG_ACCT=$BG_CGROUP # a process is in one v2 cgroup: the limit's
+			return
+		fi
+		dir=/sys/fs/cgroup/connscope-$BENCH_NAME-$$-${#CGROUPS[@]}
+	elif [[ -f /sys/fs/cgroup/cpuacct/cpuacct.usage ]]; then # v1
+		dir=/sys/fs/cgroup/cpuacct/connscope-$BENCH_NAME-$$-${#CGROUPS[@]}
+	else
+		die "no cpuacct (cgroup v1) or cgroup v2 hierarchy: CPU time cannot be accounted here"
+	fi
+	mkdir "$dir"
+	CGROUPS+=("$dir")
+	BG_ACCT=$dir
+}
+
+# limit_group_procs FROM TO: moves every process of cgroup FROM into the
+# cpu cgroup TO (with cgroup v1 they stay in FROM's cpuacct hierarchy).
+limit_group_procs() {
+	local p
+	for p in $(cat "$1/cgroup.procs"); do
+		echo "$p" >"$2/cgroup.procs" 2>/dev/null || true # it may have ended
+	done
+}
+
+acct_usage_us() {
+	if [[ -f $1/cpuacct.usage ]]; then
+		awk '{ printf "%d\n", $1 / 1000 }' "$1/cpuacct.usage"
+	else
+		awk '$1 == "usage_usec" { print $2 }' "$1/cpu.stat"
+	fi
 }
 
 stop_bg() {
@@ -215,17 +276,6 @@ cpu_limit_group() {
 		die "no cpu cgroup controller found: CPU limits are not possible here"
 	fi
 	BG_CGROUP=$dir
-}
-
-group_cpu_ticks() {
-	# /proc/PID/stat: the command may hold spaces; fields after ")" are
-	# state ppid pgrp ... utime(14) stime(15), counted from the start.
-	local pgid=$1
-	# (a process may end between the glob and the read: not an error)
-	{ cat /proc/[0-9]*/stat 2>/dev/null || true; } | awk -v g="$pgid" '{
-		sub(/^.*\) /, ""); split($0, f, " ")
-		if (f[3] == g) t += f[12] + f[13]
-	} END { printf "%d\n", t }'
 }
 
 nflog_bound() {
