@@ -147,6 +147,9 @@ in_ns ip link add node0 type veth peer name node0-peer
 in_ns ip addr add "$node_ip/32" dev node0
 in_ns ip link set node0-peer up
 in_ns ip link set node0 up
+# Services' addresses need a route for the node's own connections (kube-proxy
+# then rewrites them to a pod on cni0).
+in_ns ip route add "$service_cidr" dev node0 src "$node_ip"
 in_ns sysctl -q -w net.ipv4.ip_forward=1
 # Bridged pod traffic goes through the namespace's iptables (kube-proxy's
 # service rules between pods on the bridge); the setting is per namespace.
@@ -155,7 +158,7 @@ in_ns sysctl -q -w net.bridge.bridge-nf-call-iptables=1 2>/dev/null || true
 cat >"$dir/cni/net.d/10-connscope.conflist" <<EOF
 {
   "cniVersion": "1.0.0",
-  "name": "connscope-cluster",
+  "name": "node-bridge",
   "plugins": [
     {
       "type": "bridge",
