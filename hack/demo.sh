@@ -18,6 +18,15 @@
 # the machine's loopback port for the dashboard (8080); CONNSCOPE a built
 # binary to use instead of building bin/connscope.
 #
+# On Kubernetes (hack/cluster/demo.sh and the end-to-end test):
+# DEMO_SERVER_NETNS names an existing network namespace (a node's, where a
+# connscope agent samples the interface s0) to use as the server instead of
+# making one; connscope standalone is then not started, DEMO_CLASSIFIER_URL
+# (http://HOST:PORT, reachable from that namespace) is the classifier whose
+# API and dashboard are shown, and the demo waits for the agent's rules in
+# that namespace. The demo adds the interface s0 and the servers there and
+# removes them on exit; the namespace stays.
+#
 # It removes what it made on every exit (also Ctrl-C and failure): the
 # processes it started, by PID, then the namespaces (their rules go with
 # them), then its temporary folder. It never changes the machine's own
@@ -39,16 +48,25 @@ say "installing the tools (hack/setup-scenarios.sh)"
 bash hack/setup-scenarios.sh
 
 bin=${CONNSCOPE:-}
-if [ -z "$bin" ]; then
-	say "building bin/connscope"
-	${GO:-go} build -o bin/connscope ./cmd/connscope
-	bin=bin/connscope
+if [ -z "${DEMO_SERVER_NETNS:-}" ]; then
+	if [ -z "$bin" ]; then
+		say "building bin/connscope"
+		${GO:-go} build -o bin/connscope ./cmd/connscope
+		bin=bin/connscope
+	fi
+	bin=$(realpath "$bin")
 fi
-bin=$(realpath "$bin")
 
 export CONNSCOPE_DEMO_ID=${CONNSCOPE_DEMO_ID:-$$-$RANDOM}
 id=$(printf '%s' "$CONNSCOPE_DEMO_ID" | tr -c 'a-zA-Z0-9\n' '-' | tail -c 12)
 client=csdemo-$id-client router=csdemo-$id-router server=csdemo-$id-server
+external=${DEMO_SERVER_NETNS:-}
+api=http://127.0.0.1:8080
+if [ -n "$external" ]; then
+	server=$external
+	api=${DEMO_CLASSIFIER_URL:?DEMO_CLASSIFIER_URL (http://HOST:PORT of the classifier) goes with DEMO_SERVER_NETNS}
+	[ -e "/run/netns/$server" ] || { echo "demo: DEMO_SERVER_NETNS $server: no such network namespace" >&2; exit 1; }
+fi
 work=$(mktemp -d /tmp/connscope-demo.XXXXXX)
 pids=()
 cs_pid=
@@ -70,8 +88,9 @@ cleanup() {
 		done
 		for p in "${pids[@]}"; do wait "$p"; done
 	} 2>/dev/null
+	# The server's s0 goes with its peer in the router.
 	for ns in "$client" "$router" "$server"; do
-		ip netns del "$ns" 2>/dev/null
+		[ "$ns" = "$external" ] || ip netns del "$ns" 2>/dev/null
 	done
 	rm -rf "$work"
 	[ "$rc" -eq 0 ] || echo "demo: stopped (exit $rc); everything it made is removed" >&2
@@ -102,6 +121,7 @@ wait_log() { # FILE TEXT SECONDS
 
 say "namespaces $client, $router, $server"
 for ns in "$client" "$router" "$server"; do
+	[ "$ns" = "$external" ] && continue
 	ip netns add "$ns"
 	in_ns "$ns" ip link set lo up
 done
@@ -140,20 +160,37 @@ cat >"$work/injector.json" <<EOF
  "ports": {"8050": {"seq": "next", "resets": [["R", "data"]]}}}
 EOF
 
-say "servers and connscope standalone (probability 1) in $server"
+if [ -n "$external" ]; then
+	say "servers in $server; connscope's agent samples s0 there"
+else
+	say "servers and connscope standalone (probability 1) in $server"
+fi
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 \
 	-subj /CN=connscope-demo -keyout "$work/key.pem" -out "$work/cert.pem" 2>/dev/null
 start "$server" http $py hack/scenarios/server.py 80 8013:5 8040 8050
 start "$server" https openssl s_server -quiet -www -accept 443 -cert "$work/cert.pem" -key "$work/key.pem"
 start "$router" injector $py hack/scenarios/injector.py "$work/injector.json"
-start "$server" connscope "$bin" standalone --probability 1 --label-bit 7 --nflog-group 17 \
-	--ip-families IPv4 --interfaces s0 --store "sqlite://$work/connscope.db" --http-addr 127.0.0.1:8080 \
-	--node-name demo-server
-cs_pid=${pids[-1]}
+if [ -z "$external" ]; then
+	start "$server" connscope "$bin" standalone --probability 1 --label-bit 7 --nflog-group 17 \
+		--ip-families IPv4 --interfaces s0 --store "sqlite://$work/connscope.db" --http-addr 127.0.0.1:8080 \
+		--node-name demo-server
+	cs_pid=${pids[-1]}
+fi
 wait_log "$work/http.log" ready 10
 wait_log "$work/injector.log" ready 20
-wait_log "$work/connscope.log" "rules installed" 30
-grep -E 'standalone running|rules installed' "$work/connscope.log" | sed 's/^/  /'
+if [ -z "$external" ]; then
+	wait_log "$work/connscope.log" "rules installed" 30
+	grep -E 'standalone running|rules installed' "$work/connscope.log" | sed 's/^/  /'
+else
+	# The agent's rules for s0 (iptables-save of whichever backend holds them).
+	for i in $(seq 60); do
+		in_ns "$server" sh -c 'iptables-nft-save -t mangle; iptables-legacy-save -t mangle' 2>/dev/null >"$work/rules.txt"
+		grep -q -- '-i s0 .*connscope' "$work/rules.txt" && break
+		[ "$i" -lt 60 ] || { echo "demo: no connscope rule for s0 in $server after 30s" >&2; exit 1; }
+		sleep 0.5
+	done
+	grep -- '-i s0 .*connscope' "$work/rules.txt" | sed 's/^/  /'
+fi
 
 say "traffic from $client"
 c() { in_ns "$client" "$@"; }
@@ -175,7 +212,7 @@ for i in 1 2 3; do c curl -sS -o /dev/null --max-time 2 "http://$sIP:8050/" 2>/d
 grep -c injected "$work/injector.log" | sed 's/^/  injected: /'
 
 say "waiting for the idle timeout (3s) and the classifier's commit"
-summary_url='http://127.0.0.1:8080/radar/tcp_resets_timeouts/summary?dateRange=1d'
+summary_url="$api/radar/tcp_resets_timeouts/summary?dateRange=1d"
 # Done once the count has held still for a second, 5 s on at the earliest.
 prev= cur=
 for i in $(seq 30); do
@@ -216,7 +253,7 @@ fi
 # The dashboard: the machine's loopback port, through a Unix socket in the
 # demo's folder, into the server namespace's loopback (no address of the
 # machine besides 127.0.0.1 is used).
-start "$server" proxy-in socat "UNIX-LISTEN:$work/dashboard.sock,fork,mode=600" TCP:127.0.0.1:8080
+start "$server" proxy-in socat "UNIX-LISTEN:$work/dashboard.sock,fork,mode=600" "TCP:${api#http://}"
 for _ in $(seq 50); do [ -S "$work/dashboard.sock" ] && break; sleep 0.1; done
 socat "TCP-LISTEN:$port,bind=127.0.0.1,reuseaddr,fork" "UNIX-CONNECT:$work/dashboard.sock" >"$work/proxy-out.log" 2>&1 &
 pids+=($!)
