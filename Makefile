@@ -29,6 +29,19 @@ test: setup-test lint verify-generated envtest helm images
 		CONNSCOPE_IMAGES_DIR=$(CURDIR)/.cache/images CONNSCOPE_REQUIRE_IMAGES=1 \
 		$(GO) test -count=1 -timeout 30m $(PKGS)
 
+## e2e runs connscope on a real single-node Kubernetes cluster on this
+## machine (root; hack/cluster/e2e): the images (hack/images.sh), the node's
+## binaries (hack/k8s-binaries.sh, built once into .cache/envtest: the
+## longest part of a first run) and tools (hack/cluster/setup.sh), then the
+## test: cluster up, helm install, a SamplingPolicy, real traffic, the
+## classifier's API, policy deletion, helm uninstall, cluster down.
+.PHONY: e2e demo-standalone
+e2e: setup-test
+	bash hack/images.sh >/dev/null
+	bash hack/k8s-binaries.sh >/dev/null
+	bash hack/cluster/images.sh >/dev/null
+	CONNSCOPE_E2E=1 $(GO) test -count=1 -v -timeout 40m ./hack/cluster/e2e
+
 ## envtest builds kube-apiserver from the Kubernetes module and installs
 ## etcd, once, into .cache/envtest (hack/envtest.sh prints the folder for
 ## KUBEBUILDER_ASSETS).
@@ -133,14 +146,20 @@ bench-ingest:
 bench-clickhouse:
 	bash hack/bench/clickhouse.sh
 
-## demo runs connscope live (root): client, router and server network
-## namespaces, `connscope standalone` in the server, real traffic (clients,
-## scanners, a middlebox, an RST injector), the Radar-style summary, then the
-## dashboard on http://127.0.0.1:8080/ until Ctrl-C (hack/demo.sh;
-## DEMO_EXIT_AFTER_SUMMARY=1 stops after the summary, DEMO_PORT moves the
-## dashboard). demo-captures classifies the bundled captures instead.
+## demo runs connscope on a real single-node Kubernetes cluster on this
+## machine (root; hack/cluster/demo.sh): the chart, a SamplingPolicy at
+## probability 1, real traffic into the node (clients, scanners, a
+## middlebox, an RST injector), the Radar-style summary, then the dashboard
+## on http://127.0.0.1:8080/ until Ctrl-C; the cluster is removed on exit.
+## demo-standalone does the same with `connscope standalone` in a server
+## namespace and no cluster (hack/demo.sh; DEMO_EXIT_AFTER_SUMMARY=1 stops
+## after the summary, DEMO_PORT moves the dashboard). demo-captures
+## classifies the bundled captures instead.
 .PHONY: demo-captures
-demo: build
+demo: setup-test
+	bash hack/cluster/demo.sh
+
+demo-standalone: build
 	CONNSCOPE=$(BIN) bash hack/demo.sh
 
 demo-captures: build
