@@ -66,6 +66,8 @@ spec:
   interfaces: [s0]
   ipFamilies: [IPv4]
 EOF
+"$kubectl" -n connscope-agents wait --for=create "daemonset/connscope-$policy-agent" --timeout=2m
+"$kubectl" -n connscope-system wait --for=create "deployment/connscope-$policy-classifier" --timeout=2m
 "$kubectl" -n connscope-agents rollout status "daemonset/connscope-$policy-agent" --timeout=4m
 "$kubectl" -n connscope-system rollout status "deployment/connscope-$policy-classifier" --timeout=4m
 "$kubectl" wait "samplingpolicy/$policy" --for=condition=Ready --timeout=3m

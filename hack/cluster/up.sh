@@ -278,7 +278,7 @@ start kube-apiserver "$assets/kube-apiserver" \
 	--tls-cert-file "$pki/apiserver.crt" --tls-private-key-file "$pki/apiserver.key" \
 	--kubelet-client-certificate "$pki/apiserver-kubelet-client.crt" \
 	--kubelet-client-key "$pki/apiserver-kubelet-client.key" \
-	--kubelet-certificate-authority "$pki/ca.crt" \
+	--kubelet-certificate-authority "$pki/ca.crt" --kubelet-preferred-address-types InternalIP \
 	--service-account-issuer https://kubernetes.default.svc.cluster.local \
 	--service-account-key-file "$pki/sa.pub" --service-account-signing-key-file "$pki/sa.key" \
 	--authorization-mode Node,RBAC --enable-admission-plugins NodeRestriction \
