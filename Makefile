@@ -28,6 +28,7 @@ test: setup-test lint verify-generated envtest helm images
 	KUBEBUILDER_ASSETS="$$(bash hack/envtest.sh)" CONNSCOPE_REQUIRE_ENVTEST=1 CONNSCOPE_REQUIRE_BROWSER=1 CONNSCOPE_REQUIRE_CLICKHOUSE=1 \
 		CONNSCOPE_IMAGES_DIR=$(CURDIR)/.cache/images CONNSCOPE_REQUIRE_IMAGES=1 \
 		$(GO) test -count=1 -timeout 30m $(PKGS)
+	$(MAKE) e2e
 
 ## e2e runs connscope on a real single-node Kubernetes cluster on this
 ## machine (root; hack/cluster/e2e): the images (hack/images.sh), the node's
