@@ -117,11 +117,13 @@ trap 'exit 143' TERM
 in_ns() { nsenter --net="/run/netns/$netns" "$@"; }
 
 # start NAME CMD...: runs CMD in the node's namespace in the background,
-# output in logs/NAME.log, and records its PID (nsenter execs CMD).
+# output in logs/NAME.log, and records its PID (setsid, env and nsenter
+# exec CMD). A session of its own: a Ctrl-C meant for a script does not
+# reach the cluster, which down.sh stops in order.
 start() {
 	local what=$1
 	shift
-	env "$marker" nsenter --net="/run/netns/$netns" "$@" </dev/null >"$dir/logs/$what.log" 2>&1 &
+	setsid env "$marker" nsenter --net="/run/netns/$netns" "$@" </dev/null >"$dir/logs/$what.log" 2>&1 &
 	echo "$what $!" >>"$dir/pids"
 }
 
