@@ -212,10 +212,10 @@ func AgentDaemonSet(p *samplingv1alpha1.SamplingPolicy, alloc Allocation, config
 						Image:           image,
 						ImagePullPolicy: corev1.PullIfNotPresent,
 						Args:            []string{"agent", "--config=" + agentConfigDir + "/" + agentConfigFile, "--log-json"},
-						Env: []corev1.EnvVar{{
+						Env: append([]corev1.EnvVar{{
 							Name:      "NODE_NAME",
 							ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "spec.nodeName"}},
-						}},
+						}}, clickHouseCredentialsEnv(p)...),
 						Ports: []corev1.ContainerPort{{
 							Name: "metrics", ContainerPort: port, Protocol: corev1.ProtocolTCP,
 						}},

@@ -169,24 +169,7 @@ func ClassifierDeployment(p *samplingv1alpha1.SamplingPolicy, tokenHash string, 
 		}})
 		mounts = append(mounts, corev1.VolumeMount{Name: "geoip", MountPath: classifierGeoIPDir, ReadOnly: true})
 	}
-	var env []corev1.EnvVar
-	if ch := p.Spec.Sink.ClickHouse; clickhouse && ch != nil && ch.CredentialsSecret != nil {
-		ref := ch.CredentialsSecret
-		key := func(k, def string) string {
-			if k == "" {
-				return def
-			}
-			return k
-		}
-		env = []corev1.EnvVar{
-			{Name: "CONNSCOPE_CLICKHOUSE_USERNAME", ValueFrom: &corev1.EnvVarSource{SecretKeyRef: &corev1.SecretKeySelector{
-				LocalObjectReference: corev1.LocalObjectReference{Name: ref.Name}, Key: key(ref.UsernameKey, "username"),
-			}}},
-			{Name: "CONNSCOPE_CLICKHOUSE_PASSWORD", ValueFrom: &corev1.EnvVarSource{SecretKeyRef: &corev1.SecretKeySelector{
-				LocalObjectReference: corev1.LocalObjectReference{Name: ref.Name}, Key: key(ref.PasswordKey, "password"),
-			}}},
-		}
-	}
+	env := clickHouseCredentialsEnv(p)
 
 	return &appsv1.Deployment{
 		TypeMeta:   metav1.TypeMeta{APIVersion: "apps/v1", Kind: "Deployment"},
@@ -244,5 +227,34 @@ func ClassifierDeployment(p *samplingv1alpha1.SamplingPolicy, tokenHash string, 
 				},
 			},
 		},
+	}
+}
+
+// clickHouseCredentialsEnv gives the classifier's and the agents'
+// containers the ClickHouse user name and password from the policy's
+// credentialsSecret, as the environment variables agent/ship and
+// classifier/chstore read. The Secret is looked up in the pod's own
+// namespace, so with credentials it must exist in the classifier's and in
+// the agents' namespace; the controller never reads it. Nil without a
+// ClickHouse sink or without credentials.
+func clickHouseCredentialsEnv(p *samplingv1alpha1.SamplingPolicy) []corev1.EnvVar {
+	ch := p.Spec.Sink.ClickHouse
+	if p.Spec.Sink.Type != samplingv1alpha1.SinkClickHouse || ch == nil || ch.CredentialsSecret == nil {
+		return nil
+	}
+	ref := ch.CredentialsSecret
+	key := func(k, def string) string {
+		if k == "" {
+			return def
+		}
+		return k
+	}
+	return []corev1.EnvVar{
+		{Name: "CONNSCOPE_CLICKHOUSE_USERNAME", ValueFrom: &corev1.EnvVarSource{SecretKeyRef: &corev1.SecretKeySelector{
+			LocalObjectReference: corev1.LocalObjectReference{Name: ref.Name}, Key: key(ref.UsernameKey, "username"),
+		}}},
+		{Name: "CONNSCOPE_CLICKHOUSE_PASSWORD", ValueFrom: &corev1.EnvVarSource{SecretKeyRef: &corev1.SecretKeySelector{
+			LocalObjectReference: corev1.LocalObjectReference{Name: ref.Name}, Key: key(ref.PasswordKey, "password"),
+		}}},
 	}
 }

@@ -143,6 +143,20 @@ func TestGoldenClassifierObjects(t *testing.T) {
 	if cfg.Sink != "clickhouse://clickhouse.db.svc:8123/radar" || cfg.SinkTokenFile != "" {
 		t.Errorf("agent sink with ClickHouse: %q, token file %q", cfg.Sink, cfg.SinkTokenFile)
 	}
+	// and with the policy's ClickHouse credentials, from the Secret of the
+	// same name in their own namespace.
+	env := map[string]string{}
+	for _, e := range AgentDaemonSet(ch, goldenAlloc, "h", opts).Spec.Template.Spec.Containers[0].Env {
+		if e.ValueFrom != nil && e.ValueFrom.SecretKeyRef != nil {
+			env[e.Name] = e.ValueFrom.SecretKeyRef.Name + "/" + e.ValueFrom.SecretKeyRef.Key
+		}
+	}
+	if env["CONNSCOPE_CLICKHOUSE_USERNAME"] != "clickhouse/user" || env["CONNSCOPE_CLICKHOUSE_PASSWORD"] != "clickhouse/pass" {
+		t.Errorf("agent credentials with ClickHouse: %v", env)
+	}
+	if env := AgentDaemonSet(goldenPolicy(), goldenAlloc, "h", opts).Spec.Template.Spec.Containers[0].Env; len(env) != 1 {
+		t.Errorf("agent env without ClickHouse: %v, want NODE_NAME only", env)
+	}
 }
 
 // The ConfigMap holds exactly what the agent reads back: the agent's own

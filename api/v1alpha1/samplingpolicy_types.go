@@ -243,9 +243,11 @@ type ClickHouseSpec struct {
 	// +kubebuilder:validation:XValidation:rule="self.matches('^[A-Za-z_][A-Za-z0-9_]*$')",message="clickhouse.database must be a plain identifier: letters, digits and '_', not starting with a digit"
 	Database string `json:"database,omitempty"`
 
-	// credentialsSecret names a Secret in the classifier's namespace
-	// whose keys hold the user name and password. The controller never
-	// reads it: the classifier's pods receive it as environment variables.
+	// credentialsSecret names a Secret whose keys hold the user name and
+	// password. Create it in the classifier's namespace and in the agents'
+	// namespace (the agents insert with it). The controller never reads
+	// it: the classifier's and agents' pods receive it as environment
+	// variables.
 	// Unset, ClickHouse's default user without a password is used.
 	// +optional
 	CredentialsSecret *SecretKeysRef `json:"credentialsSecret,omitempty"`
