@@ -9,7 +9,6 @@
 #     CRI sandboxes on these machines) into .cache/cluster/bin;
 #   - the CNI plugins bridge, host-local, loopback and portmap from
 #     github.com/containernetworking/plugins into .cache/cluster/cni;
-#   - helm v3 into .cache/cluster/bin;
 #   - CoreDNS with only the plugins a test cluster's DNS uses (kubernetes,
 #     cache, errors, health, ready, log, loadbalance), built from the
 #     github.com/coredns/coredns module in a throwaway module, into
@@ -28,7 +27,6 @@ bin="$root/.cache/cluster/bin"
 cni="$root/.cache/cluster/cni"
 RUNC_VERSION=v1.5.2
 CNI_VERSION=v1.9.1
-HELM_VERSION=v3.22.0
 COREDNS_VERSION=v1.14.7
 
 log() { echo "cluster/setup: $*" >&2; }
@@ -71,11 +69,6 @@ done
 if ((${#plugins[@]} > 0)); then
 	log "building the CNI plugins $CNI_VERSION"
 	GOBIN="$cni" CGO_ENABLED=0 "$GO" install "${plugins[@]}" >&2
-fi
-
-if [[ ! -x "$bin/helm" ]]; then
-	log "building helm $HELM_VERSION"
-	GOBIN="$bin" CGO_ENABLED=0 "$GO" install "helm.sh/helm/v3/cmd/helm@$HELM_VERSION" >&2
 fi
 
 if [[ ! -x "$bin/coredns" ]]; then

@@ -245,7 +245,7 @@ for k in admin controller-manager scheduler kube-proxy kubelet; do kubeconfig "$
 for t in kubectl helm; do
 	case $t in
 	kubectl) b="$assets/kubectl" ;;
-	helm) b="$tools/helm" ;;
+	helm) b="$(bash "$root/hack/setup-helm.sh")" ;;
 	esac
 	cat >"$dir/bin/$t" <<EOF
 #!/bin/sh
