@@ -21,6 +21,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/client-go/rest"
+	"k8s.io/client-go/util/retry"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/config"
@@ -133,6 +134,23 @@ func getPolicy(t *testing.T, name string) *samplingv1alpha1.SamplingPolicy {
 		t.Fatal(err)
 	}
 	return &p
+}
+
+// updatePolicy applies mutate to the latest version of the policy and
+// writes it, again on a conflict: the controller writes the policy's
+// status and finalizer concurrently, so a read-modify-write may find it
+// changed in between.
+func updatePolicy(t *testing.T, name string, mutate func(*samplingv1alpha1.SamplingPolicy)) *samplingv1alpha1.SamplingPolicy {
+	t.Helper()
+	var p *samplingv1alpha1.SamplingPolicy
+	if err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		p = getPolicy(t, name)
+		mutate(p)
+		return k8s.Update(ctx, p)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	return p
 }
 
 func getDS(name string) (*appsv1.DaemonSet, error) {
@@ -365,17 +383,15 @@ func TestSpecChangeUpdatesTheChildren(t *testing.T) {
 		return err
 	})
 
-	p := getPolicy(t, "change")
-	p.Spec.Probability = "0.01"
-	p.Spec.PacketCap = 20
-	p.Spec.ServerPorts = []int32{443}
-	p.Spec.NodeSelector = map[string]string{"pool": "edge"}
-	p.Spec.IdleTimeout = &metav1.Duration{Duration: 5 * time.Second}
-	p.Spec.Agent.Image = "connscope/connscope:next"
-	p.Spec.Sink.Classifier.Storage = &samplingv1alpha1.StorageSpec{Size: resourceQuantity("5Gi")}
-	if err := k8s.Update(ctx, p); err != nil {
-		t.Fatal(err)
-	}
+	updatePolicy(t, "change", func(p *samplingv1alpha1.SamplingPolicy) {
+		p.Spec.Probability = "0.01"
+		p.Spec.PacketCap = 20
+		p.Spec.ServerPorts = []int32{443}
+		p.Spec.NodeSelector = map[string]string{"pool": "edge"}
+		p.Spec.IdleTimeout = &metav1.Duration{Duration: 5 * time.Second}
+		p.Spec.Agent.Image = "connscope/connscope:next"
+		p.Spec.Sink.Classifier.Storage = &samplingv1alpha1.StorageSpec{Size: resourceQuantity("5Gi")}
+	})
 	eventually(t, wait, "children updated", func() error {
 		cfg := agentSettings(t, "change")
 		if cfg.Probability != 0.01 || cfg.PacketCap != 20 || !slices.Equal(cfg.Ports, []int{443}) {
@@ -461,11 +477,7 @@ func TestStatusFollowsDaemonSetAndDeployment(t *testing.T) {
 	// The DaemonSet controller has not seen the latest spec yet.
 	setDeploymentStatus(t, "health", true)
 	wantConditions(t, "health", "True/AllAgentsReady", "False/Reconciled", "False/Reconciled")
-	p = getPolicy(t, "health")
-	p.Spec.PacketCap = 5
-	if err := k8s.Update(ctx, p); err != nil {
-		t.Fatal(err)
-	}
+	updatePolicy(t, "health", func(p *samplingv1alpha1.SamplingPolicy) { p.Spec.PacketCap = 5 })
 	wantConditions(t, "health", "False/AgentsRollingOut", "True/AgentsRollingOut", "False/Reconciled")
 
 	// Events tell a user what happened.
@@ -534,11 +546,7 @@ func TestAllocationAcrossPolicies(t *testing.T) {
 	// A restarted controller gives every policy what it had.
 	c.restart(t)
 	for _, n := range names {
-		p := getPolicy(t, n)
-		p.Spec.PacketCap = 11 // make it reconcile
-		if err := k8s.Update(ctx, p); err != nil {
-			t.Fatal(err)
-		}
+		updatePolicy(t, n, func(p *samplingv1alpha1.SamplingPolicy) { p.Spec.PacketCap = 11 }) // make it reconcile
 	}
 	for _, n := range names {
 		eventually(t, wait, n+" reconciled after restart", func() error {
@@ -695,11 +703,7 @@ func TestIngestTokenIsSharedMountedAndStable(t *testing.T) {
 	}
 	setProbability := func(prob string, want float64) {
 		t.Helper()
-		p := getPolicy(t, "token")
-		p.Spec.Probability = prob
-		if err := k8s.Update(ctx, p); err != nil {
-			t.Fatal(err)
-		}
+		updatePolicy(t, "token", func(p *samplingv1alpha1.SamplingPolicy) { p.Spec.Probability = prob })
 		eventually(t, wait, "settings "+prob, func() error {
 			if got := agentSettings(t, "token").Probability; got != want {
 				return fmt.Errorf("probability %v", got)
@@ -798,19 +802,16 @@ func TestApplyFailureDegrades(t *testing.T) {
 	eventually(t, wait, "volume claim", func() error {
 		return k8s.Get(ctx, client.ObjectKey{Namespace: DefaultClassifierNamespace, Name: ClassifierDataName("stuck")}, &corev1.PersistentVolumeClaim{})
 	})
-	p := getPolicy(t, "stuck")
-	p.Spec.Sink.Classifier.Storage.StorageClassName = ptr.To("fast") // immutable in a claim
-	if err := k8s.Update(ctx, p); err != nil {
-		t.Fatal(err)
-	}
-	p = wantConditions(t, "stuck", "False/ApplyFailed", "False/Reconciled", "True/ApplyFailed")
+	updatePolicy(t, "stuck", func(p *samplingv1alpha1.SamplingPolicy) {
+		p.Spec.Sink.Classifier.Storage.StorageClassName = ptr.To("fast") // immutable in a claim
+	})
+	p := wantConditions(t, "stuck", "False/ApplyFailed", "False/Reconciled", "True/ApplyFailed")
 	if c := meta.FindStatusCondition(p.Status.Conditions, "Degraded"); !strings.Contains(c.Message, "cannot write PersistentVolumeClaim connscope-system/connscope-stuck-classifier-data") ||
 		!strings.Contains(c.Message, "immutable") {
 		t.Errorf("Degraded message %q", c.Message)
 	}
-	p.Spec.Sink.Classifier.Storage.StorageClassName = ptr.To("slow")
-	if err := k8s.Update(ctx, p); err != nil {
-		t.Fatal(err)
-	}
+	updatePolicy(t, "stuck", func(p *samplingv1alpha1.SamplingPolicy) {
+		p.Spec.Sink.Classifier.Storage.StorageClassName = ptr.To("slow")
+	})
 	wantConditions(t, "stuck", "False/AgentsRollingOut", "True/AgentsRollingOut", "False/Reconciled")
 }
