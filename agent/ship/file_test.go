@@ -62,27 +62,11 @@ func TestFileSinkWritesHeaderOnlyRawIPPacketsThatReadBackAsTheRecords(t *testing
 
 func readRecords(tb testing.TB, path string) []packet.Record {
 	tb.Helper()
-	f, err := os.Open(path)
+	recs, err := capture.ReadFile(path)
 	if err != nil {
-		tb.Fatal(err)
+		tb.Fatalf("%s: %v", path, err)
 	}
-	defer f.Close()
-	r, err := capture.NewReader(f, path)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	var recs []packet.Record
-	for {
-		var rec packet.Record
-		err := r.Next(&rec)
-		if errors.Is(err, io.EOF) {
-			return recs
-		}
-		if err != nil {
-			tb.Fatalf("%s: %v", path, err)
-		}
-		recs = append(recs, rec)
-	}
+	return recs
 }
 
 // classifyFile returns what `connscope classify --format json` says of

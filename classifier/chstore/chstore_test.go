@@ -128,27 +128,11 @@ func TestMain(m *testing.M) {
 
 func readRecords(t *testing.T, path string) []packet.Record {
 	t.Helper()
-	f, err := os.Open(path)
+	recs, err := capture.ReadFile(path)
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("%s: %v", path, err)
 	}
-	defer f.Close()
-	r, err := capture.NewReader(f, path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var out []packet.Record
-	for {
-		var rec packet.Record
-		err := r.Next(&rec)
-		if errors.Is(err, io.EOF) {
-			return out
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		out = append(out, rec)
-	}
+	return recs
 }
 
 // insert writes recs into the packets table as an agent would, in batches.
