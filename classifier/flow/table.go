@@ -102,6 +102,10 @@ func (t *Table) Add(r *packet.Record) error {
 // pipeline.
 const batchLen = 16
 
+// probeAhead is how many slots of a probe run AddBatch looks through for
+// the entry to prefetch.
+const probeAhead = 8
+
 // AddBatch adds packets in order, exactly as Add would one by one. It is
 // pipelined so that cache misses overlap instead of following one another:
 // with hundreds of thousands of connections open the table is bound by
@@ -122,7 +126,7 @@ func (t *Table) AddBatch(rs []packet.Record) error {
 	}
 	var keys [3][batchLen]Key
 	var hs [3][batchLen]uint32
-	var addrs [3 * batchLen]uintptr
+	var addrs [3 * batchLen]uintptr // up to 3 cache lines per entry
 	stages := (len(rs) + batchLen - 1) / batchLen
 	part := func(c int) []packet.Record { return rs[c*batchLen : min((c+1)*batchLen, len(rs))] }
 	for c := 0; c < stages+2; c++ {
@@ -145,11 +149,24 @@ func (t *Table) AddBatch(rs []packet.Record) error {
 			slots, mask := t.index.slots, t.index.mask
 			n := 0
 			for i := range part(c - 1) {
-				if sl := slots[h[i]&mask]; sl != 0 && sl&^idMask == slotTag(h[i]) {
-					if id := sl & idMask; id < t.conns.n {
+				// The first slot of the probe run with the key's tag: with
+				// linear probing at 2/3 load about half the entries are not
+				// in their home slot.
+				tag := slotTag(h[i])
+				for j, k := h[i]&mask, 0; k < probeAhead; j, k = (j+1)&mask, k+1 {
+					sl := slots[j]
+					if sl == 0 {
+						break
+					}
+					if id := sl & idMask; sl&^idMask == tag && id < t.conns.n {
+						// The cache lines the entry spans.
 						e := uintptr(unsafe.Pointer(t.conns.at(id)))
-						addrs[n], addrs[n+1], addrs[n+2] = e, e+64, e+unsafe.Sizeof(entry{})-1
-						n += 3
+						end := e + unsafe.Sizeof(entry{}) - 1
+						for l := e &^ 63; l <= end; l += 64 {
+							addrs[n] = l
+							n++
+						}
+						break
 					}
 				}
 			}
