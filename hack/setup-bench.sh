@@ -10,6 +10,7 @@
 #   argus-server   argus: reads a capture, writes flow records
 #   argus-client   ra: prints argus flow records
 #   tcptrace       tcptrace -n: per-connection analysis of a capture
+#   tcpdump        tcpdump -r: libpcap's bare read, a second floor
 #   time           GNU time (/usr/bin/time): CPU seconds and peak RSS
 #   util-linux     taskset: pins each run to one core; nsenter
 # The agent benchmarks (agent-capture.sh, agent-datapath.sh):
@@ -40,6 +41,7 @@ wanted=(
 	"argus-server:argus"
 	"argus-client:ra"
 	"tcptrace:tcptrace"
+	"tcpdump:tcpdump"
 	"time:/usr/bin/time"
 	"util-linux:taskset"
 	"util-linux:nsenter"

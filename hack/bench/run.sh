@@ -11,6 +11,8 @@
 #   cat FILE > /dev/null                          page cache read, for reference
 #   bareread FILE                                 the floor: Reader.NextFrame over the file
 #   bareread -decode FILE                         Reader.Next: link, IP, TCP headers into records
+#   tcpdump -nr FILE 'less 0'                     libpcap's read loop (what every peer reads with),
+#                                                 a filter that matches nothing, so nothing printed
 #   connscope classify --format radar --stats     the engine
 #   tshark -q -z conv,tcp -r FILE                 Wireshark's TCP conversations
 #   argus -r FILE -w X && ra -r X                 argus flow records, both parts timed together
@@ -65,7 +67,7 @@ status=0
 # ---- tools ----
 have() { command -v "$1" >/dev/null 2>&1; }
 peers_missing=0
-for t in tshark argus ra tcptrace taskset; do have "$t" || peers_missing=1; done
+for t in tshark argus ra tcptrace tcpdump taskset; do have "$t" || peers_missing=1; done
 [[ -x /usr/bin/time ]] || peers_missing=1
 if [[ $peers_missing -eq 1 && ${BENCH_NO_SETUP:-} != 1 && $(id -u) -eq 0 ]]; then
 	log "installing the peers: hack/setup-bench.sh"
@@ -163,6 +165,11 @@ load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 measure cat "cat FILE > /dev/null" full "$packets" "$runs" bash -c 'cat "$1" >/dev/null' _ "$capfile"
 measure bareread "bareread (Reader.NextFrame)" full "$packets" "$runs" "$cache/bareread" "$capfile"
 measure decode "bareread -decode (Reader.Next)" full "$packets" "$runs" "$cache/bareread" -decode "$capfile"
+if have tcpdump; then
+	measure libpcap "tcpdump -nr FILE 'less 0' (libpcap's read)" full "$packets" "$runs" tcpdump -nr "$capfile" 'less 0'
+else
+	skip libpcap "tcpdump -nr FILE 'less 0' (libpcap's read)" full "$packets" "not installed (hack/setup-bench.sh)"
+fi
 if [[ $have_connscope -eq 1 ]]; then
 	cs=("$cache/connscope" classify --format radar --stats)
 	measure connscope "connscope classify --format radar --stats" full "$packets" "$runs" "${cs[@]}" "$capfile"
@@ -233,7 +240,7 @@ results=$cache/results.md
 			r = pps(pk[i], cpu[i])
 			rate = (r > 0 ? fmtn(r) : "n/a (< 0.01 s)")
 			cmp = ""
-			if (csok && (id[i] == "cat" || id[i] == "bareread" || id[i] == "decode") && cpu[i] > 0)
+			if (csok && (id[i] == "cat" || id[i] == "bareread" || id[i] == "decode" || id[i] == "libpcap") && cpu[i] > 0)
 				cmp = sprintf("%.2f× its CPU time", cpu[cs] / cpu[i]) (id[i] == "bareread" ? " (target ≤ 3×)" : "")
 			else if (id[i] == "connscope" || id[i] == "connscope_prefix")
 				cmp = (id[i] == "connscope" ? "(target ≥ 5 M/s per core)" : "(reference for the prefix rows)")
@@ -253,6 +260,8 @@ results=$cache/results.md
 		b = byid["bareread"]
 		if (b && cpu[b] > 0) printf "- within 3× of the bare read: %.2f× (%s)\n", cpu[cs] / cpu[b], (cpu[cs] / cpu[b] <= 3 ? "met" : "MISSED")
 		else print "- within 3× of the bare read: not measured (the bare read took < 0.01 s CPU: use more packets)"
+		l = byid["libpcap"]
+		if (l && cpu[l] > 0) printf "- within 3× of a libpcap bare read (the read loop every peer starts from): %.2f× (%s)\n", cpu[cs] / cpu[l], (cpu[cs] / cpu[l] <= 3 ? "met" : "MISSED")
 		behind = ""
 		for (i = 1; i <= NR; i++) {
 			if (id[i] != "tshark" && id[i] != "argus" && id[i] != "tcptrace") continue
