@@ -200,6 +200,14 @@ one_step() {
 		write_ulogd_conf "$WORK/ulogd.conf" "$out.pcap" "$LOGS/$reader-$tag.ulogd.log"
 		start_bg "$reader-$tag" "$SRV" "$reader_cpu" ulogd -c "$WORK/ulogd.conf"
 		pid=$BG_PID
+		# ulogd2 makes itself SCHED_RR at priority 99 when it starts: it
+		# would preempt everything on its core, and a real-time task cannot
+		# join a cgroup v1 cpu group without a real-time budget, so the CPU
+		# limit would not hold it. A DaemonSet pod gets no real-time
+		# priority (it needs CAP_SYS_NICE, and cgroups without an RT budget
+		# refuse it): every reader runs SCHED_OTHER, as the agent does.
+		wait_for 10 is_realtime "$pid" || log "ulogd2 (PID $pid) did not become real-time: left as it is"
+		chrt -o -p 0 "$pid" || die "cannot make ulogd2 (PID $pid) SCHED_OTHER"
 		;;
 	tshark)
 		start_bg "$reader-$tag" "$SRV" "$reader_cpu" tshark -i "nflog:$group" -B 8 -w "$out.pcapng"

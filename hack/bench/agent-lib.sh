@@ -218,11 +218,24 @@ acct_group() {
 # limit_group_procs FROM TO: moves every process of cgroup FROM into the
 # cpu cgroup TO (with cgroup v1 they stay in FROM's cpuacct hierarchy).
 limit_group_procs() {
-	local p
+	local p rel=${2#/sys/fs/cgroup/cpu}
+	rel=${rel#/sys/fs/cgroup}
 	for p in $(cat "$1/cgroup.procs"); do
-		echo "$p" >"$2/cgroup.procs" 2>/dev/null || true # it may have ended
+		if ! echo "$p" >"$2/cgroup.procs" 2>/dev/null; then
+			kill -0 "$p" 2>/dev/null || continue # it ended
+			# A real-time task cannot join a group without a real-time
+			# budget (EINVAL): the limit would not hold it.
+			die "cannot move PID $p ($(ps -o comm= -p "$p"), $(chrt -p "$p" 2>/dev/null | sed -n 's/.*policy: //p')) into the CPU-limited cgroup $2"
+		fi
+		# Check: the process is in the limited group (in the cpu
+		# hierarchy, with cgroup v1).
+		grep -Eq "^[0-9]+:(cpu|cpu,cpuacct|cpuacct,cpu|):$rel\$" "/proc/$p/cgroup" 2>/dev/null ||
+			{ kill -0 "$p" 2>/dev/null && die "PID $p is not in the CPU-limited cgroup $2 after the move"; }
 	done
 }
+
+# is_realtime PID: whether the process runs under a real-time policy.
+is_realtime() { chrt -p "$1" 2>/dev/null | grep -Eq 'SCHED_(RR|FIFO)'; }
 
 acct_usage_us() {
 	if [[ -f $1/cpuacct.usage ]]; then
