@@ -66,9 +66,7 @@ func AppendPacket(dst []byte, rec *packet.Record) []byte {
 	if rec.IPVersion == 6 {
 		ipl = 40
 	}
-	for i := 0; i < ipl+thl; i++ {
-		dst = append(dst, 0)
-	}
+	dst = append(dst, make([]byte, ipl+thl)...) // zeroed, without a copy
 	b := dst[start:]
 	be := binary.BigEndian
 	if rec.IPVersion == 6 {
