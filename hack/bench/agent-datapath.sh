@@ -15,6 +15,14 @@
 #                (net.netfilter.nf_conntrack_acct=1 in the server namespace):
 #                what the rules' connbytes match switches on for the whole
 #                namespace, measured apart from the rules themselves
+#   hook         acct, plus an empty mangle PREROUTING base chain: what
+#                hooking the mangle table into PREROUTING costs by itself
+#                (not in the default set; for taking the cost apart)
+#   jump         hook, plus the agent's jump rule (-p tcp, connbytes 0:10
+#                packets in the original direction) into a chain holding
+#                one rule that does nothing: what a packet past a
+#                connection's first 10 pays at any probability (not in the
+#                default set)
 #   p=0.0001     `connscope agent --probability 0.0001` (file sink)
 #   p=1          `connscope agent --probability 1` (every connection's first
 #                10 client packets logged and written)
@@ -52,7 +60,8 @@
 # Environment:
 #   BENCH_DATAPATH_SECONDS   seconds of each iperf3 and wrk run (default 5)
 #   BENCH_DATAPATH_RUNS      runs of each condition (default 5)
-#   BENCH_DATAPATH_CONDITIONS  which conditions (default "none conntrack acct p=0.0001 p=1")
+#   BENCH_DATAPATH_CONDITIONS  which conditions (default "none conntrack acct p=0.0001 p=1";
+#                            hook and jump take the cost of p=0.0001 apart)
 #   BENCH_WRK_CONNECTIONS    wrk's concurrent connections (default 50)
 #   BENCH_CLIENT_CPU         core of iperf3 -c and wrk (default 0)
 #   BENCH_SERVER_CPU         core of the servers and the agent (default 1; 0 on one core)
@@ -68,6 +77,12 @@ wrk_conns=${BENCH_WRK_CONNECTIONS:-50}
 client_cpu=${BENCH_CLIENT_CPU:-0}
 if [[ $(nproc) -ge 2 ]]; then server_cpu=${BENCH_SERVER_CPU:-1}; else server_cpu=${BENCH_SERVER_CPU:-0}; fi
 read -r -a conditions <<<"${BENCH_DATAPATH_CONDITIONS:-none conntrack acct p=0.0001 p=1}"
+for c in "${conditions[@]}"; do
+	case $c in
+	none | conntrack | acct | hook | jump | p=[0-9]*) ;;
+	*) echo "agent-datapath: unknown condition $c (none, conntrack, acct, hook, jump, p=PROBABILITY)" >&2 && exit 1 ;;
+	esac
+done
 metrics=127.0.0.1:19478
 http_port=8080
 settle=3
@@ -93,10 +108,14 @@ one_run() {
 	start_bg "tinyhttp-$tag" "$SRV" "$server_cpu" "$CACHE/tinyhttp" -addr "$SRV_IP:$http_port"
 	case $cond in
 	none) ;;
-	conntrack | acct)
+	conntrack | acct | hook | jump)
 		in_ns "$SRV" iptables-nft -t mangle -N CSBENCH-CONNTRACK
 		in_ns "$SRV" iptables-nft -t mangle -A CSBENCH-CONNTRACK -m conntrack --ctstate NEW -j RETURN
-		[[ $cond == acct ]] && in_ns "$SRV" sysctl -qw net.netfilter.nf_conntrack_acct=1
+		[[ $cond != conntrack ]] && in_ns "$SRV" sysctl -qw net.netfilter.nf_conntrack_acct=1
+		# an empty base chain: setting its policy creates it
+		[[ $cond == hook || $cond == jump ]] && in_ns "$SRV" iptables-nft -t mangle -P PREROUTING ACCEPT
+		[[ $cond == jump ]] && in_ns "$SRV" iptables-nft -t mangle -A PREROUTING -p tcp -m connbytes --connbytes 0:10 \
+			--connbytes-mode packets --connbytes-dir original -j CSBENCH-CONNTRACK
 		;;
 	p=*)
 		BG_ACCT=""
