@@ -9,17 +9,6 @@ if command -v chromium >/dev/null 2>&1; then
 	exit 0
 fi
 
-SUDO=""
-if [ "$(id -u)" -ne 0 ]; then
-	if command -v sudo >/dev/null 2>&1; then
-		SUDO="sudo"
-	else
-		echo "setup-browser: need root or sudo to apt-get install chromium" >&2
-		exit 1
-	fi
-fi
-
-export DEBIAN_FRONTEND=noninteractive
-$SUDO apt-get update -qq
-$SUDO apt-get install -y -qq --no-install-recommends chromium fonts-dejavu-core >/dev/null
+source "$(dirname "${BASH_SOURCE[0]}")/apt-lib.sh"
+apt_install setup-browser chromium fonts-dejavu-core
 echo "setup-browser: $(chromium --version 2>/dev/null) installed"

@@ -15,17 +15,6 @@ if command -v clickhouse-server >/dev/null 2>&1; then
 	exit 0
 fi
 
-SUDO=""
-if [ "$(id -u)" -ne 0 ]; then
-	if command -v sudo >/dev/null 2>&1; then
-		SUDO="sudo"
-	else
-		echo "setup-clickhouse: need root or sudo to apt-get install clickhouse-server" >&2
-		exit 1
-	fi
-fi
-
-export DEBIAN_FRONTEND=noninteractive
-$SUDO apt-get -o DPkg::Lock::Timeout=600 update -qq
-$SUDO env RUNLEVEL=1 DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends clickhouse-server clickhouse-client >/dev/null
+source "$(dirname "${BASH_SOURCE[0]}")/apt-lib.sh"
+apt_install setup-clickhouse RUNLEVEL=1 clickhouse-server clickhouse-client
 echo "setup-clickhouse: clickhouse-server $(dpkg-query -W -f='${Version}' clickhouse-server) installed"
