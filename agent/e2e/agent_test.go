@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/connscope/connscope/agent/ship/shiptest"
+	"github.com/connscope/connscope/internal/golden"
 	"github.com/connscope/connscope/packet"
 )
 
@@ -51,7 +52,7 @@ func TestInstallLogsTheFirstPacketsOfEachConnection(t *testing.T) {
 			file, sink := fileSink(t)
 			a := ns.startAgent("agent", policyA("--backend", backend, "--packet-cap", "3", "--sink", sink)...)
 			a.waitReady(startTimeout)
-			golden(t, "installed-a-"+backend, ns.rules())
+			golden.Require(t, "installed-a-"+backend, ns.rules())
 
 			// One port on both loopback addresses: the client's address
 			// tells the families apart.
@@ -80,7 +81,7 @@ func TestInstallLogsTheFirstPacketsOfEachConnection(t *testing.T) {
 			if code := a.signal(syscall.SIGTERM, stopTimeout); code != 0 {
 				t.Fatalf("exit status %d after SIGTERM:\n%s", code, a.Output())
 			}
-			golden(t, "removed-"+backend, ns.rules())
+			golden.Require(t, "removed-"+backend, ns.rules())
 
 			recs, frames := records(t, file)
 			for i, f := range frames {
@@ -194,7 +195,7 @@ func TestResyncRestoresRulesRemovedByOthers(t *testing.T) {
 	_, sink := fileSink(t)
 	a := ns.startAgent("agent", policyA("--backend", "nft", "--packet-cap", "3", "--sink", sink)...)
 	a.waitReady(startTimeout)
-	golden(t, "installed-a-nft", ns.rules())
+	golden.Require(t, "installed-a-nft", ns.rules())
 	const chain = "CONNSCOPE-ZKLYCEWK-SRFG5KIU"
 
 	for i, disrupt := range [][][]string{
@@ -219,7 +220,7 @@ func TestResyncRestoresRulesRemovedByOthers(t *testing.T) {
 	if code := a.signal(syscall.SIGTERM, stopTimeout); code != 0 {
 		t.Fatalf("exit status %d:\n%s", code, a.Output())
 	}
-	golden(t, "removed-nft", ns.rules())
+	golden.Require(t, "removed-nft", ns.rules())
 }
 
 // TestKillRestartAndCleanup: after SIGKILL the rules stay (nothing removes
@@ -238,11 +239,11 @@ func TestKillRestartAndCleanup(t *testing.T) {
 	if code := a.signal(syscall.SIGKILL, stopTimeout); code != -1 {
 		t.Fatalf("exit status %d after SIGKILL", code)
 	}
-	golden(t, "installed-a-nft", ns.rules())
+	golden.Require(t, "installed-a-nft", ns.rules())
 
 	a = ns.startAgent("agent-2", args...)
 	a.waitReady(startTimeout)
-	golden(t, "installed-a-nft", ns.rules())
+	golden.Require(t, "installed-a-nft", ns.rules())
 	a.signal(syscall.SIGKILL, stopTimeout)
 
 	// A legacy agent of another policy, killed too.
@@ -251,7 +252,7 @@ func TestKillRestartAndCleanup(t *testing.T) {
 		"--ports", "22,80", "--backend", "legacy", "--sink", sinkB, "--metrics-addr", "127.0.0.1:9478")
 	b.waitReady(startTimeout)
 	b.signal(syscall.SIGKILL, stopTimeout)
-	golden(t, "killed-a-nft-b-legacy", ns.rules())
+	golden.Require(t, "killed-a-nft-b-legacy", ns.rules())
 
 	out := ns.Must(t, connscopeBin, "agent", "cleanup")
 	for _, want := range []string{
@@ -264,7 +265,7 @@ func TestKillRestartAndCleanup(t *testing.T) {
 			t.Errorf("cleanup output lacks %q:\n%s", want, out)
 		}
 	}
-	golden(t, "cleaned", ns.rules())
+	golden.Require(t, "cleaned", ns.rules())
 	if out := ns.Must(t, connscopeBin, "agent", "cleanup"); strings.TrimSpace(out) != "nothing of connscope found" {
 		t.Errorf("second cleanup printed:\n%s", out)
 	}
@@ -285,14 +286,14 @@ func TestTwoAgentsSideBySide(t *testing.T) {
 	b.waitReady(startTimeout)
 	a := ns.startAgent("agent-a", policyA("--backend", "nft", "--packet-cap", "3", "--sink", sinkA)...)
 	a.waitReady(startTimeout)
-	golden(t, "two-policies-nft", ns.rules())
+	golden.Require(t, "two-policies-nft", ns.rules())
 
 	if code := a.signal(syscall.SIGTERM, stopTimeout); code != 0 {
 		t.Fatalf("agent a: exit status %d:\n%s", code, a.Output())
 	}
-	golden(t, "only-b-nft", ns.rules())
+	golden.Require(t, "only-b-nft", ns.rules())
 	time.Sleep(2 * time.Second) // two resync periods of b: it must not have changed anything
-	golden(t, "only-b-nft", ns.rules())
+	golden.Require(t, "only-b-nft", ns.rules())
 	b.waitReady(startTimeout)
 	if m := b.scrape(); m["connscope_agent_rules_restores_total"] != 0 {
 		t.Errorf("agent b restored its rules %v times: a's removal touched them", m["connscope_agent_rules_restores_total"])
@@ -300,7 +301,7 @@ func TestTwoAgentsSideBySide(t *testing.T) {
 	if code := b.signal(syscall.SIGTERM, stopTimeout); code != 0 {
 		t.Fatalf("agent b: exit status %d:\n%s", code, b.Output())
 	}
-	golden(t, "removed-nft", ns.rules())
+	golden.Require(t, "removed-nft", ns.rules())
 }
 
 // TestBusyGroupFailsBeforeAnyRule: a second agent whose NFLOG group is
@@ -326,7 +327,7 @@ func TestBusyGroupFailsBeforeAnyRule(t *testing.T) {
 	if strings.Contains(b.Output(), "rules installed") {
 		t.Errorf("the second agent installed rules:\n%s", b.Output())
 	}
-	golden(t, "installed-a-nft", ns.rules())
+	golden.Require(t, "installed-a-nft", ns.rules())
 	a.waitReady(startTimeout)
 	a.signal(syscall.SIGTERM, stopTimeout)
 }

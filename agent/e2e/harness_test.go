@@ -27,11 +27,10 @@ import (
 	"time"
 
 	"github.com/connscope/connscope/classifier/capture"
+	"github.com/connscope/connscope/internal/golden"
 	"github.com/connscope/connscope/internal/netnstest"
 	"github.com/connscope/connscope/packet"
 )
-
-var update = flag.Bool("update", false, "rewrite testdata/*.golden from the rule sets seen")
 
 // connscopeBin is the connscope binary TestMain builds.
 var connscopeBin string
@@ -341,29 +340,10 @@ func (ns *netns) rules() string {
 	return b.String()
 }
 
-// golden compares got with testdata/<name>.golden (rewritten with -update).
-func golden(t *testing.T, name, got string) {
-	t.Helper()
-	path := filepath.Join("testdata", name+".golden")
-	if *update {
-		if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		return
-	}
-	want, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatalf("%v (run the test with -update to write it)", err)
-	}
-	if got != string(want) {
-		t.Fatalf("rule set differs from %s:\n--- got\n%s--- want\n%s", path, got, want)
-	}
-}
-
 // eventuallyRules polls the rule set until it equals the golden file.
 func (ns *netns) eventuallyRules(timeout time.Duration, name string) {
 	ns.t.Helper()
-	want, err := os.ReadFile(filepath.Join("testdata", name+".golden"))
+	want, err := os.ReadFile(golden.Path(name))
 	if err != nil {
 		ns.t.Fatal(err)
 	}

@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/connscope/connscope/internal/golden"
 )
 
 // These tests need root: each runs in a network namespace of its own (see
@@ -78,7 +80,7 @@ func TestEnsureInstallsTheExactRules(t *testing.T) {
 		ns := newTestNS(t)
 		m := ns.manager(webPolicy(), b)
 		mustEnsure(t, m)
-		golden(t, "install", ns.save(b))
+		golden.Check(t, "install", ns.save(b))
 		mustCheck(t, m)
 		if other := ns.saveAll(otherBackend(b)); strings.Contains(other, "CONNSCOPE") {
 			t.Errorf("rules appeared in the other backend:\n%s", other)
@@ -97,7 +99,7 @@ func TestEnsureTwiceWritesNothing(t *testing.T) {
 		if m.writes != writes {
 			t.Errorf("Ensure on installed rules wrote %d times", m.writes-writes)
 		}
-		golden(t, "install", ns.save(b))
+		golden.Check(t, "install", ns.save(b))
 
 		// A new process (no memory of what it wrote) finds the rules as
 		// it renders them: iptables prints them back the same.
@@ -107,7 +109,7 @@ func TestEnsureTwiceWritesNothing(t *testing.T) {
 		if fresh.writes != 0 {
 			t.Errorf("a fresh manager rewrote installed rules (%d writes): the rendering differs from iptables' listing", fresh.writes)
 		}
-		golden(t, "install", ns.save(b))
+		golden.Check(t, "install", ns.save(b))
 	})
 }
 
@@ -122,7 +124,7 @@ func TestCheckNoticesFlushAndEnsureRestores(t *testing.T) {
 		ns.ipt(b, IPv4, "-t", "mangle", "-F", chain)
 		wantDrift(t, m, "IPv4", "chain "+chain+" holds 0 rules, not the 3 of the policy")
 		mustEnsure(t, m)
-		golden(t, "install", ns.save(b))
+		golden.Check(t, "install", ns.save(b))
 		mustCheck(t, m)
 
 		// Someone flushes the whole mangle table, and deletes our chain.
@@ -130,20 +132,20 @@ func TestCheckNoticesFlushAndEnsureRestores(t *testing.T) {
 		ns.iptBoth(b, "-t", "mangle", "-X", chain)
 		wantDrift(t, m, "IPv4", "IPv6", "chain "+chain+" is missing", "jump from mangle PREROUTING to "+chain+" is missing")
 		mustEnsure(t, m)
-		golden(t, "install", ns.save(b))
+		golden.Check(t, "install", ns.save(b))
 		mustCheck(t, m)
 
 		// Someone adds a rule to our chain.
 		ns.ipt(b, IPv6, "-t", "mangle", "-A", chain, "-j", "RETURN")
 		wantDrift(t, m, "IPv6", "holds 4 rules, not the 3")
 		mustEnsure(t, m)
-		golden(t, "install", ns.save(b))
+		golden.Check(t, "install", ns.save(b))
 
 		// Someone edits a rule of our chain in place.
 		ns.ipt(b, IPv4, "-t", "mangle", "-R", chain, "1", "-s", "10.0.0.0/16", "-j", "RETURN")
 		wantDrift(t, m, "IPv4", "rules of chain "+chain+" differ")
 		mustEnsure(t, m)
-		golden(t, "install", ns.save(b))
+		golden.Check(t, "install", ns.save(b))
 		mustCheck(t, m)
 	})
 }
@@ -180,7 +182,7 @@ func TestCheckListsTheRulesOnlyWhenTheRulesetChanged(t *testing.T) {
 		wantDrift(t, m, "IPv6", "holds 0 rules")
 		wantDrift(t, m, "IPv6", "holds 0 rules") // and again: a failed Check is no reference
 		mustEnsure(t, m)
-		golden(t, "install", ns.save(b))
+		golden.Check(t, "install", ns.save(b))
 		// An Ensure that finds everything in place is a Check too.
 		mustEnsure(t, m)
 		skipped := m.checksSkipped
@@ -202,20 +204,20 @@ func TestEnsureRestoresTheJump(t *testing.T) {
 		ns.iptBoth(b, append([]string{"-t", "mangle", "-D", "PREROUTING"}, jump...)...)
 		wantDrift(t, m, "jump from mangle PREROUTING to "+m.Chain()+" is missing")
 		mustEnsure(t, m)
-		golden(t, "install", ns.save(b))
+		golden.Check(t, "install", ns.save(b))
 
 		// Duplicated.
 		ns.ipt(b, IPv4, append([]string{"-t", "mangle", "-A", "PREROUTING"}, jump...)...)
 		wantDrift(t, m, "2 jumps from mangle PREROUTING")
 		mustEnsure(t, m)
-		golden(t, "install", ns.save(b))
+		golden.Check(t, "install", ns.save(b))
 
 		// Replaced by a jump without our comment.
 		ns.ipt(b, IPv6, append([]string{"-t", "mangle", "-D", "PREROUTING"}, jump...)...)
 		ns.ipt(b, IPv6, "-t", "mangle", "-A", "PREROUTING", "-j", m.Chain())
 		wantDrift(t, m, "IPv6", "differs from the policy")
 		mustEnsure(t, m)
-		golden(t, "install", ns.save(b))
+		golden.Check(t, "install", ns.save(b))
 		mustCheck(t, m)
 	})
 }
@@ -234,15 +236,15 @@ func TestRemoveLeavesOthersRulesAlone(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, b Backend) {
 		ns := newTestNS(t)
 		foreign(ns, b)
-		golden(t, "foreign", ns.save(b))
+		golden.Check(t, "foreign", ns.save(b))
 		m := ns.manager(webPolicy(), b)
 		mustEnsure(t, m)
-		golden(t, "install-with-foreign", ns.save(b))
+		golden.Check(t, "install-with-foreign", ns.save(b))
 
 		if err := m.Remove(); err != nil {
 			t.Fatalf("Remove: %v", err)
 		}
-		golden(t, "foreign", ns.save(b))
+		golden.Check(t, "foreign", ns.save(b))
 		if err := m.Remove(); err != nil {
 			t.Errorf("Remove of removed rules: %v", err)
 		}
@@ -278,19 +280,19 @@ func TestTwoPoliciesCoexistAndRemoveOnlyTheirOwn(t *testing.T) {
 		mustEnsure(t, web)
 		mustEnsure(t, ssh)
 		mustEnsure(t, web)
-		golden(t, "two-policies", ns.save(b))
+		golden.Check(t, "two-policies", ns.save(b))
 		mustCheck(t, web)
 		mustCheck(t, ssh)
 
 		if err := web.Remove(); err != nil {
 			t.Fatalf("Remove web: %v", err)
 		}
-		golden(t, "ssh-only", ns.save(b))
+		golden.Check(t, "ssh-only", ns.save(b))
 		mustCheck(t, ssh)
 		if err := ssh.CleanupStale(); err != nil {
 			t.Fatalf("CleanupStale ssh: %v", err)
 		}
-		golden(t, "ssh-only", ns.save(b))
+		golden.Check(t, "ssh-only", ns.save(b))
 	})
 }
 
@@ -320,7 +322,7 @@ func TestCleanupStaleRemovesEarlierRunsOfTheSamePolicy(t *testing.T) {
 		if err := m.CleanupStale(); err != nil {
 			t.Fatalf("CleanupStale: %v", err)
 		}
-		golden(t, "stale-cleaned", ns.save(b))
+		golden.Check(t, "stale-cleaned", ns.save(b))
 		if other := ns.saveAll(otherBackend(b)); strings.Contains(other, "CONNSCOPE") {
 			t.Errorf("the earlier run's rules are left in the other backend:\n%s", other)
 		}
@@ -363,7 +365,7 @@ func TestCleanupAllRemovesEveryConnscopeRuleInBothBackends(t *testing.T) {
 		t.Fatalf("CleanupAll: %v", err)
 	}
 	for _, b := range allBackends {
-		golden(t, "foreign", ns.save(b))
+		golden.Check(t, "foreign", ns.save(b))
 	}
 	// 3 jumps and 3 chains in nft, 2 jumps and 1 chain in legacy.
 	if len(removed) != 9 {
@@ -417,7 +419,7 @@ func TestRunRestoresWithinTheResyncPeriod(t *testing.T) {
 		waitIntact("after a flush of mangle")
 		ns.iptBoth(b, append([]string{"-t", "mangle", "-D", "PREROUTING"}, Rules(webPolicy(), IPv4).Jump...)...)
 		waitIntact("after the jump was deleted")
-		golden(t, "install", ns.save(b))
+		golden.Check(t, "install", ns.save(b))
 	})
 }
 

@@ -1,38 +1,13 @@
 package rules
 
 import (
-	"flag"
 	"net/netip"
-	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
 
-	"github.com/google/go-cmp/cmp"
+	"github.com/connscope/connscope/internal/golden"
 )
-
-var update = flag.Bool("update", false, "rewrite testdata/*.golden from what the tests produce")
-
-// golden compares got with testdata/<name>.golden, or rewrites the file
-// with -update.
-func golden(t *testing.T, name, got string) {
-	t.Helper()
-	path := filepath.Join("testdata", name+".golden")
-	if *update {
-		if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		return
-	}
-	want, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatalf("%v (run go test -update to create it)", err)
-	}
-	if diff := cmp.Diff(string(want), got); diff != "" {
-		t.Errorf("%s differs (-want +got; go test -update rewrites it):\n%s", path, diff)
-	}
-}
 
 // fullPolicy uses every option.
 func fullPolicy() Policy {
@@ -61,7 +36,7 @@ func TestRulesRenderTheSeedRulesWithFilters(t *testing.T) {
 			b.WriteString(Rules(tc.p, f).Restore())
 		}
 	}
-	golden(t, "render", b.String())
+	golden.Check(t, "render", b.String())
 }
 
 func TestChainNameIsShortStableAndPerParameters(t *testing.T) {
