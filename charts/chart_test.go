@@ -392,7 +392,7 @@ func TestGeneratedFilesUpToDate(t *testing.T) {
 }
 
 // Every metric the alerts and the dashboard use is one that connscope's
-// agent, classifier or controller-runtime really exports.
+// agent, classifier, controller or controller-runtime really exports.
 func TestAlertsAndDashboardUseExportedMetrics(t *testing.T) {
 	needEnv(t)
 	rendered := helmTemplate(t, "--set", "metrics.prometheusRule.enabled=true", "--set", "grafanaDashboard.enabled=true")
@@ -404,7 +404,7 @@ func TestAlertsAndDashboardUseExportedMetrics(t *testing.T) {
 		t.Fatalf("only %d metric names found in the rendered rules and dashboard", len(used))
 	}
 	var src bytes.Buffer
-	for _, dir := range []string{"../agent", "../classifier"} {
+	for _, dir := range []string{"../agent", "../classifier", "../controllers"} {
 		_ = filepath.Walk(dir, func(p string, info os.FileInfo, err error) error {
 			if err == nil && strings.HasSuffix(p, ".go") && !strings.HasSuffix(p, "_test.go") {
 				b, _ := os.ReadFile(p)
@@ -421,7 +421,7 @@ func TestAlertsAndDashboardUseExportedMetrics(t *testing.T) {
 			continue
 		}
 		if !strings.Contains(src.String(), `"`+m+`"`) {
-			t.Errorf("%s is used by the chart but exported by no agent or classifier code", m)
+			t.Errorf("%s is used by the chart but exported by no agent, classifier or controller code", m)
 		}
 	}
 }

@@ -122,6 +122,9 @@ func agentPodToPolicy(_ context.Context, o client.Object) []reconcile.Request {
 func (r *SamplingPolicyReconciler) Reconcile(ctx context.Context, req ctrl.Request) (res ctrl.Result, err error) {
 	var p samplingv1alpha1.SamplingPolicy
 	if err := r.Client.Get(ctx, req.NamespacedName, &p); err != nil {
+		if apierrors.IsNotFound(err) {
+			forgetConditions(req.Name)
+		}
 		return ctrl.Result{}, client.IgnoreNotFound(err)
 	}
 	if !p.DeletionTimestamp.IsZero() {
@@ -245,6 +248,7 @@ func (r *SamplingPolicyReconciler) degrade(p *samplingv1alpha1.SamplingPolicy, r
 // writeStatus writes the status when it changed, and emits an event for
 // each condition that changed its status or reason.
 func (r *SamplingPolicyReconciler) writeStatus(ctx context.Context, before, p *samplingv1alpha1.SamplingPolicy) error {
+	recordConditions(p) // also when unchanged: a restarted controller starts with no series
 	if equality.Semantic.DeepEqual(before.Status, p.Status) {
 		return nil
 	}
@@ -316,6 +320,7 @@ func (r *SamplingPolicyReconciler) finalize(ctx context.Context, p *samplingv1al
 	if err := r.Client.Patch(ctx, p, patch); err != nil && !apierrors.IsNotFound(err) {
 		return ctrl.Result{}, fmt.Errorf("remove finalizer: %w", err)
 	}
+	forgetConditions(p.Name)
 	return ctrl.Result{}, nil
 }
 

@@ -25,6 +25,7 @@ import (
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/config"
+	"sigs.k8s.io/controller-runtime/pkg/metrics"
 	"sigs.k8s.io/yaml"
 
 	"github.com/connscope/connscope/agent"
@@ -814,4 +815,87 @@ func TestApplyFailureDegrades(t *testing.T) {
 		p.Spec.Sink.Classifier.Storage.StorageClassName = ptr.To("slow")
 	})
 	wantConditions(t, "stuck", "False/AgentsRollingOut", "True/AgentsRollingOut", "False/Reconciled")
+}
+
+// conditionSeries returns the policy's connscope_samplingpolicy_condition
+// series as "condition/status" -> value, read from the controller's
+// registry (what /metrics serves).
+func conditionSeries(t *testing.T, policy string) map[string]float64 {
+	t.Helper()
+	mfs, err := metrics.Registry.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]float64{}
+	for _, mf := range mfs {
+		if mf.GetName() != "connscope_samplingpolicy_condition" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			l := map[string]string{}
+			for _, lp := range m.GetLabel() {
+				l[lp.GetName()] = lp.GetValue()
+			}
+			if l["policy"] == policy {
+				got[l["condition"]+"/"+l["status"]] = m.GetGauge().GetValue()
+			}
+		}
+	}
+	return got
+}
+
+// The controller's metrics mirror each policy's conditions (1 for the
+// status a condition has, 0 for the others), follow them, and go with the
+// policy.
+func TestConditionsMetric(t *testing.T) {
+	needEnv(t)
+	startController(t, testOptions())
+	p := newPolicy(t, "gauge", nil)
+	eventually(t, wait, "children", func() error {
+		if _, err := getDS("gauge"); err != nil {
+			return err
+		}
+		_, err := getDeployment("gauge")
+		return err
+	})
+	want := func(ready string) {
+		t.Helper()
+		eventually(t, wait, "Ready="+ready+" in the metric", func() error {
+			got := conditionSeries(t, "gauge")
+			for _, typ := range []string{"Ready", "Progressing", "Degraded"} {
+				c := meta.FindStatusCondition(getPolicy(t, "gauge").Status.Conditions, typ)
+				if c == nil {
+					return fmt.Errorf("no %s condition yet", typ)
+				}
+				for _, s := range []string{"True", "False", "Unknown"} {
+					v, ok := got[typ+"/"+s]
+					if !ok {
+						return fmt.Errorf("no series for %s/%s in %v", typ, s, got)
+					}
+					if w := map[bool]float64{true: 1, false: 0}[string(c.Status) == s]; v != w {
+						return fmt.Errorf("%s/%s = %v, the policy has %s=%s", typ, s, v, typ, c.Status)
+					}
+				}
+			}
+			if got["Ready/"+ready] != 1 {
+				return fmt.Errorf("Ready/%s = %v", ready, got["Ready/"+ready])
+			}
+			return nil
+		})
+	}
+	setDaemonSetStatus(t, "gauge", 2, 2, 2)
+	setDeploymentStatus(t, "gauge", true)
+	want("True")
+	setDaemonSetStatus(t, "gauge", 2, 1, 2)
+	want("False")
+
+	if err := k8s.Delete(ctx, p); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, wait, "series gone with the policy", func() error {
+		if got := conditionSeries(t, "gauge"); len(got) != 0 {
+			return fmt.Errorf("still %v", got)
+		}
+		return nil
+	})
 }
