@@ -30,6 +30,7 @@ import (
 
 	"github.com/connscope/connscope/agent"
 	samplingv1alpha1 "github.com/connscope/connscope/api/v1alpha1"
+	"github.com/connscope/connscope/internal/envtestsuite"
 )
 
 func ctrlConfigForTests() config.Controller {
@@ -263,7 +264,7 @@ func setDeploymentStatus(t *testing.T, name string, available bool) {
 }
 
 func TestReconcileCreatesTheChildren(t *testing.T) {
-	needEnv(t)
+	envtestsuite.NeedEnv(t)
 	startController(t, testOptions())
 	newPolicy(t, "create", nil)
 
@@ -332,7 +333,7 @@ func TestReconcileCreatesTheChildren(t *testing.T) {
 
 // A reconcile that finds everything as built writes nothing.
 func TestReconcileWritesOnlyWhatDiffers(t *testing.T) {
-	needEnv(t)
+	envtestsuite.NeedEnv(t)
 	startController(t, testOptions())
 	newPolicy(t, "steady", nil)
 	eventually(t, wait, "DaemonSet", func() error { _, err := getDS("steady"); return err })
@@ -372,7 +373,7 @@ func TestReconcileWritesOnlyWhatDiffers(t *testing.T) {
 }
 
 func TestSpecChangeUpdatesTheChildren(t *testing.T) {
-	needEnv(t)
+	envtestsuite.NeedEnv(t)
 	startController(t, testOptions())
 	newPolicy(t, "change", nil)
 	var hash string
@@ -443,7 +444,7 @@ func TestSpecChangeUpdatesTheChildren(t *testing.T) {
 }
 
 func TestStatusFollowsDaemonSetAndDeployment(t *testing.T) {
-	needEnv(t)
+	envtestsuite.NeedEnv(t)
 	startController(t, testOptions())
 	newPolicy(t, "health", nil)
 	eventually(t, wait, "children", func() error {
@@ -503,7 +504,7 @@ func TestStatusFollowsDaemonSetAndDeployment(t *testing.T) {
 }
 
 func TestAllocationAcrossPolicies(t *testing.T) {
-	needEnv(t)
+	envtestsuite.NeedEnv(t)
 	opts := testOptions() // three label bits, three groups
 	c := startController(t, opts)
 	names := []string{"alloc-a", "alloc-b", "alloc-c"}
@@ -580,7 +581,7 @@ func TestAllocationAcrossPolicies(t *testing.T) {
 }
 
 func TestDeletionWaitsForTheAgentsToGo(t *testing.T) {
-	needEnv(t)
+	envtestsuite.NeedEnv(t)
 	startController(t, testOptions())
 	newPolicy(t, "gone", nil)
 	eventually(t, wait, "DaemonSet", func() error { _, err := getDS("gone"); return err })
@@ -633,7 +634,7 @@ func TestDeletionWaitsForTheAgentsToGo(t *testing.T) {
 // into agents and classifier, and never replaced by a reconcile, a spec
 // change or a controller restart.
 func TestIngestTokenIsSharedMountedAndStable(t *testing.T) {
-	needEnv(t)
+	envtestsuite.NeedEnv(t)
 	c := startController(t, testOptions())
 	newPolicy(t, "token", nil)
 	var token string
@@ -744,7 +745,7 @@ func resourceQuantity(s string) resource.Quantity { return resource.MustParse(s)
 // The controller works with nothing but the RBAC that config/rbac grants
 // (generated from the markers): it runs here as its ServiceAccount.
 func TestControllerRunsWithOnlyItsGeneratedRBAC(t *testing.T) {
-	needEnv(t)
+	envtestsuite.NeedEnv(t)
 	var objs []client.Object
 	for _, f := range []string{"role.yaml", "role_binding.yaml", "service_account.yaml"} {
 		b, err := os.ReadFile(filepath.Join("..", "config", "rbac", f))
@@ -795,7 +796,7 @@ func TestControllerRunsWithOnlyItsGeneratedRBAC(t *testing.T) {
 // A child the API server refuses to change makes the policy Degraded with
 // the server's reason, and a fix clears it.
 func TestApplyFailureDegrades(t *testing.T) {
-	needEnv(t)
+	envtestsuite.NeedEnv(t)
 	startController(t, testOptions())
 	newPolicy(t, "stuck", func(p *samplingv1alpha1.SamplingPolicy) {
 		p.Spec.Sink.Classifier.Storage = &samplingv1alpha1.StorageSpec{Size: resourceQuantity("1Gi"), StorageClassName: ptr.To("slow")}

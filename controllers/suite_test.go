@@ -4,7 +4,6 @@ import (
 	"context"
 
 	"flag"
-	"fmt"
 	"github.com/go-logr/logr"
 	"os"
 	"path/filepath"
@@ -18,11 +17,11 @@ import (
 	"k8s.io/client-go/rest"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/controller-runtime/pkg/envtest"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	samplingv1alpha1 "github.com/connscope/connscope/api/v1alpha1"
+	"github.com/connscope/connscope/internal/envtestsuite"
 )
 
 // The envtest suite: one real kube-apiserver and etcd for the package,
@@ -35,60 +34,35 @@ var (
 	testCfg    *rest.Config
 	k8s        client.Client
 	testScheme = runtime.NewScheme()
-	envMissing string
 	verbose    = flag.Bool("controller-log", false, "print the controller's log")
 )
 
 func TestMain(m *testing.M) {
 	flag.Parse()
-	os.Exit(runSuite(m))
-}
-
-func runSuite(m *testing.M) int {
 	_ = clientgoscheme.AddToScheme(testScheme)
 	_ = samplingv1alpha1.AddToScheme(testScheme)
-	if os.Getenv("KUBEBUILDER_ASSETS") == "" {
-		if os.Getenv("CONNSCOPE_REQUIRE_ENVTEST") != "" {
-			fmt.Fprintln(os.Stderr, "CONNSCOPE_REQUIRE_ENVTEST is set but KUBEBUILDER_ASSETS is not: run `make envtest` (hack/envtest.sh prints the folder)")
-			return 1
-		}
-		envMissing = "KUBEBUILDER_ASSETS is unset: the controller tests need kube-apiserver and etcd (`make test` sets it up, or export KUBEBUILDER_ASSETS=$(hack/envtest.sh))"
-		return m.Run()
-	}
 	if *verbose {
 		ctrl.SetLogger(zap.New(zap.UseDevMode(true)))
 	} else {
 		ctrl.SetLogger(logr.Discard())
 	}
-	env := &envtest.Environment{
-		CRDDirectoryPaths:     []string{filepath.Join("..", "config", "crd", "bases")},
-		ErrorIfCRDPathMissing: true,
-	}
-	cfg, err := env.Start()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "start envtest:", err)
-		return 1
-	}
-	defer func() { _ = env.Stop() }()
+	os.Exit(envtestsuite.Run(m, "the controller tests", filepath.Join("..", "config", "crd", "bases"), setupSuite))
+}
+
+// setupSuite keeps the API server's config, makes the client and creates
+// the two namespaces the controller manages.
+func setupSuite(cfg *rest.Config) error {
 	testCfg = cfg
+	var err error
 	if k8s, err = client.New(cfg, client.Options{Scheme: testScheme}); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
+		return err
 	}
 	for _, ns := range []string{DefaultAgentNamespace, DefaultClassifierNamespace} {
 		if err := k8s.Create(context.Background(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}); err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			return 1
+			return err
 		}
 	}
-	return m.Run()
-}
-
-func needEnv(t *testing.T) {
-	t.Helper()
-	if envMissing != "" {
-		t.Skip(envMissing)
-	}
+	return nil
 }
 
 // testOptions are the controller's options in tests: small pools, so that

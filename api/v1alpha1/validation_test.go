@@ -11,59 +11,28 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/controller-runtime/pkg/envtest"
 	"sigs.k8s.io/yaml"
 
 	samplingv1alpha1 "github.com/connscope/connscope/api/v1alpha1"
+	"github.com/connscope/connscope/internal/envtestsuite"
 )
 
 // These tests send SamplingPolicies to a real kube-apiserver (envtest)
 // with the generated CRD installed: the API server itself must refuse
 // every bad input with the message the CRD's rules give.
 
-var (
-	k8s        client.Client
-	envMissing string
-)
+var k8s client.Client
 
 func TestMain(m *testing.M) {
-	os.Exit(run(m))
-}
-
-func run(m *testing.M) int {
-	if os.Getenv("KUBEBUILDER_ASSETS") == "" {
-		if os.Getenv("CONNSCOPE_REQUIRE_ENVTEST") != "" {
-			fmt.Fprintln(os.Stderr, "CONNSCOPE_REQUIRE_ENVTEST is set but KUBEBUILDER_ASSETS is not: run `make envtest` (hack/envtest.sh prints the folder)")
-			return 1
-		}
-		envMissing = "KUBEBUILDER_ASSETS is unset: the validation tests need kube-apiserver and etcd (`make test` sets it up, or export KUBEBUILDER_ASSETS=$(hack/envtest.sh))"
-		return m.Run()
-	}
-	env := &envtest.Environment{
-		CRDDirectoryPaths:     []string{filepath.Join("..", "..", "config", "crd", "bases")},
-		ErrorIfCRDPathMissing: true,
-	}
-	cfg, err := env.Start()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "start envtest:", err)
-		return 1
-	}
-	defer func() { _ = env.Stop() }()
-	scheme := runtime.NewScheme()
-	_ = samplingv1alpha1.AddToScheme(scheme)
-	if k8s, err = client.New(cfg, client.Options{Scheme: scheme}); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	return m.Run()
-}
-
-func needEnv(t *testing.T) {
-	t.Helper()
-	if envMissing != "" {
-		t.Skip(envMissing)
-	}
+	os.Exit(envtestsuite.Run(m, "the validation tests", filepath.Join("..", "..", "config", "crd", "bases"), func(cfg *rest.Config) error {
+		scheme := runtime.NewScheme()
+		_ = samplingv1alpha1.AddToScheme(scheme)
+		var err error
+		k8s, err = client.New(cfg, client.Options{Scheme: scheme})
+		return err
+	}))
 }
 
 // policy is a valid policy as a user writes it, as a map so that a test
@@ -113,7 +82,7 @@ func strs(n int, f func(i int) string) []any {
 }
 
 func TestValidationRefusesBadInputWithItsMessage(t *testing.T) {
-	needEnv(t)
+	envtestsuite.NeedEnv(t)
 	long := strings.Repeat("a", 513)
 	for i, tc := range []struct {
 		name string
@@ -243,7 +212,7 @@ func TestValidationRefusesBadInputWithItsMessage(t *testing.T) {
 
 // The API server fills in the defaults a user leaves out.
 func TestDefaultsAreFilledByTheAPIServer(t *testing.T) {
-	needEnv(t)
+	envtestsuite.NeedEnv(t)
 	obj := policy("defaults")
 	if err := create(t, obj); err != nil {
 		t.Fatal(err)
@@ -262,7 +231,7 @@ func TestDefaultsAreFilledByTheAPIServer(t *testing.T) {
 
 // Good values at the edges of every rule pass, and so do the samples.
 func TestValidationAcceptsGoodInput(t *testing.T) {
-	needEnv(t)
+	envtestsuite.NeedEnv(t)
 	for i, edit := range []func(o map[string]any){
 		func(o map[string]any) { set(o, "spec.probability", "1") },
 		func(o map[string]any) { set(o, "spec.probability", "0.000000001") },
