@@ -849,7 +849,7 @@ func conditionSeries(t *testing.T, policy string) map[string]float64 {
 // status a condition has, 0 for the others), follow them, and go with the
 // policy.
 func TestConditionsMetric(t *testing.T) {
-	needEnv(t)
+	envtestsuite.NeedEnv(t)
 	startController(t, testOptions())
 	p := newPolicy(t, "gauge", nil)
 	eventually(t, wait, "children", func() error {
