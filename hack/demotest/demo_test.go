@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/connscope/connscope/internal/hosttest"
 	"github.com/connscope/connscope/internal/netnstest"
 )
 
@@ -35,7 +36,7 @@ func TestDemo(t *testing.T) {
 	if out, err := build.CombinedOutput(); err != nil {
 		t.Fatalf("go build: %v\n%s", err, out)
 	}
-	hostRules := connscopeLines(t)
+	hostRules := hosttest.MachineRules("connscope")
 
 	b := make([]byte, 4)
 	rand.Read(b)
@@ -84,34 +85,6 @@ func TestDemo(t *testing.T) {
 	if strings.Contains(string(ns), "csdemo-"+id) {
 		t.Errorf("namespaces left:\n%s", ns)
 	}
-	environs, _ := filepath.Glob("/proc/[0-9]*/environ")
-	for _, e := range environs {
-		b, err := os.ReadFile(e)
-		if err == nil && strings.Contains(string(b), "CONNSCOPE_DEMO_ID="+id+"\x00") {
-			cmdline, _ := os.ReadFile(filepath.Join(filepath.Dir(e), "cmdline"))
-			t.Errorf("process left: %s %s", e, strings.ReplaceAll(string(cmdline), "\x00", " "))
-		}
-	}
-	if got := connscopeLines(t); got != hostRules {
-		t.Errorf("the machine's connscope rules changed:\nbefore:\n%s\nafter:\n%s", hostRules, got)
-	}
-}
-
-// connscopeLines returns the lines of the machine's own rule sets that
-// mention connscope (the demo must not change them).
-func connscopeLines(t *testing.T) string {
-	t.Helper()
-	var lines []string
-	for _, prog := range []string{"iptables-nft-save", "iptables-legacy-save"} {
-		out, err := exec.Command(prog).Output()
-		if err != nil {
-			continue
-		}
-		for _, l := range strings.Split(string(out), "\n") {
-			if strings.Contains(strings.ToLower(l), "connscope") {
-				lines = append(lines, prog+": "+l)
-			}
-		}
-	}
-	return strings.Join(lines, "\n")
+	hosttest.CheckNoProcessWithEnv(t, "CONNSCOPE_DEMO_ID", id)
+	hosttest.CheckMachineRules(t, hostRules, "connscope")
 }

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/connscope/connscope/classifier/api"
+	"github.com/connscope/connscope/internal/hosttest"
 	"github.com/connscope/connscope/internal/netnstest"
 )
 
@@ -29,6 +30,10 @@ const (
 	capNetAdmin = 12
 	capNetRaw   = 13
 )
+
+// machineWords pick the lines of the machine's own rule sets that mention
+// connscope or Kubernetes: the cluster must not change them.
+var machineWords = []string{"connscope", "kube", "cni"}
 
 // cluster is a cluster started by hack/cluster/up.sh for one test.
 type cluster struct {
@@ -53,7 +58,7 @@ func TestConnscopeOnARealCluster(t *testing.T) {
 	c := &cluster{t: t, root: root, name: "e2e-" + hex.EncodeToString(b)}
 	c.dir = "/var/tmp/connscope-cluster/" + c.name
 	c.netns = "csk-" + c.name
-	hostRules := machineRules(t)
+	hostRules := hosttest.MachineRules(machineWords...)
 	began := time.Now()
 	phase := func(what string, since time.Time) { t.Logf("%-34s %6.1fs", what, time.Since(since).Seconds()) }
 
@@ -436,35 +441,6 @@ func (c *cluster) checkNothingLeft(hostRules string) {
 	if cgs, _ := filepath.Glob("/sys/fs/cgroup/*/connscope-" + c.name); len(cgs) > 0 {
 		t.Errorf("cgroups left: %v", cgs)
 	}
-	marker := "CONNSCOPE_CLUSTER=" + c.name + "\x00"
-	environs, _ := filepath.Glob("/proc/[0-9]*/environ")
-	for _, e := range environs {
-		b, err := os.ReadFile(e)
-		if err == nil && bytes.Contains(b, []byte(marker)) {
-			cmdline, _ := os.ReadFile(filepath.Join(filepath.Dir(e), "cmdline"))
-			t.Errorf("process left: %s %s", e, bytes.ReplaceAll(cmdline, []byte{0}, []byte{' '}))
-		}
-	}
-	if got := machineRules(t); got != hostRules {
-		t.Errorf("the machine's connscope rules changed:\nbefore:\n%s\nafter:\n%s", hostRules, got)
-	}
-}
-
-// machineRules returns the lines of the machine's own rule sets that
-// mention connscope or Kubernetes (the cluster must not change them).
-func machineRules(t *testing.T) string {
-	t.Helper()
-	var lines []string
-	for _, prog := range []string{"iptables-nft-save", "iptables-legacy-save"} {
-		out, err := exec.Command(prog).Output()
-		if err != nil {
-			continue
-		}
-		for _, l := range strings.Split(string(out), "\n") {
-			if ll := strings.ToLower(l); strings.Contains(ll, "connscope") || strings.Contains(ll, "kube") || strings.Contains(ll, "cni") {
-				lines = append(lines, prog+": "+l)
-			}
-		}
-	}
-	return strings.Join(lines, "\n")
+	hosttest.CheckNoProcessWithEnv(t, "CONNSCOPE_CLUSTER", c.name)
+	hosttest.CheckMachineRules(t, hostRules, machineWords...)
 }
