@@ -554,6 +554,7 @@ func (k *Classifier) part(ctx context.Context, w int64, p, parts int, run string
 	if err != nil {
 		return err
 	}
+	defer tab.Close()
 	for i := 0; i < len(recs); i += 256 {
 		if err := tab.AddBatch(recs[i:min(i+256, len(recs))]); err != nil {
 			return fmt.Errorf("engine: %w", err)

@@ -47,11 +47,16 @@
 // packets arriving swapped (equal timestamps, sequence numbers the other way
 // round) are still taken in order. A longer displacement is taken in arrival
 // order and marked (Summary.Reordered, Stats.Reordered). Every connection is
-// one fixed-size entry (120 bytes) in slabs indexed by an open-addressing
-// hash table of 32-bit slots, whatever the packet cap; the steady state
-// allocates nothing per packet and the garbage collector scans no pointers.
-// State is bounded by MaxOpen connections (open and tombstones together;
-// tombstones are evicted first, and evicting one loses nothing).
+// one fixed-size entry (120 bytes) in one array indexed by an
+// open-addressing hash table of 32-bit slots, whatever the packet cap; the
+// steady state allocates nothing per packet and the garbage collector scans
+// no pointers. State is bounded by MaxOpen connections (open and tombstones
+// together; tombstones are evicted first, and evicting one loses nothing).
+// The array is a reservation of address space for MaxOpen entries (120 MB
+// for the default 1 M) outside the Go heap, of which only the pages
+// written take memory: a table's memory is its high-water mark. Close
+// gives it back; a table that is not closed gives it back once it is
+// garbage.
 package flow
 
 import (

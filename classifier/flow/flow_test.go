@@ -191,3 +191,37 @@ func TestBadRecordIsRejected(t *testing.T) {
 		t.Errorf("AddBatch: %v", err)
 	}
 }
+
+// A table reserves room for MaxOpen entries up front, and Close gives it
+// back: tables of the largest size can be made and closed one after the
+// other, and a table works up to its MaxOpen.
+func TestReservationAndClose(t *testing.T) {
+	for i := 0; i < 64; i++ {
+		tab, err := New(Config{MaxOpen: MaxMaxOpen}, func(*Conn) {})
+		if err != nil {
+			t.Fatal(err)
+		}
+		tab.Close()
+	}
+	var finished int
+	tab, err := New(Config{MaxOpen: 1000}, func(*Conn) { finished++ })
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tab.Close()
+	for i := 0; i < 5000; i++ {
+		r := packet.Record{Timestamp: int64(i), IPVersion: 4, SrcPort: uint16(i), DstPort: 80, Flags: packet.SYN}
+		r.SrcIP[15], r.DstIP[15] = byte(i>>8), 1
+		if err := tab.Add(&r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	st := tab.Stats()
+	if st.PeakHeld != 1000 || st.EvictedOpen != 4000 {
+		t.Errorf("peak held %d (want the MaxOpen 1000), evicted open %d (want 4000)", st.PeakHeld, st.EvictedOpen)
+	}
+	tab.Flush()
+	if finished != 5000 {
+		t.Errorf("%d connections finished, want 5000", finished)
+	}
+}

@@ -23,3 +23,13 @@ func adviseHuge(p unsafe.Pointer, n uintptr) {
 	}
 	syscall.Syscall(syscall.SYS_MADVISE, start, end-start, syscall.MADV_HUGEPAGE)
 }
+
+// reserve maps n bytes of anonymous memory without reserving swap for it
+// (MAP_NORESERVE): address space only, until pages are written.
+func reserve(n uintptr) ([]byte, error) {
+	return syscall.Mmap(-1, 0, int(n), syscall.PROT_READ|syscall.PROT_WRITE,
+		syscall.MAP_PRIVATE|syscall.MAP_ANONYMOUS|syscall.MAP_NORESERVE)
+}
+
+// release unmaps what reserve mapped.
+func release(b []byte) { _ = syscall.Munmap(b) }

@@ -7,3 +7,9 @@ import "unsafe"
 const hugePageSize = 2 << 20
 
 func adviseHuge(p unsafe.Pointer, n uintptr) {}
+
+// reserve allocates n zeroed bytes from the Go heap (where the operating
+// system maps fresh memory lazily, untouched pages cost little).
+func reserve(n uintptr) ([]byte, error) { return make([]byte, n), nil }
+
+func release([]byte) {}

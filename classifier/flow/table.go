@@ -4,6 +4,8 @@ import (
 	"encoding/binary"
 	"math/bits"
 	"math/rand/v2"
+	"runtime"
+	"sync"
 	"unsafe"
 
 	"github.com/connscope/connscope/packet"
@@ -42,6 +44,7 @@ func New(cfg Config, emit Callback) (*Table, error) {
 		linger: int64(cfg.Linger),
 	}
 	t.index.init()
+	t.conns.init(t, cfg.MaxOpen)
 	return t, nil
 }
 
@@ -236,6 +239,15 @@ func (t *Table) add(r *packet.Record, kp *Key, h uint32) {
 		}
 	}
 	t.openConn(&k, h, r, clientSYN)
+}
+
+// Close releases the table's memory at once (otherwise it goes when the
+// table is garbage: memory the garbage collector does not see, so a caller
+// that makes many tables should close them). The table must not be used
+// after.
+func (t *Table) Close() {
+	t.conns.res.release()
+	t.conns.ents = nil
 }
 
 // Advance moves the clock to now (ns) if it is later, finishing connections
@@ -621,22 +633,65 @@ func (l *list) moveToBack(p *connPool, id uint32) {
 	l.pushBack(p, id)
 }
 
-// The pool: entries live in pages of fixed size, addressed by a
-// 32-bit id (0 is nil), with an intrusive free list. Pages are never
-// returned: the table's memory is its high-water mark.
-const (
-	pageBits = 12
-	pageSize = 1 << pageBits
-)
-
+// The pool: entries live in one reservation of address space for MaxOpen
+// of them (mapped, not touched: the kernel gives memory to the pages that
+// are written, so the table's memory is its high-water mark), addressed by
+// a 32-bit id (0 is nil), with an intrusive free list. One flat array
+// makes an entry's address one multiply-add away from its id.
 type connPool struct {
-	pages []*[pageSize]entry
+	ents  []entry
 	n     uint32 // ids handed out so far, including 0
 	freeL uint32
+	res   *reservation
 }
 
-func (p *connPool) at(id uint32) *entry { return &p.pages[id>>pageBits][id&(pageSize-1)] }
+// reservation is the pool's memory, released once: by Table.Close or,
+// failing that, once the table is garbage.
+type reservation struct {
+	mem    []byte
+	mapped bool // from reserve (else the Go heap)
+	once   sync.Once
+}
 
+func (r *reservation) release() {
+	r.once.Do(func() {
+		if r.mapped {
+			release(r.mem)
+		}
+		r.mem = nil
+	})
+}
+
+// init reserves room for max entries besides id 0. Beyond the first
+// smallEntries, the reservation is advised for huge pages (see
+// adviseHuge), so that a small table stays small and a large one is cheap
+// to reach. Where the operating system refuses the reservation (a strict
+// overcommit policy, an address-space limit), the entries come from the Go
+// heap instead.
+func (p *connPool) init(t *Table, max int) {
+	size := uintptr(max+1) * unsafe.Sizeof(entry{})
+	r := &reservation{}
+	if mem, err := reserve(size); err == nil {
+		r.mem, r.mapped = mem, true
+	} else {
+		r.mem = make([]byte, size)
+	}
+	p.res = r
+	p.ents = unsafe.Slice((*entry)(unsafe.Pointer(&r.mem[0])), max+1)
+	if max+1 > smallEntries {
+		adviseHuge(unsafe.Pointer(&p.ents[smallEntries]), uintptr(max+1-smallEntries)*unsafe.Sizeof(entry{}))
+	}
+	runtime.AddCleanup(t, (*reservation).release, r)
+}
+
+// smallEntries is how many entries a table holds before its memory is
+// advised for huge pages: about 2 MiB.
+const smallEntries = 16 << 10
+
+func (p *connPool) at(id uint32) *entry { return &p.ents[id] }
+
+// alloc hands out an id; the table never holds more than MaxOpen entries,
+// so the reservation is never exceeded.
 func (p *connPool) alloc() uint32 {
 	if p.freeL != 0 {
 		id := p.freeL
@@ -646,32 +701,9 @@ func (p *connPool) alloc() uint32 {
 	if p.n == 0 {
 		p.n = 1 // id 0 is nil
 	}
-	if int(p.n>>pageBits) == len(p.pages) {
-		p.grow()
-	}
 	id := p.n
 	p.n++
 	return id
-}
-
-// smallPages are allocated one by one; beyond them pages come in groups of
-// pageGroup, whose memory is advised for huge pages (see adviseHuge), so
-// that a small table stays small and a large one is cheap to reach.
-const (
-	smallPages = 4
-	pageGroup  = 16
-)
-
-func (p *connPool) grow() {
-	if len(p.pages) < smallPages {
-		p.pages = append(p.pages, new([pageSize]entry))
-		return
-	}
-	g := new([pageGroup][pageSize]entry)
-	adviseHuge(unsafe.Pointer(g), unsafe.Sizeof(*g))
-	for i := range g {
-		p.pages = append(p.pages, &g[i])
-	}
 }
 
 func (p *connPool) free(id uint32) {

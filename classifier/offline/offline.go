@@ -42,6 +42,7 @@ func Run(files []string, cfg flow.Config, emit func(*flow.Conn, classify.Result)
 	if err != nil {
 		return st, err
 	}
+	defer tab.Close()
 	var errs []error
 	var srcs []*source
 	for _, name := range files {
