@@ -28,8 +28,9 @@
 # run has one core), peak RSS, and connscope's standing against each row.
 # Bytes per open connection = (peak RSS of connscope on the capture - peak
 # RSS on a tiny capture) / peak_open_connections from connscope's --stats.
-# Fast rows (cat, bareread, connscope) run BENCH_RUNS times and keep the
-# run with the least CPU time; peers run once. GNU time reports CPU and wall
+# Fast rows (cat, bareread, decode, libpcap, connscope) run BENCH_RUNS
+# times, interleaved in rounds, and keep the run with the least CPU time
+# (the note gives the range and median of all); peers run once. GNU time reports CPU and wall
 # time to 0.01 s.
 #
 # Environment:
@@ -128,73 +129,99 @@ if [[ $use_prefix -eq 1 ]]; then
 fi
 
 # ---- measuring ----
-# measure ID TOOL INPUT PACKETS RUNS CMD...: runs CMD pinned to one core under
-# GNU time, RUNS times, and appends the run with the least CPU time to
-# rows.tsv: id, tool, input, packets, wall s, CPU s, peak RSS KiB, note.
+# measure ID TOOL INPUT PACKETS CMD...: runs CMD once, pinned to one core
+# under GNU time, and keeps per ID the run with the least CPU time and the
+# CPU time of every run. The fast rows are measured in rounds (every tool
+# once per round, BENCH_RUNS rounds), so that a slow spell of the machine
+# falls on all of them alike instead of on one row's runs. emit_rows then
+# writes rows.tsv: id, tool, input, packets, wall s, CPU s, peak RSS KiB,
+# note, median CPU s.
 rows=$out/rows.tsv
-: >"$rows"
+order=()
 measure() {
-	local id=$1 tool=$2 input=$3 pkts=$4 n=$5
-	shift 5
-	local best="" i rc wall user sys rss cpus
-	for ((i = 0; i < n; i++)); do
-		rc=0
-		taskset -c "$cpu" /usr/bin/time -f '%e %U %S %M' -o "$out/$id.time" "$@" \
-			>"$out/$id.stdout" 2>"$out/$id.stderr" || rc=$?
-		if [[ $rc -ne 0 ]]; then
-			log "$tool failed (exit $rc): see $out/$id.stderr"
-			printf '%s\t%s\t%s\t%s\t\t\t\tfailed: exit %s, see .cache/bench/out/%s.stderr\n' \
-				"$id" "$tool" "$input" "$pkts" "$rc" "$id" >>"$rows"
-			status=1
-			return
-		fi
-		read -r wall user sys rss < <(tail -n 1 "$out/$id.time")
-		cpus=$(awk -v u="$user" -v s="$sys" 'BEGIN { printf "%.2f", u + s }')
-		if [[ -z $best ]] || awk -v a="$cpus" -v b="${best%% *}" 'BEGIN { exit !(a < b) }'; then
-			best="$cpus $wall $rss"
-			cp "$out/$id.stderr" "$out/$id.best.stderr"
-		fi
-	done
-	read -r cpus wall rss <<<"$best"
-	printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n' "$id" "$tool" "$input" "$pkts" "$wall" "$cpus" "$rss" >>"$rows"
+	local id=$1 tool=$2 input=$3 pkts=$4
+	shift 4
+	if [[ " ${order[*]} " != *" $id "* ]]; then
+		order+=("$id")
+		printf '%s\t%s\t%s\n' "$tool" "$input" "$pkts" >"$out/$id.meta"
+	fi
+	[[ -e $out/$id.failed ]] && return
+	local rc=0 wall user sys rss cpus
+	taskset -c "$cpu" /usr/bin/time -f '%e %U %S %M' -o "$out/$id.time" "$@" \
+		>"$out/$id.stdout" 2>"$out/$id.stderr" || rc=$?
+	if [[ $rc -ne 0 ]]; then
+		log "$tool failed (exit $rc): see $out/$id.stderr"
+		echo "failed: exit $rc, see .cache/bench/out/$id.stderr" >"$out/$id.failed"
+		status=1
+		return
+	fi
+	read -r wall user sys rss < <(tail -n 1 "$out/$id.time")
+	cpus=$(awk -v u="$user" -v s="$sys" 'BEGIN { printf "%.2f", u + s }')
+	echo "$cpus" >>"$out/$id.all"
+	if [[ ! -s $out/$id.best ]] || awk -v a="$cpus" -v b="$(cut -d' ' -f1 "$out/$id.best")" 'BEGIN { exit !(a < b) }'; then
+		echo "$cpus $wall $rss" >"$out/$id.best"
+		cp "$out/$id.stderr" "$out/$id.best.stderr"
+	fi
 	log "$tool ($input): wall $wall s, CPU $cpus s, peak RSS $((rss / 1024)) MiB"
 }
-skip() { printf '%s\t%s\t%s\t%s\t\t\t\t%s\n' "$1" "$2" "$3" "$4" "$5" >>"$rows"; }
+skip() {
+	order+=("$1")
+	printf '%s\t%s\t%s\n' "$2" "$3" "$4" >"$out/$1.meta"
+	echo "$5" >"$out/$1.skip"
+}
+emit_rows() {
+	local id tool input pkts cpus wall rss note n med
+	: >"$rows"
+	for id in "${order[@]}"; do
+		IFS=$'\t' read -r tool input pkts <"$out/$id.meta"
+		if [[ -e $out/$id.failed || -e $out/$id.skip ]]; then
+			printf '%s\t%s\t%s\t%s\t\t\t\t%s\n' "$id" "$tool" "$input" "$pkts" "$(cat "$out/$id.failed" "$out/$id.skip" 2>/dev/null)" >>"$rows"
+			continue
+		fi
+		read -r cpus wall rss <"$out/$id.best"
+		n=$(wc -l <"$out/$id.all")
+		med=$(sort -g "$out/$id.all" | awk '{ v[NR] = $1 } END { printf "%.3f", (NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2) }')
+		note=""
+		((n > 1)) && note="least of $n interleaved runs; CPU s $(sort -g "$out/$id.all" | awk 'NR == 1 { lo = $1 } { hi = $1 } END { printf "%.2f–%.2f", lo, hi }'), median $med"
+		printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$id" "$tool" "$input" "$pkts" "$wall" "$cpus" "$rss" "$note" "$med" >>"$rows"
+	done
+}
 
 load_before=$(cut -d' ' -f1-3 /proc/loadavg)
-measure cat "cat FILE > /dev/null" full "$packets" "$runs" bash -c 'cat "$1" >/dev/null' _ "$capfile"
-measure bareread "bareread (Reader.NextFrame)" full "$packets" "$runs" "$cache/bareread" "$capfile"
-measure decode "bareread -decode (Reader.Next)" full "$packets" "$runs" "$cache/bareread" -decode "$capfile"
-if have tcpdump; then
-	measure libpcap "tcpdump -nr FILE 'less 0' (libpcap's read)" full "$packets" "$runs" tcpdump -nr "$capfile" 'less 0'
-else
-	skip libpcap "tcpdump -nr FILE 'less 0' (libpcap's read)" full "$packets" "not installed (hack/setup-bench.sh)"
-fi
-if [[ $have_connscope -eq 1 ]]; then
-	cs=("$cache/connscope" classify --format radar --stats)
-	measure connscope "connscope classify --format radar --stats" full "$packets" "$runs" "${cs[@]}" "$capfile"
-	measure connscope_tiny "connscope classify (tiny file, RSS baseline)" "$tiny_packets packets" "$tiny_packets" "$runs" "${cs[@]}" "$tinyfile"
-	[[ $use_prefix -eq 1 ]] &&
-		measure connscope_prefix "connscope classify --format radar --stats" "$prefix_label" "$prefix" "$runs" "${cs[@]}" "$headfile"
-else
-	skip connscope "connscope classify --format radar --stats" full "$packets" "not built yet"
-fi
+cs=("$cache/connscope" classify --format radar --stats)
+for ((round = 0; round < runs; round++)); do
+	measure cat "cat FILE > /dev/null" full "$packets" bash -c 'cat "$1" >/dev/null' _ "$capfile"
+	measure bareread "bareread (Reader.NextFrame)" full "$packets" "$cache/bareread" "$capfile"
+	measure decode "bareread -decode (Reader.Next)" full "$packets" "$cache/bareread" -decode "$capfile"
+	if have tcpdump; then
+		measure libpcap "tcpdump -nr FILE 'less 0' (libpcap's read)" full "$packets" tcpdump -nr "$capfile" 'less 0'
+	fi
+	if [[ $have_connscope -eq 1 ]]; then
+		measure connscope "connscope classify --format radar --stats" full "$packets" "${cs[@]}" "$capfile"
+		measure connscope_tiny "connscope classify (tiny file, RSS baseline)" "$tiny_packets packets" "$tiny_packets" "${cs[@]}" "$tinyfile"
+		[[ $use_prefix -eq 1 ]] &&
+			measure connscope_prefix "connscope classify --format radar --stats" "$prefix_label" "$prefix" "${cs[@]}" "$headfile"
+	fi
+done
+have tcpdump || skip libpcap "tcpdump -nr FILE 'less 0' (libpcap's read)" full "$packets" "not installed (hack/setup-bench.sh)"
+[[ $have_connscope -eq 1 ]] || skip connscope "connscope classify --format radar --stats" full "$packets" "not built yet"
 if have tshark; then
-	measure tshark "tshark -q -z conv,tcp" full "$packets" 1 tshark -q -z conv,tcp -r "$capfile"
+	measure tshark "tshark -q -z conv,tcp" full "$packets" tshark -q -z conv,tcp -r "$capfile"
 else
 	skip tshark "tshark -q -z conv,tcp" full "$packets" "not installed (hack/setup-bench.sh)"
 fi
 if have argus && have ra; then
-	measure argus "argus -r FILE -w X && ra -r X" "$prefix_label" "$peer_packets" 1 \
+	measure argus "argus -r FILE -w X && ra -r X" "$prefix_label" "$peer_packets" \
 		bash -c 'rm -f "$2" && argus -r "$1" -w "$2" && ra -r "$2"' _ "$peer_file" "$out/argus.out"
 else
 	skip argus "argus -r FILE -w X && ra -r X" "$prefix_label" "$peer_packets" "not installed (hack/setup-bench.sh)"
 fi
 if have tcptrace; then
-	measure tcptrace "tcptrace -n" "$prefix_label" "$peer_packets" 1 tcptrace -n "$peer_file"
+	measure tcptrace "tcptrace -n" "$prefix_label" "$peer_packets" tcptrace -n "$peer_file"
 else
 	skip tcptrace "tcptrace -n" "$prefix_label" "$peer_packets" "not installed (hack/setup-bench.sh)"
 fi
+emit_rows
 rm -f "$out/argus.out"
 load_after=$(cut -d' ' -f1-3 /proc/loadavg)
 
@@ -224,7 +251,7 @@ results=$cache/results.md
 	function pps(p, c) { return c > 0 ? p / c : 0 }
 	function fmtn(x) { return x >= 1e6 ? sprintf("%.2f M", x / 1e6) : sprintf("%.0f k", x / 1e3) }
 	{
-		id[NR] = $1; tool[NR] = $2; input[NR] = $3; pk[NR] = $4; wall[NR] = $5; cpu[NR] = $6; rss[NR] = $7; note[NR] = $8
+		id[NR] = $1; tool[NR] = $2; input[NR] = $3; pk[NR] = $4; wall[NR] = $5; cpu[NR] = $6; rss[NR] = $7; note[NR] = $8; med[NR] = $9
 		byid[$1] = NR
 	}
 	END {
@@ -256,12 +283,12 @@ results=$cache/results.md
 		print ""
 		if (!csok) { print "connscope classify did not run: no targets to check."; exit }
 		r = pps(pk[cs], cpu[cs])
-		printf "- packets/s per core ≥ 5 M: %s (%s)\n", fmtn(r), (r >= 5e6 ? "met" : "MISSED")
+		printf "- packets/s per core ≥ 5 M: %s (%s)%s\n", fmtn(r), (r >= 5e6 ? "met" : "MISSED"), (med[cs] > 0 ? sprintf("; at the median run: %s", fmtn(pk[cs] / med[cs])) : "")
 		b = byid["bareread"]
-		if (b && cpu[b] > 0) printf "- within 3× of the bare read: %.2f× (%s)\n", cpu[cs] / cpu[b], (cpu[cs] / cpu[b] <= 3 ? "met" : "MISSED")
+		if (b && cpu[b] > 0) printf "- within 3× of the bare read: %.2f× (%s)%s\n", cpu[cs] / cpu[b], (cpu[cs] / cpu[b] <= 3 ? "met" : "MISSED"), (med[b] > 0 && med[cs] > 0 ? sprintf("; of the medians of the interleaved runs: %.2f×", med[cs] / med[b]) : "")
 		else print "- within 3× of the bare read: not measured (the bare read took < 0.01 s CPU: use more packets)"
 		l = byid["libpcap"]
-		if (l && cpu[l] > 0) printf "- within 3× of a libpcap bare read (the read loop every peer starts from): %.2f× (%s)\n", cpu[cs] / cpu[l], (cpu[cs] / cpu[l] <= 3 ? "met" : "MISSED")
+		if (l && cpu[l] > 0) printf "- within 3× of a libpcap bare read (the read loop every peer starts from): %.2f× (%s)%s\n", cpu[cs] / cpu[l], (cpu[cs] / cpu[l] <= 3 ? "met" : "MISSED"), (med[l] > 0 && med[cs] > 0 ? sprintf("; of the medians: %.2f×", med[cs] / med[l]) : "")
 		behind = ""
 		for (i = 1; i <= NR; i++) {
 			if (id[i] != "tshark" && id[i] != "argus" && id[i] != "tcptrace") continue
