@@ -25,11 +25,14 @@ func adviseHuge(p unsafe.Pointer, n uintptr) {
 }
 
 // reserve maps n bytes of anonymous memory without reserving swap for it
-// (MAP_NORESERVE): address space only, until pages are written.
-func reserve(n uintptr) ([]byte, error) {
-	return syscall.Mmap(-1, 0, int(n), syscall.PROT_READ|syscall.PROT_WRITE,
+// (MAP_NORESERVE): address space only, until pages are written. Where the
+// kernel refuses (a strict overcommit policy, an address-space limit), the
+// memory comes from the Go heap instead. free gives it back.
+func reserve(n uintptr) (mem []byte, free func()) {
+	mem, err := syscall.Mmap(-1, 0, int(n), syscall.PROT_READ|syscall.PROT_WRITE,
 		syscall.MAP_PRIVATE|syscall.MAP_ANONYMOUS|syscall.MAP_NORESERVE)
+	if err != nil {
+		return make([]byte, n), func() {}
+	}
+	return mem, func() { _ = syscall.Munmap(mem) }
 }
-
-// release unmaps what reserve mapped.
-func release(b []byte) { _ = syscall.Munmap(b) }

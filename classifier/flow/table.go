@@ -645,43 +645,27 @@ type connPool struct {
 	res   *reservation
 }
 
-// reservation is the pool's memory, released once: by Table.Close or,
+// reservation is the pool's memory, freed once: by Table.Close or,
 // failing that, once the table is garbage.
 type reservation struct {
-	mem    []byte
-	mapped bool // from reserve (else the Go heap)
-	once   sync.Once
+	free func()
+	once sync.Once
 }
 
-func (r *reservation) release() {
-	r.once.Do(func() {
-		if r.mapped {
-			release(r.mem)
-		}
-		r.mem = nil
-	})
-}
+func (r *reservation) release() { r.once.Do(r.free) }
 
-// init reserves room for max entries besides id 0. Beyond the first
-// smallEntries, the reservation is advised for huge pages (see
+// init reserves room for max entries besides id 0 (see reserve). Beyond
+// the first smallEntries, the reservation is advised for huge pages (see
 // adviseHuge), so that a small table stays small and a large one is cheap
-// to reach. Where the operating system refuses the reservation (a strict
-// overcommit policy, an address-space limit), the entries come from the Go
-// heap instead.
+// to reach.
 func (p *connPool) init(t *Table, max int) {
-	size := uintptr(max+1) * unsafe.Sizeof(entry{})
-	r := &reservation{}
-	if mem, err := reserve(size); err == nil {
-		r.mem, r.mapped = mem, true
-	} else {
-		r.mem = make([]byte, size)
-	}
-	p.res = r
-	p.ents = unsafe.Slice((*entry)(unsafe.Pointer(&r.mem[0])), max+1)
+	mem, free := reserve(uintptr(max+1) * unsafe.Sizeof(entry{}))
+	p.res = &reservation{free: free}
+	p.ents = unsafe.Slice((*entry)(unsafe.Pointer(&mem[0])), max+1)
 	if max+1 > smallEntries {
 		adviseHuge(unsafe.Pointer(&p.ents[smallEntries]), uintptr(max+1-smallEntries)*unsafe.Sizeof(entry{}))
 	}
-	runtime.AddCleanup(t, (*reservation).release, r)
+	runtime.AddCleanup(t, (*reservation).release, p.res)
 }
 
 // smallEntries is how many entries a table holds before its memory is
