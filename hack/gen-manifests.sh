@@ -16,18 +16,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
 
-CONTROLLER_GEN_VERSION=${CONTROLLER_GEN_VERSION:-v0.23.0}
-bin="$root/.cache/bin"
-cgen="$bin/controller-gen-$CONTROLLER_GEN_VERSION"
+source hack/gotool-lib.sh
 
-if [[ ! -x "$cgen" ]]; then
-	echo "gen-manifests: installing controller-gen $CONTROLLER_GEN_VERSION into .cache/bin" >&2
-	mkdir -p "$bin"
-	tmp=$(mktemp -d)
-	trap 'rm -rf "$tmp"' EXIT
-	GOFLAGS= GOBIN="$tmp" go install "sigs.k8s.io/controller-tools/cmd/controller-gen@$CONTROLLER_GEN_VERSION"
-	mv "$tmp/controller-gen" "$cgen"
-fi
+CONTROLLER_GEN_VERSION=${CONTROLLER_GEN_VERSION:-v0.23.0}
+cgen=$(go_tool controller-gen sigs.k8s.io/controller-tools/cmd/controller-gen "$CONTROLLER_GEN_VERSION")
 
 what=${1:-all}
 check=0

@@ -5,7 +5,8 @@
 # changing the .proto (`make generate-proto`).
 #
 # Tools, installed idempotently (only what is missing or at another version):
-#   protoc              Debian's protobuf-compiler (apt-get, needs root)
+#   protoc              Debian's protobuf-compiler (apt-get, as root or
+#                       through sudo; hack/apt-lib.sh)
 #   protoc-gen-go       google.golang.org/protobuf/cmd/protoc-gen-go, the
 #                       version go.mod requires, into .cache/bin
 #   protoc-gen-go-grpc  google.golang.org/grpc/cmd/protoc-gen-go-grpc at
@@ -36,26 +37,20 @@ case "${1:-}" in
 	;;
 esac
 
+source hack/apt-lib.sh
+source hack/gotool-lib.sh
+
 if ! command -v protoc >/dev/null 2>&1; then
-	if [ "$(id -u)" -ne 0 ]; then
-		echo "gen-proto.sh: protoc is missing; install Debian's protobuf-compiler (needs root)" >&2
-		exit 1
-	fi
 	echo "gen-proto.sh: installing protobuf-compiler"
-	export DEBIAN_FRONTEND=noninteractive
-	apt-get update -qq
-	apt-get install -y -qq --no-install-recommends protobuf-compiler
+	apt_install gen-proto.sh protobuf-compiler
 fi
 
-# install_plugin NAME PACKAGE VERSION: go install PACKAGE@VERSION into
-# .cache/bin unless NAME --version already reports VERSION.
+# install_plugin NAME PACKAGE VERSION: NAME at VERSION in .cache/bin (see
+# go_tool), under the name protoc looks for.
 install_plugin() {
-	local name=$1 pkg=$2 version=$3
-	if [ -x "$bin/$name" ] && "$bin/$name" --version 2>/dev/null | grep -qF "${version#v}"; then
-		return
-	fi
-	echo "gen-proto.sh: installing $name $version"
-	GOBIN="$bin" GOFLAGS= go install "$pkg@$version"
+	local path
+	path=$(go_tool "$1" "$2" "$3")
+	ln -sfn "${path##*/}" "$bin/$1"
 }
 install_plugin protoc-gen-go google.golang.org/protobuf/cmd/protoc-gen-go "$PROTOC_GEN_GO_VERSION"
 install_plugin protoc-gen-go-grpc google.golang.org/grpc/cmd/protoc-gen-go-grpc "$PROTOC_GEN_GO_GRPC_VERSION"

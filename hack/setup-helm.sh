@@ -7,16 +7,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="/usr/local/go/bin:$PATH"
 
+source hack/gotool-lib.sh
+
 HELM_VERSION=${HELM_VERSION:-v3.22.0}
-bin="$PWD/.cache/bin"
-helm="$bin/helm-$HELM_VERSION"
-if [[ ! -x "$helm" ]]; then
-	echo "setup-helm: building helm $HELM_VERSION into .cache/bin" >&2
-	mkdir -p "$bin"
-	tmp=$(mktemp -d)
-	trap 'rm -rf "$tmp"' EXIT
-	GOFLAGS= GOBIN="$tmp" go install "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
-	mv "$tmp/helm" "$helm"
-fi
-ln -sfn "helm-$HELM_VERSION" "$bin/helm"
+helm=$(go_tool helm helm.sh/helm/v3/cmd/helm "$HELM_VERSION")
+ln -sfn "helm-$HELM_VERSION" .cache/bin/helm
 echo "$helm"
