@@ -3,7 +3,10 @@ package flow
 import (
 	"fmt"
 	"math/rand/v2"
+	"os"
 	"runtime"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 	"unsafe"
@@ -193,9 +196,27 @@ func TestBadRecordIsRejected(t *testing.T) {
 }
 
 // A table reserves room for MaxOpen entries up front, and Close gives it
-// back: tables of the largest size can be made and closed one after the
-// other, and a table works up to its MaxOpen.
+// back: on Linux the process's address space grows by the reservation and
+// shrinks by it again; tables of the largest size can be made and closed
+// one after the other; and a table works up to its MaxOpen.
 func TestReservationAndClose(t *testing.T) {
+	size := int64(MaxMaxOpen+1) * int64(unsafe.Sizeof(entry{}))
+	before, linux := vmSize(t)
+	tab, err := New(Config{MaxOpen: MaxMaxOpen}, func(*Conn) {})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if linux {
+		if during, _ := vmSize(t); during-before < size*9/10 {
+			t.Errorf("address space grew by %d bytes for a reservation of %d", during-before, size)
+		}
+	}
+	tab.Close()
+	if linux {
+		if after, _ := vmSize(t); after-before > size/10 {
+			t.Errorf("address space still %d bytes larger after Close (reservation %d)", after-before, size)
+		}
+	}
 	for i := 0; i < 64; i++ {
 		tab, err := New(Config{MaxOpen: MaxMaxOpen}, func(*Conn) {})
 		if err != nil {
@@ -204,7 +225,7 @@ func TestReservationAndClose(t *testing.T) {
 		tab.Close()
 	}
 	var finished int
-	tab, err := New(Config{MaxOpen: 1000}, func(*Conn) { finished++ })
+	tab, err = New(Config{MaxOpen: 1000}, func(*Conn) { finished++ })
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -224,4 +245,25 @@ func TestReservationAndClose(t *testing.T) {
 	if finished != 5000 {
 		t.Errorf("%d connections finished, want 5000", finished)
 	}
+}
+
+// vmSize returns the process's address space in bytes (VmSize in
+// /proc/self/status), and false where there is no /proc.
+func vmSize(t *testing.T) (int64, bool) {
+	t.Helper()
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return 0, false
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(l); len(f) == 3 && f[0] == "VmSize:" && f[2] == "kB" {
+			kb, err := strconv.ParseInt(f[1], 10, 64)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return kb << 10, true
+		}
+	}
+	t.Fatal("no VmSize in /proc/self/status")
+	return 0, false
 }
