@@ -2,7 +2,6 @@ package main
 
 import (
 	"fmt"
-	"log/slog"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -45,11 +44,7 @@ namespace for good.`,
 			if err != nil {
 				return err
 			}
-			var h slog.Handler = slog.NewTextHandler(cmd.ErrOrStderr(), nil)
-			if logJSON {
-				h = slog.NewJSONHandler(cmd.ErrOrStderr(), nil)
-			}
-			a, err := agent.New(c, agent.Options{Logger: slog.New(h)})
+			a, err := agent.New(c, agent.Options{Logger: newLogger(cmd, logJSON)})
 			if err != nil {
 				return err
 			}

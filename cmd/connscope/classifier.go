@@ -2,7 +2,6 @@ package main
 
 import (
 	"fmt"
-	"log/slog"
 	"net/url"
 	"os"
 	"os/signal"
@@ -57,13 +56,9 @@ that was acknowledged: accepted batches are journaled and replayed.`,
 				if err != nil {
 					return err
 				}
-				var h slog.Handler = slog.NewTextHandler(cmd.ErrOrStderr(), nil)
-				if logJSON {
-					h = slog.NewJSONHandler(cmd.ErrOrStderr(), nil)
-				}
 				ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 				defer stop()
-				return runClickHouseClassifier(ctx, cmd, storeURL, chf, cfg.IdleTimeout, cfg.PacketCap, cfg.GeoIPDir, cfg.HTTPAddr, ret, slog.New(h), dashboard.Handler())
+				return runClickHouseClassifier(ctx, cmd, storeURL, chf, cfg.IdleTimeout, cfg.PacketCap, cfg.GeoIPDir, cfg.HTTPAddr, ret, newLogger(cmd, logJSON), dashboard.Handler())
 			}
 			if cfg.StorePath, err = parseStoreURL(storeURL); err != nil {
 				return err
@@ -84,11 +79,7 @@ that was acknowledged: accepted batches are journaled and replayed.`,
 			if err := cfg.Validate(); err != nil {
 				return fmt.Errorf("classifier flags: %w", err)
 			}
-			var h slog.Handler = slog.NewTextHandler(cmd.ErrOrStderr(), nil)
-			if logJSON {
-				h = slog.NewJSONHandler(cmd.ErrOrStderr(), nil)
-			}
-			cfg.Logger = slog.New(h)
+			cfg.Logger = newLogger(cmd, logJSON)
 			cfg.Dashboard = dashboard.Handler()
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()

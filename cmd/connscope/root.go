@@ -1,6 +1,8 @@
 package main
 
 import (
+	"log/slog"
+
 	"github.com/spf13/cobra"
 )
 
@@ -19,4 +21,13 @@ by the stage where they ended, tags and signatures (Cloudflare Radar's method).`
 	root.AddCommand(newClassifierCommand())
 	root.AddCommand(newStandaloneCommand())
 	return root
+}
+
+// newLogger returns the logger of a long-running command: text lines on
+// the command's standard error, or JSON lines with --log-json.
+func newLogger(cmd *cobra.Command, json bool) *slog.Logger {
+	if json {
+		return slog.New(slog.NewJSONHandler(cmd.ErrOrStderr(), nil))
+	}
+	return slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), nil))
 }

@@ -91,13 +91,9 @@ classifier commits and stops.`,
 			if _, err := agent.New(ac, agent.Options{}); err != nil {
 				return err
 			}
-			var h slog.Handler = slog.NewTextHandler(cmd.ErrOrStderr(), nil)
-			if logJSON {
-				h = slog.NewJSONHandler(cmd.ErrOrStderr(), nil)
-			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
-			return runStandalone(ctx, ac, scfg, slog.New(h))
+			return runStandalone(ctx, ac, scfg, newLogger(cmd, logJSON))
 		},
 	}
 	f := cmd.Flags()

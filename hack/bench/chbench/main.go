@@ -25,7 +25,6 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"strconv"
@@ -41,7 +40,6 @@ import (
 	"github.com/connscope/connscope/classifier/offline"
 	"github.com/connscope/connscope/internal/chclient"
 	"github.com/connscope/connscope/internal/chtest"
-	"github.com/connscope/connscope/packet"
 )
 
 func main() {
@@ -62,7 +60,7 @@ func cpu() time.Duration {
 }
 
 func run(capPath string, window time.Duration, parts int) error {
-	recs, err := read(capPath)
+	recs, err := capture.ReadFile(capPath)
 	if err != nil {
 		return err
 	}
@@ -232,30 +230,6 @@ func run(capPath string, window time.Duration, parts int) error {
 	fmt.Printf("| offline engine on the file (`connscope classify`'s) | %s | | %s | 1 replica is %.1f× slower |\n", rate(offConns, offWall), secs(offWall),
 		w1.Seconds()/offWall.Seconds())
 	return nil
-}
-
-func read(path string) ([]packet.Record, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	r, err := capture.NewReader(f, path)
-	if err != nil {
-		return nil, err
-	}
-	var out []packet.Record
-	for {
-		var rec packet.Record
-		err := r.Next(&rec)
-		if errors.Is(err, io.EOF) {
-			return out, nil
-		}
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, rec)
-	}
 }
 
 func rate(n int, d time.Duration) string {
