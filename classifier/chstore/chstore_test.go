@@ -374,18 +374,26 @@ func pending(ctx context.Context, k *chstore.Classifier) (bool, error) {
 
 func endOf(recs []packet.Record) int64 { return recs[len(recs)-1].Timestamp }
 
+// loaded opens database db on the shared server with the synthetic
+// capture inserted by agent 1 of node-a, and returns it with the
+// capture's path, its records, and a clock three windows past its end
+// (every window closed).
+func loaded(t *testing.T, db string) (s *chstore.Store, path string, recs []packet.Record, now int64) {
+	t.Helper()
+	path = synthetic(t)
+	recs = readRecords(t, path)
+	s = openStore(t, shared(t), db)
+	insert(t, s.Client(), recs, 1, "node-a")
+	return s, path, recs, endOf(recs) + int64(3*window)
+}
+
 // TestWindowsEqualOffline: packets inserted, windows classified by one
 // replica in 4 parts; every connection is judged as the offline engine
 // judges the same capture, exactly once, also those that cross a window's
 // end (carried), and the aggregates sum the connections.
 func TestWindowsEqualOffline(t *testing.T) {
-	srv := shared(t)
-	path := synthetic(t)
-	recs := readRecords(t, path)
-	s := openStore(t, srv, "eq")
-	insert(t, s.Client(), recs, 1, "node-a")
+	s, path, _, now := loaded(t, "eq")
 
-	now := endOf(recs) + int64(3*window)
 	k := newClassifier(t, s, "r0", 4, &now)
 	runAll(t, k)
 
@@ -475,12 +483,7 @@ func TestReplicasIdenticalTotals(t *testing.T) {
 // but before committing it is restarted; it resumes at that part, and the
 // rows of the dead run are never counted.
 func TestResumeAfterCrash(t *testing.T) {
-	srv := shared(t)
-	path := synthetic(t)
-	recs := readRecords(t, path)
-	s := openStore(t, srv, "resume")
-	insert(t, s.Client(), recs, 1, "node-a")
-	now := endOf(recs) + int64(3*window)
+	s, path, _, now := loaded(t, "resume")
 
 	k := newClassifier(t, s, "r0", 4, &now)
 	n := 0
@@ -545,12 +548,7 @@ func TestServerDownThenUp(t *testing.T) {
 // TestAPIReadsClickHouse: the Radar API served from the ClickHouse store
 // answers what the counts hold.
 func TestAPIReadsClickHouse(t *testing.T) {
-	srv := shared(t)
-	path := synthetic(t)
-	recs := readRecords(t, path)
-	s := openStore(t, srv, "api")
-	insert(t, s.Client(), recs, 1, "node-a")
-	now := endOf(recs) + int64(3*window)
+	s, _, recs, now := loaded(t, "api")
 	runAll(t, newClassifier(t, s, "r0", 2, &now))
 	want := totals(t, s)
 
