@@ -32,8 +32,12 @@ fi
 [ -f "$dir/cgroup-root" ] && cgroup_root=$(cat "$dir/cgroup-root")
 
 # ours PID: the process is alive and was started by up.sh for this cluster.
+# The environment is read whole first: with pipefail, `tr | grep -q` fails
+# when grep stops at the match before tr is done (SIGPIPE).
 ours() {
-	{ tr '\0' '\n' <"/proc/$1/environ"; } 2>/dev/null | grep -qx "$marker"
+	local env
+	env=$({ tr '\0' '\n' <"/proc/$1/environ"; } 2>/dev/null) || return 1
+	grep -qx "$marker" <<<"$env"
 }
 pid_of() { [ -f "$dir/pids" ] && awk -v w="$1" '$1 == w { print $2 }' "$dir/pids" | tail -n 1; }
 

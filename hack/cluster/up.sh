@@ -352,8 +352,11 @@ for f in "$images"/*.tar "$root"/.cache/cluster/images/*.tar; do
 	"${ctr[@]}" images import "$f" >"$dir/logs/ctr-import.log" 2>&1 ||
 		{ log "ctr images import $f failed:"; cat "$dir/logs/ctr-import.log" >&2; exit 1; }
 done
-"${ctr[@]}" images ls -q | grep -v '^sha256:' | sed 's/^/  /' >&2
-if ! "${ctr[@]}" images ls -q | grep -qx 'docker.io/connscope/pause:latest'; then
+# Read the list whole first: with pipefail, `ctr ... | grep -q` fails when
+# grep stops at a match before ctr has written the rest (SIGPIPE).
+imported=$("${ctr[@]}" images ls -q)
+grep -v '^sha256:' <<<"$imported" | sed 's/^/  /' >&2
+if ! grep -qx 'docker.io/connscope/pause:latest' <<<"$imported"; then
 	log "no connscope/pause:latest among the imported images (the sandbox image)"
 	exit 1
 fi
