@@ -267,3 +267,45 @@ func vmSize(t *testing.T) (int64, bool) {
 	t.Fatal("no VmSize in /proc/self/status")
 	return 0, false
 }
+
+// A connection that keeps sending late packets for hours must not stop the
+// expiry of the tombstones queued behind it: when the re-queue mark was a
+// saturating 32-bit µs offset, it looked unchanged after 36 minutes, and
+// from then on no finished connection was forgotten after its linger.
+func TestExpiryGoesOnPastALongLivedConnection(t *testing.T) {
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC).UnixNano()
+	tab, err := New(Config{}, func(*Conn) {})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tab.Close()
+	rec := func(ts int64, port uint16, f packet.Flags) *packet.Record {
+		r := &packet.Record{Timestamp: ts, IPVersion: 4, SrcPort: port, DstPort: 443, Flags: f, Seq: 1, TTL: 64}
+		r.SrcIP = [16]byte{10: 0xff, 11: 0xff, 12: 198, 13: 51, 14: 100, 15: 7}
+		r.DstIP = [16]byte{10: 0xff, 11: 0xff, 12: 203, 13: 0, 14: 113, 15: 10}
+		return r
+	}
+	add := func(r *packet.Record) {
+		if err := tab.Add(r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Port 1 reaches the cap at once, then sends a late packet every 10 s
+	// for two hours; each 10 s a short connection on a new port resets.
+	add(rec(t0, 1, packet.SYN))
+	for i := int64(1); i < DefaultPacketCap; i++ {
+		add(rec(t0+i*int64(time.Millisecond), 1, packet.ACK))
+	}
+	port := uint16(100)
+	for s := int64(10); s <= 7200; s += 10 {
+		ts := t0 + s*int64(time.Second)
+		add(rec(ts, 1, packet.ACK))
+		add(rec(ts+1, port, packet.SYN))
+		add(rec(ts+2, port, packet.RST))
+		port++
+	}
+	// The linger (30 s) keeps about 4 short connections, plus port 1.
+	if held := tab.Stats().Held; held > 8 {
+		t.Errorf("%d connections held after two hours, want at most 8: finished connections are no longer forgotten", held)
+	}
+}

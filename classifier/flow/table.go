@@ -69,11 +69,11 @@ type entry struct {
 	first, last, lcTs int64
 	prev, next        uint32
 	hash              uint32
-	// queued is the offset (µs after first) of last when the entry was put
-	// at the back of its list: an entry whose last has moved on since is
-	// re-queued when it reaches the front instead of expiring (lazy LRU, so
-	// that a packet touches no neighbouring entries).
-	queued int32
+	// queued is lastMark(last) when the entry was put at the back of its
+	// list: an entry whose last has moved on since is re-queued when it
+	// reaches the front instead of expiring (lazy LRU, so that a packet
+	// touches no neighbouring entries).
+	queued uint32
 	synSeq uint32 // the first client SYN's sequence number
 	rstAck uint32 // the first plain RST's ack number
 	lcSeq  uint32
@@ -341,7 +341,7 @@ func (t *Table) finish(id uint32, end End) {
 	// Tombstone: move to the done list.
 	e.state |= stDone
 	t.open.remove(&t.conns, id)
-	e.queued = lastOff(e)
+	e.queued = lastMark(e.last)
 	t.done.pushBack(&t.conns, id)
 	t.stats.Open--
 }
@@ -425,23 +425,23 @@ func (t *Table) expire() {
 // requeue moves the entry at the front of l to the back if it had packets
 // since it was queued, and reports whether it did.
 func (t *Table) requeue(l *list, id uint32, e *entry) bool {
-	lo := lastOff(e)
-	if lo == e.queued {
+	m := lastMark(e.last)
+	if m == e.queued {
 		return false
 	}
-	e.queued = lo
+	e.queued = m
 	l.moveToBack(&t.conns, id)
 	return true
 }
 
-// lastOff is the offset of e.last after e.first in µs, saturated.
-func lastOff(e *entry) int32 {
-	off := (e.last - e.first) / 1000
-	if off > 1<<31-1 {
-		return 1<<31 - 1
-	}
-	return int32(off)
-}
+// lastMark is a timestamp in units of 1024 ns, cut to 32 bits: it tells
+// whether an entry's last packet time moved since it was queued. It wraps
+// every 73 minutes, and only equality is asked of it, so a connection
+// active for hours never looks unchanged (a saturating offset did, after
+// 36 minutes, and then stopped the expiry behind it); it would look
+// unchanged only if its last packet moved by an exact multiple of the
+// wrap, and then it merely waits at the front until it expires.
+func lastMark(last int64) uint32 { return uint32(last >> 10) }
 
 // hashSeed keys the hash of connection keys with random secrets, so that
 // clients cannot choose 5-tuples that collide (the live classifier hashes
