@@ -16,6 +16,10 @@
 //   - The closure is reset if any counted packet has RST; else fin if any has
 //     FIN; else cap if the cap was reached; else timeout.
 //   - Excluded connections get no stage, no tags and no signature.
+//   - post_ack needs every packet before the first RST (or the silence)
+//     after the SYN to have ACK set, and at least one such packet; a
+//     connection without data that fails this (SYN then a bare FIN or a
+//     packet without flags; SYN and RST in one packet) is no_match.
 //   - Tags: timeout and reset follow the closure (so a timeout after two data
 //     packets, stage no_match, is still tagged timeout). The RST tags count
 //     every RST among the counted packets, before and after the first one.
@@ -259,8 +263,12 @@ func Classify(c *flow.Conn) Result {
 		switch {
 		case s.Pre == 1:
 			r.Stage = PostSYN
-		case s.Data == 0:
+		case s.Data == 0 && s.Pre >= 2 && !s.NonACK:
 			r.Stage = PostACK
+		case s.Data == 0:
+			// No ACK after the SYN (a bare FIN, a packet without flags),
+			// or no SYN before the RST (SYN and RST in one packet).
+			r.Stage = NoMatch
 		case s.Data == 1:
 			r.Stage = PostPSH
 		case r.Closure == ClosureReset:

@@ -180,6 +180,10 @@ func TestClassify(t *testing.T) {
 		{name: "SYN ACK RST+ACK", c: c4(S(0), A(10), RA(20)), stage: "post_ack", tags: "reset single_rstack", sig: "SYN; ACK → RST+ACK"},
 		{name: "SYN ACK two RST+ACKs", c: c4(S(0), A(10), RA(20), RA(21)), stage: "post_ack", tags: "reset multiple_rstacks", sig: "SYN; ACK → RST+ACK; RST+ACK"},
 		{name: "SYN ACK RST and RST+ACK has no post_ack signature", c: c4(S(0), A(10), R(20), RA(21)), stage: "post_ack", tags: "reset rst_and_rstacks"},
+		{name: "SYN and RST in one packet is no_match", c: c4(pk{f: "SR"}), stage: "no_match", tags: "reset single_rst"},
+		{name: "SYN then a bare FIN then RST is no_match", c: c4(S(0), pk{f: "F", at: ms(10)}, R(20)), stage: "no_match", tags: "reset fin single_rst"},
+		{name: "SYN then a packet without flags then silence is no_match", c: c4(S(0), pk{f: "", at: ms(10)}), stage: "no_match", tags: "timeout"},
+		{name: "SYN ACK FIN+ACK RST is post_ack without signature", c: c4(S(0), A(10), FA(20), R(30)), stage: "post_ack", tags: "reset fin single_rst"},
 		{name: "payload without PSH is not data", c: c4(S(0), A(10), pk{f: "A", at: ms(15)}, R(20)), stage: "post_ack", tags: "reset single_rst"},
 		// Post-PSH
 		{name: "one data packet then silence", c: c4(S(0), A(10), PA(20)), stage: "post_psh", tags: "timeout", sig: "PSH+ACK → ∅"},

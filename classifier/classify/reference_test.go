@@ -75,8 +75,11 @@ func reference(recs []packet.Record, capN int, silent bool) classify.Result {
 	if firstRST >= 0 {
 		pre = ps[:firstRST]
 	}
-	data, firstData, finBefore := 0, -1, false
+	data, firstData, finBefore, allACK := 0, -1, false, true
 	for i, p := range pre {
+		if i > 0 && !is(p, packet.ACK) {
+			allACK = false
+		}
 		if is(p, packet.PSH) {
 			if data == 0 {
 				firstData = i
@@ -91,8 +94,10 @@ func reference(recs []packet.Record, capN int, silent bool) classify.Result {
 		r.Stage = classify.NoMatch
 	case len(pre) == 1:
 		r.Stage = classify.PostSYN
-	case data == 0:
+	case data == 0 && len(pre) >= 2 && allACK:
 		r.Stage = classify.PostACK
+	case data == 0:
+		r.Stage = classify.NoMatch
 	case data == 1:
 		r.Stage = classify.PostPSH
 	case r.Closure == classify.ClosureReset:

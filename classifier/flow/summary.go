@@ -35,6 +35,9 @@ type Summary struct {
 	// SecondPureACK: the second packet has ACK set and none of SYN, FIN,
 	// RST and PSH.
 	SecondPureACK bool
+	// NonACK: a packet before the first RST, other than the first packet,
+	// has ACK clear (method.md's post_ack is "SYN and ACK(s)").
+	NonACK bool
 	// TTLJump: an RST's TTL differs by more than 1 from that of the last
 	// non-RST packet before it, that packet not being the first one;
 	// TTLJumpFromFirst: the same where that packet is the first one (the
@@ -74,6 +77,7 @@ const (
 	stTTLJumpFirst
 	stIPIDJump
 	stReordered
+	stNonACK
 	stFree // on the pool's free list (not in the index)
 )
 
@@ -201,6 +205,9 @@ func (e *entry) summarise(ts int64, p heldPacket, v4 bool) {
 		f&packet.ACK != 0 && f&(packet.SYN|packet.FIN|packet.RST|packet.PSH) == 0 {
 		e.state |= stSecondPureACK
 	}
+	if idx > 0 && f&packet.ACK == 0 {
+		e.state |= stNonACK
+	}
 	if f&packet.FIN != 0 {
 		e.state |= stFINBeforeRST
 	}
@@ -235,6 +242,7 @@ func (e *entry) summary() Summary {
 		DataLast:         e.state&stDataLast != 0,
 		DataACK:          e.state&stDataACK != 0,
 		SecondPureACK:    e.state&stSecondPureACK != 0,
+		NonACK:           e.state&stNonACK != 0,
 		TTLJump:          e.state&stTTLJump != 0,
 		TTLJumpFromFirst: e.state&stTTLJumpFirst != 0,
 		IPIDJump:         e.state&stIPIDJump != 0,
