@@ -43,11 +43,12 @@ type ClassifierConfig struct {
 	// minutes). Windows start at multiples of Window since the epoch. All
 	// replicas of a database must use the same.
 	Window time.Duration
-	// Guard: a connection the engine has not finished (no cap, no port
-	// reuse) whose last packet is within Guard of the window's end is not
-	// judged in that window: its packets are carried into the next one
-	// (the seed excludes flows whose last packet is within 10 s of the
-	// cutoff). At least the idle timeout.
+	// Guard: a connection the engine has not finished (no cap) whose last
+	// packet is within Guard of the window's end is not judged in that
+	// window: its packets are carried into the next one (the seed excludes
+	// flows whose last packet is within 10 s of the cutoff). At least the
+	// flow's hold (flow.Config.Hold), after which a silent connection is
+	// finished anyway.
 	Guard time.Duration
 	// Delay is how long after a window's end it is queried, so that the
 	// agents' batches (their flush interval, retries) have arrived.
@@ -67,7 +68,7 @@ type ClassifierConfig struct {
 	// Start is the first window classified when the database has no commit
 	// yet (zero: the window of the oldest packet).
 	Start time.Time
-	// Flow is the engine's configuration (packet cap, idle timeout).
+	// Flow is the engine's configuration (packet cap, idle timeout, hold).
 	Flow flow.Config
 	// Geo resolves clients' countries and ASNs; nil means unknown.
 	Geo *geo.DB
@@ -110,8 +111,8 @@ func (c *ClassifierConfig) Validate() error {
 	if c.Window < time.Second || c.Window > 24*time.Hour || (24*time.Hour)%c.Window != 0 {
 		errs = append(errs, fmt.Errorf("window %s: want a divisor of 24h of at least 1s, e.g. 15m", c.Window))
 	}
-	if c.Guard < c.Flow.IdleTimeout {
-		errs = append(errs, fmt.Errorf("window guard %s is shorter than the idle timeout %s", c.Guard, c.Flow.IdleTimeout))
+	if c.Guard < c.Flow.Hold {
+		errs = append(errs, fmt.Errorf("window guard %s is shorter than the hold %s (a connection silent for less may still get packets)", c.Guard, c.Flow.Hold))
 	}
 	if c.Guard >= c.Window || c.Flow.Linger >= c.Window {
 		errs = append(errs, fmt.Errorf("window %s must be longer than the guard %s and the linger %s", c.Window, c.Guard, c.Flow.Linger))

@@ -296,23 +296,55 @@ func TestReverseDirectionIsIgnored(t *testing.T) {
 	}
 }
 
-func TestPortReuseAfterResetStartsANewConnection(t *testing.T) {
+// secondConn is a connection on c4's ports with another initial sequence
+// number, starting at at.
+func secondConn(at time.Duration) []packet.Record {
+	return records(c4(pk{f: "S", at: at, seq: 777777}, pk{f: "A", at: at + ms(10), seq: 777778}, pk{f: "PA", at: at + ms(20), seq: 777778}, pk{f: "FA", at: at + ms(30), seq: 777878}))
+}
+
+func TestNewSYNWhileTheConnectionIsHeldIsMultipleSYN(t *testing.T) {
+	// method.md: a connection is keyed by the 5-tuple, and more than one SYN
+	// in it excludes it, also when the second SYN reuses the ports after an
+	// RST.
 	first := records(c4(pk{f: "S"}, pk{f: "A", at: ms(10)}, pk{f: "R", at: ms(20)}))
-	second := records(c4(pk{f: "S", at: ms(500), seq: 777777}, pk{f: "A", at: ms(510), seq: 777778}, pk{f: "PA", at: ms(520), seq: 777778}, pk{f: "FA", at: ms(530), seq: 777878}))
-	out, _ := run(t, flow.Config{}, 10*time.Second, append(first, second...))
+	out, _ := run(t, flow.Config{}, 20*time.Second, append(first, secondConn(ms(500))...))
+	if len(out) != 1 || out[0].r.Excluded != classify.MultipleSYN || out[0].n != 7 {
+		t.Fatalf("got %+v, want one connection of 7 packets excluded as multiple_syn", out)
+	}
+}
+
+func TestPortReuseAfterTheHoldStartsANewConnection(t *testing.T) {
+	first := records(c4(pk{f: "S"}, pk{f: "A", at: ms(10)}, pk{f: "R", at: ms(20)}))
+	out, _ := run(t, flow.Config{}, time.Minute, append(first, secondConn(15*time.Second)...))
 	if len(out) != 2 {
 		t.Fatalf("got %d connections, want 2: %+v", len(out), out)
 	}
-	if out[0].r.Signature != classify.SigACKRST || out[1].r.Stage != classify.NoMatch {
+	if out[0].r.Signature != classify.SigACKRST || out[1].r.Closure != classify.ClosureFIN {
 		t.Errorf("got %v / %v", out[0].r, out[1].r)
 	}
 }
 
+func TestLatePacketsWithinTheHoldBelongToTheConnection(t *testing.T) {
+	// Silence longer than the idle timeout does not split a connection: an
+	// RST 4 s after the ACK makes it a reset (the seed groups packets by
+	// 5-tuple whatever the gaps), and SYNs retransmitted 3 and 9 s after
+	// the first make it multiple_syn.
+	out, _ := run(t, flow.Config{}, time.Minute, records(c4(pk{f: "S"}, pk{f: "A", at: ms(100)}, pk{f: "R", at: 4 * time.Second})))
+	if len(out) != 1 || out[0].r.Closure != classify.ClosureReset || out[0].r.Signature != classify.SigACKRST {
+		t.Errorf("late RST: got %+v, want one reset %q", out, classify.SigACKRST)
+	}
+	out, _ = run(t, flow.Config{}, time.Minute, records(c4(pk{f: "S"}, pk{f: "S", at: 3 * time.Second}, pk{f: "S", at: 9 * time.Second})))
+	if len(out) != 1 || out[0].r.Excluded != classify.MultipleSYN {
+		t.Errorf("SYN retransmitted at 3 and 9 s: got %+v, want multiple_syn", out)
+	}
+}
+
 func TestLatePacketsOfAFinishedConnectionAreIgnored(t *testing.T) {
-	// SYN at 0, silence (timeout at 3 s), then a retransmitted SYN with the
-	// same ISN and a late ACK: neither opens a connection.
-	recs := records(c4(pk{f: "S"}, pk{f: "S", at: 4 * time.Second}, pk{f: "A", at: 5 * time.Second}))
-	out, st := run(t, flow.Config{}, 20*time.Second, recs)
+	// SYN at 0, silence past the hold (10 s: a timeout), then a
+	// retransmitted SYN with the same ISN and a late ACK: neither opens a
+	// connection.
+	recs := records(c4(pk{f: "S"}, pk{f: "S", at: 11 * time.Second}, pk{f: "A", at: 12 * time.Second}))
+	out, st := run(t, flow.Config{}, time.Minute, recs)
 	if len(out) != 1 || out[0].r.Signature != classify.SigSYNTimeout {
 		t.Fatalf("got %+v", out)
 	}

@@ -16,13 +16,18 @@
 //     when the capture began) and classify excludes it.
 //   - Only the first PacketCap client packets of a connection are kept; the
 //     rest are counted and ignored.
-//   - A connection is finished, and handed to the callback, when it reaches
-//     the packet cap, when it has been silent (no client packet) for
-//     IdleTimeout, when a client SYN with a new initial sequence number
-//     arrives after it was reset or closed with a FIN (port reuse), when it
-//     is evicted because MaxOpen connections are open, or at Flush (end of
-//     input). Resets and FINs do not finish a connection at once: more RSTs
-//     (injectors send several) and FINs may follow, and they belong to it.
+//   - A connection is all the client packets of its key while it is held
+//     (method.md groups packets by 5-tuple, whatever the gaps between them):
+//     a late RST is still a reset, and a second SYN, retransmitted or with a
+//     new sequence number, makes it multiple_syn. It is finished, and handed
+//     to the callback, when it reaches the packet cap, when it has been
+//     silent (no client packet) for Hold (default 10 s, the seed's margin
+//     before judging a flow), when it is evicted because MaxOpen
+//     connections are open, or at Flush (end of input). Silence of
+//     IdleTimeout (3 s) before that is what makes it a timeout (Conn.Silent);
+//     Hold only decides how long a late packet may still join it. Resets and
+//     FINs do not finish a connection at once: more RSTs (injectors send
+//     several) and FINs may follow, and they belong to it.
 //   - After it is finished a connection stays known for Linger (measured from
 //     its last packet) as a small tombstone without packets, so that its late
 //     packets (retransmissions, packets beyond the cap, server packets) are
@@ -36,9 +41,10 @@
 // timestamp seen, so a capture file is classified exactly as a live stream of
 // the same packets would be. Packets of a connection are taken in timestamp,
 // then sequence-number order (timestamps of some capture paths are coarse),
-// then arrival order. A connection is judged timed out exactly when a packet
-// arrives after at least IdleTimeout of silence, whenever the lazy expiry
-// gets to it.
+// then arrival order. A connection is finished exactly when a packet
+// arrives after at least Hold of silence, whenever the lazy expiry
+// gets to it; Conn.Silent tells whether IdleTimeout of silence had passed
+// when it was finished.
 //
 // # Memory
 //
@@ -70,6 +76,7 @@ import (
 const (
 	DefaultPacketCap   = 10
 	DefaultIdleTimeout = 3 * time.Second
+	DefaultHold        = 10 * time.Second
 	DefaultLinger      = 30 * time.Second
 	DefaultMaxOpen     = 1 << 20
 	// MaxPacketCap is the largest packet cap accepted.
@@ -84,8 +91,14 @@ type Config struct {
 	// IdleTimeout is how long a connection must be silent to be judged timed
 	// out (method.md section 3).
 	IdleTimeout time.Duration
+	// Hold is how long an open connection may be silent before it is
+	// finished: a packet within Hold of the previous one still belongs to
+	// it. At least IdleTimeout; zero means DefaultHold, or IdleTimeout if
+	// that is longer.
+	Hold time.Duration
 	// Linger is how long a finished connection is remembered after its last
-	// packet, so that its late packets are ignored. At least IdleTimeout.
+	// packet, so that its late packets are ignored. At least Hold; zero
+	// means DefaultLinger, or Hold if that is longer.
 	Linger time.Duration
 	// MaxOpen bounds the number of connections held (open and finished).
 	MaxOpen int
@@ -99,8 +112,11 @@ func (c *Config) Validate() error {
 	if c.IdleTimeout == 0 {
 		c.IdleTimeout = DefaultIdleTimeout
 	}
+	if c.Hold == 0 {
+		c.Hold = max(DefaultHold, c.IdleTimeout)
+	}
 	if c.Linger == 0 {
-		c.Linger = DefaultLinger
+		c.Linger = max(DefaultLinger, c.Hold)
 	}
 	if c.MaxOpen == 0 {
 		c.MaxOpen = DefaultMaxOpen
@@ -110,8 +126,10 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("packet cap %d is out of range: it must be between 1 and %d", c.PacketCap, MaxPacketCap)
 	case c.IdleTimeout < time.Millisecond:
 		return fmt.Errorf("idle timeout %s is too short: it must be at least 1ms (the method uses 3s)", c.IdleTimeout)
-	case c.Linger < c.IdleTimeout:
-		return fmt.Errorf("linger %s must be at least the idle timeout %s", c.Linger, c.IdleTimeout)
+	case c.Hold < c.IdleTimeout:
+		return fmt.Errorf("hold %s must be at least the idle timeout %s", c.Hold, c.IdleTimeout)
+	case c.Linger < c.Hold:
+		return fmt.Errorf("linger %s must be at least the hold %s", c.Linger, c.Hold)
 	case c.MaxOpen < 2 || c.MaxOpen > MaxMaxOpen:
 		return fmt.Errorf("max open connections %d is out of range: it must be between 2 and %d", c.MaxOpen, MaxMaxOpen)
 	}
@@ -171,19 +189,17 @@ type End uint8
 
 // Reasons a connection is finished.
 const (
-	// EndIdle: silent for the idle timeout.
+	// EndIdle: silent for the hold time.
 	EndIdle End = iota + 1
 	// EndCap: the packet cap was reached.
 	EndCap
-	// EndReused: a new SYN arrived after an RST or FIN.
-	EndReused
 	// EndEvicted: evicted to keep the table within MaxOpen.
 	EndEvicted
 	// EndInput: the input ended (Flush).
 	EndInput
 )
 
-var endNames = [...]string{"", "idle", "cap", "reused", "evicted", "input"}
+var endNames = [...]string{"", "idle", "cap", "evicted", "input"}
 
 func (e End) String() string {
 	if int(e) < len(endNames) {

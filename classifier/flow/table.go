@@ -21,6 +21,7 @@ type Table struct {
 	emit   Callback
 	now    int64 // the clock: the largest timestamp seen (ns)
 	idle   int64
+	hold   int64
 	linger int64
 
 	index index
@@ -41,6 +42,7 @@ func New(cfg Config, emit Callback) (*Table, error) {
 		cfg:    cfg,
 		emit:   emit,
 		idle:   int64(cfg.IdleTimeout),
+		hold:   int64(cfg.Hold),
 		linger: int64(cfg.Linger),
 	}
 	t.index.init()
@@ -202,9 +204,9 @@ func (t *Table) add(r *packet.Record, kp *Key, h uint32) {
 
 	if id := t.index.find(&k, h, &t.conns); id != 0 {
 		e := t.conns.at(id)
-		if e.state&stDone == 0 && t.now-e.last >= t.idle {
-			// Silent for the idle timeout before this packet: it timed out
-			// (the lazy expiry had not reached it yet).
+		if e.state&stDone == 0 && t.now-e.last >= t.hold {
+			// Silent for the hold before this packet: it is finished (the
+			// lazy expiry had not reached it yet), and this packet is late.
 			t.finish(id, EndIdle)
 		}
 		switch {
@@ -218,9 +220,6 @@ func (t *Table) add(r *packet.Record, kp *Key, h uint32) {
 				return
 			}
 			t.remove(id) // a new connection on the same ports
-		case clientSYN && e.state&(stRST|stFIN) != 0 && e.state&stHasSYN != 0 && e.synSeq != r.Seq:
-			t.finish(id, EndReused)
-			t.remove(id)
 		default:
 			t.append(id, e, r, clientSYN)
 			return
@@ -392,7 +391,7 @@ func (t *Table) evict() {
 	t.remove(id)
 }
 
-// expire finishes open connections silent for the idle timeout and forgets
+// expire finishes open connections silent for the hold and forgets
 // tombstones silent for the linger, from the front of their lists. An entry
 // at the front that had packets since it was queued is re-queued at the
 // back; each entry is re-queued at most once per call, so the work is
@@ -401,7 +400,7 @@ func (t *Table) expire() {
 	for t.open.head != 0 {
 		id := t.open.head
 		e := t.conns.at(id)
-		if t.now-e.last >= t.idle {
+		if t.now-e.last >= t.hold {
 			t.finish(id, EndIdle)
 			continue
 		}

@@ -28,7 +28,7 @@
 // There is one flow.Table per (node, policy) — an engine — fed in journal
 // order. A ticker advances every table's clock to the wall clock minus a
 // grace (Config.Grace, for the agents' batching delay), so a silent
-// connection is finished IdleTimeout after its last packet even when no
+// connection is finished Hold after its last packet even when no
 // packet follows. It does so only while a stream of that engine is
 // connected (or after Config.Stall without one): while an agent is away
 // its packets wait in its queue, and judging its connections silent by
@@ -40,13 +40,13 @@
 //
 // Every acknowledged batch is in the journal until all connections it
 // has packets of are counted in a committed transaction. Precisely: an
-// open connection began at most (PacketCap+1)×IdleTimeout before the
-// table's clock (each gap is shorter than the idle timeout, and the cap
+// open connection began at most (PacketCap+1)×Hold before the
+// table's clock (each gap is shorter than the hold, and the cap
 // bounds the packets), so at each commit every connection that began
-// before C = clock − (PacketCap+1)×IdleTimeout − 1 s is finished and
+// before C = clock − (PacketCap+1)×Hold − 1 s is finished and
 // counted; C is recorded per engine. Connections counted that began at or
 // after C are recorded by identity (key and first packet time). Journal
-// rows whose latest packet is before C − Linger − (PacketCap+1)×IdleTimeout
+// rows whose latest packet is before C − Linger − (PacketCap+1)×Hold
 // are deleted (only rows already accepted when the tick began), so a
 // connection with a packet at or after C has all its packets, and its
 // finished neighbour's tombstone, still journaled.
@@ -111,7 +111,7 @@ type Config struct {
 	Store *store.Store
 	// Geo resolves clients' countries and ASNs; nil means unknown.
 	Geo *geo.DB
-	// Flow configures the connection tables (idle timeout, packet cap).
+	// Flow configures the connection tables (idle timeout, hold, packet cap).
 	Flow flow.Config
 	// Policy, when set, is the only SamplingPolicy this classifier
 	// serves: a batch of another policy is rejected (INVALID_ARGUMENT), a
@@ -222,7 +222,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		cfg:     cfg,
 		log:     cfg.Logger,
 		agg:     aggregate.Aggregator{Geo: cfg.Geo},
-		span:    int64(cfg.Flow.PacketCap+1) * int64(cfg.Flow.IdleTimeout),
+		span:    int64(cfg.Flow.PacketCap+1) * int64(cfg.Flow.Hold),
 		engines: map[engineKey]*engine{},
 		delta:   aggregate.NewDelta(cfg.MaxAnomalies),
 	}

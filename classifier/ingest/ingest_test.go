@@ -116,7 +116,7 @@ func start(t *testing.T, path, addr, token string, c *clock, db *geo.DB) *server
 		t.Fatal(err)
 	}
 	ing, err := ingest.New(context.Background(), ingest.Config{
-		Store: st, Geo: db, Flow: flow.Config{IdleTimeout: idle, Linger: 10 * idle},
+		Store: st, Geo: db, Flow: flow.Config{IdleTimeout: idle, Hold: idle, Linger: 10 * idle},
 		Policy: "default", Token: token, Grace: time.Nanosecond, Tick: time.Hour, Now: c.Now,
 	})
 	if err != nil {

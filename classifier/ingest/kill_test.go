@@ -46,7 +46,7 @@ func serveChild(path string) error {
 		return err
 	}
 	ing, err := ingest.New(context.Background(), ingest.Config{
-		Store: st, Flow: flow.Config{IdleTimeout: idle, Linger: 10 * idle},
+		Store: st, Flow: flow.Config{IdleTimeout: idle, Hold: idle, Linger: 10 * idle},
 		Policy: "default", Grace: time.Nanosecond, Tick: time.Hour, Now: func() time.Time { return base },
 	})
 	if err != nil {

@@ -58,8 +58,9 @@ type Config struct {
 	GeoIPDir string
 	// Token is the agents' bearer token ("" accepts any stream).
 	Token string
-	// IdleTimeout and PacketCap are the method's (flow.Config).
+	// IdleTimeout, Hold and PacketCap are the method's (flow.Config).
 	IdleTimeout time.Duration
+	Hold        time.Duration
 	PacketCap   int
 	// Retention is how long buckets and anomalies are kept.
 	Retention time.Duration
@@ -112,7 +113,7 @@ func (c *Config) Validate() error {
 	if c.Grace < 0 || c.Tick < 0 || c.ShutdownTimeout < 0 {
 		errs = append(errs, errors.New("grace, tick and shutdown timeout must not be negative"))
 	}
-	fc := flow.Config{IdleTimeout: c.IdleTimeout, PacketCap: c.PacketCap}
+	fc := flow.Config{IdleTimeout: c.IdleTimeout, Hold: c.Hold, PacketCap: c.PacketCap}
 	if err := fc.Validate(); err != nil {
 		errs = append(errs, err)
 	}
@@ -165,7 +166,7 @@ func Start(ctx context.Context, cfg Config) (*Service, error) {
 	var metrics *api.Metrics
 	s.ing, err = ingest.New(ctx, ingest.Config{
 		Store: s.st, Geo: s.geo, Policy: cfg.Policy, Token: cfg.Token,
-		Flow:  flow.Config{IdleTimeout: cfg.IdleTimeout, PacketCap: cfg.PacketCap},
+		Flow:  flow.Config{IdleTimeout: cfg.IdleTimeout, Hold: cfg.Hold, PacketCap: cfg.PacketCap},
 		Grace: cfg.Grace, Tick: cfg.Tick, MaxAnomalies: cfg.MaxAnomalies,
 		Observer: observer{&metrics}, Logger: log,
 	})

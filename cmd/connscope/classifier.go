@@ -58,7 +58,7 @@ that was acknowledged: accepted batches are journaled and replayed.`,
 				}
 				ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 				defer stop()
-				return runClickHouseClassifier(ctx, cmd, storeURL, chf, cfg.IdleTimeout, cfg.PacketCap, cfg.GeoIPDir, cfg.HTTPAddr, ret, newLogger(cmd, logJSON), dashboard.Handler())
+				return runClickHouseClassifier(ctx, cmd, storeURL, chf, flow.Config{IdleTimeout: cfg.IdleTimeout, Hold: cfg.Hold, PacketCap: cfg.PacketCap}, cfg.GeoIPDir, cfg.HTTPAddr, ret, newLogger(cmd, logJSON), dashboard.Handler())
 			}
 			if cfg.StorePath, err = parseStoreURL(storeURL); err != nil {
 				return err
@@ -95,6 +95,7 @@ that was acknowledged: accepted batches are journaled and replayed.`,
 	f.StringVar(&cfg.HTTPAddr, "http-addr", service.DefaultHTTPAddr, "address of the HTTP API, metrics, probes and dashboard")
 	f.StringVar(&cfg.Policy, "policy", "", `the SamplingPolicy served: batches of another policy are rejected ("" accepts any)`)
 	f.DurationVar(&cfg.IdleTimeout, "idle-timeout", flow.DefaultIdleTimeout, "silence after which a connection without RST, FIN or cap is judged timed out")
+	f.DurationVar(&cfg.Hold, "hold", 0, "silence after which an open connection is finished; until then a late packet (an RST, a second SYN) still belongs to it (default 10s, or --idle-timeout if longer)")
 	f.IntVar(&cfg.PacketCap, "packet-cap", flow.DefaultPacketCap, "client packets of a connection that count (the agents' cap)")
 	f.StringVar(&storeURL, "store", "sqlite:///var/lib/connscope/connscope.db", "where aggregates and the journal are kept: sqlite:///absolute/path.db, or clickhouse://host:8123/database (the agents insert packets there; replicas classify windows)")
 	f.StringVar(&cfg.GeoIPDir, "geoip-dir", "", "directory with GeoLite2-Country.mmdb and GeoLite2-ASN.mmdb (optional; absent means unknown)")

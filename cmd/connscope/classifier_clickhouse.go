@@ -44,7 +44,7 @@ func addClickHouseFlags(f *pflag.FlagSet) *clickhouseFlags {
 // no gRPC ingest (the agents insert into ClickHouse), a classifier replica
 // over closed windows, the API and dashboard reading ClickHouse, and
 // retention by day partitions.
-func runClickHouseClassifier(ctx context.Context, cmd *cobra.Command, storeURL string, chf *clickhouseFlags, idle time.Duration, packetCap int,
+func runClickHouseClassifier(ctx context.Context, cmd *cobra.Command, storeURL string, chf *clickhouseFlags, fc flow.Config,
 	geoDir, httpAddr string, retention time.Duration, logger *slog.Logger, dashboard http.Handler) error {
 	cfg, err := chclient.ParseURL(storeURL)
 	if err != nil {
@@ -68,7 +68,7 @@ func runClickHouseClassifier(ctx context.Context, cmd *cobra.Command, storeURL s
 	}
 	kc := chstore.ClassifierConfig{
 		Window: chf.window, Guard: chf.guard, Delay: chf.delay, Parts: chf.parts, Replica: replica,
-		Flow: flow.Config{IdleTimeout: idle, PacketCap: packetCap}, Geo: g, Logger: logger,
+		Flow: fc, Geo: g, Logger: logger,
 	}
 	if err := kc.Validate(); err != nil {
 		return fmt.Errorf("classifier flags: %w", err)

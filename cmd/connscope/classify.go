@@ -48,6 +48,7 @@ Formats:
 	f.StringVar(&o.format, "format", "table", "output format: table, json or radar")
 	f.IntVar(&o.cfg.PacketCap, "packet-cap", flow.DefaultPacketCap, "client packets of a connection that count (1-64)")
 	f.DurationVar(&o.cfg.IdleTimeout, "idle-timeout", flow.DefaultIdleTimeout, "silence after which a connection is judged timed out")
+	f.DurationVar(&o.cfg.Hold, "hold", 0, "silence after which an open connection is finished; until then a late packet (an RST, a second SYN) still belongs to it (default 10s, or --idle-timeout if longer)")
 	f.IntVar(&o.cfg.MaxOpen, "max-open", flow.DefaultMaxOpen, "connections held at most; the least recently active are evicted and counted")
 	f.BoolVar(&o.stats, "stats", false, "print reading and assembly counters as JSON on stderr at the end")
 	f.IntVar(&o.anomalies, "anomalies", 50, "anomalous connections listed by --format table")
@@ -66,11 +67,11 @@ func runClassify(cmd *cobra.Command, o classifyOptions, files []string) error {
 	if o.cfg.IdleTimeout <= 0 {
 		return fmt.Errorf("--idle-timeout %s: idle timeout must be positive", o.cfg.IdleTimeout)
 	}
+	if o.cfg.Hold < 0 {
+		return fmt.Errorf("--hold %s must not be negative", o.cfg.Hold)
+	}
 	if o.cfg.MaxOpen < 2 {
 		return fmt.Errorf("--max-open %d: must be at least 2", o.cfg.MaxOpen)
-	}
-	if o.cfg.Linger == 0 {
-		o.cfg.Linger = max(flow.DefaultLinger, o.cfg.IdleTimeout)
 	}
 	if err := o.cfg.Validate(); err != nil {
 		return fmt.Errorf("invalid flags: %w", err)
