@@ -215,6 +215,8 @@ func TestClassify(t *testing.T) {
 		{name: "RST at end of input is judged", c: c4(S(0), A(10), R(20)), end: ms(30), stage: "post_ack", tags: "reset single_rst", sig: "SYN; ACK → RST"},
 		// Ordering
 		{name: "coarse timestamps are ordered by sequence number", c: c4(S(0), A(10), pk{f: "R", at: ms(20), seq: isn + 101}, pk{f: "PA", at: ms(20), seq: isn + 1}), stage: "post_psh", tags: "reset single_rst", sig: "PSH+ACK → RST"},
+		{name: "equal timestamps are ordered by sequence number however many share one", c: c4(pk{f: "S"}, pk{f: "A"}, pk{f: "PA"}, pk{f: "PA"}, pk{f: "PA"}, pk{f: "R", seq: isn + 1}), stage: "post_psh", tags: "reset single_rst", sig: "PSH+ACK → RST"},
+		{name: "equal timestamps in any arrival order", c: c4(pk{f: "R", seq: isn + 101}, pk{f: "A", seq: isn + 1}, pk{f: "PA", seq: isn + 1}, pk{f: "S", seq: isn}), stage: "post_psh", tags: "reset single_rst", sig: "PSH+ACK → RST"},
 		{name: "packets out of timestamp order are sorted", c: c4(S(0), A(10), R(30), PA(20)), stage: "post_psh", tags: "reset single_rst", sig: "PSH+ACK → RST"},
 		// IPv6
 		{name: "IPv6 data then RST", c: conn{client: "2001:db8::7", server: "2001:db8:1::10", cport: 40000, sport: 443, pks: []pk{S(0), A(10), PA(20), {f: "R", at: ms(30), ttl: 99, ipid: 9}}}, stage: "post_psh", tags: "reset single_rst ttl_jump", sig: "PSH+ACK → RST"},

@@ -49,10 +49,14 @@
 // # Memory
 //
 // A connection keeps no packets: it keeps a running Summary of them (what
-// classification needs), plus the latest packet held back, so that two
-// packets arriving swapped (equal timestamps, sequence numbers the other way
-// round) are still taken in order. A longer displacement is taken in arrival
-// order and marked (Summary.Reordered, Stats.Reordered). Every connection is
+// classification needs), plus the packets with its latest timestamp held
+// back (one in the entry; when several share that timestamp, a tie group in
+// a pool of reusable blocks), so that packets with equal, coarse timestamps
+// are taken in sequence-number order whatever their arrival order, and two
+// packets arriving swapped are too. A packet older than the held ones that
+// belongs before packets already summarised is taken in arrival order and
+// marked (Summary.Reordered, Stats.Reordered): a capture's timestamps
+// rarely go backwards, while coarse ones are often equal. Every connection is
 // one fixed-size entry (120 bytes) in one array indexed by an
 // open-addressing hash table of 32-bit slots, whatever the packet cap; the
 // steady state allocates nothing per packet and the garbage collector scans

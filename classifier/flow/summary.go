@@ -78,6 +78,7 @@ const (
 	stIPIDJump
 	stReordered
 	stNonACK
+	stTies // the held packets are in Table.ties: they share one timestamp
 	stFree // on the pool's free list (not in the index)
 )
 
@@ -98,19 +99,32 @@ func (e *entry) bump(field uint, max int) {
 	}
 }
 
-// arrive takes a counted packet into the connection: it holds back the
-// latest packet (in timestamp, then sequence order) and summarises the
-// others in order. The caller has checked the cap.
-func (e *entry) arrive(ts int64, r *packet.Record, v4 bool) {
+// arrive takes a counted packet into connection id: it holds back the
+// packets with the latest timestamp (one in the entry; several, when they
+// share it, in t.ties) and summarises the others in order, so that packets
+// with equal (coarse) timestamps are taken in sequence-number order
+// whatever order they arrived in. The caller has checked the cap.
+func (t *Table) arrive(id uint32, e *entry, ts int64, r *packet.Record, v4 bool) {
 	p := heldPacket{seq: r.Seq, ipid: r.IPID, ttl: r.TTL, flags: r.Flags}
 	switch {
 	case e.state&stPending == 0:
 		e.hold(ts, p)
-	case !before(ts, r.Seq, e.last, e.pSeq):
-		// At or after the held packet: the held one is next in order.
-		e.summarise(e.last, e.held(), v4)
+	case ts > e.last:
+		// After the held packets: they are next in order.
+		t.flushHeld(id, e, v4)
 		e.hold(ts, p)
+	case ts == e.last:
+		// The held packets' timestamp: held with them, and ordered by
+		// sequence number when they are summarised.
+		if e.state&stTies == 0 {
+			e.tie = t.ties.alloc()
+			t.ties.add(e.tie, e.held())
+			e.state |= stTies
+		}
+		t.ties.add(e.tie, p)
 	default:
+		// Older than the held packets: taken now, in arrival order among
+		// those already summarised.
 		if e.n > 0 && before(ts, r.Seq, e.lcTs, e.lcSeq) {
 			e.state |= stReordered
 		}
@@ -118,12 +132,80 @@ func (e *entry) arrive(ts int64, r *packet.Record, v4 bool) {
 	}
 }
 
-// flushHeld summarises the held packet, if any.
-func (e *entry) flushHeld(v4 bool) {
-	if e.state&stPending != 0 {
-		e.summarise(e.last, e.held(), v4)
-		e.state &^= stPending
+// heldCount reports how many packets the entry holds back.
+func (t *Table) heldCount(e *entry) int {
+	if e.state&stTies != 0 {
+		return int(t.ties.n[e.tie])
 	}
+	return int(e.state & stPending / stPending)
+}
+
+// flushHeld summarises the held packets, if any: the one in the entry, or
+// the tie group in sequence-number order (a stable sort: equal numbers keep
+// their arrival order).
+func (t *Table) flushHeld(id uint32, e *entry, v4 bool) {
+	if e.state&stPending == 0 {
+		return
+	}
+	e.state &^= stPending
+	if e.state&stTies == 0 {
+		e.summarise(e.last, e.held(), v4)
+		return
+	}
+	g := t.ties.group(e.tie)
+	for i := 1; i < len(g); i++ {
+		for j := i; j > 0 && int32(g[j].seq-g[j-1].seq) < 0; j-- {
+			g[j], g[j-1] = g[j-1], g[j]
+		}
+	}
+	for _, p := range g {
+		e.summarise(e.last, p, v4)
+	}
+	t.ties.free(e.tie)
+	e.state &^= stTies
+}
+
+// tiePool holds tie groups: the packets of a connection that share its
+// latest timestamp, up to the packet cap of them, in blocks of size
+// packets reused through a free list (nothing is allocated per packet once
+// the busiest moment has passed). Block 0 is unused.
+type tiePool struct {
+	size  int
+	pk    []heldPacket // block b is pk[b*size : (b+1)*size]
+	n     []uint8      // packets in each block
+	freeL []uint32
+}
+
+func (p *tiePool) alloc() uint32 {
+	if k := len(p.freeL); k > 0 {
+		b := p.freeL[k-1]
+		p.freeL = p.freeL[:k-1]
+		return b
+	}
+	if len(p.n) == 0 {
+		p.n = append(p.n, 0)
+		p.pk = append(p.pk, make([]heldPacket, p.size)...)
+	}
+	p.n = append(p.n, 0)
+	p.pk = append(p.pk, make([]heldPacket, p.size)...)
+	return uint32(len(p.n) - 1)
+}
+
+// add appends a packet to block b; the table's cap check keeps a group
+// within size.
+func (p *tiePool) add(b uint32, h heldPacket) {
+	p.pk[int(b)*p.size+int(p.n[b])] = h
+	p.n[b]++
+}
+
+func (p *tiePool) group(b uint32) []heldPacket {
+	i := int(b) * p.size
+	return p.pk[i : i+int(p.n[b])]
+}
+
+func (p *tiePool) free(b uint32) {
+	p.n[b] = 0
+	p.freeL = append(p.freeL, b)
 }
 
 type heldPacket struct {

@@ -26,6 +26,7 @@ type Table struct {
 
 	index index
 	conns connPool
+	ties  tiePool // tie groups of entries with stTies
 	open  list // unfinished connections, least recently active first
 	done  list // tombstones, least recently active first
 
@@ -45,6 +46,7 @@ func New(cfg Config, emit Callback) (*Table, error) {
 		hold:   int64(cfg.Hold),
 		linger: int64(cfg.Linger),
 	}
+	t.ties.size = cfg.PacketCap
 	t.index.init()
 	t.conns.init(t, cfg.MaxOpen)
 	return t, nil
@@ -70,7 +72,10 @@ type entry struct {
 	// last packet summarised.
 	first, last, lcTs int64
 	prev, next        uint32
-	hash              uint32
+	// tie is the entry's tie group in Table.ties while stTies is set. (The
+	// key's hash is not kept: the index computes it again when it needs
+	// it, which is when an entry is removed or the index grows.)
+	tie uint32
 	// queued is lastMark(last) when the entry was put at the back of its
 	// list: an entry whose last has moved on since is re-queued when it
 	// reaches the front instead of expiring (lazy LRU, so that a packet
@@ -264,7 +269,7 @@ func (t *Table) Advance(now int64) {
 func (t *Table) Flush() {
 	for id := t.open.head; id != 0; {
 		e := t.conns.at(id)
-		t.emitConn(e, EndInput)
+		t.emitConn(id, e, EndInput)
 		id = e.next
 	}
 	// Forget everything at once: cheaper than removing entries one by one.
@@ -281,7 +286,7 @@ func (t *Table) openConn(k *Key, h uint32, r *packet.Record, clientSYN bool) {
 	}
 	id := t.conns.alloc()
 	e := t.conns.at(id)
-	*e = entry{key: *k, first: r.Timestamp, last: r.Timestamp, hash: h}
+	*e = entry{key: *k, first: r.Timestamp, last: r.Timestamp}
 	t.index.insert(id, h, &t.conns)
 	t.open.pushBack(&t.conns, id)
 	t.stats.Opened++
@@ -325,8 +330,8 @@ func (t *Table) append(id uint32, e *entry, r *packet.Record, clientSYN bool) {
 		e.state |= stFIN
 	}
 	v4 := e.key.IPVersion == 4
-	e.arrive(r.Timestamp, r, v4)
-	if int(e.n)+int(e.state&stPending/stPending) >= t.cfg.PacketCap {
+	t.arrive(id, e, r.Timestamp, r, v4)
+	if int(e.n)+t.heldCount(e) >= t.cfg.PacketCap {
 		t.finish(id, EndCap)
 	}
 }
@@ -335,7 +340,7 @@ func (t *Table) append(id uint32, e *entry, r *packet.Record, clientSYN bool) {
 // tombstone.
 func (t *Table) finish(id uint32, end End) {
 	e := t.conns.at(id)
-	t.emitConn(e, end)
+	t.emitConn(id, e, end)
 
 	// Tombstone: move to the done list.
 	e.state |= stDone
@@ -345,9 +350,9 @@ func (t *Table) finish(id uint32, end End) {
 	t.stats.Open--
 }
 
-// emitConn hands the open connection e to the callback.
-func (t *Table) emitConn(e *entry, end End) {
-	e.flushHeld(e.key.IPVersion == 4)
+// emitConn hands the open connection id (entry e) to the callback.
+func (t *Table) emitConn(id uint32, e *entry, end End) {
+	t.flushHeld(id, e, e.key.IPVersion == 4)
 	t.out = Conn{
 		Key:     e.key,
 		Summary: e.summary(),
@@ -372,7 +377,7 @@ func (t *Table) emitConn(e *entry, end End) {
 // remove forgets a tombstone.
 func (t *Table) remove(id uint32) {
 	e := t.conns.at(id)
-	t.index.delete(id, e.hash, &t.conns)
+	t.index.delete(id, t.index.seed.hash(&e.key), &t.conns)
 	t.done.remove(&t.conns, id)
 	t.conns.free(id)
 	t.stats.Held--
@@ -555,7 +560,7 @@ func (x *index) delete(id, h uint32, p *connPool) {
 		if s == 0 {
 			break
 		}
-		home := p.at(s&idMask).hash & x.mask
+		home := x.seed.hash(&p.at(s&idMask).key) & x.mask
 		// The entry at j may move to i if home is not cyclically in (i, j].
 		if (j-home)&x.mask >= (j-i)&x.mask {
 			x.slots[i] = s
@@ -577,11 +582,12 @@ func (x *index) grow(p *connPool, skip uint32) {
 		if id == skip || e.state&stFree != 0 {
 			continue
 		}
-		i := e.hash & x.mask
+		h := x.seed.hash(&e.key)
+		i := h & x.mask
 		for x.slots[i] != 0 {
 			i = (i + 1) & x.mask
 		}
-		x.slots[i] = id | slotTag(e.hash)
+		x.slots[i] = id | slotTag(h)
 	}
 }
 
