@@ -27,8 +27,8 @@ type Table struct {
 	index index
 	conns connPool
 	ties  tiePool // tie groups of entries with stTies
-	open  list // unfinished connections, least recently active first
-	done  list // tombstones, least recently active first
+	open  list    // unfinished connections, least recently active first
+	done  list    // tombstones, least recently active first
 
 	stats Stats
 	out   Conn

@@ -19,7 +19,7 @@ import (
 func config(t *testing.T, path string) service.Config {
 	return service.Config{
 		GRPCAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", Policy: "web", StorePath: path, Token: "tok",
-		IdleTimeout: 100 * time.Millisecond, Grace: 10 * time.Millisecond, Tick: 20 * time.Millisecond,
+		IdleTimeout: 100 * time.Millisecond, Hold: 100 * time.Millisecond, Grace: 10 * time.Millisecond, Tick: 20 * time.Millisecond,
 	}
 }
 
