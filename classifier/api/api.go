@@ -33,6 +33,7 @@ import (
 	"encoding/csv"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"strconv"
@@ -153,6 +154,7 @@ type errorBody struct {
 	Success  bool        `json:"success"`
 	Errors   []errorItem `json:"errors"`
 	Messages []any       `json:"messages"`
+	Result   struct{}    `json:"result"`
 }
 
 type errorItem struct {
@@ -216,6 +218,7 @@ func (h *Handler) meta(q *query) report.RadarMeta {
 		LastUpdated:    last,
 		Normalization:  "PERCENTAGE",
 		ConfidenceInfo: report.ConfidenceInfo{Annotations: []any{}},
+		Units:          report.PercentUnits(),
 	}
 }
 
@@ -349,6 +352,10 @@ func stamps(ts []int64) []string {
 // series renders a timeseries_groups answer: for each key, the share per
 // interval.
 func (h *Handler) series(w http.ResponseWriter, q *query, keys []string, value func(c *aggregate.Counts, i int) int64, bs []store.BucketCounts) {
+	if span := q.end.Sub(q.start); span/q.interval.d > maxPoints {
+		writeError(w, http.StatusBadRequest, fmt.Sprintf("aggInterval: %s over %s gives more than %d points: choose a longer interval", q.interval.param, span, maxPoints))
+		return
+	}
 	ts, cs := groups(q, bs)
 	cols := make([][]string, len(keys))
 	for k := range keys {

@@ -421,6 +421,9 @@ func TestBadParametersAre400NamingTheParameter(t *testing.T) {
 		{"/radar/tcp_resets_timeouts/summary?ipVersion=4", "ipVersion"},
 		{"/radar/tcp_resets_timeouts/summary?node=", "node"},
 		{"/radar/tcp_resets_timeouts/summary?name=a&name=b", "name"},
+		{"/radar/tcp_resets_timeouts/summary?location=US&location=DE", "location"},
+		{"/radar/tcp_resets_timeouts/summary?dateStart=2026-11-24T10:15:00Z&dateStart=2026-11-22T00:00:00Z", "dateStart"},
+		{"/radar/tcp_resets_timeouts/timeseries_groups?aggInterval=1h&aggInterval=1d", "aggInterval"},
 		{"/radar/tcp_resets_timeouts/summary?locaton=US", "locaton"},
 		{"/api/v1/tags/summary?asn=x", "asn"},
 		{"/api/v1/signatures/timeseries_groups?aggInterval=2h", "aggInterval"},
@@ -487,5 +490,63 @@ func TestProbesMetricsAndDashboard(t *testing.T) {
 	g := newFixture(t, nil)
 	if code, _, _ := g.get("/"); code != 404 {
 		t.Errorf("no dashboard: / gives %d", code)
+	}
+}
+
+// The date range: a bucket belongs to it when it starts within it, dateEnd
+// included (Radar's dateEnd is inclusive), to the nanosecond of the bounds;
+// Radar's control ranges (7dcontrol) are the span before the one named; a
+// summary takes an aggInterval it does not use without counting points.
+func TestDateRangeBounds(t *testing.T) {
+	f := newFixture(t, nil)
+	summary := func(query string) stages {
+		t.Helper()
+		var r summaryResp
+		f.json("/radar/tcp_resets_timeouts/summary?"+query, &r)
+		return r.Result.Summary0
+	}
+	// post_syn: b1 (10:00) 1 of 8, b2 (10:15) 2 of 4, both 3 of 12.
+	if got := summary("dateStart=2026-11-24T09:00:00Z&dateEnd=2026-11-24T10:00:00Z").PostSYN; got != "12.500" {
+		t.Errorf("range ending at b1's start: post_syn %s, want 12.500 (b1 included)", got)
+	}
+	if got := summary("dateStart=2026-11-24T10:00:00.5Z&dateEnd=2026-11-24T10:15:00.5Z").PostSYN; got != "50.000" {
+		t.Errorf("[10:00:00.5, 10:15:00.5]: post_syn %s, want 50.000 (b2 only)", got)
+	}
+	var ser seriesResp
+	f.json("/radar/tcp_resets_timeouts/timeseries_groups?aggInterval=15m&dateStart=2026-11-24T10:00:00.5Z&dateEnd=2026-11-24T10:15:00.5Z", &ser)
+	if ts := strings.Join(ser.Result.Serie0.Timestamps, ","); ts != "2026-11-24T10:15:00Z" {
+		t.Errorf("[10:00:00.5, 10:15:00.5] series: timestamps %s, want b2's only", ts)
+	}
+	// now is 2026-11-24T12:00Z: 2dcontrol is [11-20 12:00, 11-22 12:00], b3 only.
+	for _, dr := range []string{"2dcontrol", "2dControl"} {
+		if got := summary("dateRange=" + dr).NoMatch; got != "100.000" {
+			t.Errorf("dateRange=%s: no_match %s, want 100.000 (b3 only)", dr, got)
+		}
+	}
+	if code, _, body := f.get("/radar/tcp_resets_timeouts/summary?dateRange=52w&aggInterval=15m"); code != 200 {
+		t.Errorf("summary with an interval it does not use: %d %s", code, body)
+	}
+}
+
+// Radar's meta.units, and result {} in an error body.
+func TestRadarUnitsAndErrorResult(t *testing.T) {
+	f := newFixture(t, nil)
+	for _, p := range []string{"/radar/tcp_resets_timeouts/summary", "/radar/tcp_resets_timeouts/timeseries_groups"} {
+		var env struct {
+			Result struct {
+				Meta struct {
+					Units []struct{ Name, Value string } `json:"units"`
+				} `json:"meta"`
+			} `json:"result"`
+		}
+		f.json(p, &env)
+		if u := env.Result.Meta.Units; len(u) != 1 || u[0].Name != "*" || u[0].Value != "percentage" {
+			t.Errorf("%s: meta.units %+v, want [{* percentage}]", p, u)
+		}
+	}
+	_, _, body := f.get("/radar/tcp_resets_timeouts/summary?location=USA")
+	var e map[string]json.RawMessage
+	if err := json.Unmarshal([]byte(body), &e); err != nil || string(e["result"]) != "{}" {
+		t.Errorf("400 body %s: want result {}", body)
 	}
 }

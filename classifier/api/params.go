@@ -55,7 +55,8 @@ func (iv interval) start(sec int64) int64 {
 // MaxDateRange bounds a query's time span.
 const MaxDateRange = 366 * 24 * time.Hour
 
-// maxPoints bounds the intervals of one time series.
+// maxPoints bounds the intervals of one time series (checked by the
+// series endpoints only: a summary has no intervals).
 const maxPoints = 20000
 
 // query is a parsed request.
@@ -75,7 +76,7 @@ var known = map[string]bool{
 }
 
 var (
-	rangeRE   = regexp.MustCompile(`^([0-9]{1,4})([dw])$`)
+	rangeRE   = regexp.MustCompile(`^([0-9]{1,4})([dw])((?i:control))?$`)
 	countryRE = regexp.MustCompile(`^[A-Za-z]{2}$`)
 )
 
@@ -110,6 +111,11 @@ func parse(v url.Values, now time.Time, extra ...string) (*query, error) {
 			names = append(names, extra...)
 			slices.Sort(names)
 			return nil, bad(k, "unknown parameter; known ones are %s", strings.Join(names, ", "))
+		}
+	}
+	for k, vals := range v {
+		if len(vals) > 1 {
+			return nil, bad(k, "given %d times: give it once (several values as one comma-separated list); this API returns one series and does not compare several", len(vals))
 		}
 	}
 	q := &query{}
@@ -186,14 +192,11 @@ func parse(v url.Values, now time.Time, extra ...string) (*query, error) {
 	default:
 		return nil, bad("format", "%q is not JSON or CSV", v.Get("format"))
 	}
-	if len(v["name"]) > 1 {
-		return nil, bad("name", "give one name: this API returns one series")
-	}
 	q.name = v.Get("name")
 
 	// Time.
 	dr, ds, de := v.Get("dateRange"), v.Get("dateStart"), v.Get("dateEnd")
-	if len(v["dateRange"]) > 1 || strings.Contains(dr, ",") {
+	if strings.Contains(dr, ",") {
 		return nil, bad("dateRange", "give one range: this API returns one series")
 	}
 	if dr != "" && (ds != "" || de != "") {
@@ -240,11 +243,24 @@ func parse(v url.Values, now time.Time, extra ...string) (*query, error) {
 			if n == 0 || span > MaxDateRange {
 				return nil, bad("dateRange", "%q is out of range: from 1d to %dd", dr, int(MaxDateRange/(24*time.Hour)))
 			}
+			if m[3] != "" {
+				// Radar's control range: the span before the one named,
+				// to compare with it (7dcontrol: the week before last).
+				q.end = q.end.Add(-span)
+			}
 		}
 		q.start = q.end.Add(-span)
 	}
 	q.start, q.end = q.start.UTC(), q.end.UTC()
-	f.Start, f.End = q.start, q.end
+	// Buckets start at whole seconds. A bucket belongs to the range when it
+	// starts within it, dateEnd included (as Radar's dateEnd is): the
+	// store's filter is [Start, End), so Start is rounded up to a whole
+	// second and End is the second after the last one in the range.
+	f.Start = q.start.Truncate(time.Second)
+	if f.Start.Before(q.start) {
+		f.Start = f.Start.Add(time.Second)
+	}
+	f.End = q.end.Truncate(time.Second).Add(time.Second)
 
 	span := q.end.Sub(q.start)
 	switch ai := v.Get("aggInterval"); ai {
@@ -265,9 +281,6 @@ func parse(v url.Values, now time.Time, extra ...string) (*query, error) {
 			return nil, bad("aggInterval", "%q is not one of 15m, 1h, 1d, 1w", ai)
 		}
 		q.interval = intervals[i]
-	}
-	if span/q.interval.d > maxPoints {
-		return nil, bad("aggInterval", "%s over %s gives more than %d points: choose a longer interval", q.interval.param, span, maxPoints)
 	}
 	return q, nil
 }

@@ -14,7 +14,17 @@ type RadarMeta struct {
 	LastUpdated    string         `json:"lastUpdated"`
 	Normalization  string         `json:"normalization"`
 	ConfidenceInfo ConfidenceInfo `json:"confidenceInfo"`
+	Units          []Unit         `json:"units"`
 }
+
+// Unit is one entry of meta.units: what the values are.
+type Unit struct {
+	Name  string `json:"name"`
+	Value string `json:"value"`
+}
+
+// PercentUnits is meta.units of a response whose values are percentages.
+func PercentUnits() []Unit { return []Unit{{Name: "*", Value: "percentage"}} }
 
 // DateRange is one entry of meta.dateRange.
 type DateRange struct {
@@ -81,6 +91,7 @@ func Radar(s *Summary, now time.Time) RadarSummary {
 			LastUpdated:    now.UTC().Format(time.RFC3339),
 			Normalization:  "PERCENTAGE",
 			ConfidenceInfo: ConfidenceInfo{Annotations: []any{}},
+			Units:          PercentUnits(),
 		},
 		Summary0: Shares(s),
 		Connections: Counts{
