@@ -17,6 +17,7 @@ import (
 
 	"github.com/connscope/connscope/classifier/aggregate"
 	"github.com/connscope/connscope/classifier/api"
+	"github.com/connscope/connscope/classifier/chstore"
 	"github.com/connscope/connscope/classifier/classify"
 	"github.com/connscope/connscope/classifier/ingest"
 	"github.com/connscope/connscope/classifier/store"
@@ -548,5 +549,29 @@ func TestRadarUnitsAndErrorResult(t *testing.T) {
 	var e map[string]json.RawMessage
 	if err := json.Unmarshal([]byte(body), &e); err != nil || string(e["result"]) != "{}" {
 		t.Errorf("400 body %s: want result {}", body)
+	}
+}
+
+// A classifier over ClickHouse serves its replica's counters and the
+// process's on /metrics (it has no ingest of its own).
+func TestWindowMetrics(t *testing.T) {
+	stats := chstore.Stats{Windows: 2, Parts: 16, Packets: 5000, Duplicates: 3, Connections: 700, Carried: 4, Busy: 1500 * time.Millisecond}
+	srv := httptest.NewServer(api.New(api.Config{Store: known(t), Registry: api.NewWindowMetrics(func() chstore.Stats { return stats })}))
+	defer srv.Close()
+	res, err := http.Get(srv.URL + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(res.Body)
+	res.Body.Close()
+	for _, want := range []string{
+		"connscope_windows_classified_total 2", "connscope_window_parts_total 16", "connscope_window_packets_total 5000",
+		"connscope_window_duplicate_packets_total 3", "connscope_window_connections_total 700",
+		"connscope_window_carried_connections_total 4", "connscope_window_busy_seconds_total 1.5",
+		"process_cpu_seconds_total", "go_goroutines",
+	} {
+		if !strings.Contains(string(b), want) {
+			t.Errorf("/metrics lacks %q", want)
+		}
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
+	"github.com/connscope/connscope/classifier/chstore"
 	"github.com/connscope/connscope/classifier/classify"
 	"github.com/connscope/connscope/classifier/ingest"
 )
@@ -83,3 +84,24 @@ func (m *Metrics) Classified(node, policy string, r classify.Result) {
 }
 
 var _ ingest.Observer = (*Metrics)(nil)
+
+// NewWindowMetrics returns the registry of a classifier over ClickHouse:
+// the Go and process collectors and what its replica did (stats, read at
+// each scrape). The agents insert into ClickHouse directly there, so there
+// are no ingest counters, and connections are counted per committed part.
+func NewWindowMetrics(stats func() chstore.Stats) *prometheus.Registry {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	counter := func(name, help string, f func(chstore.Stats) float64) {
+		reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help},
+			func() float64 { return f(stats()) }))
+	}
+	counter("connscope_windows_classified_total", "Windows this replica saw completely committed.", func(s chstore.Stats) float64 { return float64(s.Windows) })
+	counter("connscope_window_parts_total", "Window parts this replica classified and committed.", func(s chstore.Stats) float64 { return float64(s.Parts) })
+	counter("connscope_window_packets_total", "Packet rows read from ClickHouse in committed parts (carried rows aside).", func(s chstore.Stats) float64 { return float64(s.Packets) })
+	counter("connscope_window_duplicate_packets_total", "Packet rows inserted twice (a retried insert) and read once.", func(s chstore.Stats) float64 { return float64(s.Duplicates) })
+	counter("connscope_window_connections_total", "Connections judged in committed parts.", func(s chstore.Stats) float64 { return float64(s.Connections) })
+	counter("connscope_window_carried_connections_total", "Connections carried into the next window (last packet within the guard).", func(s chstore.Stats) float64 { return float64(s.Carried) })
+	counter("connscope_window_busy_seconds_total", "Time spent classifying parts: reading, judging, writing.", func(s chstore.Stats) float64 { return s.Busy.Seconds() })
+	return reg
+}

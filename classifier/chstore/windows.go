@@ -13,6 +13,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/connscope/connscope/classifier/aggregate"
@@ -184,8 +185,10 @@ type Classifier struct {
 	cfg ClassifierConfig
 	agg aggregate.Aggregator
 
-	// Stats of the parts this replica classified.
-	stats Stats
+	// Stats of the parts this replica classified; Stats may be called
+	// from any goroutine (a metrics scrape).
+	statsMu sync.Mutex
+	stats   Stats
 
 	// beforeCommit, when set (tests), runs between a part's writes and
 	// its commit; an error aborts the part there.
@@ -208,7 +211,11 @@ func NewClassifier(s *Store, cfg ClassifierConfig) (*Classifier, error) {
 }
 
 // Stats returns the replica's counters.
-func (k *Classifier) Stats() Stats { return k.stats }
+func (k *Classifier) Stats() Stats {
+	k.statsMu.Lock()
+	defer k.statsMu.Unlock()
+	return k.stats
+}
 
 // Run classifies closed windows until ctx ends. ClickHouse errors are
 // logged and retried after Poll; the replica then resumes from the last
@@ -256,7 +263,9 @@ func (k *Classifier) RunOnce(ctx context.Context) (int, error) {
 		if !complete {
 			return done, nil
 		}
+		k.statsMu.Lock()
 		k.stats.Windows++
+		k.statsMu.Unlock()
 	}
 	return done, ctx.Err()
 }
@@ -662,12 +671,14 @@ func (k *Classifier) part(ctx context.Context, w int64, p, parts int, run string
 	if err := k.s.c.Insert(ctx, "INSERT INTO commits (day, win, part, parts, run, replica, committed_at, packets, duplicates, connections, carried_connections, carried_rows) FORMAT RowBinary", cb); err != nil {
 		return fmt.Errorf("commit: %w", err)
 	}
+	k.statsMu.Lock()
 	k.stats.Parts++
 	k.stats.Packets += int64(len(rows) - carriedIn)
 	k.stats.Duplicates += int64(dups)
 	k.stats.Connections += int64(nConns)
 	k.stats.Carried += int64(nCarried)
 	k.stats.Busy += time.Since(start)
+	k.statsMu.Unlock()
 	k.cfg.Logger.Debug("ClickHouse classifier: part committed", "window", time.Unix(0, w).UTC(), "part", p, "parts", parts,
 		"packets", len(rows)-carriedIn, "connections", nConns, "carried", nCarried)
 	return nil

@@ -101,7 +101,7 @@ func runClickHouseClassifier(ctx context.Context, cmd *cobra.Command, storeURL s
 		return err
 	}
 	srv := &http.Server{
-		Handler:           api.New(api.Config{Store: st, Dashboard: dashboard, Logger: logger}),
+		Handler:           api.New(api.Config{Store: st, Registry: api.NewWindowMetrics(k.Stats), Dashboard: dashboard, Logger: logger}),
 		ReadHeaderTimeout: 10 * time.Second,
 	}
 	lis, err := net.Listen("tcp", httpAddr)
