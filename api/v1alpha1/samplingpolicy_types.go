@@ -74,9 +74,11 @@ type SamplingPolicySpec struct {
 	// +kubebuilder:validation:XValidation:rule="self >= 1 && self <= 64",message="packetCap must be between 1 and 64 packets per connection (the method logs 10)"
 	PacketCap int32 `json:"packetCap,omitempty"`
 
-	// idleTimeout is how long a sampled connection may stay silent before
-	// the classifier judges it timed out, e.g. "3s" (the default, the
-	// method's "no packets for more than three seconds"); 1s to 10m.
+	// idleTimeout is how long a sampled connection must stay silent to be
+	// judged timed out, e.g. "3s" (the default, the method's "no packets
+	// for more than three seconds"); 1s to 10m. The classifier judges a
+	// connection once it has been silent for 10s (or idleTimeout if
+	// longer), so that a late RST still makes it a reset.
 	// +optional
 	// +kubebuilder:default="3s"
 	// +kubebuilder:validation:Type=string
