@@ -309,3 +309,42 @@ func TestExpiryGoesOnPastALongLivedConnection(t *testing.T) {
 		t.Errorf("%d connections held after two hours, want at most 8: finished connections are no longer forgotten", held)
 	}
 }
+
+// Packets sharing a timestamp are held together up to the cap, taken in
+// sequence order, and their block is reused by the next connection.
+func TestTieGroupsStayWithinTheCapAndAreReused(t *testing.T) {
+	var got []Summary
+	tab, err := New(Config{PacketCap: 3}, func(c *Conn) { got = append(got, c.Summary) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tab.Close()
+	ts := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC).UnixNano()
+	for port := uint16(1); port <= 2; port++ {
+		// Arrival order: PSH+ACK, ACK, SYN, RST, ACK; all at one timestamp.
+		for i, p := range []struct {
+			f   packet.Flags
+			seq uint32
+		}{{packet.PSH | packet.ACK, 101}, {packet.ACK, 101}, {packet.SYN, 100}, {packet.RST, 101}, {packet.ACK, 201}} {
+			r := &packet.Record{Timestamp: ts, IPVersion: 4, SrcPort: port, DstPort: 443, Flags: p.f, Seq: p.seq, TTL: 64, IPID: uint16(i + 1)}
+			r.SrcIP = [16]byte{10: 0xff, 11: 0xff, 12: 198, 13: 51, 14: 100, 15: 7}
+			r.DstIP = [16]byte{10: 0xff, 11: 0xff, 12: 203, 13: 0, 14: 113, 15: 10}
+			if err := tab.Add(r); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	tab.Flush()
+	if len(got) != 2 {
+		t.Fatalf("%d connections, want 2", len(got))
+	}
+	for i, s := range got {
+		// The first three that arrived, in sequence order: SYN, PSH+ACK, ACK.
+		if s.Packets != 3 || !s.FirstIsSYN || s.Data != 1 || s.RSTs != 0 || s.Pre != 3 {
+			t.Errorf("connection %d: %+v, want SYN, PSH+ACK, ACK", i+1, s)
+		}
+	}
+	if n := len(tab.ties.n); n != 2 {
+		t.Errorf("%d tie blocks allocated (block 0 included), want 2: the second connection reuses the first's", n)
+	}
+}

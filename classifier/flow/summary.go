@@ -99,19 +99,19 @@ func (e *entry) bump(field uint, max int) {
 	}
 }
 
-// arrive takes a counted packet into connection id: it holds back the
+// arrive takes a counted packet into entry e: it holds back the
 // packets with the latest timestamp (one in the entry; several, when they
 // share it, in t.ties) and summarises the others in order, so that packets
 // with equal (coarse) timestamps are taken in sequence-number order
 // whatever order they arrived in. The caller has checked the cap.
-func (t *Table) arrive(id uint32, e *entry, ts int64, r *packet.Record, v4 bool) {
+func (t *Table) arrive(e *entry, ts int64, r *packet.Record, v4 bool) {
 	p := heldPacket{seq: r.Seq, ipid: r.IPID, ttl: r.TTL, flags: r.Flags}
 	switch {
 	case e.state&stPending == 0:
 		e.hold(ts, p)
 	case ts > e.last:
 		// After the held packets: they are next in order.
-		t.flushHeld(id, e, v4)
+		t.flushHeld(e, v4)
 		e.hold(ts, p)
 	case ts == e.last:
 		// The held packets' timestamp: held with them, and ordered by
@@ -143,7 +143,7 @@ func (t *Table) heldCount(e *entry) int {
 // flushHeld summarises the held packets, if any: the one in the entry, or
 // the tie group in sequence-number order (a stable sort: equal numbers keep
 // their arrival order).
-func (t *Table) flushHeld(id uint32, e *entry, v4 bool) {
+func (t *Table) flushHeld(e *entry, v4 bool) {
 	if e.state&stPending == 0 {
 		return
 	}

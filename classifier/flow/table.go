@@ -269,7 +269,7 @@ func (t *Table) Advance(now int64) {
 func (t *Table) Flush() {
 	for id := t.open.head; id != 0; {
 		e := t.conns.at(id)
-		t.emitConn(id, e, EndInput)
+		t.emitConn(e, EndInput)
 		id = e.next
 	}
 	// Forget everything at once: cheaper than removing entries one by one.
@@ -330,7 +330,7 @@ func (t *Table) append(id uint32, e *entry, r *packet.Record, clientSYN bool) {
 		e.state |= stFIN
 	}
 	v4 := e.key.IPVersion == 4
-	t.arrive(id, e, r.Timestamp, r, v4)
+	t.arrive(e, r.Timestamp, r, v4)
 	if int(e.n)+t.heldCount(e) >= t.cfg.PacketCap {
 		t.finish(id, EndCap)
 	}
@@ -340,7 +340,7 @@ func (t *Table) append(id uint32, e *entry, r *packet.Record, clientSYN bool) {
 // tombstone.
 func (t *Table) finish(id uint32, end End) {
 	e := t.conns.at(id)
-	t.emitConn(id, e, end)
+	t.emitConn(e, end)
 
 	// Tombstone: move to the done list.
 	e.state |= stDone
@@ -350,9 +350,9 @@ func (t *Table) finish(id uint32, end End) {
 	t.stats.Open--
 }
 
-// emitConn hands the open connection id (entry e) to the callback.
-func (t *Table) emitConn(id uint32, e *entry, end End) {
-	t.flushHeld(id, e, e.key.IPVersion == 4)
+// emitConn hands the open connection e to the callback.
+func (t *Table) emitConn(e *entry, end End) {
+	t.flushHeld(e, e.key.IPVersion == 4)
 	t.out = Conn{
 		Key:     e.key,
 		Summary: e.summary(),
