@@ -41,16 +41,7 @@ func (r *Reader) network(linkType uint32, data []byte, ts *int64) ([]byte, int) 
 		if len(data) < 14 {
 			return nil, linkBad
 		}
-		et := binary.BigEndian.Uint16(data[12:14])
-		off := 14
-		for et == etherVLAN || et == etherQinQ || et == etherQinQv1 {
-			if len(data) < off+4 {
-				return nil, linkBad
-			}
-			et = binary.BigEndian.Uint16(data[off+2 : off+4])
-			off += 4
-		}
-		return byEtherType(et, data[off:])
+		return untagged(binary.BigEndian.Uint16(data[12:14]), data[14:])
 	case LinkTypeRaw, LinkTypeRaw12, LinkTypeRaw14:
 		if len(data) == 0 {
 			return nil, linkBad
@@ -64,16 +55,31 @@ func (r *Reader) network(linkType uint32, data []byte, ts *int64) ([]byte, int) 
 		if len(data) < 16 {
 			return nil, linkBad
 		}
-		return byEtherType(binary.BigEndian.Uint16(data[14:16]), data[16:])
+		// libpcap puts a VLAN tag the kernel took off back after the
+		// SLL header, as in an Ethernet frame.
+		return untagged(binary.BigEndian.Uint16(data[14:16]), data[16:])
 	case LinkTypeSLL2:
 		if len(data) < 20 {
 			return nil, linkBad
 		}
-		return byEtherType(binary.BigEndian.Uint16(data[0:2]), data[20:])
+		return untagged(binary.BigEndian.Uint16(data[0:2]), data[20:])
 	case LinkTypeNFLOG:
 		return r.nflog(data, ts)
 	}
 	return nil, linkUnsupported
+}
+
+// untagged skips the VLAN tags (802.1Q, 802.1ad, pre-standard QinQ) that
+// may follow an EtherType et, then finds the IP packet after them.
+func untagged(et uint16, data []byte) ([]byte, int) {
+	for et == etherVLAN || et == etherQinQ || et == etherQinQv1 {
+		if len(data) < 4 {
+			return nil, linkBad
+		}
+		et = binary.BigEndian.Uint16(data[2:4])
+		data = data[4:]
+	}
+	return byEtherType(et, data)
 }
 
 func byEtherType(et uint16, ip []byte) ([]byte, int) {

@@ -461,3 +461,36 @@ func TestNextDoesNotAllocate(t *testing.T) {
 		t.Errorf("%v allocations per Next, want 0", n)
 	}
 }
+
+// libpcap puts a VLAN tag the kernel stripped back after a Linux cooked
+// header, as `tcpdump -i any` (LINUX_SLL) writes for a tagged interface:
+// the IP packet is found after the tags, as in an Ethernet frame.
+func TestVLANTagsAfterCookedHeaders(t *testing.T) {
+	r := rec4(packet.SYN, 0, linuxSYN...)
+	tag := func(tpids []uint16, ip []byte) []byte { // tags, then the EtherType 0x0800
+		var b []byte
+		for _, tp := range tpids[1:] {
+			b = binary.BigEndian.AppendUint16(b, 100)
+			b = binary.BigEndian.AppendUint16(b, tp)
+		}
+		b = binary.BigEndian.AppendUint16(b, 100)
+		b = binary.BigEndian.AppendUint16(b, 0x0800)
+		return append(b, ip...)
+	}
+	for _, tc := range []struct {
+		name     string
+		linkType uint32
+		frame    []byte
+	}{
+		{"SLL, 802.1Q", LinkTypeLinuxSLL, sll(0x8100, tag([]uint16{0x8100}, ip(r)))},
+		{"SLL, QinQ", LinkTypeLinuxSLL, sll(0x88a8, tag([]uint16{0x88a8, 0x8100}, ip(r)))},
+		{"SLL2, 802.1Q", LinkTypeSLL2, sll2(0x8100, tag([]uint16{0x8100}, ip(r)))},
+	} {
+		recs, st, err := readAll(t, pcapFile(binary.LittleEndian, false, tc.linkType, frame{ts: 1e9, data: tc.frame}))
+		w := r
+		w.Timestamp = 1e9
+		if err != io.EOF || len(recs) != 1 || recs[0] != w {
+			t.Errorf("%s: %d records (stats %+v, err %v), want the SYN", tc.name, len(recs), st, err)
+		}
+	}
+}
