@@ -6,7 +6,10 @@
 // A corrupt or truncated file stops the reading of that file only: the
 // packets read before the bad byte still count, the other files are read to
 // their end, every open connection is judged at the end, and the errors are
-// returned for the caller to report.
+// returned for the caller to report. Frames of a link type the reader
+// cannot strip (one interface of a pcapng file, say) are skipped and
+// counted, the rest of the file is read, and the first of them is reported
+// as an error with the count.
 package offline
 
 import (
@@ -24,12 +27,14 @@ import (
 
 // Stats sums what was read and assembled.
 type Stats struct {
-	Files              int        `json:"files"`
-	Frames             int64      `json:"frames"`
-	Bytes              int64      `json:"bytes"`
-	SkippedNonTCP      int64      `json:"skipped_non_tcp"`
-	SkippedUndecodable int64      `json:"skipped_undecodable"`
-	Flow               flow.Stats `json:"flow"`
+	Files              int   `json:"files"`
+	Frames             int64 `json:"frames"`
+	Bytes              int64 `json:"bytes"`
+	SkippedNonTCP      int64 `json:"skipped_non_tcp"`
+	SkippedUndecodable int64 `json:"skipped_undecodable"`
+	// SkippedLinkType counts frames of link types the reader cannot strip.
+	SkippedLinkType int64      `json:"skipped_unsupported_link_type"`
+	Flow            flow.Stats `json:"flow"`
 }
 
 // Run classifies the packets of files. emit receives every finished
@@ -118,6 +123,10 @@ func Run(files []string, cfg flow.Config, emit func(*flow.Conn, classify.Result)
 		st.Bytes += rs.Bytes
 		st.SkippedNonTCP += rs.SkippedNonTCP
 		st.SkippedUndecodable += rs.SkippedUndecodable
+		st.SkippedLinkType += s.linkSkipped
+		if s.linkErr != nil {
+			errs = append(errs, fmt.Errorf("%w; %d frames of unsupported link types skipped, the file's other frames read", s.linkErr, s.linkSkipped))
+		}
 		if s.err != nil {
 			errs = append(errs, s.err)
 		}
@@ -132,6 +141,10 @@ type source struct {
 	r   *capture.Reader
 	rec packet.Record
 	err error
+	// linkErr is the first frame of a link type the reader cannot strip,
+	// linkSkipped the number of such frames.
+	linkErr     *capture.LinkTypeError
+	linkSkipped int64
 }
 
 func open(name string) (*source, error) {
@@ -151,18 +164,26 @@ func open(name string) (*source, error) {
 // (kept in s.err).
 func (s *source) advance() bool { return s.advanceInto(&s.rec) }
 
-// advanceInto reads the next packet into rec.
+// advanceInto reads the next packet into rec, skipping frames of link
+// types the reader cannot strip.
 func (s *source) advanceInto(rec *packet.Record) bool {
-	err := s.r.Next(rec)
-	switch {
-	case err == nil:
-		return true
-	case errors.Is(err, io.EOF):
-		return false
-	default:
-		var fe *capture.FormatError
+	for {
+		err := s.r.Next(rec)
 		var le *capture.LinkTypeError
-		if !errors.As(err, &fe) && !errors.As(err, &le) {
+		switch {
+		case err == nil:
+			return true
+		case errors.Is(err, io.EOF):
+			return false
+		case errors.As(err, &le):
+			if s.linkErr == nil {
+				s.linkErr = le
+			}
+			s.linkSkipped++
+			continue
+		}
+		var fe *capture.FormatError
+		if !errors.As(err, &fe) {
 			err = fmt.Errorf("%s: %w", s.f.Name(), err)
 		}
 		s.err = err

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"encoding/binary"
 	"encoding/json"
 	"net/netip"
 	"os"
@@ -257,5 +258,60 @@ func TestTableListsAnomalousConnections(t *testing.T) {
 		if !strings.Contains(out, want) {
 			t.Errorf("table lacks %q:\n%s", want, out)
 		}
+	}
+}
+
+// A pcapng file whose second interface has a link type connscope cannot
+// strip (BSD loopback, 0): its frames are skipped and counted, the frames
+// of the other interface before and after them are classified, and the
+// error names the file, the offset and the link type.
+func TestUnsupportedInterfaceIsSkippedNotTheFile(t *testing.T) {
+	var buf bytes.Buffer
+	w, err := capture.NewPcapngWriter(&buf, 101, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	write := func(port uint16, flags packet.Flags, at int64) {
+		r := packet.Record{SrcPort: port, DstPort: 443, TTL: 64, Flags: flags, Seq: 1000, Timestamp: base + at}
+		r.SetSrc(netip.MustParseAddr("192.0.2.1"))
+		r.SetDst(netip.MustParseAddr("198.51.100.2"))
+		b := capture.BuildPacket(&r)
+		if err := w.WritePacket(r.Timestamp, b, len(b)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	le := binary.LittleEndian
+	write(40001, packet.SYN, 0)
+	// Interface 1: link type 0, then one Enhanced Packet Block on it.
+	idb := make([]byte, 20)
+	le.PutUint32(idb[0:4], 1)
+	le.PutUint32(idb[4:8], 20)
+	le.PutUint32(idb[12:16], 65535)
+	le.PutUint32(idb[16:20], 20)
+	buf.Write(idb)
+	epb := make([]byte, 32+8)
+	le.PutUint32(epb[0:4], 6)
+	le.PutUint32(epb[4:8], uint32(len(epb)))
+	le.PutUint32(epb[8:12], 1)
+	le.PutUint32(epb[20:24], 8)
+	le.PutUint32(epb[24:28], 8)
+	le.PutUint32(epb[len(epb)-4:], uint32(len(epb)))
+	buf.Write(epb)
+	write(40001, packet.RST, int64(time.Millisecond))
+	write(40002, packet.SYN, int64(2*time.Millisecond))
+	path := filepath.Join(t.TempDir(), "mixed.pcapng")
+	if err := os.WriteFile(path, buf.Bytes(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, stderr, err := runCLI(t, "classify", "--format", "json", "--stats", path)
+	if err == nil || !strings.Contains(err.Error(), path) || !strings.Contains(err.Error(), "link type 0 is not supported") ||
+		!strings.Contains(err.Error(), "1 frames of unsupported link types skipped") {
+		t.Errorf("error %v: want the file, the link type and the count", err)
+	}
+	if !strings.Contains(out, `"src_port":40001`) || !strings.Contains(out, `"src_port":40002`) || !strings.Contains(out, `"stage":"post_syn"`) {
+		t.Errorf("the other interface's connections were not all classified:\n%s", out)
+	}
+	if !strings.Contains(stderr, `"skipped_unsupported_link_type":1`) {
+		t.Errorf("--stats does not count the skipped frame: %s", stderr)
 	}
 }
