@@ -34,7 +34,6 @@ var (
 	errIPv6Total    = &decodeError{kind: ErrMalformed, msg: "IPv6 header: payload length smaller than the extension and TCP headers"}
 	errTCPShort     = &decodeError{kind: ErrTruncated, msg: "TCP header: fewer than 20 bytes captured"}
 	errTCPOffset    = &decodeError{kind: ErrMalformed, msg: "TCP header: data offset below 5 (20 bytes)"}
-	errTCPOptions   = &decodeError{kind: ErrTruncated, msg: "TCP header: options cut short by the capture length"}
 	errDecodeRecord = &decodeError{kind: ErrMalformed, msg: "nil record"}
 )
 
@@ -233,7 +232,12 @@ func jumboLength(opts []byte) (int, bool) {
 }
 
 // decodeTCP fills the TCP fields of rec from tcp and returns the TCP header
-// length in bytes.
+// length in bytes. Options cut short by the capture length (a short
+// snapshot length: tcpdump's old 68 bytes cut a SYN's options) do not make
+// the packet undecodable, as every field but the option list is in the
+// fixed 20 bytes: the kinds seen are kept, and NumOptions counts one more
+// for the unseen rest (its slot in Options holds 0), so that a cut list is
+// never taken for a whole one (nmap's lone MSS).
 func decodeTCP(tcp []byte, rec *Record) (int, error) {
 	if len(tcp) < 20 {
 		return 0, errTCPShort
@@ -242,16 +246,14 @@ func decodeTCP(tcp []byte, rec *Record) (int, error) {
 	if thl < 20 {
 		return 0, errTCPOffset
 	}
-	if len(tcp) < thl {
-		return 0, errTCPOptions
-	}
+	cut := len(tcp) < thl
 	rec.SrcPort = binary.BigEndian.Uint16(tcp[0:2])
 	rec.DstPort = binary.BigEndian.Uint16(tcp[2:4])
 	rec.Seq = binary.BigEndian.Uint32(tcp[4:8])
 	rec.Ack = binary.BigEndian.Uint32(tcp[8:12])
 	rec.Flags = Flags(tcp[13])
 	rec.Window = binary.BigEndian.Uint16(tcp[14:16])
-	opts := tcp[20:thl]
+	opts := tcp[20:min(thl, len(tcp))]
 	n := 0
 	for i := 0; i < len(opts); {
 		kind := opts[i]
@@ -275,7 +277,10 @@ func decodeTCP(tcp []byte, rec *Record) (int, error) {
 		}
 		i += l
 	}
-	rec.NumOptions = uint8(n) // at most 40 kinds fit in 40 bytes
+	if cut {
+		n++
+	}
+	rec.NumOptions = uint8(n) // at most 40 kinds fit in 40 bytes, and cut ones in fewer
 	return thl, nil
 }
 

@@ -289,7 +289,6 @@ func TestDecodeBadHeaders(t *testing.T) {
 		{"IPv4 options cut by the capture", set(good4[:30], 0, 0x48), ErrTruncated},
 		{"IPv4 total length below the headers", v4{proto: 6, l4: tcpSeg(SYN), total: 30}.bytes(), ErrMalformed},
 		{"TCP header cut at 19 bytes", good4[:20+19], ErrTruncated},
-		{"TCP options cut by the capture", good4[:20+30], ErrTruncated},
 		{"TCP data offset 4", set(good4, 20+12, 0x40), ErrMalformed},
 		{"IPv6 shorter than 40 bytes", good6[:39], ErrTruncated},
 		{"IPv6 extension header cut", good6[:40+12], ErrTruncated},
@@ -328,6 +327,28 @@ func TestDecodeTCPOptionWalk(t *testing.T) {
 		{"length past the header stops the walk", []byte{1, 1, 8, 12, 0, 0, 0, 0, 0, 0, 0, 0}, []uint8{1, 1, 8}, 3},
 		{"kind without a length byte at the end", []byte{1, 1, 1, 2}, []uint8{1, 1, 1, 2}, 4},
 		{"40 NOPs: 12 kept, 40 counted", many, []uint8{1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1}, 40},
+	}
+	// A capture cut inside the options: the fixed header is decoded, the
+	// kinds seen kept, and one more counted for the unseen rest (its slot
+	// holds 0).
+	for _, tc := range []struct {
+		name string
+		keep int // option bytes captured
+		kept []uint8
+	}{
+		{"cut after the MSS", 4, []uint8{2, 0}},
+		{"cut inside the timestamps", 10, []uint8{2, 4, 8, 0}},
+		{"cut before any option", 0, []uint8{0}},
+	} {
+		pkt := v4{proto: 6, l4: tcpSeg(SYN, synOpts...)}.bytes()
+		var rec Record
+		if err := Decode(pkt[:20+20+tc.keep], 0, &rec); err != nil {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		if got := rec.OptionKinds(); string(got) != string(tc.kept) || int(rec.NumOptions) != len(tc.kept) ||
+			rec.Flags != SYN || rec.SrcPort != 40000 || rec.Seq != 1000 || rec.Window != 64240 {
+			t.Errorf("%s: %+v, want kinds %v", tc.name, rec, tc.kept)
+		}
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -93,7 +93,8 @@ type Record struct {
 	PayloadLen uint16
 
 	// Options holds the first MaxOptions TCP option kinds, in header order
-	// (NOP and EOL included); NumOptions counts all of them.
+	// (NOP and EOL included); NumOptions counts all of them, and one more
+	// when the capture cut the options short.
 	Options    [MaxOptions]uint8
 	NumOptions uint8
 }
