@@ -141,4 +141,6 @@ if [ -d "$dir" ]; then
 	fi
 	rm -rf "$dir" || log "could not remove $dir"
 fi
+# The default parent folder goes too once no cluster is left in it.
+[ -z "${CLUSTER_DIR:-}" ] && rmdir /var/tmp/connscope-cluster 2>/dev/null
 log "cluster $name removed"
