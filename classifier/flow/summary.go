@@ -60,7 +60,6 @@ type Summary struct {
 const (
 	stDone uint32 = 1 << iota
 	stHasSYN
-	stRST // an RST arrived (counted)
 	stFIN // a FIN arrived (counted)
 	stPlainRST
 	stRSTAckDiff
@@ -78,7 +77,6 @@ const (
 	stIPIDJump
 	stReordered
 	stNonACK
-	stTies // the held packets are in Table.ties: they share one timestamp
 	stFree // on the pool's free list (not in the index)
 )
 
@@ -116,10 +114,9 @@ func (t *Table) arrive(e *entry, ts int64, r *packet.Record, v4 bool) {
 	case ts == e.last:
 		// The held packets' timestamp: held with them, and ordered by
 		// sequence number when they are summarised.
-		if e.state&stTies == 0 {
+		if e.tie == 0 {
 			e.tie = t.ties.alloc()
 			t.ties.add(e.tie, e.held())
-			e.state |= stTies
 		}
 		t.ties.add(e.tie, p)
 	default:
@@ -134,7 +131,7 @@ func (t *Table) arrive(e *entry, ts int64, r *packet.Record, v4 bool) {
 
 // heldCount reports how many packets the entry holds back.
 func (t *Table) heldCount(e *entry) int {
-	if e.state&stTies != 0 {
+	if e.tie != 0 {
 		return int(t.ties.n[e.tie])
 	}
 	return int(e.state & stPending / stPending)
@@ -148,7 +145,7 @@ func (t *Table) flushHeld(e *entry, v4 bool) {
 		return
 	}
 	e.state &^= stPending
-	if e.state&stTies == 0 {
+	if e.tie == 0 {
 		e.summarise(e.last, e.held(), v4)
 		return
 	}
@@ -162,13 +159,14 @@ func (t *Table) flushHeld(e *entry, v4 bool) {
 		e.summarise(e.last, p, v4)
 	}
 	t.ties.free(e.tie)
-	e.state &^= stTies
+	e.tie = 0
 }
 
 // tiePool holds tie groups: the packets of a connection that share its
 // latest timestamp, up to the packet cap of them, in blocks of size
 // packets reused through a free list (nothing is allocated per packet once
-// the busiest moment has passed). Block 0 is unused.
+// the busiest moment has passed). Block 0 is unused: an entry's tie is 0
+// when it has no group.
 type tiePool struct {
 	size  int
 	pk    []heldPacket // block b is pk[b*size : (b+1)*size]
@@ -176,15 +174,17 @@ type tiePool struct {
 	freeL []uint32
 }
 
+func (p *tiePool) init(size int) {
+	p.size = size
+	p.n = []uint8{0}
+	p.pk = make([]heldPacket, size)
+}
+
 func (p *tiePool) alloc() uint32 {
 	if k := len(p.freeL); k > 0 {
 		b := p.freeL[k-1]
 		p.freeL = p.freeL[:k-1]
 		return b
-	}
-	if len(p.n) == 0 {
-		p.n = append(p.n, 0)
-		p.pk = append(p.pk, make([]heldPacket, p.size)...)
 	}
 	p.n = append(p.n, 0)
 	p.pk = append(p.pk, make([]heldPacket, p.size)...)

@@ -26,7 +26,7 @@ type Table struct {
 
 	index index
 	conns connPool
-	ties  tiePool // tie groups of entries with stTies
+	ties  tiePool // tie groups of entries with a tie
 	open  list    // unfinished connections, least recently active first
 	done  list    // tombstones, least recently active first
 
@@ -46,7 +46,7 @@ func New(cfg Config, emit Callback) (*Table, error) {
 		hold:   int64(cfg.Hold),
 		linger: int64(cfg.Linger),
 	}
-	t.ties.size = cfg.PacketCap
+	t.ties.init(cfg.PacketCap)
 	t.index.init()
 	t.conns.init(t, cfg.MaxOpen)
 	return t, nil
@@ -72,7 +72,8 @@ type entry struct {
 	// last packet summarised.
 	first, last, lcTs int64
 	prev, next        uint32
-	// tie is the entry's tie group in Table.ties while stTies is set. (The
+	// tie is the entry's tie group in Table.ties, 0 when its held packets
+	// do not share a timestamp (one is held in the entry). (The
 	// key's hash is not kept: the index computes it again when it needs
 	// it, which is when an entry is removed or the index grows.)
 	tie uint32
@@ -312,7 +313,6 @@ func (t *Table) append(id uint32, e *entry, r *packet.Record, clientSYN bool) {
 		}
 	}
 	if r.Flags&packet.RST != 0 {
-		e.state |= stRST
 		if r.Flags&packet.ACK == 0 {
 			switch {
 			case e.state&stPlainRST == 0:
