@@ -33,7 +33,6 @@ import (
 	"encoding/csv"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"log/slog"
 	"net/http"
 	"strconv"
@@ -222,8 +221,16 @@ func (h *Handler) meta(q *query) report.RadarMeta {
 	}
 }
 
-func (h *Handler) load(w http.ResponseWriter, r *http.Request, extra ...string) (*query, []store.BucketCounts, bool) {
-	q, err := parse(r.URL.Query(), h.cfg.Now(), extra...)
+// load parses a request's parameters and reads the buckets they select.
+// A time series (series) is refused before the read when it would have
+// more than maxPoints intervals; a summary has none.
+func (h *Handler) load(w http.ResponseWriter, r *http.Request, series bool) (*query, []store.BucketCounts, bool) {
+	q, err := parse(r.URL.Query(), h.cfg.Now())
+	if err == nil && series {
+		if span := q.end.Sub(q.start); span/q.interval.d > maxPoints {
+			err = bad("aggInterval", "%s over %s gives more than %d points: choose a longer interval", q.interval.param, span, maxPoints)
+		}
+	}
 	if err != nil {
 		h.fail(w, r, err)
 		return nil, nil, false
@@ -273,7 +280,7 @@ func key(q *query, def string) string {
 // stageSummary is Radar's summary: report.Radar's response with the
 // query's date range.
 func (h *Handler) stageSummary(w http.ResponseWriter, r *http.Request) {
-	q, bs, good := h.load(w, r)
+	q, bs, good := h.load(w, r, false)
 	if !good {
 		return
 	}
@@ -352,10 +359,6 @@ func stamps(ts []int64) []string {
 // series renders a timeseries_groups answer: for each key, the share per
 // interval.
 func (h *Handler) series(w http.ResponseWriter, q *query, keys []string, value func(c *aggregate.Counts, i int) int64, bs []store.BucketCounts) {
-	if span := q.end.Sub(q.start); span/q.interval.d > maxPoints {
-		writeError(w, http.StatusBadRequest, fmt.Sprintf("aggInterval: %s over %s gives more than %d points: choose a longer interval", q.interval.param, span, maxPoints))
-		return
-	}
 	ts, cs := groups(q, bs)
 	cols := make([][]string, len(keys))
 	for k := range keys {
@@ -388,7 +391,7 @@ func (h *Handler) series(w http.ResponseWriter, q *query, keys []string, value f
 }
 
 func (h *Handler) stageSeries(w http.ResponseWriter, r *http.Request) {
-	q, bs, good := h.load(w, r)
+	q, bs, good := h.load(w, r, true)
 	if !good {
 		return
 	}
@@ -437,7 +440,7 @@ type BreakdownResult struct {
 
 func (h *Handler) breakdownSummary(ks keySet) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		q, bs, good := h.load(w, r)
+		q, bs, good := h.load(w, r, false)
 		if !good {
 			return
 		}
@@ -469,7 +472,7 @@ func (h *Handler) breakdownSummary(ks keySet) http.HandlerFunc {
 
 func (h *Handler) breakdownSeries(ks keySet) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		q, bs, good := h.load(w, r)
+		q, bs, good := h.load(w, r, true)
 		if !good {
 			return
 		}

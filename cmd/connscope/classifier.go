@@ -95,7 +95,7 @@ that was acknowledged: accepted batches are journaled and replayed.`,
 	f.StringVar(&cfg.HTTPAddr, "http-addr", service.DefaultHTTPAddr, "address of the HTTP API, metrics, probes and dashboard")
 	f.StringVar(&cfg.Policy, "policy", "", `the SamplingPolicy served: batches of another policy are rejected ("" accepts any)`)
 	f.DurationVar(&cfg.IdleTimeout, "idle-timeout", flow.DefaultIdleTimeout, "silence after which a connection without RST, FIN or cap is judged timed out")
-	f.DurationVar(&cfg.Hold, "hold", 0, "silence after which an open connection is finished; until then a late packet (an RST, a second SYN) still belongs to it (default 10s, or --idle-timeout if longer)")
+	f.DurationVar(&cfg.Hold, "hold", 0, holdUsage)
 	f.IntVar(&cfg.PacketCap, "packet-cap", flow.DefaultPacketCap, "client packets of a connection that count (the agents' cap)")
 	f.StringVar(&storeURL, "store", "sqlite:///var/lib/connscope/connscope.db", "where aggregates and the journal are kept: sqlite:///absolute/path.db, or clickhouse://host:8123/database (the agents insert packets there; replicas classify windows)")
 	f.StringVar(&cfg.GeoIPDir, "geoip-dir", "", "directory with GeoLite2-Country.mmdb and GeoLite2-ASN.mmdb (optional; absent means unknown)")

@@ -21,6 +21,10 @@ type classifyOptions struct {
 	anomalies int
 }
 
+// holdUsage is the help of --hold, a flag of classify, classifier and
+// standalone (flow.Config.Hold).
+const holdUsage = "silence after which an open connection is finished; until then a late packet (an RST, a second SYN) still belongs to it (default 10s, or --idle-timeout if longer)"
+
 func newClassifyCommand() *cobra.Command {
 	o := classifyOptions{}
 	cmd := &cobra.Command{
@@ -48,7 +52,7 @@ Formats:
 	f.StringVar(&o.format, "format", "table", "output format: table, json or radar")
 	f.IntVar(&o.cfg.PacketCap, "packet-cap", flow.DefaultPacketCap, "client packets of a connection that count (1-64)")
 	f.DurationVar(&o.cfg.IdleTimeout, "idle-timeout", flow.DefaultIdleTimeout, "silence after which a connection is judged timed out")
-	f.DurationVar(&o.cfg.Hold, "hold", 0, "silence after which an open connection is finished; until then a late packet (an RST, a second SYN) still belongs to it (default 10s, or --idle-timeout if longer)")
+	f.DurationVar(&o.cfg.Hold, "hold", 0, holdUsage)
 	f.IntVar(&o.cfg.MaxOpen, "max-open", flow.DefaultMaxOpen, "connections held at most; the least recently active are evicted and counted")
 	f.BoolVar(&o.stats, "stats", false, "print reading and assembly counters as JSON on stderr at the end")
 	f.IntVar(&o.anomalies, "anomalies", 50, "anomalous connections listed by --format table")

@@ -103,7 +103,7 @@ classifier commits and stops.`,
 	}
 	f.StringVar(&scfg.HTTPAddr, "http-addr", "127.0.0.1:8080", "address of the HTTP API, metrics, probes and dashboard")
 	f.DurationVar(&scfg.IdleTimeout, "idle-timeout", flow.DefaultIdleTimeout, "silence after which a connection without RST, FIN or cap is judged timed out")
-	f.DurationVar(&scfg.Hold, "hold", 0, "silence after which an open connection is finished; until then a late packet (an RST, a second SYN) still belongs to it (default 10s, or --idle-timeout if longer)")
+	f.DurationVar(&scfg.Hold, "hold", 0, holdUsage)
 	f.StringVar(&storeURL, "store", "sqlite:///var/lib/connscope/connscope.db", "where aggregates and the journal are kept: sqlite:///absolute/path.db")
 	f.StringVar(&scfg.GeoIPDir, "geoip-dir", "", "directory with GeoLite2-Country.mmdb and GeoLite2-ASN.mmdb (optional; absent means unknown)")
 	f.StringVar(&retention, "retention", "30d", "how long buckets and anomalies are kept (e.g. 30d, 12w, 720h)")
