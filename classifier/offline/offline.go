@@ -169,26 +169,39 @@ func (s *source) advance() bool { return s.advanceInto(&s.rec) }
 func (s *source) advanceInto(rec *packet.Record) bool {
 	for {
 		err := s.r.Next(rec)
-		var le *capture.LinkTypeError
-		switch {
-		case err == nil:
+		if err == nil {
 			return true
-		case errors.Is(err, io.EOF):
+		}
+		if !s.skip(err) {
 			return false
-		case errors.As(err, &le):
-			if s.linkErr == nil {
-				s.linkErr = le
-			}
-			s.linkSkipped++
-			continue
 		}
-		var fe *capture.FormatError
-		if !errors.As(err, &fe) {
-			err = fmt.Errorf("%s: %w", s.f.Name(), err)
-		}
-		s.err = err
-		return false
 	}
+}
+
+// skip reports whether the error from the reader is a frame to skip (one
+// of a link type the reader cannot strip, counted) rather than the end of
+// the file (false) or an error (false, kept in s.err). It is apart from
+// advanceInto because errors.As needs the address of its target, which
+// puts the target on the heap: declared in advanceInto, that was one
+// allocation for every packet read.
+func (s *source) skip(err error) bool {
+	var le *capture.LinkTypeError
+	switch {
+	case errors.Is(err, io.EOF):
+		return false
+	case errors.As(err, &le):
+		if s.linkErr == nil {
+			s.linkErr = le
+		}
+		s.linkSkipped++
+		return true
+	}
+	var fe *capture.FormatError
+	if !errors.As(err, &fe) {
+		err = fmt.Errorf("%s: %w", s.f.Name(), err)
+	}
+	s.err = err
+	return false
 }
 
 type sourceHeap []*source
