@@ -205,12 +205,65 @@ report=$CACHE/agent-datapath.md
 	function cell(s, scale, fmt,   m) { m = med(s); return sprintf(fmt " [" fmt "–" fmt "]", m / scale, lo / scale, hi / scale) }
 	function slower(b, v) { return b > 0 ? sprintf("%+.1f%%", 100 * (b - v) / b) : "" }
 	function costlier(b, v) { return b > 0 ? sprintf("%+.1f%%", 100 * (v - b) / b) : "" }
+	# Paired comparison: within each round the conditions ran one after the
+	# other, so the ratio of a condition to the baseline in the same round
+	# cancels most of the drift in the machine'"'"'s load that the medians of
+	# the whole runs keep. For each measure, the median of the per-round
+	# changes and a distribution-free 95% interval for that median (order
+	# statistics of the changes, from the binomial distribution: the sign
+	# test'"'"'s interval), so a reader sees whether 1% is inside it.
+	function ci_rank(m,   k, p, cum, j) {
+		# the largest k with P(Binomial(m, 1/2) <= k-1) <= 0.025
+		cum = 0; k = 0
+		for (j = 0; j <= m; j++) {
+			p = exp(lgamma(m + 1) - lgamma(j + 1) - lgamma(m - j + 1) - m * log(2))
+			if (cum + p > 0.025) break
+			cum += p; k = j + 1
+		}
+		return k
+	}
+	function lgamma(x,   s) { s = 0; while (x > 1) { x--; s += log(x) } return s }
+	# changes ARR BASE COND SIGN: per-round changes (in %, positive = worse)
+	# of COND against BASE, joined by spaces; SIGN 1 for a cost (more is
+	# worse), -1 for a rate (less is worse).
+	function changes(arr, base, cond, sign,   r, s, v) {
+		s = ""
+		for (r = 1; r <= rounds; r++) {
+			if (!(((base, r) in arr) && ((cond, r) in arr)) || arr[base, r] <= 0) continue
+			v = sign * 100 * (arr[cond, r] - arr[base, r]) / arr[base, r]
+			s = s " " v
+		}
+		return s
+	}
+	function paired_cell(s,   a, m, i, j, t, k, md) {
+		m = split(s, a, " ")
+		if (m == 0) return ""
+		for (i = 1; i <= m; i++) for (j = i + 1; j <= m; j++) if (a[j] + 0 < a[i] + 0) { t = a[i]; a[i] = a[j]; a[j] = t }
+		md = m % 2 ? a[(m + 1) / 2] : (a[m / 2] + a[m / 2 + 1]) / 2
+		k = ci_rank(m)
+		if (k < 1) return sprintf("%+.1f%% (%d rounds: too few for a 95%% interval)", md, m)
+		return sprintf("%+.1f%% [%+.1f%%, %+.1f%%] (%d rounds)", md, a[k], a[m + 1 - k], m)
+	}
+	function paired_report(   i, c, base) {
+		base = ("conntrack" in seen) ? "conntrack" : (("none" in seen) ? "none" : "")
+		if (base == "") return
+		paired = "\n### Paired by round, against " base "\n\nEach round ran every condition once, one after the other; the change of a condition against " base " within the same round, then the median of those changes over the rounds and its 95% interval [low, high] (distribution-free: order statistics of the per-round changes). Positive is worse: a slower rate or more CPU per unit. The 1% target is shown met only when the interval'"'"'s high end is at most +1%.\n\n| condition | iperf3 rate | CPU per GB | new connections/s | CPU per connection |\n|---|---|---|---|---|\n"
+		for (i = 1; i <= n; i++) {
+			c = order[i]
+			if (c == base) continue
+			paired = paired sprintf("| %s | %s | %s | %s | %s |\n", c, paired_cell(changes(rb, base, c, -1)), paired_cell(changes(rg, base, c, 1)), paired_cell(changes(rr, base, c, -1)), paired_cell(changes(rc, base, c, 1)))
+		}
+	}
 	NR == 1 { next }
 	{
 		c = $1
 		if (!(c in seen)) { seen[c] = 1; order[++n] = c }
 		bps[c] = bps[c] " " $3
 		if ($4 > 0) gbcpu[c] = gbcpu[c] " " ($5 / 1e6) / ($4 / 1e9)
+		r = $2; if (r > rounds) rounds = r
+		rb[c, r] = $3; rr[c, r] = $7
+		if ($4 > 0) rg[c, r] = ($5 / 1e6) / ($4 / 1e9)
+		if ($8 > 0) rc[c, r] = $9 / $8
 		rps[c] = rps[c] " " $7
 		if ($8 > 0) conncpu[c] = conncpu[c] " " $9 / $8
 		errs[c] += $10; retr[c] += $6; if ($14 > ct[c]) ct[c] = $14
@@ -220,6 +273,7 @@ report=$CACHE/agent-datapath.md
 	}
 	END {
 		for (i = 1; i <= n; i++) { c = order[i]; mb[c] = med(bps[c]); mg[c] = med(gbcpu[c]); mr[c] = med(rps[c]); mc[c] = med(conncpu[c]) }
+		paired_report()
 		print "| condition | iperf3 Gbit/s | vs none | vs conntrack | CPU s per GB | vs none | vs conntrack | new connections/s | vs none | vs conntrack | CPU µs per connection | vs none | vs conntrack | agent CPU s per run | wrk errors | iperf3 retransmits | conntrack entries (max) | agent: logged, lost |"
 		print "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
 		for (i = 1; i <= n; i++) {
@@ -243,6 +297,7 @@ report=$CACHE/agent-datapath.md
 		}
 		if ((c in seen) && ("none" in seen))
 			printf "- Against no rules at all (conntrack not loaded): throughput %s, CPU per GB %s; connections/s %s, CPU per connection %s.\n", slower(mb["none"], mb[c]), costlier(mg["none"], mg[c]), slower(mr["none"], mr[c]), costlier(mc["none"], mc[c])
+		printf "%s", paired
 	}' "$rows"
 } >"$report"
 write_agent_results
