@@ -392,3 +392,59 @@ func TestIdleTimeoutIsConfigurable(t *testing.T) {
 		t.Fatalf("silent 5 s with a 10 s idle timeout: got %+v, want incomplete", out)
 	}
 }
+
+// The cap keeps the first packets in order (timestamp, then sequence
+// number), not the first to arrive: method.md §1 makes a connection's
+// packets a set to be ordered, and §2 counts the first N of them.
+func TestTheCapKeepsTheFirstPacketsInOrderNotInArrival(t *testing.T) {
+	S := func(at int) pk { return pk{f: "S", at: ms(at)} }
+	A := func(at int) pk { return pk{f: "A", at: ms(at)} }
+	PA := func(at int) pk { return pk{f: "PA", at: ms(at)} }
+	t.Run("a data packet arriving after an RST with the same timestamp and a higher sequence number", func(t *testing.T) {
+		// Cap 3: SYN, ACK, then at 20 ms an RST (seq isn+11) and the data
+		// packet (seq isn+1) in that arrival order. In order the first 3 are
+		// SYN, ACK, PSH+ACK: the cap is reached before any RST.
+		recs := records(c4(S(0), A(10), pk{f: "R", at: ms(20), seq: isn + 11}, pk{f: "PA", at: ms(20), seq: isn + 1}))
+		out, st := run(t, flow.Config{PacketCap: 3}, 10*time.Second, recs)
+		if len(out) != 1 || out[0].r.Closure != classify.ClosureCap || out[0].r.Stage != classify.NoMatch || out[0].r.Tags != 0 || out[0].n != 3 {
+			t.Fatalf("got %+v, want one connection of 3 packets closed by the cap, no_match, no tags", out)
+		}
+		if st.BeyondCap != 1 {
+			t.Errorf("beyond the cap: %d packets, want 1 (the RST)", st.BeyondCap)
+		}
+	})
+	t.Run("a FIN+RST displaced by a lower sequence number is not counted", func(t *testing.T) {
+		recs := records(c4(S(0), pk{f: "PA", at: ms(10)}, pk{f: "FRA", at: ms(20), seq: isn + 112}, pk{f: "R", at: ms(20), seq: isn + 111}))
+		out, _ := run(t, flow.Config{PacketCap: 3}, 10*time.Second, recs)
+		if len(out) != 1 || out[0].r.Signature != classify.SigPSHRST || strings.Join(out[0].r.Tags.Names(), " ") != "reset single_rst" {
+			t.Fatalf("got %+v, want %q tagged reset single_rst (no fin: the FIN+RST is the fourth in order)", out, classify.SigPSHRST)
+		}
+	})
+	t.Run("a SYN arriving after a full group of its own packets with its timestamp", func(t *testing.T) {
+		// Ten ACKs, then the SYN, all with one timestamp: one connection, the
+		// SYN first and nine ACKs, closed by the cap; not a connection without
+		// a SYN and another one that timed out after its SYN.
+		var pks []pk
+		for range 10 {
+			pks = append(pks, pk{f: "A", seq: isn + 1})
+		}
+		pks = append(pks, pk{f: "S"})
+		out, _ := run(t, flow.Config{}, 10*time.Second, records(c4(pks...)))
+		if len(out) != 1 || out[0].r.Excluded != classify.Included || out[0].r.Closure != classify.ClosureCap || out[0].r.Stage != classify.NoMatch || out[0].n != 10 {
+			t.Fatalf("got %+v, want one connection: SYN and 9 ACKs, closed by the cap", out)
+		}
+	})
+	t.Run("with cap 1 the SYN is the packet kept", func(t *testing.T) {
+		out, _ := run(t, flow.Config{PacketCap: 1}, 10*time.Second, records(c4(pk{f: "A", seq: isn + 1}, pk{f: "S"})))
+		if len(out) != 1 || out[0].r.Excluded != classify.Included || out[0].n != 1 {
+			t.Fatalf("got %+v, want one connection of its SYN", out)
+		}
+	})
+	t.Run("the end of the input finishes a connection waiting at the cap as capped", func(t *testing.T) {
+		recs := records(c4(S(0), A(10), PA(20), pk{f: "A", at: ms(20), seq: isn + 101}))
+		out, _ := run(t, flow.Config{PacketCap: 4}, ms(20), recs)
+		if len(out) != 1 || out[0].r.Closure != classify.ClosureCap {
+			t.Fatalf("got %+v, want closure cap", out)
+		}
+	})
+}

@@ -14,12 +14,12 @@ import (
 )
 
 // reference classifies a connection from its whole packet list, the plain
-// way method.md describes it: keep the first cap packets that arrived, sort
-// them by timestamp then sequence number, and apply sections 3 to 6. The
+// way method.md describes it: sort them by timestamp then sequence number,
+// keep the first cap of them, and apply sections 3 to 6. The
 // table and Classify never hold the packets (they keep a running summary);
 // this is the independent implementation they are checked against.
 func reference(recs []packet.Record, capN int, silent bool) classify.Result {
-	ps := slices.Clone(recs[:min(len(recs), capN)])
+	ps := slices.Clone(recs)
 	slices.SortStableFunc(ps, func(a, b packet.Record) int {
 		switch {
 		case a.Timestamp != b.Timestamp:
@@ -31,6 +31,7 @@ func reference(recs []packet.Record, capN int, silent bool) classify.Result {
 		}
 		return 1
 	})
+	ps = ps[:min(len(ps), capN)]
 	is := func(p packet.Record, f packet.Flags) bool { return p.Flags&f == f }
 	if len(ps) == 0 || !is(ps[0], packet.SYN) || is(ps[0], packet.ACK) {
 		return classify.Result{Excluded: classify.NoSYN}

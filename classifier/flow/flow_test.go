@@ -321,7 +321,10 @@ func TestTieGroupsStayWithinTheCapAndAreReused(t *testing.T) {
 	defer tab.Close()
 	ts := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC).UnixNano()
 	for port := uint16(1); port <= 2; port++ {
-		// Arrival order: PSH+ACK, ACK, SYN, RST, ACK; all at one timestamp.
+		// Arrival order: PSH+ACK, ACK, SYN, RST, ACK; all at one timestamp,
+		// the second connection's a millisecond later (the first, at the
+		// cap, is finished when the clock moves on).
+		ts += int64(time.Millisecond)
 		for i, p := range []struct {
 			f   packet.Flags
 			seq uint32

@@ -77,23 +77,30 @@ const (
 	stIPIDJump
 	stReordered
 	stNonACK
-	stFree // on the pool's free list (not in the index)
+	stFree   // on the pool's free list (not in the index)
+	stCapped // open, at the cap, in Table.capped: finished when the clock moves on
+	stBits   = iota
 )
 
-// Saturating counters packed in entry.cnt, two bits each.
+// Saturating counters packed in entry.state above the state bits, two
+// bits each.
 const (
-	cntSYNs = iota * 2
+	cntSYNs = stBits + iota*2
 	cntRSTs
 	cntRSTACKs
 	cntPre
 	cntData
+	cntEnd
 )
 
-func (e *entry) count(field uint) int { return int(e.cnt>>field) & 3 }
+// The counters must fit in entry.state.
+var _ = [1]struct{}{}[cntEnd/33]
+
+func (e *entry) count(field uint) int { return int(e.state>>field) & 3 }
 
 func (e *entry) bump(field uint, max int) {
 	if e.count(field) < max {
-		e.cnt += 1 << field
+		e.state += 1 << field
 	}
 }
 
@@ -103,7 +110,7 @@ func (e *entry) bump(field uint, max int) {
 // with equal (coarse) timestamps are taken in sequence-number order
 // whatever order they arrived in. The caller has checked the cap.
 func (t *Table) arrive(e *entry, ts int64, r *packet.Record, v4 bool) {
-	p := heldPacket{seq: r.Seq, ipid: r.IPID, ttl: r.TTL, flags: r.Flags}
+	p := heldPacket{seq: r.Seq, ack: r.Ack, ipid: r.IPID, ttl: r.TTL, flags: r.Flags}
 	switch {
 	case e.state&stPending == 0:
 		e.hold(ts, p)
@@ -210,13 +217,14 @@ func (p *tiePool) free(b uint32) {
 
 type heldPacket struct {
 	seq   uint32
+	ack   uint32
 	ipid  uint16
 	ttl   uint8
 	flags packet.Flags
 }
 
 func (e *entry) hold(ts int64, p heldPacket) {
-	e.pSeq, e.pIPID, e.pTTL, e.pFlags = p.seq, p.ipid, p.ttl, p.flags
+	e.pSeq, e.pAck, e.pIPID, e.pTTL, e.pFlags = p.seq, p.ack, p.ipid, p.ttl, p.flags
 	e.state |= stPending
 	if ts > e.last {
 		e.last = ts
@@ -224,7 +232,7 @@ func (e *entry) hold(ts int64, p heldPacket) {
 }
 
 func (e *entry) held() heldPacket {
-	return heldPacket{seq: e.pSeq, ipid: e.pIPID, ttl: e.pTTL, flags: e.pFlags}
+	return heldPacket{seq: e.pSeq, ack: e.pAck, ipid: e.pIPID, ttl: e.pTTL, flags: e.pFlags}
 }
 
 // before orders packets by timestamp, then sequence number (serial
@@ -251,12 +259,25 @@ func (e *entry) summarise(ts int64, p heldPacket, v4 bool) {
 	if f&packet.SYN != 0 {
 		e.bump(cntSYNs, 2)
 	}
+	if f&packet.FIN != 0 {
+		e.state |= stFIN
+	}
 	seenRST := e.count(cntRSTs)+e.count(cntRSTACKs) > 0
 	if f&packet.RST != 0 {
 		if f&packet.ACK != 0 {
 			e.bump(cntRSTACKs, 2)
 		} else {
 			e.bump(cntRSTs, 2)
+			switch {
+			case e.state&stPlainRST == 0:
+				e.state |= stPlainRST
+				e.rstAck = p.ack
+			case p.ack != e.rstAck:
+				e.state |= stRSTAckDiff
+			}
+			if p.ack == 0 {
+				e.state |= stRSTAckZero
+			}
 		}
 		if e.state&stHaveRef != 0 {
 			if absDiff(p.ttl, e.refTTL) > 1 {

@@ -29,6 +29,11 @@ type Table struct {
 	ties  tiePool // tie groups of entries with a tie
 	open  list    // unfinished connections, least recently active first
 	done  list    // tombstones, least recently active first
+	// capped lists the open connections that reached the cap with packets
+	// at the clock's timestamp (stCapped): finished when the clock moves
+	// on, as until then a packet with that timestamp and a lower sequence
+	// number may still arrive and be among the first in order.
+	capped []uint32
 
 	stats Stats
 	out   Conn
@@ -83,9 +88,10 @@ type entry struct {
 	// touches no neighbouring entries).
 	queued uint32
 	synSeq uint32 // the first client SYN's sequence number
-	rstAck uint32 // the first plain RST's ack number
+	rstAck uint32 // the first summarised plain RST's ack number
 	lcSeq  uint32
 	pSeq   uint32 // the held packet
+	pAck   uint32
 	syn    SYN
 	synID  uint16 // the first client SYN's IP ID
 	pIPID  uint16
@@ -94,8 +100,7 @@ type entry struct {
 	refTTL uint8
 	pFlags packet.Flags
 	n      uint8  // packets summarised
-	cnt    uint16 // saturating counters (cnt* shifts)
-	state  uint32 // st* bits
+	state  uint32 // st* bits, and above them saturating counters (cnt* shifts)
 }
 
 // Add offers one packet to the table. Packets are expected roughly in
@@ -203,6 +208,7 @@ func (t *Table) add(r *packet.Record, kp *Key, h uint32) {
 	k := *kp
 	t.stats.Packets++
 	if r.Timestamp > t.now {
+		t.finishCapped()
 		t.now = r.Timestamp
 		t.expire()
 	}
@@ -210,6 +216,10 @@ func (t *Table) add(r *packet.Record, kp *Key, h uint32) {
 
 	if id := t.index.find(&k, h, &t.conns); id != 0 {
 		e := t.conns.at(id)
+		if e.state&stCapped != 0 {
+			t.overCap(e, r, clientSYN)
+			return
+		}
 		if e.state&stDone == 0 && t.now-e.last >= t.hold {
 			// Silent for the hold before this packet: it is finished (the
 			// lazy expiry had not reached it yet), and this packet is late.
@@ -260,6 +270,7 @@ func (t *Table) Close() {
 // periodically so that silence is noticed when no packets arrive.
 func (t *Table) Advance(now int64) {
 	if now > t.now {
+		t.finishCapped()
 		t.now = now
 		t.expire()
 	}
@@ -275,6 +286,7 @@ func (t *Table) Flush() {
 	}
 	// Forget everything at once: cheaper than removing entries one by one.
 	clear(t.index.slots)
+	t.capped = t.capped[:0]
 	t.index.count = 0
 	t.conns.n, t.conns.freeL = 0, 0
 	t.open, t.done = list{}, list{}
@@ -304,6 +316,25 @@ func (t *Table) openConn(k *Key, h uint32, r *packet.Record, clientSYN bool) {
 
 func (t *Table) append(id uint32, e *entry, r *packet.Record, clientSYN bool) {
 	t.stats.Counted++
+	e.noteSYN(r, clientSYN)
+	v4 := e.key.IPVersion == 4
+	t.arrive(e, r.Timestamp, r, v4)
+	if int(e.n)+t.heldCount(e) >= t.cfg.PacketCap {
+		if e.state&stPending != 0 && e.last == t.now {
+			// More packets with the clock's timestamp may come, and one
+			// with a lower sequence number comes before some of those
+			// held: finish when the clock moves on.
+			e.state |= stCapped
+			t.capped = append(t.capped, id)
+			return
+		}
+		t.finish(id, EndCap)
+	}
+}
+
+// noteSYN keeps what the scanner tags need of the connection's first client
+// SYN.
+func (e *entry) noteSYN(r *packet.Record, clientSYN bool) {
 	if clientSYN && e.state&stHasSYN == 0 {
 		e.state |= stHasSYN
 		e.synSeq, e.synID = r.Seq, r.IPID
@@ -312,28 +343,57 @@ func (t *Table) append(id uint32, e *entry, r *packet.Record, clientSYN bool) {
 			e.syn.FirstOption = r.Options[0]
 		}
 	}
-	if r.Flags&packet.RST != 0 {
-		if r.Flags&packet.ACK == 0 {
-			switch {
-			case e.state&stPlainRST == 0:
-				e.state |= stPlainRST
-				e.rstAck = r.Ack
-			case r.Ack != e.rstAck:
-				e.state |= stRSTAckDiff
-			}
-			if r.Ack == 0 {
-				e.state |= stRSTAckZero
+}
+
+// overCap takes a packet of a connection that is at the cap with packets
+// held at the clock's timestamp (stCapped). A packet with that timestamp
+// and a lower sequence number than the last held one in order comes before
+// it: it takes that packet's place, which goes beyond the cap. Any other
+// packet is beyond the cap. Either way one packet is counted as beyond.
+// (If the packet displaced was the connection's first SYN, the SYN's
+// details stay those of the displaced one: with a full group of packets
+// sharing one timestamp, a SYN is last in sequence order only when it is
+// not the connection's first packet anyway.)
+func (t *Table) overCap(e *entry, r *packet.Record, clientSYN bool) {
+	t.stats.BeyondCap++
+	if r.Timestamp != e.last {
+		return
+	}
+	p := heldPacket{seq: r.Seq, ack: r.Ack, ipid: r.IPID, ttl: r.TTL, flags: r.Flags}
+	if e.tie == 0 {
+		if int32(p.seq-e.pSeq) >= 0 {
+			return
+		}
+		e.hold(r.Timestamp, p)
+	} else {
+		// The last in order: the highest sequence number, the last to
+		// arrive among equal ones (the sort is stable).
+		g := t.ties.group(e.tie)
+		m := 0
+		for i := 1; i < len(g); i++ {
+			if int32(g[i].seq-g[m].seq) >= 0 {
+				m = i
 			}
 		}
+		if int32(p.seq-g[m].seq) >= 0 {
+			return
+		}
+		copy(g[m:], g[m+1:])
+		g[len(g)-1] = p
 	}
-	if r.Flags&packet.FIN != 0 {
-		e.state |= stFIN
+	e.noteSYN(r, clientSYN)
+}
+
+// finishCapped finishes the connections waiting at the cap for the clock
+// to move on.
+func (t *Table) finishCapped() {
+	for _, id := range t.capped {
+		// An entry may have been evicted since, and its id reused.
+		if e := t.conns.at(id); e.state&(stCapped|stDone|stFree) == stCapped {
+			t.finish(id, EndCap)
+		}
 	}
-	v4 := e.key.IPVersion == 4
-	t.arrive(e, r.Timestamp, r, v4)
-	if int(e.n)+t.heldCount(e) >= t.cfg.PacketCap {
-		t.finish(id, EndCap)
-	}
+	t.capped = t.capped[:0]
 }
 
 // finish hands the open connection id to the callback and turns it into a
@@ -344,6 +404,7 @@ func (t *Table) finish(id uint32, end End) {
 
 	// Tombstone: move to the done list.
 	e.state |= stDone
+	e.state &^= stCapped
 	t.open.remove(&t.conns, id)
 	e.queued = lastMark(e.last)
 	t.done.pushBack(&t.conns, id)
@@ -352,6 +413,9 @@ func (t *Table) finish(id uint32, end End) {
 
 // emitConn hands the open connection e to the callback.
 func (t *Table) emitConn(e *entry, end End) {
+	if e.state&stCapped != 0 {
+		end = EndCap // finished by the input's end or an eviction first
+	}
 	t.flushHeld(e, e.key.IPVersion == 4)
 	t.out = Conn{
 		Key:     e.key,
