@@ -62,12 +62,17 @@
 #   BENCH_DATAPATH_RUNS      runs of each condition (default 5)
 #   BENCH_DATAPATH_CONDITIONS  which conditions (default "none conntrack acct p=0.0001 p=1";
 #                            hook and jump take the cost of p=0.0001 apart)
+#   BENCH_OFFLOADS           "on": the veth keeps its segmentation offloads
+#                            (TSO, GSO), so the rules see 64 KiB aggregates as
+#                            on a node whose NIC does GRO; default "off"
+#                            (every 1448-byte segment a packet: the worst case)
 #   BENCH_WRK_CONNECTIONS    wrk's concurrent connections (default 50)
 #   BENCH_CLIENT_CPU         core of iperf3 -c and wrk (default 0)
 #   BENCH_SERVER_CPU         core of the servers and the agent (default 1; 0 on one core)
 #   BENCH_NO_SETUP=1         do not run hack/setup-bench.sh when a tool is missing
 #
-# Output: Markdown on stdout and in .cache/bench/agent-datapath.md; raw rows
+# Output: Markdown on stdout and in .cache/bench/agent-datapath.md (with
+# BENCH_OFFLOADS=on: agent-datapath-offloads.md); raw rows
 # in .cache/bench/agent-out/agent-datapath/runs.tsv, logs next to it.
 source "$(dirname "${BASH_SOURCE[0]}")/agent-lib.sh"
 
@@ -185,11 +190,16 @@ done
 load_after=$(cut -d' ' -f1-3 /proc/loadavg)
 
 report=$CACHE/agent-datapath.md
+[[ ${BENCH_OFFLOADS:-off} == on ]] && report=$CACHE/agent-datapath-offloads.md
 {
 	echo "## Datapath: what the rules cost the traffic"
 	echo
 	echo "$(date -u +%Y-%m-%dT%H:%M:%SZ), $(kernel_info); load average before $load_before, after $load_after."
-	echo "A fresh namespace pair per run (veth, TSO/GSO/GRO off: every 1448-byte segment is a packet the rules see, the worst case); client tools on core $client_cpu, servers and agent on core $server_cpu."
+	if [[ ${BENCH_OFFLOADS:-off} == on ]]; then
+		echo "A fresh namespace pair per run (veth with its default offloads, TSO and GSO on: iperf3's 64 KiB segments cross as one packet each, as a NIC's GRO aggregates them on a real node); client tools on core $client_cpu, servers and agent on core $server_cpu."
+	else
+		echo "A fresh namespace pair per run (veth, TSO/GSO/GRO off: every 1448-byte segment is a packet the rules see, the worst case); client tools on core $client_cpu, servers and agent on core $server_cpu."
+	fi
 	echo "iperf3 $(iperf3 --version 2>/dev/null | head -n 1 | awk '{ print $2 }'): \`iperf3 -c SERVER -t $secs\`, one TCP stream, the receiver's rate. wrk: \`wrk -t1 -c $wrk_conns -d ${secs}s -H 'Connection: close'\` against hack/bench/tinyhttp: every request a new TCP connection."
 	echo "CPU: user+system time of the traffic's processes (iperf3 or wrk, and the servers), kernel packet path on their behalf included, from a cpuacct cgroup (exact), per GB received or per connection; the agent's CPU apart."
 	echo "Agent: \`connscope agent --probability P --packet-cap 10 --label-bit 7 --nflog-group 43 --backend nft --sink file://…\` (all ports, IPv4 and IPv6 rules). conntrack: one conntrack-match rule in an unreferenced chain (conntrack on, no rule runs). acct: the same with net.netfilter.nf_conntrack_acct=1, which the agent's connbytes match switches on."

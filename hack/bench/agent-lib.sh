@@ -11,7 +11,8 @@
 #
 # Functions (after bench_init):
 #   bench_init NAME        work folder, logs in .cache/bench/agent-out/NAME, the trap
-#   ns_pair                make the namespaces and the veth; sets CLI, SRV,
+#   ns_pair                make the namespaces and the veth (segmentation
+#                          offloads off unless BENCH_OFFLOADS=on); sets CLI, SRV,
 #                          CLI_IP, SRV_IP, CLI_DEV, SRV_DEV, CLI_MAC, SRV_MAC
 #   ns_drop                remove them (and stop what runs in them first)
 #   in_ns NS CMD...        run CMD in namespace NS (nsenter, no /sys remount)
@@ -131,8 +132,11 @@ ns_pair() {
 	for ns in "$CLI" "$SRV"; do
 		if [[ $ns == "$CLI" ]]; then dev=$CLI_DEV ip=$CLI_IP; else dev=$SRV_DEV ip=$SRV_IP; fi
 		ip -n "$ns" link set lo up
-		# one segment is one packet (as on the wire, and as NFLOG logs it)
-		in_ns "$ns" ethtool -K "$dev" tso off gso off gro off >/dev/null
+		# one segment is one packet (as on the wire, and as NFLOG logs it),
+		# unless BENCH_OFFLOADS=on: the veth's defaults, TSO and GSO on, so
+		# a sender's 64 KiB segments cross as one packet each, as a NIC's
+		# GRO hands the stack aggregates of the segments it received
+		[[ ${BENCH_OFFLOADS:-off} == on ]] || in_ns "$ns" ethtool -K "$dev" tso off gso off gro off >/dev/null
 		ip -n "$ns" addr add "$ip/30" dev "$dev"
 		ip -n "$ns" link set "$dev" up
 	done
@@ -341,7 +345,7 @@ need_tools() {
 # .cache/bench/agent-results.md.
 write_agent_results() {
 	local f parts=()
-	for f in "$CACHE/agent-capture.md" "$CACHE/agent-datapath.md"; do
+	for f in "$CACHE/agent-capture.md" "$CACHE/agent-datapath.md" "$CACHE/agent-datapath-offloads.md"; do
 		[[ -s $f ]] && parts+=("$f")
 	done
 	{
