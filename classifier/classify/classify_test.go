@@ -440,6 +440,19 @@ func TestTheCapKeepsTheFirstPacketsInOrderNotInArrival(t *testing.T) {
 			t.Fatalf("got %+v, want one connection of its SYN", out)
 		}
 	})
+	t.Run("a SYN with a new initial sequence number beyond the cap opens a new connection", func(t *testing.T) {
+		// As after any finished connection: cap 3 reached by SYN, ACK, ACK
+		// at one timestamp, then a SYN of that timestamp with another ISN
+		// (higher in sequence order than every packet held).
+		recs := records(c4(pk{f: "S"}, pk{f: "A", seq: isn + 1}, pk{f: "A", seq: isn + 1}, pk{f: "S", seq: isn + 1000}))
+		out, st := run(t, flow.Config{PacketCap: 3}, 10*time.Second, recs)
+		if len(out) != 2 || out[0].r.Closure != classify.ClosureCap || out[1].r.Signature != classify.SigSYNTimeout {
+			t.Fatalf("got %+v, want a connection closed by the cap, then a SYN → ∅", out)
+		}
+		if st.BeyondCap != 0 {
+			t.Errorf("beyond the cap: %d packets, want 0", st.BeyondCap)
+		}
+	})
 	t.Run("the end of the input finishes a connection waiting at the cap as capped", func(t *testing.T) {
 		recs := records(c4(S(0), A(10), PA(20), pk{f: "A", at: ms(20), seq: isn + 101}))
 		out, _ := run(t, flow.Config{PacketCap: 4}, ms(20), recs)

@@ -217,8 +217,13 @@ func (t *Table) add(r *packet.Record, kp *Key, h uint32) {
 	if id := t.index.find(&k, h, &t.conns); id != 0 {
 		e := t.conns.at(id)
 		if e.state&stCapped != 0 {
-			t.overCap(e, r, clientSYN)
-			return
+			if !t.overCap(e, r, clientSYN) {
+				return
+			}
+			// A SYN of a new connection on the same ports: this one is
+			// finished, as it would be had the clock moved on, and the
+			// SYN is taken below as after any finished connection.
+			t.finish(id, EndCap)
 		}
 		if e.state&stDone == 0 && t.now-e.last >= t.hold {
 			// Silent for the hold before this packet: it is finished (the
@@ -349,20 +354,22 @@ func (e *entry) noteSYN(r *packet.Record, clientSYN bool) {
 // held at the clock's timestamp (stCapped). A packet with that timestamp
 // and a lower sequence number than the last held one in order comes before
 // it: it takes that packet's place, which goes beyond the cap. Any other
-// packet is beyond the cap. Either way one packet is counted as beyond.
+// packet is beyond the cap, except a client SYN with a new initial
+// sequence number: overCap then returns true, and the caller finishes the
+// connection so that the SYN opens a new one, as it does after a
+// connection is finished.
 // (If the packet displaced was the connection's first SYN, the SYN's
 // details stay those of the displaced one: with a full group of packets
 // sharing one timestamp, a SYN is last in sequence order only when it is
 // not the connection's first packet anyway.)
-func (t *Table) overCap(e *entry, r *packet.Record, clientSYN bool) {
-	t.stats.BeyondCap++
+func (t *Table) overCap(e *entry, r *packet.Record, clientSYN bool) bool {
 	if r.Timestamp != e.last {
-		return
+		return t.beyond(e, r, clientSYN)
 	}
 	p := heldPacket{seq: r.Seq, ack: r.Ack, ipid: r.IPID, ttl: r.TTL, flags: r.Flags}
 	if e.tie == 0 {
 		if int32(p.seq-e.pSeq) >= 0 {
-			return
+			return t.beyond(e, r, clientSYN)
 		}
 		e.hold(r.Timestamp, p)
 	} else {
@@ -376,12 +383,25 @@ func (t *Table) overCap(e *entry, r *packet.Record, clientSYN bool) {
 			}
 		}
 		if int32(p.seq-g[m].seq) >= 0 {
-			return
+			return t.beyond(e, r, clientSYN)
 		}
 		copy(g[m:], g[m+1:])
 		g[len(g)-1] = p
 	}
+	t.stats.BeyondCap++ // the packet displaced
 	e.noteSYN(r, clientSYN)
+	return false
+}
+
+// beyond counts a packet beyond the cap of a connection at the cap and
+// reports false, or reports true for a client SYN with a new initial
+// sequence number (a retransmitted SYN has the first SYN's).
+func (t *Table) beyond(e *entry, r *packet.Record, clientSYN bool) bool {
+	if clientSYN && (e.state&stHasSYN == 0 || e.synSeq != r.Seq) {
+		return true
+	}
+	t.stats.BeyondCap++
+	return false
 }
 
 // finishCapped finishes the connections waiting at the cap for the clock
