@@ -121,6 +121,9 @@ func (a *Agent) Run(ctx context.Context) error {
 		"labelBit", cfg.LabelBit, "nflogGroup", cfg.NFLOGGroup, "sink", cfg.Sink)
 
 	// Everything that can fail for a reason outside netfilter fails first.
+	if err := cfg.checkFiles(); err != nil {
+		return err
+	}
 	if cfg.MetricsAddr != "" {
 		ln, err := net.Listen("tcp", cfg.MetricsAddr)
 		if err != nil {

@@ -6,6 +6,8 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -130,3 +132,43 @@ func TestLoggedPacketsBecomeRecordsOrAreCounted(t *testing.T) {
 }
 
 func mustAddr(s string) netip.Addr { return netip.MustParseAddr(s) }
+
+// TestRunRefusesAnUnreadableTokenFileBeforeNetfilter: a gRPC sink's token
+// file that is missing, unreadable or empty stops the start with a message
+// naming the flag, the file key and the file, before any iptables program
+// is looked up (nothing in netfilter is touched).
+func TestRunRefusesAnUnreadableTokenFileBeforeNetfilter(t *testing.T) {
+	dir := t.TempDir()
+	empty := filepath.Join(dir, "empty")
+	if err := os.WriteFile(empty, []byte(" \n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct{ name, file, want string }{
+		{"missing", filepath.Join(dir, "missing"), "no such file or directory"},
+		{"a directory", dir, "is a directory"},
+		{"empty", empty, "is empty"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := validConfig()
+			c.Sink = "grpc://127.0.0.1:1"
+			c.SinkTokenFile = tc.file
+			c.MetricsAddr = ""
+			a, err := New(c, Options{LookPath: func(name string) (string, error) {
+				t.Errorf("Run looked up %s before refusing the token file", name)
+				return "", io.EOF
+			}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			err = a.Run(context.Background())
+			if err == nil {
+				t.Fatal("Run started with an unusable token file")
+			}
+			for _, want := range []string{"--sink-token-file (sinkTokenFile) " + tc.file, tc.want} {
+				if !strings.Contains(err.Error(), want) {
+					t.Errorf("error %q lacks %q", err, want)
+				}
+			}
+		})
+	}
+}

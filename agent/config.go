@@ -18,6 +18,7 @@ import (
 
 	"github.com/connscope/connscope/agent/nflog"
 	"github.com/connscope/connscope/agent/rules"
+	"github.com/connscope/connscope/agent/ship"
 	"github.com/connscope/connscope/internal/chclient"
 )
 
@@ -405,6 +406,24 @@ func (c Config) Validate() error {
 		return nil
 	}
 	return &ConfigError{Problems: errs}
+}
+
+// checkFiles reads the files the configuration names, which Validate does
+// not: a gRPC sink's token file must be readable and hold a token, or
+// every send would fail while the rules sample for nothing. The token is
+// read again at each reconnection, so a later rotation is picked up.
+func (c Config) checkFiles() error {
+	if c.SinkTokenFile == "" {
+		return nil
+	}
+	if u, err := url.Parse(c.Sink); err != nil || (u.Scheme != "grpc" && u.Scheme != "grpcs") {
+		return nil // only gRPC sinks send the token
+	}
+	if _, err := ship.ReadTokenFile(c.SinkTokenFile); err != nil {
+		return fmt.Errorf("%s %s: %w (give a readable file holding the classifier's bearer token)",
+			flagOf("sink-token-file", "sinkTokenFile"), c.SinkTokenFile, err)
+	}
+	return nil
 }
 
 // ConfigError lists every problem Validate found.

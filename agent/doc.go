@@ -4,8 +4,8 @@
 // reads the packets they log, and ships their headers to a sink.
 //
 // What Run does, in order:
-//  1. checks the whole Config (Validate) and fails, naming the flag, before
-//     anything else;
+//  1. checks the whole Config (Validate) and reads the gRPC sink's token
+//     file, and fails, naming the flag, before anything else;
 //  2. listens on the metrics address, chooses the iptables backend (which
 //     only reads iptables-save), and opens the sink;
 //  3. binds the NFLOG group, before any rule exists, so that no logged

@@ -205,13 +205,21 @@ func (s *grpcSink) token() (string, error) {
 	if s.opts.TokenFile == "" {
 		return s.opts.Token, nil
 	}
-	b, err := os.ReadFile(s.opts.TokenFile)
+	return ReadTokenFile(s.opts.TokenFile)
+}
+
+// ReadTokenFile reads a bearer token file as a gRPC sink does
+// (Options.TokenFile): its contents without surrounding white space, which
+// must not be empty. The agent calls it before it starts, so that a
+// missing or unreadable file is refused instead of failing every send.
+func ReadTokenFile(path string) (string, error) {
+	b, err := os.ReadFile(path)
 	if err != nil {
 		return "", fmt.Errorf("read token file: %w", err)
 	}
 	tok := strings.TrimSpace(string(b))
 	if tok == "" {
-		return "", fmt.Errorf("token file %s is empty", s.opts.TokenFile)
+		return "", fmt.Errorf("token file %s is empty", path)
 	}
 	return tok, nil
 }
