@@ -363,7 +363,8 @@ func (a *Agent) syncRules(m *rules.Manager) error {
 
 // watchSink follows the queue's counters: the sink is failing from the
 // first sink error after a success (or since the start) until records are
-// shipped again.
+// shipped again. It logs once when the sink starts failing, with the
+// sink's error then, and once when it recovers, not at every retry.
 func (a *Agent) watchSink(ctx context.Context, q *ship.Queue) {
 	t := time.NewTicker(sinkPoll)
 	defer t.Stop()
@@ -383,7 +384,7 @@ func (a *Agent) watchSink(ctx context.Context, q *ship.Queue) {
 		case st.SinkErrors > prev.SinkErrors:
 			if a.sinkFailingSince.CompareAndSwap(0, time.Now().UnixNano()) {
 				a.log.Warn("the sink is failing; records wait in the queue and are dropped when it is full",
-					"queued", st.Queued, "capacity", a.cfg.QueueCapacity)
+					"err", q.LastError(), "queued", st.Queued, "capacity", a.cfg.QueueCapacity)
 			}
 		}
 		prev = st

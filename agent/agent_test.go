@@ -1,14 +1,18 @@
 package agent
 
 import (
+	"bytes"
 	"context"
+	"errors"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -170,5 +174,66 @@ func TestRunRefusesAnUnreadableTokenFileBeforeNetfilter(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// failingSink fails every Send with err.
+type failingSink struct{ err error }
+
+func (s failingSink) Send(context.Context, []packet.Record) error { return s.err }
+func (s failingSink) Close() error                                { return nil }
+
+// syncBuffer is a bytes.Buffer for a logger written from goroutines.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
+}
+
+// TestSinkFailingWarningSaysWhy: when the sink starts failing, the one
+// warning says why (the sink's error), and retries do not repeat it.
+func TestSinkFailingWarningSaysWhy(t *testing.T) {
+	var logs syncBuffer
+	a, err := New(validConfig(), Options{Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cause := errors.New("gRPC sink 127.0.0.1:1: dial tcp 127.0.0.1:1: connect: connection refused")
+	q := ship.NewQueue(failingSink{cause}, ship.QueueConfig{Capacity: 64, BatchSize: 1, FlushInterval: time.Millisecond,
+		MinBackoff: time.Millisecond, MaxBackoff: 10 * time.Millisecond, DrainTimeout: time.Millisecond})
+	var rec packet.Record
+	q.Offer(&rec)
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() { defer wg.Done(); _ = q.Run(ctx) }()
+	go func() { defer wg.Done(); a.watchSink(ctx, q) }()
+	deadline := time.Now().Add(30 * time.Second)
+	for !strings.Contains(logs.String(), "the sink is failing") && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	time.Sleep(2 * sinkPoll) // more retries, more polls
+	cancel()
+	wg.Wait()
+	out := logs.String()
+	if n := strings.Count(out, "the sink is failing"); n != 1 {
+		t.Fatalf("%d warnings that the sink is failing, want 1:\n%s", n, out)
+	}
+	if !strings.Contains(out, "connect: connection refused") {
+		t.Errorf("the warning does not say why the sink fails:\n%s", out)
+	}
+	if q.Stats().SinkErrors < 2 {
+		t.Errorf("only %d sink errors: the test did not retry", q.Stats().SinkErrors)
 	}
 }

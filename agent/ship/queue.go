@@ -161,6 +161,8 @@ type Queue struct {
 	sinkErrors  atomic.Uint64
 	retries     atomic.Uint64
 	batches     atomic.Uint64
+	// lastErr is the error of the latest failed Send (nil before any).
+	lastErr atomic.Pointer[error]
 
 	// wake is signalled, without waiting, when a record is queued into an
 	// empty ring and when a batch's worth of records is queued.
@@ -247,6 +249,16 @@ func (q *Queue) Stats() Stats {
 	s.Queued = tail - s.Shipped - s.DroppedRejected
 	s.Offered = tail + s.DroppedQueueFull
 	return s
+}
+
+// LastError is the error of the latest failed Send, nil if none failed
+// yet. It stays after later successes: read it when Stats shows new sink
+// errors.
+func (q *Queue) LastError() error {
+	if p := q.lastErr.Load(); p != nil {
+		return *p
+	}
+	return nil
 }
 
 // take moves up to max records that are ready, at positions before end,
@@ -359,9 +371,11 @@ func (q *Queue) send(ctx context.Context) error {
 		q.shipped.Add(n)
 		q.batches.Add(1)
 	case errors.Is(err, ErrRejected):
+		q.lastErr.Store(&err)
 		q.sinkErrors.Add(1)
 		q.rejected.Add(n)
 	default:
+		q.lastErr.Store(&err)
 		q.sinkErrors.Add(1)
 		q.failures++
 		return err
