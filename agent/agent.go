@@ -148,6 +148,11 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("--backend %s: %w", cfg.Backend, err)
 	}
+	// Another policy labelling with our bit or logging to our group would
+	// mix its connections into ours: refuse before anything is installed.
+	if err := m.Conflicts(); err != nil {
+		return fmt.Errorf("--label-bit %d, --nflog-group %d: %w", cfg.LabelBit, cfg.NFLOGGroup, err)
+	}
 	det := m.Backend()
 	a.info.WithLabelValues(cfg.Policy, cfg.NodeName, string(det.Backend), m.Chain(),
 		fmt.Sprint(cfg.NFLOGGroup), fmt.Sprint(cfg.LabelBit)).Set(1)

@@ -7,7 +7,9 @@
 //  1. checks the whole Config (Validate) and reads the gRPC sink's token
 //     file, and fails, naming the flag, before anything else;
 //  2. listens on the metrics address, chooses the iptables backend (which
-//     only reads iptables-save), and opens the sink;
+//     only reads iptables-save), refuses to start when another connscope
+//     policy's rules use its label bit or NFLOG group (rules.Manager.Conflicts),
+//     and opens the sink;
 //  3. binds the NFLOG group, before any rule exists, so that no logged
 //     packet is lost to a missing reader and a group that another reader
 //     holds fails the start with nothing installed;

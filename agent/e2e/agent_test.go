@@ -332,6 +332,57 @@ func TestBusyGroupFailsBeforeAnyRule(t *testing.T) {
 	a.signal(syscall.SIGTERM, stopTimeout)
 }
 
+// TestSharedBitOrGroupFailsBeforeAnyRule: with policy a (label bit 3,
+// group 5) running, an agent of another policy with bit 3 (and its own
+// group, which it could bind) refuses to start, naming policy a and its
+// chain, and installs nothing; the leftovers of a SIGKILLed policy a make
+// an agent of policy b with a's bit and group refuse too, until
+// `connscope agent cleanup --policy a` removes them.
+func TestSharedBitOrGroupFailsBeforeAnyRule(t *testing.T) {
+	needRoot(t)
+	ns := newNS(t, "")
+	_, sinkA := fileSink(t)
+	_, sinkB := fileSink(t)
+	a := ns.startAgent("agent-a", policyA("--backend", "nft", "--packet-cap", "3", "--sink", sinkA)...)
+	a.waitReady(startTimeout)
+
+	b := ns.startAgent("agent-samebit", "--policy", "samebit", "--label-bit", "3", "--nflog-group", "8", "--probability", "1",
+		"--backend", "nft", "--sink", sinkB, "--metrics-addr", "127.0.0.1:9478")
+	if code := b.Wait(t, stopTimeout); code == 0 {
+		t.Fatalf("the second agent exited 0:\n%s", b.Output())
+	}
+	for _, want := range []string{`policy "a" (chain CONNSCOPE-ZKLYCEWK-SRFG5KIU in iptables-nft (IPv4)) uses label bit 3`, "connscope agent cleanup --policy a"} {
+		if !strings.Contains(b.Output(), want) {
+			t.Errorf("output lacks %q:\n%s", want, b.Output())
+		}
+	}
+	if strings.Contains(b.Output(), "rules installed") || strings.Contains(b.Output(), "NFLOG group bound") {
+		t.Errorf("the second agent went on:\n%s", b.Output())
+	}
+	golden.Require(t, "installed-a-nft", ns.rules())
+
+	if code := a.signal(syscall.SIGKILL, stopTimeout); code != -1 {
+		t.Fatalf("exit status %d after SIGKILL", code)
+	}
+	args := []string{"--policy", "b", "--label-bit", "3", "--nflog-group", "5", "--probability", "1",
+		"--backend", "nft", "--sink", sinkB, "--metrics-addr", "127.0.0.1:9478"}
+	c := ns.startAgent("agent-b", args...)
+	if code := c.Wait(t, stopTimeout); code == 0 || !strings.Contains(c.Output(), "uses label bit 3 and NFLOG group 5") {
+		t.Fatalf("an agent sharing the killed agent's bit and group: exit status %d:\n%s", code, c.Output())
+	}
+	golden.Require(t, "installed-a-nft", ns.rules())
+	out := ns.Must(t, connscopeBin, "agent", "cleanup", "--policy", "a")
+	if !strings.Contains(out, "iptables-nft (IPv4): deleted chain CONNSCOPE-ZKLYCEWK-SRFG5KIU") {
+		t.Errorf("cleanup --policy a printed:\n%s", out)
+	}
+	golden.Require(t, "removed-nft", ns.rules())
+	c = ns.startAgent("agent-b-again", args...)
+	c.waitReady(startTimeout)
+	if code := c.signal(syscall.SIGTERM, stopTimeout); code != 0 {
+		t.Fatalf("agent b: exit status %d:\n%s", code, c.Output())
+	}
+}
+
 // TestSinkDownThenBack: with the classifier down (grpc:// to a closed
 // port) the agent keeps running and sampling, the queue stays within its
 // capacity, the drops and sink errors are counted, memory stays bounded,

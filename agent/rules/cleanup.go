@@ -41,6 +41,20 @@ func CleanupAll(opts Options) ([]string, error) {
 		})
 }
 
+// CleanupPolicy removes the rules and chains of one policy name, in both
+// families and both backends (connscope agent cleanup --policy NAME): its
+// chains, found by their name or their rules' "connscope policy NAME:"
+// comments, and the jumps to them or with such a comment. Other policies'
+// rules stay. Like CleanupAll it reads first, runs iptables only where
+// something of the policy is found, and returns what it removed.
+func CleanupPolicy(opts Options, name string) ([]string, error) {
+	if name == "" {
+		return nil, errors.New("cleanup: no policy name")
+	}
+	return cleanup(opts, opts.logger(), func(Backend, Family) bool { return false }, func(Backend, Family) *handle { return nil },
+		func(_ Backend, _ Family, s snapshot) ([]rule, []string) { return policyRules(s, name, "") })
+}
+
 // cleanup reads the mangle table of every backend and family, lets choose
 // pick the rules and chains to remove, and removes them: the rules first,
 // then the chains (flushed, then deleted).

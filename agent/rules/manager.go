@@ -482,7 +482,6 @@ func (m *Manager) Remove() error {
 func (m *Manager) CleanupStale() error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	name := m.policy.Name
 	_, err := cleanup(m.opts, m.log, func(b Backend, f Family) bool {
 		return b == m.detection.Backend && m.policy.hasFamily(f)
 	}, func(b Backend, f Family) *handle {
@@ -495,25 +494,32 @@ func (m *Manager) CleanupStale() error {
 		if b == m.detection.Backend && m.policy.hasFamily(f) {
 			keep = m.chain
 		}
-		var chains []string
-		for _, c := range s.Chains {
-			if c == keep || !strings.HasPrefix(c, chainPrefix) {
-				continue
-			}
-			if strings.HasPrefix(c, namePrefix(name)) || chainHasComment(s, c, policyComment(name)) {
-				chains = append(chains, c)
-			}
-		}
-		var jumps []rule
-		for _, r := range s.Rules[hookChain] {
-			if slices.Contains(chains, r.Target) ||
-				(strings.HasPrefix(r.Comment, policyComment(name)) && r.Target != keep) {
-				jumps = append(jumps, r)
-			}
-		}
-		return jumps, chains
+		return policyRules(s, m.policy.Name, keep)
 	})
 	return err
+}
+
+// policyRules picks in s the chains of the named policy other than keep
+// (by the name part of the chain name, or by the policy's comment on
+// their rules), and the jumps to them or carrying the policy's comment.
+func policyRules(s snapshot, name, keep string) ([]rule, []string) {
+	var chains []string
+	for _, c := range s.Chains {
+		if c == keep || !strings.HasPrefix(c, chainPrefix) {
+			continue
+		}
+		if strings.HasPrefix(c, namePrefix(name)) || chainHasComment(s, c, policyComment(name)) {
+			chains = append(chains, c)
+		}
+	}
+	var jumps []rule
+	for _, r := range s.Rules[hookChain] {
+		if slices.Contains(chains, r.Target) ||
+			(strings.HasPrefix(r.Comment, policyComment(name)) && r.Target != keep) {
+			jumps = append(jumps, r)
+		}
+	}
+	return jumps, chains
 }
 
 func chainHasComment(s snapshot, chain, prefix string) bool {

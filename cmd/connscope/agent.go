@@ -60,15 +60,17 @@ namespace for good.`,
 }
 
 func newAgentCleanupCommand() *cobra.Command {
-	var backend string
+	var backend, policy string
 	cmd := &cobra.Command{
-		Use:   "cleanup [--backend all|nft|legacy]",
-		Short: "Remove every iptables rule and chain connscope installed, of every policy",
+		Use:   "cleanup [--backend all|nft|legacy] [--policy NAME]",
+		Short: "Remove every iptables rule and chain connscope installed, of every policy or of one",
 		Long: `cleanup removes from the mangle table everything of connscope: the jumps from
 PREROUTING to CONNSCOPE- chains (and any rule with a "connscope " comment),
 then the CONNSCOPE- chains, for IPv4 and IPv6, in both iptables backends
-(or only the one --backend names). It reads each backend first and runs
-iptables only where something of connscope is found. It prints what it
+(or only the one --backend names). With --policy NAME it removes only that
+policy's chains and jumps (those whose rule comments say "connscope policy
+NAME:"), e.g. what a killed agent left. It reads each backend first and
+runs iptables only where something of connscope is found. It prints what it
 removed and exits 0, also when nothing was there.
 
 Stop the agents first: a running agent puts its rules back within its
@@ -94,7 +96,13 @@ resync period.`,
 			default:
 				return fmt.Errorf("--backend %q: use all, nft or legacy", backend)
 			}
-			removed, err := rules.CleanupAll(opts)
+			var removed []string
+			var err error
+			if policy != "" {
+				removed, err = rules.CleanupPolicy(opts, policy)
+			} else {
+				removed, err = rules.CleanupAll(opts)
+			}
 			out := cmd.OutOrStdout()
 			for _, r := range removed {
 				fmt.Fprintln(out, r)
@@ -102,12 +110,15 @@ resync period.`,
 			if err != nil {
 				return fmt.Errorf("cleanup: %w", err)
 			}
-			if len(removed) == 0 {
+			if len(removed) == 0 && policy != "" {
+				fmt.Fprintf(out, "nothing of connscope policy %q found\n", policy)
+			} else if len(removed) == 0 {
 				fmt.Fprintln(out, "nothing of connscope found")
 			}
 			return nil
 		},
 	}
 	cmd.Flags().StringVar(&backend, "backend", "all", "iptables backend to clean: all, nft or legacy")
+	cmd.Flags().StringVar(&policy, "policy", "", "remove only this policy's rules (default: every policy's)")
 	return cmd
 }
