@@ -4,10 +4,13 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -140,11 +143,8 @@ func TestFileSinkRejectsABatchWithARecordBefore1970AndWritesNoneOfIt(t *testing.
 	}
 }
 
-func TestFileSinkTruncatesAnOldFileAndRefusesSendsAfterClose(t *testing.T) {
+func TestFileSinkRefusesSendsAfterClose(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "agent.pcapng")
-	if err := os.WriteFile(path, bytes.Repeat([]byte("old"), 1000), 0o644); err != nil {
-		t.Fatal(err)
-	}
 	s := openSink(t, fileURL(path), Options{})
 	recs := records(2, 0, 1)
 	if err := s.Send(context.Background(), recs); err != nil {
@@ -160,6 +160,112 @@ func TestFileSinkTruncatesAnOldFileAndRefusesSendsAfterClose(t *testing.T) {
 		t.Fatalf("second Close: %v", err)
 	}
 	sameRecords(t, readRecords(t, path), recs)
+}
+
+// TestFileSinkAppendsASectionToItsOwnFile: opening the file sink again on
+// a file it wrote (an agent restarted with the same --sink) keeps every
+// byte already written and appends a new section; our reader, classify
+// and tshark read the records of both runs.
+func TestFileSinkAppendsASectionToItsOwnFile(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "agent.pcapng")
+	runs := [][]packet.Record{records(1500, 0, 1), records(700, 0, 2), records(0, 0, 3), records(5, 0, 4)}
+	var all []packet.Record
+	var before []byte
+	for i, recs := range runs {
+		s := openSink(t, fileURL(path), Options{})
+		if len(recs) > 0 {
+			if err := s.Send(context.Background(), recs); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := s.Close(); err != nil {
+			t.Fatal(err)
+		}
+		after, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.HasPrefix(after, before) {
+			t.Fatalf("run %d changed what the earlier runs wrote", i)
+		}
+		before = after
+		all = append(all, recs...)
+		sameRecords(t, readRecords(t, path), all)
+	}
+	if len(classifyFile(t, path)) == 0 {
+		t.Error("classify finds no connection in the file")
+	}
+	if _, err := exec.LookPath("tshark"); err != nil {
+		t.Skip("tshark not installed (hack/setup-scenarios.sh installs it)")
+	}
+	cmd := exec.Command("tshark", "-n", "-r", path, "-T", "fields", "-e", "frame.time_epoch")
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("tshark -r: %v\n%s", err, stderr.String())
+	}
+	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+	if len(lines) != len(all) {
+		t.Fatalf("tshark reads %d frames, want %d:\n%s", len(lines), len(all), out)
+	}
+	last := all[len(all)-1].Timestamp
+	if want := fmt.Sprintf("%d.%09d", last/1e9, last%1e9); lines[len(lines)-1] != want {
+		t.Errorf("tshark's last frame at %s, want %s", lines[len(lines)-1], want)
+	}
+}
+
+// TestFileSinkRefusesAFileItDidNotWrite: an existing file that is not a
+// file sink's pcapng (text, a pcap file, a pcapng of another writer) or
+// whose last block is cut short is refused with a clear error and left
+// byte for byte as it was.
+func TestFileSinkRefusesAFileItDidNotWrite(t *testing.T) {
+	var pcap bytes.Buffer
+	if _, err := capture.NewPcapWriter(&pcap, capture.LinkTypeRaw, 0, true); err != nil {
+		t.Fatal(err)
+	}
+	var other bytes.Buffer
+	if _, err := capture.NewPcapngWriter(&other, capture.LinkTypeEthernet, 0); err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	ours := filepath.Join(dir, "ours.pcapng")
+	s := openSink(t, fileURL(ours), Options{})
+	if err := s.Send(context.Background(), records(3, 0, 1)); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	whole, err := os.ReadFile(ours)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name string
+		data []byte
+		want string
+	}{
+		{"text", bytes.Repeat([]byte("old"), 1000), "is not a pcapng capture written by a connscope file sink"},
+		{"short text", []byte("old\n"), "is not a pcapng capture written by a connscope file sink"},
+		{"pcap", pcap.Bytes(), "is not a pcapng capture written by a connscope file sink"},
+		{"pcapng of Ethernet", other.Bytes(), "is not a pcapng capture written by a connscope file sink"},
+		{"cut short", whole[:len(whole)-6], "last block is cut short"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			path := filepath.Join(dir, strings.ReplaceAll(tc.name, " ", "-"))
+			if err := os.WriteFile(path, tc.data, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			_, err := Open(fileURL(path), Options{})
+			if msg := contains(err, "file sink "+path, tc.want, "left as it is"); msg != "" {
+				t.Fatal(msg)
+			}
+			if got, err := os.ReadFile(path); err != nil || !bytes.Equal(got, tc.data) {
+				t.Fatalf("the file changed (%v)", err)
+			}
+		})
+	}
 }
 
 func TestFileSinkInAMissingDirectorySaysSo(t *testing.T) {

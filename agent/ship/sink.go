@@ -96,7 +96,8 @@ const urlForms = "grpc://host:port, grpcs://host:port, clickhouse://host:8123/da
 //
 //	grpc://host:port          the Ingest service over plaintext gRPC
 //	grpcs://host:port         the Ingest service over gRPC with TLS
-//	file:///abs/path.pcapng   a pcapng file, created or truncated
+//	file:///abs/path.pcapng   a pcapng file, created, or appended to with a
+//	                          new section when a file sink wrote it
 //	clickhouse://host:port/db the packets table of a ClickHouse database,
 //	                          over its HTTP interface (port 8123 by default)
 //
