@@ -48,6 +48,8 @@ type Agent struct {
 	queue        atomic.Pointer[ship.Queue]
 	nflogBound   atomic.Bool
 	rulesPresent atomic.Bool
+	// rulesSeen is set once a rules pass found or made the rules complete.
+	rulesSeen atomic.Bool
 	// sinkFailingSince is when the sink started failing without a success
 	// since (Unix nanoseconds), 0 while it is not failing.
 	sinkFailingSince atomic.Int64
@@ -233,11 +235,16 @@ func (a *Agent) Run(ctx context.Context) error {
 	stopBackground()
 	wg.Wait()
 	var rmErr error
-	if err := m.Remove(); err != nil {
-		rmErr = fmt.Errorf("remove the rules of policy %q: %w (run `connscope agent cleanup`)", cfg.Policy, err)
-		a.log.Error("could not remove every rule", "err", err)
-	} else {
+	switch err := m.Remove(); {
+	case err == nil:
 		a.log.Info("rules removed", "chain", m.Chain())
+	case !m.Wrote() && !a.rulesSeen.Load():
+		// Removing failed as installing did (no permission, no
+		// iptables): nothing of this run is there to be left behind.
+		a.log.Warn("no rules were installed, so none are left; could not check for rules of earlier runs", "err", err)
+	default:
+		rmErr = fmt.Errorf("remove the rules of policy %q: %w (run `connscope agent cleanup --policy %s`)", cfg.Policy, err, cfg.Policy)
+		a.log.Error("could not remove every rule", "err", err)
 	}
 	a.rulesPresent.Store(false)
 
@@ -363,6 +370,7 @@ func (a *Agent) syncRules(m *rules.Manager) error {
 	// start, or after a repair.
 	a.log.Info("rules installed", "chain", m.Chain(), "backend", m.Backend().Backend, "why", m.Backend().Reason)
 	a.rulesPresent.Store(true)
+	a.rulesSeen.Store(true)
 	return nil
 }
 

@@ -6,6 +6,8 @@ import (
 	"math"
 	"net"
 	"net/http"
+	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -381,6 +383,63 @@ func TestSharedBitOrGroupFailsBeforeAnyRule(t *testing.T) {
 	if code := c.signal(syscall.SIGTERM, stopTimeout); code != 0 {
 		t.Fatalf("agent b: exit status %d:\n%s", code, c.Output())
 	}
+}
+
+// TestLegacyWithoutNetRawFailsAtStart: an agent with CAP_NET_ADMIN but
+// not CAP_NET_RAW (setpriv's bounding set) and --backend legacy fails at
+// once, naming CAP_NET_RAW, without binding its group or installing
+// anything, and says nothing about rules left behind.
+func TestLegacyWithoutNetRawFailsAtStart(t *testing.T) {
+	needRoot(t, "setpriv")
+	ns := newNS(t, "")
+	_, sink := fileSink(t)
+	a := ns.start("agent", append([]string{"setpriv", "--bounding-set=-all,+net_admin", connscopeBin, "agent"},
+		policyA("--backend", "legacy", "--sink", sink)...)...)
+	code := a.Wait(t, stopTimeout)
+	out := a.Output()
+	if code == 0 || !strings.Contains(out, "iptables-legacy needs CAP_NET_RAW") || !strings.Contains(out, "--backend nft") {
+		t.Fatalf("exit status %d, want a failure naming CAP_NET_RAW:\n%s", code, out)
+	}
+	for _, not := range []string{"NFLOG group bound", "could not install", "could not remove", "left"} {
+		if strings.Contains(out, not) {
+			t.Errorf("output says %q:\n%s", not, out)
+		}
+	}
+	golden.Require(t, "removed-nft", ns.rules())
+}
+
+// TestRulesNeverInstalledAreNotReportedLeft: when every iptables write
+// fails (here iptables-legacy run without CAP_NET_RAW by a wrapper in
+// PATH, while the agent itself has every capability), the agent retries,
+// and on SIGTERM exits 0 saying that no rules were installed, instead of
+// failing with "could not remove every rule".
+func TestRulesNeverInstalledAreNotReportedLeft(t *testing.T) {
+	needRoot(t, "setpriv")
+	ns := newNS(t, "")
+	bin := t.TempDir()
+	for _, prog := range []string{"iptables-legacy", "ip6tables-legacy", "iptables-legacy-save", "ip6tables-legacy-save"} {
+		real, err := exec.LookPath(prog)
+		if err != nil {
+			t.Fatal(err)
+		}
+		script := "#!/bin/sh\nexec setpriv --bounding-set=-all,+net_admin " + real + " \"$@\"\n"
+		if err := os.WriteFile(filepath.Join(bin, prog), []byte(script), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_, sink := fileSink(t)
+	a := ns.start("agent", append([]string{"env", "PATH=" + bin + ":" + os.Getenv("PATH"), connscopeBin, "agent"},
+		policyA("--backend", "legacy", "--sink", sink)...)...)
+	eventually(t, pollTimeout, "a failed install", func() bool {
+		return strings.Contains(a.Output(), "could not install the sampling rules")
+	}, a.Output)
+	if code := a.signal(syscall.SIGTERM, stopTimeout); code != 0 {
+		t.Fatalf("exit status %d after SIGTERM:\n%s", code, a.Output())
+	}
+	if out := a.Output(); !strings.Contains(out, "no rules were installed, so none are left") || strings.Contains(out, "could not remove every rule") {
+		t.Errorf("output:\n%s", out)
+	}
+	golden.Require(t, "removed-nft", ns.rules())
 }
 
 // TestSinkDownThenBack: with the classifier down (grpc:// to a closed

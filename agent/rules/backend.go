@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os/exec"
 	"regexp"
+	"strconv"
 	"strings"
 	"time"
 
@@ -263,6 +264,47 @@ func DetectBackend(opts Options) (Detection, error) {
 		return Detection{Backend: BackendLegacy, Reason: fmt.Sprintf("iptables-legacy holds more rules (%d) than iptables-nft (%d)", legacy.lines, nft.lines)}, nil
 	}
 	return Detection{Backend: BackendNFT, Reason: fmt.Sprintf("iptables-nft holds as many rules or more (%d) than iptables-legacy (%d)", nft.lines, legacy.lines)}, nil
+}
+
+// Capability numbers of capabilities(7).
+const (
+	capNetAdmin = 12
+	capNetRaw   = 13
+)
+
+// checkLegacyCapabilities fails when this process, which runs iptables,
+// lacks a capability iptables-legacy needs: CAP_NET_ADMIN, and CAP_NET_RAW
+// for the raw socket it talks to the kernel through. iptables-legacy-save
+// needs no socket while the namespace has no legacy table, so detection
+// passes without CAP_NET_RAW, and every write would then fail with
+// "Permission denied (you must be root)". status is /proc/self/status; one
+// that cannot be read or lacks CapEff is not an error.
+func checkLegacyCapabilities(status string) error {
+	var eff uint64
+	found := false
+	for _, l := range strings.Split(status, "\n") {
+		if v, ok := strings.CutPrefix(l, "CapEff:"); ok {
+			n, err := strconv.ParseUint(strings.TrimSpace(v), 16, 64)
+			if err != nil {
+				return nil
+			}
+			eff, found = n, true
+		}
+	}
+	if !found {
+		return nil
+	}
+	hasAdmin, hasRaw := eff&(1<<capNetAdmin) != 0, eff&(1<<capNetRaw) != 0
+	switch {
+	case hasAdmin && !hasRaw:
+		return errors.New("iptables-legacy needs CAP_NET_RAW (it talks to the kernel through a raw socket), and this process has CAP_NET_ADMIN without it: " +
+			"add CAP_NET_RAW, or use the nft backend (--backend nft), which needs CAP_NET_ADMIN only")
+	case !hasAdmin && !hasRaw:
+		return errors.New("iptables-legacy needs CAP_NET_ADMIN and CAP_NET_RAW, and this process has neither: run the agent as root or grant both")
+	case !hasAdmin:
+		return errors.New("iptables-legacy needs CAP_NET_ADMIN, and this process lacks it: run the agent as root or grant CAP_NET_ADMIN and CAP_NET_RAW")
+	}
+	return nil
 }
 
 // mangleSection cuts the mangle table out of iptables-save output.

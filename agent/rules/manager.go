@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -33,6 +34,9 @@ type Manager struct {
 	written map[Family][]string
 	// writes counts chain rewrites and jump insertions (for tests).
 	writes int
+	// wrote is set before the first command that writes to netfilter
+	// runs, whether it succeeds or not.
+	wrote bool
 
 	// gen reads the nf_tables ruleset generation (nil: no shortcut).
 	// checkedGen is the generation read before the last Check that found
@@ -54,6 +58,14 @@ func NewManager(p Policy, opts Options) (*Manager, error) {
 	det, err := DetectBackend(opts)
 	if err != nil {
 		return nil, err
+	}
+	if det.Backend == BackendLegacy {
+		// The programs run as this process: they have its capabilities.
+		if status, err := os.ReadFile("/proc/self/status"); err == nil {
+			if err := checkLegacyCapabilities(string(status)); err != nil {
+				return nil, fmt.Errorf("%w (backend legacy: %s)", err, det.Reason)
+			}
+		}
 	}
 	m := &Manager{
 		policy:    p,
@@ -80,6 +92,16 @@ func NewManager(p Policy, opts Options) (*Manager, error) {
 	}
 	m.log.Info("iptables backend chosen", "reason", det.Reason, "chain", m.chain)
 	return m, nil
+}
+
+// Wrote reports whether Ensure has ever tried to write to netfilter (a
+// chain, a rule, a jump), successfully or not. While it is false, nothing
+// of this manager is installed: Ensure only found the rules in place, or
+// failed before writing.
+func (m *Manager) Wrote() bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.wrote
 }
 
 // Backend is the backend the manager writes to, and why it was chosen.
@@ -144,6 +166,7 @@ func (m *Manager) ensureFamily(h *handle, rs RuleSet) error {
 		return fmt.Errorf("look for chain %s: %w", rs.Chain, err)
 	}
 	if !existed {
+		m.wrote = true
 		if err := h.ipt.NewChain(table, rs.Chain); err != nil {
 			return fmt.Errorf("create chain %s: %w", rs.Chain, err)
 		}
@@ -157,6 +180,7 @@ func (m *Manager) ensureFamily(h *handle, rs RuleSet) error {
 			log.Warn("chain differs from the policy (changed by someone else, or by an earlier run): rewriting it",
 				"found", got, "want", want)
 		}
+		m.wrote = true
 		if err := h.ipt.ClearChain(table, rs.Chain); err != nil {
 			return fmt.Errorf("flush chain %s: %w", rs.Chain, err)
 		}
@@ -195,6 +219,7 @@ func (m *Manager) ensureFamily(h *handle, rs RuleSet) error {
 	} else if existed {
 		log.Warn("jump from mangle PREROUTING was missing (removed or flushed by someone else): restoring it")
 	}
+	m.wrote = true
 	for _, r := range jumps {
 		if err := deleteRule(h, r); err != nil {
 			return err

@@ -2,6 +2,7 @@ package rules
 
 import (
 	"slices"
+	"strings"
 	"testing"
 )
 
@@ -90,5 +91,35 @@ func TestParseBackend(t *testing.T) {
 	}
 	if _, err := ParseBackend("iptables"); err == nil {
 		t.Error("ParseBackend accepted iptables")
+	}
+}
+
+// TestLegacyCapabilitiesNameWhatIsMissing: iptables-legacy needs
+// CAP_NET_ADMIN and CAP_NET_RAW; the check reads CapEff and names the
+// missing one, and accepts a status it cannot read.
+func TestLegacyCapabilitiesNameWhatIsMissing(t *testing.T) {
+	status := func(eff string) string {
+		return "Name:\tconnscope\nCapInh:\t0000000000000000\nCapPrm:\t" + eff + "\nCapEff:\t" + eff + "\nCapBnd:\t000001ffffffffff\n"
+	}
+	for _, tc := range []struct {
+		name, status, want string
+	}{
+		{"root", status("000001ffffffffff"), ""},
+		{"NET_ADMIN and NET_RAW", status("0000000000003000"), ""},
+		{"NET_ADMIN only", status("0000000000001000"), "needs CAP_NET_RAW"},
+		{"NET_RAW only", status("0000000000002000"), "lacks it: run the agent as root or grant CAP_NET_ADMIN"},
+		{"none", status("0000000000000000"), "needs CAP_NET_ADMIN and CAP_NET_RAW"},
+		{"no CapEff line", "Name:\tx\n", ""},
+		{"unreadable CapEff", "CapEff:\tzz\n", ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := checkLegacyCapabilities(tc.status)
+			switch {
+			case tc.want == "" && err != nil:
+				t.Errorf("got %v, want nil", err)
+			case tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)):
+				t.Errorf("got %v, want an error saying %q", err, tc.want)
+			}
+		})
 	}
 }
