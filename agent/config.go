@@ -257,6 +257,9 @@ func ParseConfig(b []byte) (Config, error) {
 			return Config{}, err
 		}
 	}
+	if err := checkDurations(js); err != nil {
+		return Config{}, err
+	}
 	dec := json.NewDecoder(bytes.NewReader(js))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&c); err != nil {
@@ -266,6 +269,26 @@ func ParseConfig(b []byte) (Config, error) {
 		return Config{}, errors.New("more than one document in the file")
 	}
 	return c, nil
+}
+
+// checkDurations names the key of a duration that does not parse, which
+// encoding/json's error (from Duration.UnmarshalText) does not. Anything
+// else wrong is left to the strict decoding.
+func checkDurations(js []byte) error {
+	var m map[string]json.RawMessage
+	if json.Unmarshal(js, &m) != nil {
+		return nil
+	}
+	for key, raw := range m {
+		var text string
+		if fieldTypes[key] != durationType || json.Unmarshal(raw, &text) != nil {
+			continue
+		}
+		if _, err := time.ParseDuration(text); err != nil {
+			return fmt.Errorf("%s: %q is not a duration such as 10s or 1m30s", key, text)
+		}
+	}
+	return nil
 }
 
 // explainJSON rewrites encoding/json's errors to name the key.

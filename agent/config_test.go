@@ -129,7 +129,8 @@ func TestYAMLOutsideTheSubsetIsRefusedWithItsLine(t *testing.T) {
 		{"fraction for an integer", "labelBit: 1.5\n", `labelBit: "1.5" is not a whole number`},
 		{"list for a scalar", "policy: [a, b]\n", "policy takes one value, not a list"},
 		{"unterminated", "sink: \"grpc://x:1\n", "unterminated double-quoted string"},
-		{"bad duration", "resync: soon\n", `"soon" is not a duration`},
+		{"bad duration", "policy: a\nresync: soon\n", `line 2: resync: "soon" is not a duration such as 10s or 1m30s`},
+		{"duration without a unit", "policy: a\nshutdownTimeout: 10\n", `line 2: shutdownTimeout: "10" is not a duration such as 10s or 1m30s`},
 		{"unterminated list", "ports: [80, 443\n", "must close with ]"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -163,6 +164,7 @@ func TestJSONFileIsStrict(t *testing.T) {
 	for _, tc := range []struct{ json, want string }{
 		{`{"probabilty": 0.1}`, `unknown key "probabilty"`},
 		{`{"packetCap": "10"}`, "packetCap: a string cannot be read as a whole number"},
+		{`{"policy": "a", "resync": "10"}`, `resync: "10" is not a duration such as 10s or 1m30s`},
 		{`{"policy": "a"} {"policy": "b"}`, "more than one document"},
 	} {
 		_, err := ParseConfig([]byte(tc.json))

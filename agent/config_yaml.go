@@ -34,6 +34,7 @@ import (
 	"reflect"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // fieldTypes maps each JSON key of Config to its field's type.
@@ -329,6 +330,9 @@ func scalarJSON(key string, typ reflect.Type, s yamlScalar) ([]byte, error) {
 		return []byte("null"), nil
 	}
 	if typ == durationType {
+		if _, err := time.ParseDuration(s.text); err != nil {
+			return nil, fmt.Errorf("line %d: %s: %q is not a duration such as 10s or 1m30s", s.line, key, s.text)
+		}
 		return json.Marshal(s.text)
 	}
 	switch typ.Kind() {
