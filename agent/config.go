@@ -48,7 +48,8 @@ const (
 	MaxQueueCapacity = 4 << 20
 )
 
-// unset marks the integer settings that have no default.
+// unset marks the settings that have no default (probability, label bit,
+// NFLOG group), so that an explicit 0 is told from a missing setting.
 const unset = -1
 
 // Config is everything an agent runs with. It comes from flags
@@ -142,6 +143,7 @@ func (d *Duration) UnmarshalText(b []byte) error {
 func DefaultConfig() Config {
 	return Config{
 		Policy:           DefaultPolicy,
+		Probability:      unset,
 		PacketCap:        DefaultPacketCap,
 		LabelBit:         unset,
 		NFLOGGroup:       unset,
@@ -169,9 +171,9 @@ func (c *Config) AddFlags(fs *pflag.FlagSet) {
 	fs.IntVar(&c.PacketCap, "packet-cap", c.PacketCap, fmt.Sprintf("client packets logged per sampled connection, 1-%d", rules.MaxPacketCap))
 	fs.IntVar(&c.LabelBit, "label-bit", c.LabelBit, fmt.Sprintf("conntrack label bit marking sampled connections, 0-%d, unused by other software on the node (required)", rules.MaxLabelBit))
 	fs.IntVar(&c.NFLOGGroup, "nflog-group", c.NFLOGGroup, "NFLOG group the rules log to and the agent reads, 0-65535, unused by other readers (required)")
-	// The required integers start unset (-1); help prints no default for
+	// The required settings start unset (-1); help prints no default for
 	// a flag whose DefValue is the zero value (DefValue is read by help only).
-	for _, name := range []string{"label-bit", "nflog-group"} {
+	for _, name := range []string{"probability", "label-bit", "nflog-group"} {
 		if f := fs.Lookup(name); f != nil && f.DefValue == strconv.Itoa(unset) {
 			f.DefValue = "0"
 		}
@@ -347,8 +349,10 @@ func (c Config) Validate() error {
 		bad("policy", "policy", "is empty: name the policy, e.g. default")
 	}
 	switch p := c.Probability; {
-	case p == 0:
+	case p == unset:
 		bad("probability", "probability", "is required: the share of new TCP connections to sample, in (0, 1], e.g. 0.0001")
+	case p == 0:
+		bad("probability", "probability", "0 is not in (0, 1]: a probability of 0 would never sample; give the share of new TCP connections to sample, e.g. 0.0001")
 	case math.IsNaN(p) || p < 0 || p > 1:
 		bad("probability", "probability", "%v is not in (0, 1]", p)
 	case p < 1.0/(1<<32):

@@ -69,6 +69,7 @@ func TestAgentBadFlagsNameTheFlagAndRunNoIptables(t *testing.T) {
 		{"not a number", append(required(sink), "--probability", "often"), []string{`invalid argument "often" for "--probability"`}},
 		{"unknown flag", append(required(sink), "--probabilty", "0.1"), []string{"unknown flag: --probabilty"}},
 		{"probability out of range", append(required(sink), "--probability", "2"), []string{"--probability (probability): 2 is not in (0, 1]"}},
+		{"probability 0", append(required(sink), "--probability", "0"), []string{"--probability (probability): 0 is not in (0, 1]"}},
 		{"label bit", append(required(sink), "--label-bit", "200"), []string{"--label-bit (labelBit): 200 is not in 0-127"}},
 		{"backend", append(required(sink), "--backend", "iptables"), []string{`--backend (backend): "iptables"`}},
 		{"sink", append(required(sink), "--sink", "tcp://x:1"), []string{`--sink (sink): "tcp://x:1": scheme "tcp"`}},
