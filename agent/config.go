@@ -300,7 +300,10 @@ func explainJSON(err error) error {
 		return fmt.Errorf("%s: a %s cannot be read as %s", te.Field, te.Value, typeName(te.Type.String()))
 	}
 	if m := strings.TrimPrefix(err.Error(), "json: unknown field "); m != err.Error() {
-		return fmt.Errorf("unknown key %s (keys are the JSON names of agent.Config, e.g. packetCap, nflogGroup)", m)
+		if key, uerr := strconv.Unquote(m); uerr == nil {
+			return errors.New(unknownKey(key))
+		}
+		return fmt.Errorf("unknown key %s", m)
 	}
 	return err
 }

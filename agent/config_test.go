@@ -115,7 +115,8 @@ func TestFileKeysLeftOutKeepTheirDefaults(t *testing.T) {
 
 func TestYAMLOutsideTheSubsetIsRefusedWithItsLine(t *testing.T) {
 	for _, tc := range []struct{ name, yaml, want string }{
-		{"unknown key", "policy: a\nprobabilty: 0.1\n", `line 2: unknown key "probabilty"`},
+		{"unknown key", "policy: a\nprobabilty: 0.1\n", `line 2: unknown key "probabilty": the keys are policy, probability, packetCap, labelBit, nflogGroup, copyRange, ports, excludeCIDRs, interfaces, ipFamilies, backend, resync, sink, sinkTokenFile, queueCapacity, nodeName, metricsAddr, sinkUnreadyAfter, shutdownTimeout (README, ` + "`connscope agent`)"},
+		{"key in another case", "policy: a\nlabelbit: 3\n", `line 2: unknown key "labelbit": did you mean labelBit? (keys are case-sensitive)`},
 		{"nested mapping", "policy:\n  name: web\n", "line 2: unexpected indentation: nested mappings"},
 		{"inline mapping", "policy: {name: web}\n", "line 1:"},
 		{"anchor", "policy: &p web\n", "anchors, aliases, tags"},
@@ -162,7 +163,7 @@ func TestYAMLScalarsAndComments(t *testing.T) {
 
 func TestJSONFileIsStrict(t *testing.T) {
 	for _, tc := range []struct{ json, want string }{
-		{`{"probabilty": 0.1}`, `unknown key "probabilty"`},
+		{`{"probabilty": 0.1}`, `unknown key "probabilty": the keys are policy, probability, packetCap,`},
 		{`{"packetCap": "10"}`, "packetCap: a string cannot be read as a whole number"},
 		{`{"policy": "a", "resync": "10"}`, `resync: "10" is not a duration such as 10s or 1m30s`},
 		{`{"policy": "a"} {"policy": "b"}`, "more than one document"},

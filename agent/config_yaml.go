@@ -37,19 +37,33 @@ import (
 	"time"
 )
 
-// fieldTypes maps each JSON key of Config to its field's type.
-var fieldTypes = func() map[string]reflect.Type {
+// fieldTypes maps each JSON key of Config to its field's type; fileKeys
+// are the keys in the order of the fields.
+var fieldTypes, fileKeys = func() (map[string]reflect.Type, []string) {
 	m := map[string]reflect.Type{}
+	var keys []string
 	t := reflect.TypeFor[Config]()
 	for i := range t.NumField() {
 		f := t.Field(i)
 		name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
 		if name != "" && name != "-" {
 			m[name] = f.Type
+			keys = append(keys, name)
 		}
 	}
-	return m
+	return m, keys
 }()
+
+// unknownKey explains a key that is not a setting: a near miss in letter
+// case is named, and the valid keys are listed.
+func unknownKey(key string) string {
+	for _, k := range fileKeys {
+		if strings.EqualFold(k, key) {
+			return fmt.Sprintf("unknown key %q: did you mean %s? (keys are case-sensitive)", key, k)
+		}
+	}
+	return fmt.Sprintf("unknown key %q: the keys are %s (README, `connscope agent`)", key, strings.Join(fileKeys, ", "))
+}
 
 var durationType = reflect.TypeFor[Duration]()
 
@@ -115,7 +129,7 @@ func yamlToJSON(b []byte) ([]byte, error) {
 		}
 		typ, known := fieldTypes[key]
 		if !known {
-			return nil, fmt.Errorf("line %d: unknown key %q (keys are the JSON names of agent.Config, e.g. packetCap, nflogGroup)", n, key)
+			return nil, fmt.Errorf("line %d: %s", n, unknownKey(key))
 		}
 		if first, dup := seen[key]; dup {
 			return nil, fmt.Errorf("line %d: key %s given twice (first on line %d)", n, key, first)
