@@ -327,10 +327,13 @@ func (a *Agent) keepRules(ctx context.Context, m *rules.Manager) {
 		} else {
 			retry = firstRetry
 			if !cleaned {
-				if err := m.CleanupStale(); err != nil {
+				switch err := m.CleanupStale(); {
+				case err != nil:
 					a.log.Error("could not remove rules left by an earlier run of this policy", "err", err)
-				} else {
-					a.log.Info("started: no rules of an earlier run of this policy left")
+				case len(m.EarlierRuns()) > 0:
+					a.log.Info("started: took over what an earlier run of this policy left; nothing else of it is left", "earlier", m.EarlierRuns())
+				default:
+					a.log.Info("started: no rules of an earlier run of this policy were found")
 				}
 				cleaned = true
 			}

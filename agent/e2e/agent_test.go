@@ -246,6 +246,10 @@ func TestKillRestartAndCleanup(t *testing.T) {
 	a = ns.startAgent("agent-2", args...)
 	a.waitReady(startTimeout)
 	golden.Require(t, "installed-a-nft", ns.rules())
+	eventually(t, pollTimeout, "the start message", func() bool { return strings.Contains(a.Output(), "started:") }, a.Output)
+	if out := a.Output(); !strings.Contains(out, "started: took over what an earlier run of this policy left") || strings.Contains(out, "no rules of an earlier run") {
+		t.Errorf("the restarted agent does not say it took over the killed one's rules:\n%s", out)
+	}
 	a.signal(syscall.SIGKILL, stopTimeout)
 
 	// A legacy agent of another policy, killed too.

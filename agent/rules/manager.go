@@ -37,6 +37,11 @@ type Manager struct {
 	// wrote is set before the first command that writes to netfilter
 	// runs, whether it succeeds or not.
 	wrote bool
+	// looked holds the families whose chain Ensure has looked at once;
+	// earlier lists what of an earlier run of the policy it found then,
+	// and what CleanupStale removed.
+	looked  map[Family]bool
+	earlier []string
 
 	// gen reads the nf_tables ruleset generation (nil: no shortcut).
 	// checkedGen is the generation read before the last Check that found
@@ -76,6 +81,7 @@ func NewManager(p Policy, opts Options) (*Manager, error) {
 		sets:      map[Family]RuleSet{},
 		handles:   map[Family]*handle{},
 		written:   map[Family][]string{},
+		looked:    map[Family]bool{},
 		gen:       opts.generation(det.Backend),
 	}
 	for _, f := range allFamilies {
@@ -175,10 +181,27 @@ func (m *Manager) ensureFamily(h *handle, rs RuleSet) error {
 	if err != nil {
 		return err
 	}
-	if want := m.expected(h.family, rs); !slices.Equal(got, want) {
-		if existed {
-			log.Warn("chain differs from the policy (changed by someone else, or by an earlier run): rewriting it",
+	// At the first look, a chain that exists was left by an earlier run
+	// of the policy (killed, or with other settings), or made by someone
+	// else; later, only someone else changes it.
+	first := !m.looked[h.family]
+	m.looked[h.family] = true
+	want := m.expected(h.family, rs)
+	same := slices.Equal(got, want)
+	if first && existed {
+		what := "kept: its rules are the policy's"
+		if !same {
+			what = "rewritten: its rules differ from the policy's"
+		}
+		m.earlier = append(m.earlier, fmt.Sprintf("%s: chain %s %s", h, rs.Chain, what))
+	}
+	if !same {
+		switch {
+		case first && existed:
+			log.Warn("chain left by an earlier run of this policy (or written by someone else) differs from the policy: rewriting it",
 				"found", got, "want", want)
+		case existed:
+			log.Warn("chain differs from the policy (changed by someone else): rewriting it", "found", got, "want", want)
 		}
 		m.wrote = true
 		if err := h.ipt.ClearChain(table, rs.Chain); err != nil {
@@ -507,7 +530,7 @@ func (m *Manager) Remove() error {
 func (m *Manager) CleanupStale() error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	_, err := cleanup(m.opts, m.log, func(b Backend, f Family) bool {
+	removed, err := cleanup(m.opts, m.log, func(b Backend, f Family) bool {
 		return b == m.detection.Backend && m.policy.hasFamily(f)
 	}, func(b Backend, f Family) *handle {
 		if b == m.detection.Backend {
@@ -521,7 +544,18 @@ func (m *Manager) CleanupStale() error {
 		}
 		return policyRules(s, m.policy.Name, keep)
 	})
+	m.earlier = append(m.earlier, removed...)
 	return err
+}
+
+// EarlierRuns lists what Ensure and CleanupStale found of earlier runs of
+// the policy: the chain in place at Ensure's first look in each family
+// (kept or rewritten), and what CleanupStale deleted. Empty when the
+// policy started from nothing.
+func (m *Manager) EarlierRuns() []string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return slices.Clone(m.earlier)
 }
 
 // policyRules picks in s the chains of the named policy other than keep

@@ -523,3 +523,57 @@ func TestNoWorkingIptablesIsAClearError(t *testing.T) {
 		}
 	})
 }
+
+// TestEarlierRunsSaysWhatWasTakenOver: a policy started from nothing
+// reports no earlier run; a restart after a kill reports the chain it
+// found, kept when identical and rewritten when the settings changed, and
+// what CleanupStale deleted, so that the agent's start message agrees
+// with the warnings Ensure logged.
+func TestEarlierRunsSaysWhatWasTakenOver(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, b Backend) {
+		ns := newTestNS(t)
+		first := ns.manager(webPolicy(), b)
+		mustEnsure(t, first)
+		if err := first.CleanupStale(); err != nil {
+			t.Fatal(err)
+		}
+		if e := first.EarlierRuns(); len(e) != 0 {
+			t.Errorf("a first run reports earlier runs: %q", e)
+		}
+		mustEnsure(t, first)
+		if e := first.EarlierRuns(); len(e) != 0 {
+			t.Errorf("a second pass reports its own chain as an earlier run's: %q", e)
+		}
+
+		// Killed, restarted with the same settings: the chains are kept.
+		same := ns.manager(webPolicy(), b)
+		mustEnsure(t, same)
+		if err := same.CleanupStale(); err != nil {
+			t.Fatal(err)
+		}
+		chain := ChainName(webPolicy())
+		if e := strings.Join(same.EarlierRuns(), "\n"); strings.Count(e, "chain "+chain+" kept") != 2 {
+			t.Errorf("restart with the same settings reports:\n%s", e)
+		}
+
+		// Killed, restarted with another probability (same chain, other
+		// rules) and another group (another chain, deleted as stale).
+		changed := webPolicy()
+		changed.Probability = 0.5
+		rewritten := ns.manager(changed, b)
+		mustEnsure(t, rewritten)
+		if e := strings.Join(rewritten.EarlierRuns(), "\n"); strings.Count(e, "chain "+chain+" rewritten") != 2 {
+			t.Errorf("restart with another probability reports:\n%s", e)
+		}
+		regrouped := changed
+		regrouped.NFLOGGroup = 9
+		m := ns.manager(regrouped, b)
+		mustEnsure(t, m)
+		if err := m.CleanupStale(); err != nil {
+			t.Fatal(err)
+		}
+		if e := strings.Join(m.EarlierRuns(), "\n"); !strings.Contains(e, "deleted chain "+chain) || strings.Contains(e, " kept") {
+			t.Errorf("restart with another group reports:\n%s", e)
+		}
+	})
+}
