@@ -237,3 +237,22 @@ func TestSinkFailingWarningSaysWhy(t *testing.T) {
 		t.Errorf("only %d sink errors: the test did not retry", q.Stats().SinkErrors)
 	}
 }
+
+// TestLossMetricsSayWhenTheyAreCounted: the HELP of the kernel loss
+// counters tells an operator that sequence gaps are counted when the
+// group's next packet arrives and ENOBUFS at once, as the README says.
+func TestLossMetricsSayWhenTheyAreCounted(t *testing.T) {
+	a, err := New(validConfig(), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, body := get(t, a.Handler(), "/metrics")
+	for _, want := range []string{
+		"# HELP connscope_agent_packets_lost_total Packets lost before reaching the sink: kernel_seq_gap (the kernel could not queue them on the socket, from NFLOG sequence gaps, counted when the group's next packet arrives)",
+		"# HELP connscope_agent_nflog_enobufs_total Times the NFLOG socket reported that its receive buffer overflowed (ENOBUFS), counted at once;",
+	} {
+		if !strings.Contains(body, want) {
+			t.Errorf("/metrics lacks %q:\n%s", want, body)
+		}
+	}
+}

@@ -82,12 +82,12 @@ func (a *Agent) newRegistry() *prometheus.Registry {
 
 	counter("connscope_agent_packets_logged_total", "Packets read from the NFLOG group.", nil,
 		nf(func(s nflog.Stats) uint64 { return s.Packets }))
-	const lostHelp = "Packets lost before reaching the sink: kernel_seq_gap (the kernel could not queue them on the socket, from NFLOG sequence gaps), queue_full (the queue towards the sink was full)."
+	const lostHelp = "Packets lost before reaching the sink: kernel_seq_gap (the kernel could not queue them on the socket, from NFLOG sequence gaps, counted when the group's next packet arrives), queue_full (the queue towards the sink was full)."
 	counter("connscope_agent_packets_lost_total", lostHelp, prometheus.Labels{"reason": "kernel_seq_gap"},
 		nf(func(s nflog.Stats) uint64 { return s.SeqGaps }))
 	counter("connscope_agent_packets_lost_total", lostHelp, prometheus.Labels{"reason": "queue_full"},
 		qs(func(s ship.Stats) float64 { return float64(s.DroppedQueueFull) }))
-	counter("connscope_agent_nflog_enobufs_total", "Times the NFLOG socket reported that its receive buffer overflowed (ENOBUFS); the packets lost are counted in connscope_agent_packets_lost_total{reason=\"kernel_seq_gap\"}.", nil,
+	counter("connscope_agent_nflog_enobufs_total", "Times the NFLOG socket reported that its receive buffer overflowed (ENOBUFS), counted at once; the packets lost are counted in connscope_agent_packets_lost_total{reason=\"kernel_seq_gap\"} when the group's next packet arrives.", nil,
 		nf(func(s nflog.Stats) uint64 { return s.ENOBUFS }))
 	counter("connscope_agent_nflog_read_errors_total", "Malformed or unexpected netlink messages read from the NFLOG socket.", nil,
 		nf(func(s nflog.Stats) uint64 { return s.Errors }))

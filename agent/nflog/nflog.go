@@ -184,10 +184,13 @@ type Stats struct {
 	Packets uint64
 	// SeqGaps is the number of packets lost, from gaps in the
 	// per-instance sequence numbers (NFULA_SEQ): batches the kernel could
-	// not queue on the socket because its receive buffer was full.
+	// not queue on the socket because its receive buffer was full. A gap
+	// is seen, and counted, only when the next packet of the group is
+	// read: the loss of a burst's tail shows with the group's next packet.
 	SeqGaps uint64
 	// ENOBUFS is the number of times recvmsg reported that the receive
-	// buffer had overflowed (one report can stand for many lost batches).
+	// buffer had overflowed (one report can stand for many lost batches),
+	// counted as soon as the read fails.
 	ENOBUFS uint64
 	// Errors is the number of malformed, truncated or unexpected messages
 	// and netlink error messages seen while reading.
