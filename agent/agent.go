@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -113,6 +114,46 @@ func Run(ctx context.Context, cfg Config) error {
 // Config is the agent's configuration, with defaults filled in.
 func (a *Agent) Config() Config { return a.cfg }
 
+// removeLeftPolicies takes err from Manager.Conflicts. When every other
+// policy it names is one whose agent no longer runs, it removes their
+// rules and returns what Conflicts says then (nil when nothing else
+// conflicts); otherwise it returns err. An agent binds its NFLOG group
+// before it installs a rule and removes its rules before it lets the group
+// go, so a policy whose group has no reader in this network namespace is
+// rules a killed agent left (after a node's agent pod was killed, or a
+// policy deleted while its agent could not clean up); without this, the
+// next policy given that label bit or group would refuse to start until
+// someone ran `connscope agent cleanup --policy NAME`. A chain that logs
+// to no group, or names no policy, is not judged: err is returned.
+func (a *Agent) removeLeftPolicies(m *rules.Manager, err error, opts rules.Options) error {
+	var ce *rules.ConflictError
+	if !errors.As(err, &ce) {
+		return err
+	}
+	bound, berr := nflog.BoundGroups()
+	if berr != nil {
+		return fmt.Errorf("%w (and whether their agents still run is unknown: %v)", err, berr)
+	}
+	var left []string
+	for _, c := range ce.Conflicts {
+		if c.OtherPolicy == "" || c.Group < 0 || bound[uint16(c.Group)] {
+			return err
+		}
+		if !slices.Contains(left, c.OtherPolicy) {
+			left = append(left, c.OtherPolicy)
+		}
+	}
+	for _, name := range left {
+		removed, cerr := rules.CleanupPolicy(opts, name)
+		if cerr != nil {
+			return errors.Join(err, fmt.Errorf("remove the rules policy %q left: %w", name, cerr))
+		}
+		a.log.Warn("removed the rules of another policy whose agent no longer runs (no reader on its NFLOG group): they used this policy's label bit or NFLOG group",
+			"policy", name, "removed", removed)
+	}
+	return m.Conflicts()
+}
+
 // Run installs the rules, reads and ships until ctx ends, then removes the
 // rules and flushes the queue. It returns nil after a clean shutdown, and
 // an error when it could not start (nothing of it is left installed), when
@@ -151,9 +192,12 @@ func (a *Agent) Run(ctx context.Context) error {
 		return fmt.Errorf("--backend %s: %w", cfg.Backend, err)
 	}
 	// Another policy labelling with our bit or logging to our group would
-	// mix its connections into ours: refuse before anything is installed.
+	// mix its connections into ours: refuse before anything is installed,
+	// unless its agent is gone (its rules were left by a killed agent).
 	if err := m.Conflicts(); err != nil {
-		return fmt.Errorf("--label-bit %d, --nflog-group %d: %w", cfg.LabelBit, cfg.NFLOGGroup, err)
+		if err = a.removeLeftPolicies(m, err, rules.Options{Backend: backend, Logger: a.base, LookPath: a.opts.LookPath}); err != nil {
+			return fmt.Errorf("--label-bit %d, --nflog-group %d: %w", cfg.LabelBit, cfg.NFLOGGroup, err)
+		}
 	}
 	det := m.Backend()
 	a.info.WithLabelValues(cfg.Policy, cfg.NodeName, string(det.Backend), m.Chain(),

@@ -341,9 +341,11 @@ func TestBusyGroupFailsBeforeAnyRule(t *testing.T) {
 // TestSharedBitOrGroupFailsBeforeAnyRule: with policy a (label bit 3,
 // group 5) running, an agent of another policy with bit 3 (and its own
 // group, which it could bind) refuses to start, naming policy a and its
-// chain, and installs nothing; the leftovers of a SIGKILLed policy a make
-// an agent of policy b with a's bit and group refuse too, until
-// `connscope agent cleanup --policy a` removes them.
+// chain, and installs nothing. Once a is SIGKILLed its rules are left
+// with no reader on their group: an agent of policy b with a's bit and
+// group removes them, says so, and starts; while b runs, a policy on its
+// bit is refused. `connscope agent cleanup --policy b` removes the
+// leftovers of a killed b.
 func TestSharedBitOrGroupFailsBeforeAnyRule(t *testing.T) {
 	needRoot(t)
 	ns := newNS(t, "")
@@ -370,23 +372,42 @@ func TestSharedBitOrGroupFailsBeforeAnyRule(t *testing.T) {
 	if code := a.signal(syscall.SIGKILL, stopTimeout); code != -1 {
 		t.Fatalf("exit status %d after SIGKILL", code)
 	}
+	// Its rules are left, and nothing reads its group any more: an agent
+	// of another policy with the same bit and group removes them and
+	// starts.
 	args := []string{"--policy", "b", "--label-bit", "3", "--nflog-group", "5", "--probability", "1",
 		"--backend", "nft", "--sink", sinkB, "--metrics-addr", "127.0.0.1:9478"}
-	c := ns.startAgent("agent-b", args...)
-	if code := c.Wait(t, stopTimeout); code == 0 || !strings.Contains(c.Output(), "uses label bit 3 and NFLOG group 5") {
-		t.Fatalf("an agent sharing the killed agent's bit and group: exit status %d:\n%s", code, c.Output())
-	}
 	golden.Require(t, "installed-a-nft", ns.rules())
-	out := ns.Must(t, connscopeBin, "agent", "cleanup", "--policy", "a")
-	if !strings.Contains(out, "iptables-nft (IPv4): deleted chain CONNSCOPE-ZKLYCEWK-SRFG5KIU") {
-		t.Errorf("cleanup --policy a printed:\n%s", out)
-	}
-	golden.Require(t, "removed-nft", ns.rules())
-	c = ns.startAgent("agent-b-again", args...)
+	c := ns.startAgent("agent-b", args...)
 	c.waitReady(startTimeout)
+	if out := c.Output(); !strings.Contains(out, "removed the rules of another policy whose agent no longer runs") || !strings.Contains(out, `policy=a`) {
+		t.Errorf("agent b does not say it removed policy a's rules:\n%s", out)
+	}
+	if rs := ns.rules(); strings.Contains(rs, "CONNSCOPE-ZKLYCEWK-SRFG5KIU") || !strings.Contains(rs, "connscope policy b:") {
+		t.Errorf("after agent b started, the rules are:\n%s", rs)
+	}
+	// While b runs (its group bound), a policy on its bit is refused.
+	_, sinkD := fileSink(t)
+	d := ns.startAgent("agent-a-again", policyA("--backend", "nft", "--packet-cap", "3", "--sink", sinkD, "--nflog-group", "9")...)
+	if code := d.Wait(t, stopTimeout); code == 0 || !strings.Contains(d.Output(), `policy "b"`) {
+		t.Fatalf("an agent sharing running agent b's bit: exit status %d:\n%s", code, d.Output())
+	}
 	if code := c.signal(syscall.SIGTERM, stopTimeout); code != 0 {
 		t.Fatalf("agent b: exit status %d:\n%s", code, c.Output())
 	}
+	golden.Require(t, "removed-nft", ns.rules())
+
+	// connscope agent cleanup --policy NAME removes one policy's leftovers.
+	k := ns.startAgent("agent-k", args...)
+	k.waitReady(startTimeout)
+	if code := k.signal(syscall.SIGKILL, stopTimeout); code != -1 {
+		t.Fatalf("exit status %d after SIGKILL", code)
+	}
+	out := ns.Must(t, connscopeBin, "agent", "cleanup", "--policy", "b")
+	if !strings.Contains(out, "deleted chain CONNSCOPE-") {
+		t.Errorf("cleanup --policy b printed:\n%s", out)
+	}
+	golden.Require(t, "removed-nft", ns.rules())
 }
 
 // TestLegacyWithoutNetRawFailsAtStart: an agent with CAP_NET_ADMIN but

@@ -28,6 +28,8 @@ type Conflict struct {
 	Chain, OtherPolicy string
 	// What is shared: "label bit 3" and/or "NFLOG group 5".
 	What []string
+	// Group is the NFLOG group the chain logs to, -1 when it logs to none.
+	Group int
 }
 
 func (e *ConflictError) Error() string {
@@ -111,10 +113,15 @@ func conflictsIn(s snapshot, name, bit, group, where string) []Conflict {
 		if !strings.HasPrefix(c, chainPrefix) || strings.HasPrefix(c, namePrefix(name)) || chainHasComment(s, c, policyComment(name)) {
 			continue
 		}
-		cf := Conflict{Where: where, Chain: c}
+		cf := Conflict{Where: where, Chain: c, Group: -1}
 		for _, r := range s.Rules[c] {
 			if cf.OtherPolicy == "" {
 				cf.OtherPolicy = commentPolicy(r.Comment)
+			}
+			if v, ok := optionValue(r.Spec, "--nflog-group"); ok {
+				if g, err := strconv.ParseUint(v, 10, 16); err == nil {
+					cf.Group = int(g)
+				}
 			}
 			if v, ok := optionValue(r.Spec, "--label"); ok && v == bit && !slices.Contains(cf.What, "label bit "+bit) {
 				cf.What = append(cf.What, "label bit "+bit)
