@@ -211,6 +211,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		Node:      cfg.NodeName,
 		Policy:    cfg.Policy,
 		TokenFile: cfg.SinkTokenFile,
+		Logger:    a.log,
 		Counters:  a.counters,
 	})
 	if err != nil {

@@ -7,6 +7,8 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
+	"log/slog"
 	"os"
 	"sync"
 
@@ -52,16 +54,21 @@ var pcapngHeader = func() []byte {
 	return b.Bytes()
 }()
 
-func openFile(path string) (*fileSink, error) {
+func openFile(path string, log *slog.Logger) (*fileSink, error) {
 	// 0640: the records name who talked to whom. O_APPEND: what is in the
 	// file stays.
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_APPEND, 0o640)
 	if err != nil {
 		return nil, fmt.Errorf("file sink: %w", err)
 	}
-	if err := checkAppendable(f); err != nil {
+	cut, err := checkAppendable(f)
+	if err != nil {
 		f.Close()
 		return nil, fmt.Errorf("file sink %s: %w; the file was left as it is: move it away or give another path", path, err)
+	}
+	if cut > 0 {
+		log.Warn("file sink: the capture's last block was cut short (the agent was killed, or the disk filled, while it was written): removed it, the rest of the capture stays",
+			"path", path, "bytesRemoved", cut)
 	}
 	bw := bufio.NewWriterSize(f, 64<<10)
 	w, err := capture.NewPcapngWriter(bw, capture.LinkTypeRaw, 0)
@@ -76,47 +83,89 @@ func openFile(path string) (*fileSink, error) {
 }
 
 // checkAppendable accepts an empty file, or a pcapng file that starts as
-// a file sink's does and whose last block is whole (its trailing length
-// points back at a block header of the same length), so that a section
-// appended to it is read after the earlier ones.
-func checkAppendable(f *os.File) error {
+// a file sink's does, so that a section appended to it is read after the
+// earlier ones. When the file's last block is cut short (its trailing
+// length does not point back at a block header of the same length: the
+// agent was killed, or the disk filled, in the middle of a write), the
+// file is cut after its last whole block, and how many bytes went is
+// returned: a block that was not whole was never acknowledged to the
+// queue (Send returns after the flush), and refusing the file instead
+// would keep a restarted agent from starting at all.
+func checkAppendable(f *os.File) (cut int64, err error) {
 	st, err := f.Stat()
 	if err != nil {
-		return err
+		return 0, err
 	}
 	size := st.Size()
 	if !st.Mode().IsRegular() {
-		return fmt.Errorf("not a regular file (%s)", st.Mode().Type())
+		return 0, fmt.Errorf("not a regular file (%s)", st.Mode().Type())
 	}
 	if size == 0 {
-		return nil
+		return 0, nil
 	}
 	notOurs := fmt.Errorf("it exists (%d bytes) and is not a pcapng capture written by a connscope file sink", size)
 	if size < int64(len(pcapngHeader)) {
-		return notOurs
+		return 0, notOurs
 	}
 	head := make([]byte, len(pcapngHeader))
 	if _, err := f.ReadAt(head, 0); err != nil {
-		return err
+		return 0, err
 	}
 	if !bytes.Equal(head, pcapngHeader) {
-		return notOurs
+		return 0, notOurs
 	}
 	var tail [4]byte
 	if _, err := f.ReadAt(tail[:], size-4); err != nil {
-		return err
+		return 0, err
 	}
 	blen := int64(binary.LittleEndian.Uint32(tail[:]))
 	var hdr [8]byte
 	if blen >= 12 && blen%4 == 0 && blen <= size {
 		if _, err := f.ReadAt(hdr[:], size-blen); err != nil {
-			return err
+			return 0, err
+		}
+		if int64(binary.LittleEndian.Uint32(hdr[4:8])) == blen {
+			return 0, nil
 		}
 	}
-	if blen < 12 || blen%4 != 0 || blen > size || int64(binary.LittleEndian.Uint32(hdr[4:8])) != blen {
-		return fmt.Errorf("it is a connscope capture (%d bytes) whose last block is cut short (the disk filled, or the agent was killed while writing): connscope classify reads it up to there", size)
+	whole, err := wholeBlocks(f, size)
+	if err != nil {
+		return 0, err
 	}
-	return nil
+	if whole < int64(len(pcapngHeader)) {
+		return 0, notOurs
+	}
+	if err := f.Truncate(whole); err != nil {
+		return 0, fmt.Errorf("cut the capture's last block, which is not whole: %w", err)
+	}
+	return size - whole, nil
+}
+
+// wholeBlocks returns the length of the longest prefix of the file made of
+// whole pcapng blocks (little-endian, as a file sink writes them): each a
+// length, at least 12 and a multiple of 4, that the block repeats at its
+// end. It reads the file once, sequentially.
+func wholeBlocks(f *os.File, size int64) (int64, error) {
+	r := bufio.NewReaderSize(io.NewSectionReader(f, 0, size), 1<<20)
+	var off int64
+	var hdr [8]byte
+	var trail [4]byte
+	for {
+		if _, err := io.ReadFull(r, hdr[:]); err != nil {
+			return off, nil // the end, or a header cut short
+		}
+		blen := int64(binary.LittleEndian.Uint32(hdr[4:8]))
+		if blen < 12 || blen%4 != 0 || off+blen > size {
+			return off, nil
+		}
+		if _, err := r.Discard(int(blen - 12)); err != nil {
+			return off, err
+		}
+		if _, err := io.ReadFull(r, trail[:]); err != nil || int64(binary.LittleEndian.Uint32(trail[:])) != blen {
+			return off, nil
+		}
+		off += blen
+	}
 }
 
 // Send appends the batch to the file and flushes it. A record the format

@@ -3,9 +3,11 @@ package ship
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -216,9 +218,8 @@ func TestFileSinkAppendsASectionToItsOwnFile(t *testing.T) {
 }
 
 // TestFileSinkRefusesAFileItDidNotWrite: an existing file that is not a
-// file sink's pcapng (text, a pcap file, a pcapng of another writer) or
-// whose last block is cut short is refused with a clear error and left
-// byte for byte as it was.
+// file sink's pcapng (text, a pcap file, a pcapng of another writer) is
+// refused with a clear error and left byte for byte as it was.
 func TestFileSinkRefusesAFileItDidNotWrite(t *testing.T) {
 	var pcap bytes.Buffer
 	if _, err := capture.NewPcapWriter(&pcap, capture.LinkTypeRaw, 0, true); err != nil {
@@ -229,18 +230,6 @@ func TestFileSinkRefusesAFileItDidNotWrite(t *testing.T) {
 		t.Fatal(err)
 	}
 	dir := t.TempDir()
-	ours := filepath.Join(dir, "ours.pcapng")
-	s := openSink(t, fileURL(ours), Options{})
-	if err := s.Send(context.Background(), records(3, 0, 1)); err != nil {
-		t.Fatal(err)
-	}
-	if err := s.Close(); err != nil {
-		t.Fatal(err)
-	}
-	whole, err := os.ReadFile(ours)
-	if err != nil {
-		t.Fatal(err)
-	}
 	for _, tc := range []struct {
 		name string
 		data []byte
@@ -250,7 +239,6 @@ func TestFileSinkRefusesAFileItDidNotWrite(t *testing.T) {
 		{"short text", []byte("old\n"), "is not a pcapng capture written by a connscope file sink"},
 		{"pcap", pcap.Bytes(), "is not a pcapng capture written by a connscope file sink"},
 		{"pcapng of Ethernet", other.Bytes(), "is not a pcapng capture written by a connscope file sink"},
-		{"cut short", whole[:len(whole)-6], "last block is cut short"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			path := filepath.Join(dir, strings.ReplaceAll(tc.name, " ", "-"))
@@ -272,5 +260,55 @@ func TestFileSinkInAMissingDirectorySaysSo(t *testing.T) {
 	_, err := Open("file:///nonexistent-dir-of-connscope/agent.pcapng", Options{})
 	if msg := contains(err, "file sink", "/nonexistent-dir-of-connscope/agent.pcapng", "no such file or directory"); msg != "" {
 		t.Fatal(msg)
+	}
+}
+
+// A capture whose last block was cut short (the agent was killed, or the
+// disk filled, in the middle of a write) is cut after its last whole block
+// and appended to, with a warning: refusing it would keep a restarted
+// agent from starting at all. The cut block was never acknowledged.
+func TestFileSinkCutsACutShortLastBlockAndAppends(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "agent.pcapng")
+	s := openSink(t, fileURL(path), Options{})
+	first := records(3, 0, 1)
+	if err := s.Send(context.Background(), first); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	whole, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	last := int(binary.LittleEndian.Uint32(whole[len(whole)-4:])) // the third record's block
+	if err := os.WriteFile(path, whole[:len(whole)-6], 0o640); err != nil {
+		t.Fatal(err)
+	}
+	var logs bytes.Buffer
+	s2, err := Open(fileURL(path), Options{Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	if err != nil {
+		t.Fatalf("a capture cut short was refused: %v", err)
+	}
+	second := records(2, 100, 2)
+	if err := s2.Send(context.Background(), second); err != nil {
+		t.Fatal(err)
+	}
+	if err := s2.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if want := fmt.Sprintf("bytesRemoved=%d", last-6); !strings.Contains(logs.String(), want) || !strings.Contains(logs.String(), "cut short") {
+		t.Errorf("log %q lacks a warning with %s", logs.String(), want)
+	}
+	got, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.HasPrefix(got, whole[:len(whole)-last]) {
+		t.Error("the whole blocks before the cut one changed")
+	}
+	recs := readRecords(t, path)
+	if len(recs) != 4 || recs[0].Seq != first[0].Seq || recs[1].Seq != first[1].Seq || recs[2].Seq != second[0].Seq || recs[3].Seq != second[1].Seq {
+		t.Fatalf("read %d records, want the first two and the two sent after the restart", len(recs))
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/url"
 	"path/filepath"
@@ -66,6 +67,11 @@ type Options struct {
 	// needed, sending the batch and receiving its ack. 0 means
 	// DefaultAckTimeout.
 	AckTimeout time.Duration
+
+	// Logger receives what a sink has to say outside Send (a file sink
+	// that cut the cut-short last block of an earlier capture). Nil:
+	// slog.Default().
+	Logger *slog.Logger
 
 	// Counters, when set, is called for every batch to send the agent's
 	// totals with it, so that the classifier can report loss before the
@@ -134,7 +140,7 @@ func Open(rawURL string, o Options) (Sink, error) {
 		if err != nil {
 			return nil, err
 		}
-		return openFile(path)
+		return openFile(path, o.logger())
 	case "":
 		return nil, fmt.Errorf("sink URL %q has no scheme: give one of %s", rawURL, urlForms)
 	}
@@ -184,4 +190,11 @@ func filePath(rawURL string, u *url.URL) (string, error) {
 		return "", fmt.Errorf("sink URL %q names a directory: give a file, e.g. file://%s", rawURL, filepath.Join(p, "connscope.pcapng"))
 	}
 	return filepath.Clean(p), nil
+}
+
+func (o Options) logger() *slog.Logger {
+	if o.Logger != nil {
+		return o.Logger
+	}
+	return slog.Default()
 }
