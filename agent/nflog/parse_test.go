@@ -18,7 +18,7 @@ import (
 
 func TestConfigDefaults(t *testing.T) {
 	got := Config{Group: 7}.withDefaults()
-	want := Config{Group: 7, CopyRange: 128, QueueThreshold: 256, FlushTimeout: 100 * time.Millisecond, ReadBuffer: 8 << 20}
+	want := Config{Group: 7, CopyRange: 128, QueueThreshold: 512, FlushTimeout: 100 * time.Millisecond, ReadBuffer: 8 << 20}
 	if got != want {
 		t.Errorf("defaults: got %+v, want %+v", got, want)
 	}

@@ -51,11 +51,16 @@ const nlbufsizMax = 131072
 // skb allocated in softirq context (GFP_ATOMIC) of NFULA_CFG_NLBUFSIZ
 // bytes plus struct skb_shared_info (320 bytes on x86-64, up to about 800
 // with a large CONFIG_MAX_SKB_FRAGS), rounded up by the allocator to a
-// power of two. 64 KiB less 1 KiB stays one 64 KiB (order-4) allocation;
-// nlbufsizMax would be a 256 KiB one, half of it never used but counted
-// against the socket's receive buffer. It holds about 420 logged SYNs or
-// 280 packets cut at 128 bytes.
-const nlbufsizBest = 64<<10 - 1024
+// power of two. 128 KiB less 1 KiB stays one 128 KiB (order-5)
+// allocation; nlbufsizMax would be a 256 KiB one, half of it never used
+// but counted against the socket's receive buffer. It holds about 840
+// logged SYNs or 560 packets cut at 128 bytes: the socket's receive
+// buffer holds as many packets as with smaller batches (the bytes per
+// packet are the same), in half as many datagrams. When the kernel cannot
+// find 128 KiB at once it sends the packet alone
+// (net/netfilter/nfnetlink_log.c, nfulnl_alloc_skb), which costs a wakeup,
+// not a packet.
+const nlbufsizBest = 128<<10 - 1024
 
 // Packet attributes (enum nfulnl_attr_type).
 const (

@@ -4,7 +4,7 @@
 # reader takes without losing one, side by side on the same traffic:
 #
 #   connscope agent   --probability 1 --sink file://... (its own rules, its
-#                     NFLOG settings: copy range 128, batches of up to 256 in 64 KiB, flush
+#                     NFLOG settings: copy range 128, batches of up to 512 in 127 KiB, flush
 #                     100 ms, SO_RCVBUFFORCE 8 MiB)
 #   ulogd2            NFLOG -> BASE -> PCAP, configured as fairly as it lets
 #                     itself be: netlink_socket_buffer_size 8 MiB (it uses
@@ -345,7 +345,7 @@ report=$CACHE/agent-capture.md
 	echo "- Steps of ${secs} s at $rates packets/s (stopping when the generator falls 10% short), then a flood. A fresh reader for each step, a fresh namespace pair for each reader."
 	echo "- Passes, by the reader's CPU limit: $(awk '{ for (i = 1; i <= NF; i++) printf "%s%s", (i > 1 ? ", " : ""), ($i == "none" ? "none (a whole core)" : $i " of a core (a cgroup CFS quota over 100 ms periods, as a pod'"'"'s CPU limit)") }' <<<"$limits")."
 	echo "- Rules: the agent's (probability 1, packet cap $packet_cap, --ports $dport, --nflog-size 128, group $group, iptables-nft); ulogd2 and tshark read the same rule set, restored from the agent's iptables-nft-save ($(grep -c -- '^-A' "$WORK/rules.v4") rules)."
-	echo "- connscope agent: \`connscope ${agent_args[*]} --sink file://…pcapng\` (copy range 128; kernel batches of up to 256 packets in a 64 KiB buffer, or 100 ms; SO_RCVBUFFORCE 8 MiB, 16 MiB granted)."
+	echo "- connscope agent: \`connscope ${agent_args[*]} --sink file://…pcapng\` (copy range 128; kernel batches of up to 512 packets in a 127 KiB buffer, or 100 ms; SO_RCVBUFFORCE 8 MiB, 16 MiB granted)."
 	echo "- ulogd2 $(dpkg-query -W -f='${Version}' ulogd2 2>/dev/null): \`stack=log1:NFLOG,base1:BASE,pcap1:PCAP\`, netlink_socket_buffer_size=8388608 with netlink_socket_buffer_maxsize=8388609 (SO_RCVBUFFORCE; ulogd2 applies a size only below the maximum, so 8 MiB and no growth, as the agent), netlink_qthreshold=64, netlink_qtimeout=10 (100 ms), pcap sync=0 (buffered writes). It has no option for the kernel's batch buffer, which stays at one page (about 16 packets of this size per batch)."
 	echo "- tshark $(tshark --version 2>/dev/null | head -n 1 | awk '{ print $3 }'): \`tshark -i nflog:$group -B 8 -w FILE\` (dumpcap reads the group; libpcap sets SO_RCVBUF, capped by net.core.rmem_max = $(cat /proc/sys/net/core/rmem_max), and leaves the kernel's batching defaults: 100 packets or 1 s, one page)."
 	echo "- sent: packets the veth accepted; logged: the NFLOG rule's counter (what the kernel logged to the group); written: TCP records in the reader's file after it stopped; reader loss = logged - written; held at stop: packets missing from the end of the file only (the source ports are sent in turn) while the kernel dropped no batch (socket drops 0, no sequence gap): they reached the reader's socket and the reader still held them when stopped (tshark: dumpcap keeps the tail of the last batch it read until more arrive), so they do not count against zero loss; CPU: user+system time of the reader and the processes it started (the agent's iptables runs, tshark's dumpcap), from a cpuacct cgroup (exact), over the step (send and drain); µs per packet written = CPU seconds per million packets; CPU % is of one core over the send time."
