@@ -49,6 +49,19 @@ const (
 	SinkClickHouse SinkType = "ClickHouse"
 )
 
+// LabelValue is a label value: empty, or 1 to 63 letters, digits, '-', '_'
+// or '.', starting and ending with a letter or digit.
+// +kubebuilder:validation:MaxLength=63
+// +kubebuilder:validation:Pattern=`^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$`
+type LabelValue = string
+
+// NodeLabels are node labels to select, a map[string]string whose values
+// the CRD bounds (LabelValue: CEL cannot afford a pattern over unbounded
+// strings). Its deep copy is written by hand (labels.go): controller-gen
+// does not copy maps of aliases.
+// +kubebuilder:object:generate=false
+type NodeLabels map[string]LabelValue
+
 // SamplingPolicySpec says which new TCP connections the agents sample on
 // which nodes, how many of their first packets they log, and where the
 // records go.
@@ -87,15 +100,26 @@ type SamplingPolicySpec struct {
 	IdleTimeout *metav1.Duration `json:"idleTimeout,omitempty"`
 
 	// nodeSelector restricts the agents to nodes with these labels; empty
-	// means every Linux node.
+	// means every Linux node. Keys and values are Kubernetes label keys and
+	// values, e.g. "node-role.kubernetes.io/edge": ""; at most 64.
 	// +optional
-	NodeSelector map[string]string `json:"nodeSelector,omitempty"`
+	// +kubebuilder:validation:MaxProperties=64
+	// +kubebuilder:validation:XValidation:rule="self.all(k, k.matches('^([a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$') && k.indexOf('/') <= 253)",message="nodeSelector keys must be label keys: an optional DNS prefix of at most 253 characters and '/', then 1 to 63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit, such as \"node-role.kubernetes.io/edge\""
+	NodeSelector NodeLabels `json:"nodeSelector,omitempty"`
 
 	// tolerations let the agents run on tainted nodes. The default
 	// tolerates every taint, so that every selected node is sampled;
-	// an empty list tolerates none.
+	// an empty list tolerates none; at most 64. The API server refuses what
+	// a DaemonSet would refuse: a value with operator Exists, an empty key
+	// without Exists, an unknown effect, tolerationSeconds without effect
+	// NoExecute.
 	// +optional
 	// +listType=atomic
+	// +kubebuilder:validation:MaxItems=64
+	// +kubebuilder:validation:XValidation:rule="self.all(t, !has(t.operator) || t.operator != 'Exists' || !has(t.value) || size(t.value) == 0)",message="a toleration with operator Exists matches every value of its key: remove value, or use operator Equal"
+	// +kubebuilder:validation:XValidation:rule="self.all(t, (has(t.key) && size(t.key) > 0) || (has(t.operator) && t.operator == 'Exists'))",message="a toleration without a key must have operator Exists (it then tolerates every taint)"
+	// +kubebuilder:validation:XValidation:rule="self.all(t, !has(t.effect) || t.effect in ['', 'NoSchedule', 'PreferNoSchedule', 'NoExecute'])",message="a toleration's effect must be NoSchedule, PreferNoSchedule or NoExecute (or empty for every effect)"
+	// +kubebuilder:validation:XValidation:rule="self.all(t, !has(t.tolerationSeconds) || (has(t.effect) && t.effect == 'NoExecute'))",message="a toleration with tolerationSeconds must have effect NoExecute"
 	// +kubebuilder:default={{operator: "Exists"}}
 	Tolerations []corev1.Toleration `json:"tolerations,omitempty"`
 
@@ -155,6 +179,7 @@ type SamplingPolicySpec struct {
 // +kubebuilder:validation:XValidation:rule="self.type != 'ClickHouse' || (has(self.clickhouse) && has(self.clickhouse.address) && size(self.clickhouse.address) > 0)",message="a ClickHouse sink needs clickhouse.address, e.g. \"clickhouse.db.svc:8123\""
 // +kubebuilder:validation:XValidation:rule="self.type == 'ClickHouse' || !has(self.clickhouse)",message="clickhouse is only read when type is ClickHouse: set type: ClickHouse or remove clickhouse"
 // +kubebuilder:validation:XValidation:rule="self.type == 'ClickHouse' || !has(self.classifier) || !has(self.classifier.replicas) || self.classifier.replicas <= 1",message="the Classifier sink keeps its records on one volume and runs one replica: use the ClickHouse sink for more replicas"
+// +kubebuilder:validation:XValidation:rule="self.type != 'ClickHouse' || !has(self.classifier) || !has(self.classifier.storage)",message="classifier.storage is the Classifier sink's volume: a ClickHouse sink keeps the records in ClickHouse, so remove storage (or use type: Classifier)",fieldPath=".classifier.storage"
 type SinkSpec struct {
 	// type is Classifier (the default: records kept in the classifier's
 	// embedded SQLite store on a volume) or ClickHouse.
@@ -187,18 +212,25 @@ type ClassifierSpec struct {
 	Image string `json:"image,omitempty"`
 
 	// resources of the classifier container; the controller's defaults
-	// when unset.
+	// when unset. A request (cpu, memory, ephemeral-storage) may not exceed
+	// its limit.
 	// +optional
+	// +kubebuilder:validation:XValidation:rule="!has(self.requests) || !has(self.limits) || ['cpu', 'memory', 'ephemeral-storage'].all(r, !(r in self.requests) || !(r in self.limits) || !quantity(string(self.requests[r])).isGreaterThan(quantity(string(self.limits[r]))))",message="classifier.resources: a request (cpu, memory, ephemeral-storage) may not be greater than its limit"
 	Resources *corev1.ResourceRequirements `json:"resources,omitempty"`
 
-	// storage is the volume of the embedded store (Classifier sink). Unset,
-	// the store is an emptyDir and is lost when the pod goes.
+	// storage is the volume of the embedded store, for the Classifier sink
+	// only (with ClickHouse the records are kept there, and the API server
+	// refuses storage). Unset, the store is an emptyDir and is lost when the
+	// pod goes.
 	// +optional
 	Storage *StorageSpec `json:"storage,omitempty"`
 
 	// geoIP names a PersistentVolumeClaim, in the classifier's namespace,
 	// holding MaxMind-format mmdb files (country, ASN), mounted read-only.
-	// Unset, countries and ASNs are reported as unknown.
+	// Used with both sinks: with ClickHouse every classifier replica mounts
+	// it, so a claim read by replicas on several nodes needs the
+	// ReadOnlyMany access mode. Unset, countries and ASNs are reported as
+	// unknown.
 	// +optional
 	GeoIP *GeoIPSpec `json:"geoIP,omitempty"`
 }
@@ -215,6 +247,7 @@ type StorageSpec struct {
 	// unset.
 	// +optional
 	// +kubebuilder:validation:MaxLength=253
+	// +kubebuilder:validation:XValidation:rule="self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*$')",message="storage.storageClassName must be a StorageClass name: lower-case letters, digits, '-' and '.', starting and ending with a letter or digit"
 	StorageClassName *string `json:"storageClassName,omitempty"`
 }
 
@@ -224,6 +257,7 @@ type GeoIPSpec struct {
 	// +required
 	// +kubebuilder:validation:MinLength=1
 	// +kubebuilder:validation:MaxLength=253
+	// +kubebuilder:validation:XValidation:rule="self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*$')",message="geoIP.claimName must be a PersistentVolumeClaim name: lower-case letters, digits, '-' and '.', starting and ending with a letter or digit"
 	ClaimName string `json:"claimName"`
 }
 
@@ -236,6 +270,7 @@ type ClickHouseSpec struct {
 	// +required
 	// +kubebuilder:validation:MaxLength=255
 	// +kubebuilder:validation:XValidation:rule="self.matches('^[A-Za-z0-9.-]+:[0-9]{1,5}$') || self.matches('^[[][0-9A-Fa-f:.]+[]]:[0-9]{1,5}$')",message="clickhouse.address must be HOST:PORT, such as \"clickhouse.db.svc:8123\""
+	// +kubebuilder:validation:XValidation:rule="!self.matches(':[0-9]{1,5}$') || (int(self.substring(self.lastIndexOf(':') + 1)) >= 1 && int(self.substring(self.lastIndexOf(':') + 1)) <= 65535)",message="clickhouse.address must end in a port between 1 and 65535, such as \"clickhouse.db.svc:8123\" (ClickHouse's HTTP port)"
 	Address string `json:"address"`
 
 	// database to use; default "connscope".
@@ -261,6 +296,7 @@ type SecretKeysRef struct {
 	// +required
 	// +kubebuilder:validation:MinLength=1
 	// +kubebuilder:validation:MaxLength=253
+	// +kubebuilder:validation:XValidation:rule="self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*$')",message="credentialsSecret.name must be a Secret name: lower-case letters, digits, '-' and '.', starting and ending with a letter or digit"
 	Name string `json:"name"`
 	// usernameKey is the key holding the user name; default "username".
 	// +optional
@@ -283,8 +319,10 @@ type AgentSpec struct {
 	Image string `json:"image,omitempty"`
 
 	// resources of the agent container; the controller's defaults when
-	// unset.
+	// unset. A request (cpu, memory, ephemeral-storage) may not exceed its
+	// limit.
 	// +optional
+	// +kubebuilder:validation:XValidation:rule="!has(self.requests) || !has(self.limits) || ['cpu', 'memory', 'ephemeral-storage'].all(r, !(r in self.requests) || !(r in self.limits) || !quantity(string(self.requests[r])).isGreaterThan(quantity(string(self.limits[r]))))",message="agent.resources: a request (cpu, memory, ephemeral-storage) may not be greater than its limit"
 	Resources *corev1.ResourceRequirements `json:"resources,omitempty"`
 }
 

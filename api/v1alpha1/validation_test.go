@@ -88,33 +88,91 @@ func TestValidationRefusesBadInputWithItsMessage(t *testing.T) {
 		name string
 		edit func(o map[string]any)
 		want string
+		// path, when set, is the field the API server's message must
+		// name ("spec.nodeSelector: Invalid value: ...").
+		path string
 	}{
 		// name
-		{"name with a dot", func(o map[string]any) { set(o, "metadata.name", "edge.eu") }, "the name of a SamplingPolicy must be 1 to 40 lower-case letters"},
-		{"name starting with a digit", func(o map[string]any) { set(o, "metadata.name", "1edge") }, "starting with a letter"},
-		{"name of 41 characters", func(o map[string]any) { set(o, "metadata.name", "a"+strings.Repeat("b", 40)) }, "must be 1 to 40"},
+		{"name with a dot", func(o map[string]any) { set(o, "metadata.name", "edge.eu") }, "the name of a SamplingPolicy must be 1 to 40 lower-case letters", ""},
+		{"name starting with a digit", func(o map[string]any) { set(o, "metadata.name", "1edge") }, "starting with a letter", ""},
+		{"name of 41 characters", func(o map[string]any) { set(o, "metadata.name", "a"+strings.Repeat("b", 40)) }, "must be 1 to 40", ""},
 		// probability
-		{"probability missing", func(o map[string]any) { delete(o["spec"].(map[string]any), "probability") }, `spec.probability: Required value`},
-		{"probability not a number", func(o map[string]any) { set(o, "spec.probability", "often") }, `probability must be a decimal number such as "0.0001"`},
-		{"probability in exponent form", func(o map[string]any) { set(o, "spec.probability", "1e-4") }, `probability must be a decimal number`},
-		{"probability with 10 decimals", func(o map[string]any) { set(o, "spec.probability", "0.0000000001") }, `at most 9 digits after the point`},
-		{"probability too long", func(o map[string]any) { set(o, "spec.probability", "0."+strings.Repeat("0", 18)+"1") }, `Too long`},
-		{"probability zero", func(o map[string]any) { set(o, "spec.probability", "0") }, "probability must be greater than 0 and at most 1"},
-		{"probability 0.000", func(o map[string]any) { set(o, "spec.probability", "0.000") }, "probability must be greater than 0 and at most 1"},
-		{"probability above 1", func(o map[string]any) { set(o, "spec.probability", "1.5") }, "probability must be greater than 0 and at most 1"},
-		{"probability as a number", func(o map[string]any) { set(o, "spec.probability", 0.5) }, `spec.probability: Invalid value: "number"`},
+		{"probability missing", func(o map[string]any) { delete(o["spec"].(map[string]any), "probability") }, `spec.probability: Required value`, ""},
+		{"probability not a number", func(o map[string]any) { set(o, "spec.probability", "often") }, `probability must be a decimal number such as "0.0001"`, ""},
+		{"probability in exponent form", func(o map[string]any) { set(o, "spec.probability", "1e-4") }, `probability must be a decimal number`, ""},
+		{"probability with 10 decimals", func(o map[string]any) { set(o, "spec.probability", "0.0000000001") }, `at most 9 digits after the point`, ""},
+		{"probability too long", func(o map[string]any) { set(o, "spec.probability", "0."+strings.Repeat("0", 18)+"1") }, `Too long`, ""},
+		{"probability zero", func(o map[string]any) { set(o, "spec.probability", "0") }, "probability must be greater than 0 and at most 1", ""},
+		{"probability 0.000", func(o map[string]any) { set(o, "spec.probability", "0.000") }, "probability must be greater than 0 and at most 1", ""},
+		{"probability above 1", func(o map[string]any) { set(o, "spec.probability", "1.5") }, "probability must be greater than 0 and at most 1", ""},
+		{"probability as a number", func(o map[string]any) { set(o, "spec.probability", 0.5) }, `spec.probability: Invalid value: "number"`, ""},
 		// packetCap
-		{"packetCap 0", func(o map[string]any) { set(o, "spec.packetCap", 0) }, "packetCap must be between 1 and 64 packets per connection"},
-		{"packetCap 65", func(o map[string]any) { set(o, "spec.packetCap", 65) }, "packetCap must be between 1 and 64"},
+		{"packetCap 0", func(o map[string]any) { set(o, "spec.packetCap", 0) }, "packetCap must be between 1 and 64 packets per connection", ""},
+		{"packetCap 65", func(o map[string]any) { set(o, "spec.packetCap", 65) }, "packetCap must be between 1 and 64", ""},
 		// idleTimeout
-		{"idleTimeout not a duration", func(o map[string]any) { set(o, "spec.idleTimeout", "soon") }, "idleTimeout must be a duration between 1s and 10m"},
-		{"idleTimeout without unit", func(o map[string]any) { set(o, "spec.idleTimeout", "3") }, "idleTimeout must be a duration"},
-		{"idleTimeout too short", func(o map[string]any) { set(o, "spec.idleTimeout", "500ms") }, "idleTimeout must be a duration between 1s and 10m"},
-		{"idleTimeout too long", func(o map[string]any) { set(o, "spec.idleTimeout", "11m") }, "idleTimeout must be a duration between 1s and 10m"},
+		{"idleTimeout not a duration", func(o map[string]any) { set(o, "spec.idleTimeout", "soon") }, "idleTimeout must be a duration between 1s and 10m", ""},
+		{"idleTimeout without unit", func(o map[string]any) { set(o, "spec.idleTimeout", "3") }, "idleTimeout must be a duration", ""},
+		{"idleTimeout too short", func(o map[string]any) { set(o, "spec.idleTimeout", "500ms") }, "idleTimeout must be a duration between 1s and 10m", ""},
+		{"idleTimeout too long", func(o map[string]any) { set(o, "spec.idleTimeout", "11m") }, "idleTimeout must be a duration between 1s and 10m", ""},
+		// nodeSelector: what a DaemonSet would refuse
+		{"nodeSelector key with a space and a '!'", func(o map[string]any) { set(o, "spec.nodeSelector", map[string]any{"bad key!": "x"}) }, "nodeSelector keys must be label keys", "spec.nodeSelector"},
+		{"nodeSelector key with two slashes", func(o map[string]any) { set(o, "spec.nodeSelector", map[string]any{"a/b/c": "x"}) }, "nodeSelector keys must be label keys", "spec.nodeSelector"},
+		{"nodeSelector key prefix of 254 characters", func(o map[string]any) {
+			set(o, "spec.nodeSelector", map[string]any{strings.Repeat("a", 254) + "/pool": "x"})
+		}, "an optional DNS prefix of at most 253 characters", "spec.nodeSelector"},
+		{"nodeSelector key name of 64 characters", func(o map[string]any) { set(o, "spec.nodeSelector", map[string]any{strings.Repeat("a", 64): "x"}) }, "nodeSelector keys must be label keys", "spec.nodeSelector"},
+		{"nodeSelector value with a space", func(o map[string]any) { set(o, "spec.nodeSelector", map[string]any{"pool": "x y"}) }, "should match '^([A-Za-z0-9]", "spec.nodeSelector.pool"},
+		{"nodeSelector value of 64 characters", func(o map[string]any) { set(o, "spec.nodeSelector", map[string]any{"pool": strings.Repeat("a", 64)}) }, "Too long: may not be more than 63", "spec.nodeSelector.pool"},
+		{"65 nodeSelector entries", func(o map[string]any) {
+			m := map[string]any{}
+			for i := range 65 {
+				m[fmt.Sprintf("k%d", i)] = "v"
+			}
+			set(o, "spec.nodeSelector", m)
+		}, "must have at most 64 items", "spec.nodeSelector"},
+		// tolerations: what a DaemonSet would refuse
+		{"toleration Exists with a value", func(o map[string]any) {
+			set(o, "spec.tolerations", []any{map[string]any{"operator": "Exists", "value": "x"}})
+		}, "a toleration with operator Exists matches every value of its key", "spec.tolerations"},
+		{"toleration without key and operator Equal", func(o map[string]any) {
+			set(o, "spec.tolerations", []any{map[string]any{"operator": "Equal", "value": "x"}})
+		}, "a toleration without a key must have operator Exists", "spec.tolerations"},
+		{"toleration without key or operator", func(o map[string]any) {
+			set(o, "spec.tolerations", []any{map[string]any{"effect": "NoSchedule"}})
+		}, "a toleration without a key must have operator Exists", "spec.tolerations"},
+		{"toleration with an unknown effect", func(o map[string]any) {
+			set(o, "spec.tolerations", []any{map[string]any{"operator": "Exists", "effect": "NoRun"}})
+		}, "a toleration's effect must be NoSchedule, PreferNoSchedule or NoExecute", "spec.tolerations"},
+		{"tolerationSeconds without NoExecute", func(o map[string]any) {
+			set(o, "spec.tolerations", []any{map[string]any{"key": "a", "operator": "Exists", "effect": "NoSchedule", "tolerationSeconds": 30}})
+		}, "a toleration with tolerationSeconds must have effect NoExecute", "spec.tolerations"},
+		{"65 tolerations", func(o map[string]any) {
+			var ts []any
+			for i := range 65 {
+				ts = append(ts, map[string]any{"key": fmt.Sprintf("k%d", i), "operator": "Exists"})
+			}
+			set(o, "spec.tolerations", ts)
+		}, "must have at most 64 items", "spec.tolerations"},
+		// resources: requests above limits
+		{"agent cpu request above its limit", func(o map[string]any) {
+			set(o, "spec.agent.resources", map[string]any{"requests": map[string]any{"cpu": "2"}, "limits": map[string]any{"cpu": "1"}})
+		}, "agent.resources: a request (cpu, memory, ephemeral-storage) may not be greater than its limit", "spec.agent.resources"},
+		{"agent memory request above its limit in other units", func(o map[string]any) {
+			set(o, "spec.agent.resources", map[string]any{"requests": map[string]any{"memory": "2G"}, "limits": map[string]any{"memory": "1Gi"}})
+		}, "agent.resources: a request", "spec.agent.resources"},
+		{"agent ephemeral-storage request above its limit, cpu as a number", func(o map[string]any) {
+			set(o, "spec.agent.resources", map[string]any{
+				"requests": map[string]any{"cpu": 1, "ephemeral-storage": "2Gi"},
+				"limits":   map[string]any{"cpu": 1, "ephemeral-storage": "1Gi"},
+			})
+		}, "agent.resources: a request", "spec.agent.resources"},
+		{"classifier memory request above its limit", func(o map[string]any) {
+			set(o, "spec.sink.classifier.resources", map[string]any{"requests": map[string]any{"memory": "512Mi"}, "limits": map[string]any{"memory": "256Mi"}})
+		}, "classifier.resources: a request (cpu, memory, ephemeral-storage) may not be greater than its limit", "spec.sink.classifier.resources"},
 		// serverPorts
-		{"server port 0", func(o map[string]any) { set(o, "spec.serverPorts", []any{0}) }, "serverPorts must be TCP ports between 1 and 65535"},
-		{"server port 65536", func(o map[string]any) { set(o, "spec.serverPorts", []any{443, 65536}) }, "serverPorts must be TCP ports between 1 and 65535"},
-		{"server port twice", func(o map[string]any) { set(o, "spec.serverPorts", []any{443, 443}) }, "spec.serverPorts[1]: Duplicate value: 443"},
+		{"server port 0", func(o map[string]any) { set(o, "spec.serverPorts", []any{0}) }, "serverPorts must be TCP ports between 1 and 65535", ""},
+		{"server port 65536", func(o map[string]any) { set(o, "spec.serverPorts", []any{443, 65536}) }, "serverPorts must be TCP ports between 1 and 65535", ""},
+		{"server port twice", func(o map[string]any) { set(o, "spec.serverPorts", []any{443, 443}) }, "spec.serverPorts[1]: Duplicate value: 443", ""},
 		{"16 server ports", func(o map[string]any) {
 			set(o, "spec.serverPorts", func() []any {
 				out := []any{}
@@ -123,75 +181,102 @@ func TestValidationRefusesBadInputWithItsMessage(t *testing.T) {
 				}
 				return out
 			}())
-		}, "spec.serverPorts: Too many: 16: must have at most 15 items"},
+		}, "spec.serverPorts: Too many: 16: must have at most 15 items", ""},
 		// excludedCIDRs
-		{"CIDR without length", func(o map[string]any) { set(o, "spec.excludedCIDRs", []any{"10.0.0.0"}) }, `excludedCIDRs must be networks in CIDR notation, such as "10.0.0.0/8"`},
-		{"CIDR length 33", func(o map[string]any) { set(o, "spec.excludedCIDRs", []any{"10.0.0.0/33"}) }, "excludedCIDRs must be networks in CIDR notation"},
-		{"CIDR of a host name", func(o map[string]any) { set(o, "spec.excludedCIDRs", []any{"example.com/8"}) }, "excludedCIDRs must be networks in CIDR notation"},
-		{"IPv4-mapped IPv6 CIDR", func(o map[string]any) { set(o, "spec.excludedCIDRs", []any{"::ffff:10.0.0.0/104"}) }, "excludedCIDRs must be networks in CIDR notation"},
-		{"CIDR twice", func(o map[string]any) { set(o, "spec.excludedCIDRs", []any{"10.0.0.0/8", "10.0.0.0/8"}) }, "Duplicate value"},
+		{"CIDR without length", func(o map[string]any) { set(o, "spec.excludedCIDRs", []any{"10.0.0.0"}) }, `excludedCIDRs must be networks in CIDR notation, such as "10.0.0.0/8"`, ""},
+		{"CIDR length 33", func(o map[string]any) { set(o, "spec.excludedCIDRs", []any{"10.0.0.0/33"}) }, "excludedCIDRs must be networks in CIDR notation", ""},
+		{"CIDR of a host name", func(o map[string]any) { set(o, "spec.excludedCIDRs", []any{"example.com/8"}) }, "excludedCIDRs must be networks in CIDR notation", ""},
+		{"IPv4-mapped IPv6 CIDR", func(o map[string]any) { set(o, "spec.excludedCIDRs", []any{"::ffff:10.0.0.0/104"}) }, "excludedCIDRs must be networks in CIDR notation", ""},
+		{"CIDR twice", func(o map[string]any) { set(o, "spec.excludedCIDRs", []any{"10.0.0.0/8", "10.0.0.0/8"}) }, "Duplicate value", ""},
 		{"IPv6 CIDR on an IPv4-only policy", func(o map[string]any) {
 			set(o, "spec.excludedCIDRs", []any{"fd00::/8"})
 			set(o, "spec.ipFamilies", []any{"IPv4"})
-		}, "every excludedCIDRs entry must be of an IP family listed in ipFamilies"},
+		}, "every excludedCIDRs entry must be of an IP family listed in ipFamilies", ""},
 		{"65 CIDRs", func(o map[string]any) {
 			set(o, "spec.excludedCIDRs", strs(65, func(i int) string { return fmt.Sprintf("10.%d.0.0/16", i) }))
-		}, "must have at most 64 items"},
+		}, "must have at most 64 items", ""},
 		// interfaces
-		{"interface with a slash", func(o map[string]any) { set(o, "spec.interfaces", []any{"eth0/1"}) }, "interfaces must be interface names of 1 to 15 letters"},
-		{"interface wildcard in the middle", func(o map[string]any) { set(o, "spec.interfaces", []any{"e+th"}) }, "with an optional trailing '+' wildcard"},
-		{"interface named dot-dot", func(o map[string]any) { set(o, "spec.interfaces", []any{".."}) }, "interfaces must be interface names"},
-		{"interface name of 16 characters", func(o map[string]any) { set(o, "spec.interfaces", []any{"abcdefghijklmnop"}) }, "Too long: may not be more than 15"},
-		{"empty interface name", func(o map[string]any) { set(o, "spec.interfaces", []any{""}) }, "interfaces must be interface names of 1 to 15"},
+		{"interface with a slash", func(o map[string]any) { set(o, "spec.interfaces", []any{"eth0/1"}) }, "interfaces must be interface names of 1 to 15 letters", ""},
+		{"interface wildcard in the middle", func(o map[string]any) { set(o, "spec.interfaces", []any{"e+th"}) }, "with an optional trailing '+' wildcard", ""},
+		{"interface named dot-dot", func(o map[string]any) { set(o, "spec.interfaces", []any{".."}) }, "interfaces must be interface names", ""},
+		{"interface name of 16 characters", func(o map[string]any) { set(o, "spec.interfaces", []any{"abcdefghijklmnop"}) }, "Too long: may not be more than 15", ""},
+		{"empty interface name", func(o map[string]any) { set(o, "spec.interfaces", []any{""}) }, "interfaces must be interface names of 1 to 15", ""},
 		{"17 interfaces", func(o map[string]any) {
 			set(o, "spec.interfaces", strs(17, func(i int) string { return fmt.Sprintf("eth%d", i) }))
-		}, "must have at most 16 items"},
+		}, "must have at most 16 items", ""},
 		// ipFamilies
-		{"unknown IP family", func(o map[string]any) { set(o, "spec.ipFamilies", []any{"IPv5"}) }, `Unsupported value: "IPv5": supported values: "IPv4", "IPv6"`},
-		{"no IP family", func(o map[string]any) { set(o, "spec.ipFamilies", []any{}) }, "should have at least 1 items"},
-		{"IP family twice", func(o map[string]any) { set(o, "spec.ipFamilies", []any{"IPv4", "IPv4"}) }, "Duplicate value"},
+		{"unknown IP family", func(o map[string]any) { set(o, "spec.ipFamilies", []any{"IPv5"}) }, `Unsupported value: "IPv5": supported values: "IPv4", "IPv6"`, ""},
+		{"no IP family", func(o map[string]any) { set(o, "spec.ipFamilies", []any{}) }, "should have at least 1 items", ""},
+		{"IP family twice", func(o map[string]any) { set(o, "spec.ipFamilies", []any{"IPv4", "IPv4"}) }, "Duplicate value", ""},
 		// sink
-		{"unknown sink type", func(o map[string]any) { set(o, "spec.sink.type", "Kafka") }, `Unsupported value: "Kafka": supported values: "Classifier", "ClickHouse"`},
-		{"ClickHouse without clickhouse", func(o map[string]any) { set(o, "spec.sink.type", "ClickHouse") }, "a ClickHouse sink needs clickhouse.address"},
+		{"unknown sink type", func(o map[string]any) { set(o, "spec.sink.type", "Kafka") }, `Unsupported value: "Kafka": supported values: "Classifier", "ClickHouse"`, ""},
+		{"ClickHouse without clickhouse", func(o map[string]any) { set(o, "spec.sink.type", "ClickHouse") }, "a ClickHouse sink needs clickhouse.address", ""},
 		{"ClickHouse with an empty address", func(o map[string]any) {
 			set(o, "spec.sink.type", "ClickHouse")
 			set(o, "spec.sink.clickhouse.address", "")
-		}, "clickhouse.address must be HOST:PORT"},
+		}, "clickhouse.address must be HOST:PORT", ""},
 		{"ClickHouse address without port", func(o map[string]any) {
 			set(o, "spec.sink.type", "ClickHouse")
 			set(o, "spec.sink.clickhouse.address", "clickhouse.db.svc")
-		}, `clickhouse.address must be HOST:PORT, such as "clickhouse.db.svc:8123"`},
+		}, `clickhouse.address must be HOST:PORT, such as "clickhouse.db.svc:8123"`, ""},
 		{"ClickHouse address as a URL", func(o map[string]any) {
 			set(o, "spec.sink.type", "ClickHouse")
 			set(o, "spec.sink.clickhouse.address", "tcp://clickhouse:9000")
-		}, "clickhouse.address must be HOST:PORT"},
+		}, "clickhouse.address must be HOST:PORT", ""},
+		{"ClickHouse address with port 99999", func(o map[string]any) {
+			set(o, "spec.sink.type", "ClickHouse")
+			set(o, "spec.sink.clickhouse.address", "ch:99999")
+		}, "clickhouse.address must end in a port between 1 and 65535", "spec.sink.clickhouse.address"},
+		{"ClickHouse address with port 0", func(o map[string]any) {
+			set(o, "spec.sink.type", "ClickHouse")
+			set(o, "spec.sink.clickhouse.address", "ch:0")
+		}, "clickhouse.address must end in a port between 1 and 65535", "spec.sink.clickhouse.address"},
+		{"ClickHouse IPv6 address with port 65536", func(o map[string]any) {
+			set(o, "spec.sink.type", "ClickHouse")
+			set(o, "spec.sink.clickhouse.address", "[fd00::1]:65536")
+		}, "clickhouse.address must end in a port between 1 and 65535", "spec.sink.clickhouse.address"},
+		{"ClickHouse credentials Secret with an upper-case name", func(o map[string]any) {
+			set(o, "spec.sink.type", "ClickHouse")
+			set(o, "spec.sink.clickhouse.address", "clickhouse:8123")
+			set(o, "spec.sink.clickhouse.credentialsSecret.name", "Bad_Name")
+		}, "credentialsSecret.name must be a Secret name", "spec.sink.clickhouse.credentialsSecret.name"},
+		{"storage on a ClickHouse sink", func(o map[string]any) {
+			set(o, "spec.sink.type", "ClickHouse")
+			set(o, "spec.sink.clickhouse.address", "clickhouse:8123")
+			set(o, "spec.sink.classifier.storage.size", "10Gi")
+		}, "classifier.storage is the Classifier sink's volume: a ClickHouse sink keeps the records in ClickHouse", "spec.sink.classifier.storage"},
 		{"ClickHouse database with a dash", func(o map[string]any) {
 			set(o, "spec.sink.type", "ClickHouse")
 			set(o, "spec.sink.clickhouse.address", "clickhouse:9000")
 			set(o, "spec.sink.clickhouse.database", "conn-scope")
-		}, "clickhouse.database must be a plain identifier"},
+		}, "clickhouse.database must be a plain identifier", ""},
 		{"ClickHouse credentials without a Secret name", func(o map[string]any) {
 			set(o, "spec.sink.type", "ClickHouse")
 			set(o, "spec.sink.clickhouse.address", "clickhouse:9000")
 			set(o, "spec.sink.clickhouse.credentialsSecret.name", "")
-		}, "spec.sink.clickhouse.credentialsSecret.name: Invalid value: \"\": spec.sink.clickhouse.credentialsSecret.name in body should be at least 1 chars long"},
+		}, "spec.sink.clickhouse.credentialsSecret.name: Invalid value: \"\": spec.sink.clickhouse.credentialsSecret.name in body should be at least 1 chars long", ""},
 		{"clickhouse settings on a Classifier sink", func(o map[string]any) {
 			set(o, "spec.sink.clickhouse.address", "clickhouse:9000")
-		}, "clickhouse is only read when type is ClickHouse"},
-		{"two classifier replicas on the Classifier sink", func(o map[string]any) { set(o, "spec.sink.classifier.replicas", 2) }, "the Classifier sink keeps its records on one volume and runs one replica"},
-		{"zero classifier replicas", func(o map[string]any) { set(o, "spec.sink.classifier.replicas", 0) }, "classifier.replicas must be between 1 and 20"},
+		}, "clickhouse is only read when type is ClickHouse", ""},
+		{"two classifier replicas on the Classifier sink", func(o map[string]any) { set(o, "spec.sink.classifier.replicas", 2) }, "the Classifier sink keeps its records on one volume and runs one replica", ""},
+		{"zero classifier replicas", func(o map[string]any) { set(o, "spec.sink.classifier.replicas", 0) }, "classifier.replicas must be between 1 and 20", ""},
 		{"21 classifier replicas", func(o map[string]any) {
 			set(o, "spec.sink.type", "ClickHouse")
 			set(o, "spec.sink.clickhouse.address", "clickhouse:9000")
 			set(o, "spec.sink.classifier.replicas", 21)
-		}, "classifier.replicas must be between 1 and 20"},
-		{"storage of size 0", func(o map[string]any) { set(o, "spec.sink.classifier.storage.size", "0") }, `storage.size must be a positive size such as "10Gi"`},
-		{"storage of a negative size", func(o map[string]any) { set(o, "spec.sink.classifier.storage.size", "-1Gi") }, "storage.size must be a positive size"},
-		{"storage without size", func(o map[string]any) { set(o, "spec.sink.classifier.storage.storageClassName", "fast") }, "spec.sink.classifier.storage.size: Required value"},
-		{"geoIP without a claim", func(o map[string]any) { set(o, "spec.sink.classifier.geoIP.claimName", "") }, "claimName in body should be at least 1 chars long"},
-		{"classifier image too long", func(o map[string]any) { set(o, "spec.sink.classifier.image", long) }, "spec.sink.classifier.image: Too long: may not be more than 512"},
+		}, "classifier.replicas must be between 1 and 20", ""},
+		{"storage of size 0", func(o map[string]any) { set(o, "spec.sink.classifier.storage.size", "0") }, `storage.size must be a positive size such as "10Gi"`, ""},
+		{"storage of a negative size", func(o map[string]any) { set(o, "spec.sink.classifier.storage.size", "-1Gi") }, "storage.size must be a positive size", ""},
+		{"storage without size", func(o map[string]any) { set(o, "spec.sink.classifier.storage.storageClassName", "fast") }, "spec.sink.classifier.storage.size: Required value", ""},
+		{"storage class with an upper-case name", func(o map[string]any) {
+			set(o, "spec.sink.classifier.storage.size", "1Gi")
+			set(o, "spec.sink.classifier.storage.storageClassName", "Fast_SSD")
+		}, "storage.storageClassName must be a StorageClass name", "spec.sink.classifier.storage.storageClassName"},
+		{"geoIP claim with an upper-case name", func(o map[string]any) { set(o, "spec.sink.classifier.geoIP.claimName", "Bad_Name") }, "geoIP.claimName must be a PersistentVolumeClaim name", "spec.sink.classifier.geoIP.claimName"},
+		{"geoIP without a claim", func(o map[string]any) { set(o, "spec.sink.classifier.geoIP.claimName", "") }, "claimName in body should be at least 1 chars long", ""},
+		{"classifier image too long", func(o map[string]any) { set(o, "spec.sink.classifier.image", long) }, "spec.sink.classifier.image: Too long: may not be more than 512", ""},
 		// agent
-		{"agent image too long", func(o map[string]any) { set(o, "spec.agent.image", long) }, "spec.agent.image: Too long: may not be more than 512"},
+		{"agent image too long", func(o map[string]any) { set(o, "spec.agent.image", long) }, "spec.agent.image: Too long: may not be more than 512", ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			obj := policy(fmt.Sprintf("bad-%d", i))
@@ -205,6 +290,9 @@ func TestValidationRefusesBadInputWithItsMessage(t *testing.T) {
 			}
 			if !strings.Contains(err.Error(), tc.want) {
 				t.Errorf("message\n  %s\nlacks\n  %s", err, tc.want)
+			}
+			if tc.path != "" && !strings.Contains(err.Error(), tc.path+": ") {
+				t.Errorf("message\n  %s\ndoes not name the field %s", err, tc.path)
 			}
 		})
 	}
@@ -250,6 +338,50 @@ func TestValidationAcceptsGoodInput(t *testing.T) {
 			set(o, "spec.sink.classifier.replicas", 20)
 		},
 		func(o map[string]any) { set(o, "spec.sink.classifier.storage.size", "1Gi") },
+		func(o map[string]any) {
+			set(o, "spec.sink.classifier.storage.size", "1Gi")
+			set(o, "spec.sink.classifier.storage.storageClassName", "fast-ssd.example")
+			set(o, "spec.sink.classifier.geoIP.claimName", "geoip.v2")
+		},
+		func(o map[string]any) {
+			set(o, "spec.nodeSelector", map[string]any{
+				"node-role.kubernetes.io/edge": "", "pool": "a-b_c.9", strings.Repeat("p", 253) + "/" + strings.Repeat("n", 63): strings.Repeat("v", 63),
+			})
+		},
+		func(o map[string]any) {
+			set(o, "spec.tolerations", []any{
+				map[string]any{"operator": "Exists"},
+				map[string]any{"key": "a", "operator": "Equal", "value": "b", "effect": "NoExecute", "tolerationSeconds": 30},
+				map[string]any{"key": "example.com/dedicated", "operator": "Exists", "effect": "NoSchedule"},
+				map[string]any{"key": "spot", "value": "true", "effect": "PreferNoSchedule"},
+				map[string]any{"key": "x", "operator": "Exists", "value": ""},
+			})
+		},
+		func(o map[string]any) { set(o, "spec.tolerations", []any{}) },
+		func(o map[string]any) {
+			set(o, "spec.agent.resources", map[string]any{
+				"requests": map[string]any{"cpu": "500m", "memory": "1G", "ephemeral-storage": "1Gi"},
+				"limits":   map[string]any{"cpu": 1, "memory": "1.5Gi"},
+			})
+			set(o, "spec.sink.classifier.resources", map[string]any{
+				"requests": map[string]any{"cpu": "1", "memory": "256Mi"},
+				"limits":   map[string]any{"cpu": "1000m", "memory": "256Mi"},
+			})
+		},
+		func(o map[string]any) {
+			set(o, "spec.agent.resources", map[string]any{"requests": map[string]any{"cpu": "2"}})
+		},
+		func(o map[string]any) {
+			set(o, "spec.sink.type", "ClickHouse")
+			set(o, "spec.sink.clickhouse.address", "ch:1")
+			set(o, "spec.sink.clickhouse.credentialsSecret.name", "clickhouse.creds")
+			// GeoIP files are read by every classifier, whatever the sink.
+			set(o, "spec.sink.classifier.geoIP.claimName", "geoip")
+		},
+		func(o map[string]any) {
+			set(o, "spec.sink.type", "ClickHouse")
+			set(o, "spec.sink.clickhouse.address", "clickhouse.db.svc:65535")
+		},
 	} {
 		obj := policy(fmt.Sprintf("good-%d", i))
 		edit(obj)

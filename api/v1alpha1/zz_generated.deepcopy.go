@@ -182,13 +182,7 @@ func (in *SamplingPolicySpec) DeepCopyInto(out *SamplingPolicySpec) {
 		*out = new(v1.Duration)
 		**out = **in
 	}
-	if in.NodeSelector != nil {
-		in, out := &in.NodeSelector, &out.NodeSelector
-		*out = make(map[string]string, len(*in))
-		for key, val := range *in {
-			(*out)[key] = val
-		}
-	}
+	out.NodeSelector = in.NodeSelector.DeepCopy()
 	if in.Tolerations != nil {
 		in, out := &in.Tolerations, &out.Tolerations
 		*out = make([]corev1.Toleration, len(*in))
