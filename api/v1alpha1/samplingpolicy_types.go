@@ -66,7 +66,7 @@ type NodeLabels map[string]LabelValue
 // which nodes, how many of their first packets they log, and where the
 // records go.
 //
-// +kubebuilder:validation:XValidation:rule="!has(self.excludedCIDRs) || self.excludedCIDRs.all(c, !isCIDR(c) || (cidr(c).ip().family() == 4 ? 'IPv4' in self.ipFamilies : 'IPv6' in self.ipFamilies))",message="every excludedCIDRs entry must be of an IP family listed in ipFamilies"
+// +kubebuilder:validation:XValidation:rule="!has(self.excludedCIDRs) || self.excludedCIDRs.all(c, !isCIDR(c) || (cidr(c).ip().family() == 4 ? 'IPv4' in self.ipFamilies : 'IPv6' in self.ipFamilies))",message="every excludedCIDRs entry must be of an IP family listed in ipFamilies",fieldPath=".excludedCIDRs"
 type SamplingPolicySpec struct {
 	// probability is the share of new TCP connections sampled on each
 	// node, written as a decimal string greater than 0 and at most 1 with
@@ -176,9 +176,9 @@ type SamplingPolicySpec struct {
 // classifies and serves the API; with ClickHouse it keeps what it receives
 // there instead of in its own volume, so that it can run several replicas.
 //
-// +kubebuilder:validation:XValidation:rule="self.type != 'ClickHouse' || (has(self.clickhouse) && has(self.clickhouse.address) && size(self.clickhouse.address) > 0)",message="a ClickHouse sink needs clickhouse.address, e.g. \"clickhouse.db.svc:8123\""
-// +kubebuilder:validation:XValidation:rule="self.type == 'ClickHouse' || !has(self.clickhouse)",message="clickhouse is only read when type is ClickHouse: set type: ClickHouse or remove clickhouse"
-// +kubebuilder:validation:XValidation:rule="self.type == 'ClickHouse' || !has(self.classifier) || !has(self.classifier.replicas) || self.classifier.replicas <= 1",message="the Classifier sink keeps its records on one volume and runs one replica: use the ClickHouse sink for more replicas"
+// +kubebuilder:validation:XValidation:rule="self.type != 'ClickHouse' || (has(self.clickhouse) && has(self.clickhouse.address) && size(self.clickhouse.address) > 0)",message="a ClickHouse sink needs clickhouse.address, e.g. \"clickhouse.db.svc:8123\"",fieldPath=".clickhouse"
+// +kubebuilder:validation:XValidation:rule="self.type == 'ClickHouse' || !has(self.clickhouse)",message="clickhouse is only read when type is ClickHouse: set type: ClickHouse or remove clickhouse",fieldPath=".clickhouse"
+// +kubebuilder:validation:XValidation:rule="self.type == 'ClickHouse' || !has(self.classifier) || !has(self.classifier.replicas) || self.classifier.replicas <= 1",message="the Classifier sink keeps its records on one volume and runs one replica: use the ClickHouse sink for more replicas",fieldPath=".classifier.replicas"
 // +kubebuilder:validation:XValidation:rule="self.type != 'ClickHouse' || !has(self.classifier) || !has(self.classifier.storage)",message="classifier.storage is the Classifier sink's volume: a ClickHouse sink keeps the records in ClickHouse, so remove storage (or use type: Classifier)",fieldPath=".classifier.storage"
 type SinkSpec struct {
 	// type is Classifier (the default: records kept in the classifier's
@@ -393,7 +393,7 @@ type SamplingPolicyStatus struct {
 // +kubebuilder:printcolumn:name="Label-Bit",type=integer,JSONPath=`.status.labelBit`,priority=1
 // +kubebuilder:printcolumn:name="NFLOG-Group",type=integer,JSONPath=`.status.nflogGroup`,priority=1
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
-// +kubebuilder:validation:XValidation:rule="self.metadata.name.matches('^[a-z]([-a-z0-9]{0,38}[a-z0-9])?$')",message="the name of a SamplingPolicy must be 1 to 40 lower-case letters, digits and '-', starting with a letter and ending with a letter or digit (it names the agents' chains and the children's Services)"
+// +kubebuilder:validation:XValidation:rule="self.metadata.name.matches('^[a-z]([-a-z0-9]{0,38}[a-z0-9])?$')",message="the name of a SamplingPolicy (metadata.name) must be 1 to 40 lower-case letters, digits and '-', starting with a letter and ending with a letter or digit (it names the agents' chains and the children's Services)",fieldPath=".metadata"
 type SamplingPolicy struct {
 	metav1.TypeMeta `json:",inline"`
 	// metadata is the standard object metadata.

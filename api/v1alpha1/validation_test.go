@@ -93,8 +93,8 @@ func TestValidationRefusesBadInputWithItsMessage(t *testing.T) {
 		path string
 	}{
 		// name
-		{"name with a dot", func(o map[string]any) { set(o, "metadata.name", "edge.eu") }, "the name of a SamplingPolicy must be 1 to 40 lower-case letters", ""},
-		{"name starting with a digit", func(o map[string]any) { set(o, "metadata.name", "1edge") }, "starting with a letter", ""},
+		{"name with a dot", func(o map[string]any) { set(o, "metadata.name", "edge.eu") }, "the name of a SamplingPolicy (metadata.name) must be 1 to 40 lower-case letters", "metadata"},
+		{"name starting with a digit", func(o map[string]any) { set(o, "metadata.name", "1edge") }, "starting with a letter", "metadata"},
 		{"name of 41 characters", func(o map[string]any) { set(o, "metadata.name", "a"+strings.Repeat("b", 40)) }, "must be 1 to 40", ""},
 		// probability
 		{"probability missing", func(o map[string]any) { delete(o["spec"].(map[string]any), "probability") }, `spec.probability: Required value`, ""},
@@ -191,7 +191,7 @@ func TestValidationRefusesBadInputWithItsMessage(t *testing.T) {
 		{"IPv6 CIDR on an IPv4-only policy", func(o map[string]any) {
 			set(o, "spec.excludedCIDRs", []any{"fd00::/8"})
 			set(o, "spec.ipFamilies", []any{"IPv4"})
-		}, "every excludedCIDRs entry must be of an IP family listed in ipFamilies", ""},
+		}, "every excludedCIDRs entry must be of an IP family listed in ipFamilies", "spec.excludedCIDRs"},
 		{"65 CIDRs", func(o map[string]any) {
 			set(o, "spec.excludedCIDRs", strs(65, func(i int) string { return fmt.Sprintf("10.%d.0.0/16", i) }))
 		}, "must have at most 64 items", ""},
@@ -210,7 +210,7 @@ func TestValidationRefusesBadInputWithItsMessage(t *testing.T) {
 		{"IP family twice", func(o map[string]any) { set(o, "spec.ipFamilies", []any{"IPv4", "IPv4"}) }, "Duplicate value", ""},
 		// sink
 		{"unknown sink type", func(o map[string]any) { set(o, "spec.sink.type", "Kafka") }, `Unsupported value: "Kafka": supported values: "Classifier", "ClickHouse"`, ""},
-		{"ClickHouse without clickhouse", func(o map[string]any) { set(o, "spec.sink.type", "ClickHouse") }, "a ClickHouse sink needs clickhouse.address", ""},
+		{"ClickHouse without clickhouse", func(o map[string]any) { set(o, "spec.sink.type", "ClickHouse") }, "a ClickHouse sink needs clickhouse.address", "spec.sink.clickhouse"},
 		{"ClickHouse with an empty address", func(o map[string]any) {
 			set(o, "spec.sink.type", "ClickHouse")
 			set(o, "spec.sink.clickhouse.address", "")
@@ -257,8 +257,8 @@ func TestValidationRefusesBadInputWithItsMessage(t *testing.T) {
 		}, "spec.sink.clickhouse.credentialsSecret.name: Invalid value: \"\": spec.sink.clickhouse.credentialsSecret.name in body should be at least 1 chars long", ""},
 		{"clickhouse settings on a Classifier sink", func(o map[string]any) {
 			set(o, "spec.sink.clickhouse.address", "clickhouse:9000")
-		}, "clickhouse is only read when type is ClickHouse", ""},
-		{"two classifier replicas on the Classifier sink", func(o map[string]any) { set(o, "spec.sink.classifier.replicas", 2) }, "the Classifier sink keeps its records on one volume and runs one replica", ""},
+		}, "clickhouse is only read when type is ClickHouse", "spec.sink.clickhouse"},
+		{"two classifier replicas on the Classifier sink", func(o map[string]any) { set(o, "spec.sink.classifier.replicas", 2) }, "the Classifier sink keeps its records on one volume and runs one replica", "spec.sink.classifier.replicas"},
 		{"zero classifier replicas", func(o map[string]any) { set(o, "spec.sink.classifier.replicas", 0) }, "classifier.replicas must be between 1 and 20", ""},
 		{"21 classifier replicas", func(o map[string]any) {
 			set(o, "spec.sink.type", "ClickHouse")
