@@ -268,12 +268,86 @@ func TestValuesSchemaRejectsTypos(t *testing.T) {
 	}
 }
 
+// appVersion is Chart.yaml's appVersion.
+func appVersion(t *testing.T) string {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(chartDir, "Chart.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var c struct {
+		AppVersion string `json:"appVersion"`
+	}
+	if err := yaml.Unmarshal(b, &c); err != nil {
+		t.Fatal(err)
+	}
+	return c.AppVersion
+}
+
+// controllerImage is the image and the --image argument of the rendered
+// controller Deployment.
+func controllerImage(t *testing.T, manifest string) (image, arg string) {
+	t.Helper()
+	d := find(objects(t, manifest), "Deployment", "connscope-system", "connscope-controller")
+	if d == nil {
+		t.Fatal("no controller Deployment rendered")
+	}
+	cs, _, _ := unstructured.NestedSlice(d.Object, "spec", "template", "spec", "containers")
+	c := cs[0].(map[string]any)
+	for _, a := range c["args"].([]any) {
+		if s := a.(string); strings.HasPrefix(s, "--image=") {
+			arg = strings.TrimPrefix(s, "--image=")
+		}
+	}
+	return c["image"].(string), arg
+}
+
+// A helm upgrade to a new chart must roll out its image: the default tag
+// is the chart's appVersion, a version, never a moving tag that nodes
+// holding an older copy would not pull again (IfNotPresent).
+func TestImageTagDefaultsToAppVersion(t *testing.T) {
+	needEnv(t)
+	v := appVersion(t)
+	if !regexp.MustCompile(`^v?[0-9]+\.[0-9]+\.[0-9]+([-+][0-9A-Za-z.-]+)?$`).MatchString(v) {
+		t.Errorf("Chart.yaml's appVersion %q is not a version such as 0.1.0", v)
+	}
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{nil, "connscope/connscope:" + v},
+		{[]string{"--set", "image.tag=v0.2.0"}, "connscope/connscope:v0.2.0"},
+		{[]string{"--set", "image.repository=registry.example/cs", "--set", "image.tag="}, "registry.example/cs:" + v},
+	} {
+		image, arg := controllerImage(t, helmTemplate(t, tc.args...))
+		if image != tc.want || arg != tc.want {
+			t.Errorf("%v: controller image %q, --image=%q; want %q for both", tc.args, image, arg, tc.want)
+		}
+	}
+}
+
+// make e2e and make demo load images that hack/images.sh tags latest (the
+// cluster has no registry): they must ask the chart for that tag.
+func TestLocalClusterInstallsAskForTheLocalImageTag(t *testing.T) {
+	for _, f := range []string{"../hack/cluster/e2e/e2e_test.go", "../hack/cluster/demo.sh"} {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !regexp.MustCompile(`image\.tag[= "]+latest`).Match(b) {
+			t.Errorf("%s installs the chart without image.tag=latest, the tag of hack/images.sh's images", f)
+		}
+	}
+}
+
 // The chart and config/default install the same objects: names, kinds,
 // namespaces, the controller's arguments and pod spec, the RBAC rules.
 func TestChartMatchesKustomize(t *testing.T) {
 	needEnv(t)
 	kobjs := objects(t, mustRun(t, "", nil, kubectl, "kustomize", filepath.Join("..", "config", "default")))
-	hobjs := objects(t, helmTemplate(t))
+	// config/manager names the controller's default image (latest); the
+	// chart pins its appVersion (TestImageTagDefaultsToAppVersion).
+	hobjs := objects(t, helmTemplate(t, "--set", "image.tag=latest"))
 	if k, h := kindsOf(kobjs), kindsOf(hobjs); !reflect.DeepEqual(k, h) {
 		t.Errorf("kustomize makes\n  %s\nthe chart makes\n  %s", strings.Join(k, "\n  "), strings.Join(h, "\n  "))
 	}
@@ -491,7 +565,7 @@ func TestHelmInstallUpgradeUninstall(t *testing.T) {
 		}
 	}
 	d := deployment(t, cl)
-	if *d.Spec.Replicas != 2 || !hasArg(d, "--leader-elect") || !hasArg(d, "--image=connscope/connscope:latest") || !hasArg(d, "--label-bits=16-31") {
+	if *d.Spec.Replicas != 2 || !hasArg(d, "--leader-elect") || !hasArg(d, "--image=connscope/connscope:"+appVersion(t)) || !hasArg(d, "--label-bits=16-31") {
 		t.Errorf("controller after install: replicas %d args %q", *d.Spec.Replicas, d.Spec.Template.Spec.Containers[0].Args)
 	}
 	if err := cl.c.Get(ctx, client.ObjectKey{Namespace: "connscope-system", Name: "connscope"}, prometheusRule()); !apierrors.IsNotFound(err) {

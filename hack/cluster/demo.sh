@@ -51,9 +51,10 @@ bash hack/cluster/up.sh
 kubectl="$dir/bin/kubectl"
 helm="$dir/bin/helm"
 
+# hack/images.sh tags the images it loads latest; the chart defaults to its appVersion.
 say "helm install connscope charts/connscope"
 "$helm" install connscope charts/connscope --namespace default --wait --timeout 4m \
-	--set image.pullPolicy=Never
+	--set image.tag=latest --set image.pullPolicy=Never
 
 say "SamplingPolicy $policy: probability 1 on s0"
 "$kubectl" apply -f - <<EOF

@@ -13,8 +13,10 @@ app.kubernetes.io/name: connscope
 app.kubernetes.io/component: controller
 {{- end -}}
 
+{{/* The connscope image: the tag, or the chart's appVersion when it is
+empty. */}}
 {{- define "connscope.image" -}}
-{{ .Values.image.repository }}:{{ .Values.image.tag }}
+{{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
 {{- end -}}
 
 {{/* The namespace a generated Role names (config/rbac/role.yaml says

@@ -78,10 +78,11 @@ func TestConnscopeOnARealCluster(t *testing.T) {
 	since = time.Now()
 	// The release lives in default: the chart makes its two namespaces
 	// itself. They are not kept on uninstall here, so that only the CRD
-	// may stay.
+	// may stay. hack/images.sh tags the images it loads "latest", not the
+	// chart's appVersion (the chart's default tag), so the tag is given.
 	c.helm(5*time.Minute, "install", release, filepath.Join(root, "charts/connscope"),
 		"--namespace", "default", "--wait", "--timeout", "4m",
-		"--set", "image.pullPolicy=Never", "--set", "namespaces.keep=false")
+		"--set", "image.tag=latest", "--set", "image.pullPolicy=Never", "--set", "namespaces.keep=false")
 	phase("helm install", since)
 	since = time.Now()
 	c.kubectlIn(`apiVersion: sampling.connscope.dev/v1alpha1
