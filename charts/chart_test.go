@@ -340,6 +340,53 @@ func TestLocalClusterInstallsAskForTheLocalImageTag(t *testing.T) {
 	}
 }
 
+// What would make `connscope controller` exit at start (and crash-loop)
+// fails helm template instead, naming the value.
+func TestValuesOutOfRangeFailTheRender(t *testing.T) {
+	needEnv(t)
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--set", "controller.labelBits=200-300"}, `controller.labelBits "200-300" must be FIRST-LAST within 0-127 with FIRST <= LAST`},
+		{[]string{"--set", "controller.labelBits=120-128"}, `controller.labelBits "120-128" must be FIRST-LAST within 0-127`},
+		{[]string{"--set", "controller.labelBits=31-16"}, `controller.labelBits "31-16" must be FIRST-LAST`},
+		{[]string{"--set-string", "controller.labelBits=128"}, `controller.labelBits "128" must be FIRST-LAST within 0-127`},
+		{[]string{"--set", "controller.labelBits=0-99999999999999999999"}, `controller.labelBits "0-99999999999999999999" must be`},
+		{[]string{"--set", "controller.nflogGroups=1000-70000"}, `controller.nflogGroups "1000-70000" must be FIRST-LAST within 0-65535`},
+		{[]string{"--set", "controller.nflogGroups=2000-1000"}, `controller.nflogGroups "2000-1000" must be FIRST-LAST`},
+		{[]string{"--set", "controller.agentMetricsPort=65530"}, `controller.agentMetricsPort 65530 with controller.nflogGroups "1000-1015": the agents would use host ports 65530-65545, beyond 65535`},
+		{[]string{"--set", "controller.nflogGroups=0-65535", "--set", "controller.agentMetricsPort=1"}, "the agents would use host ports 1-65536"},
+	} {
+		out, err := run(t, "", nil, helmBin, append([]string{"template", "connscope", chartDir}, tc.args...)...)
+		if err == nil {
+			t.Errorf("%v: rendered without error", tc.args)
+			continue
+		}
+		if !strings.Contains(out, tc.want) {
+			t.Errorf("%v: the error does not say %q:\n%s", tc.args, tc.want, out)
+		}
+	}
+	// The edges pass, and reach the controller as given.
+	for _, tc := range []struct {
+		args []string
+		want []string
+	}{
+		{[]string{"--set", "controller.labelBits=0-127", "--set", "controller.nflogGroups=0-65534", "--set", "controller.agentMetricsPort=1"},
+			[]string{"--label-bits=0-127", "--nflog-groups=0-65534", "--agent-metrics-port=1"}},
+		{[]string{"--set-string", "controller.labelBits=127", "--set-string", "controller.nflogGroups=65535", "--set", "controller.agentMetricsPort=65535"},
+			[]string{"--label-bits=127", "--nflog-groups=65535", "--agent-metrics-port=65535"}},
+		{[]string{"--set", "controller.labelBits=08-010"}, []string{"--label-bits=08-010"}},
+	} {
+		out := helmTemplate(t, tc.args...)
+		for _, w := range tc.want {
+			if !strings.Contains(out, "- "+w+"\n") {
+				t.Errorf("%v: the controller's arguments lack %s", tc.args, w)
+			}
+		}
+	}
+}
+
 // The chart and config/default install the same objects: names, kinds,
 // namespaces, the controller's arguments and pod spec, the RBAC rules.
 func TestChartMatchesKustomize(t *testing.T) {

@@ -19,6 +19,29 @@ empty. */}}
 {{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
 {{- end -}}
 
+{{/* connscope.rangeSize checks a FIRST-LAST (or single N) value as the
+controller's --label-bits and --nflog-groups read it, within lo-hi, and
+prints how many numbers it holds. It fails with the value's name, so that
+helm refuses what would make the controller exit at start.
+Call: include "connscope.rangeSize" (dict "name" "controller.labelBits"
+"value" .Values.controller.labelBits "lo" 0 "hi" 127 "example" "16-31"
+"why" "...") */}}
+{{- define "connscope.rangeSize" -}}
+{{- $s := toString .value -}}
+{{- $want := printf "%s %q must be FIRST-LAST within %d-%d with FIRST <= LAST, such as %s (%s)" .name $s (int .lo) (int .hi) .example .why -}}
+{{- if not (regexMatch "^[0-9]{1,5}(-[0-9]{1,5})?$" $s) -}}
+{{- fail $want -}}
+{{- end -}}
+{{- $parts := splitList "-" $s -}}
+{{- /* leading zeros would read as octal */ -}}
+{{- $first := regexReplaceAll "^0+([0-9])" (first $parts) "${1}" | atoi -}}
+{{- $last := regexReplaceAll "^0+([0-9])" (last $parts) "${1}" | atoi -}}
+{{- if or (gt $first $last) (lt $first (int .lo)) (gt $last (int .hi)) -}}
+{{- fail $want -}}
+{{- end -}}
+{{- add (sub $last $first) 1 -}}
+{{- end -}}
+
 {{/* The namespace a generated Role names (config/rbac/role.yaml says
 connscope-system or connscope-agents) mapped to the configured one. */}}
 {{- define "connscope.mapNamespace" -}}
