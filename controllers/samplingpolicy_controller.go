@@ -138,13 +138,15 @@ func (r *SamplingPolicyReconciler) Reconcile(ctx context.Context, req ctrl.Reque
 		}
 	}
 
+	// status.observedGeneration moves only together with conditions
+	// computed for this generation (setConditions sets both): a reconcile
+	// that stops before it judges the children leaves both as they were.
 	before := p.DeepCopy()
 	defer func() {
 		if perr := r.writeStatus(ctx, before, &p); perr != nil && err == nil {
 			err = perr
 		}
 	}()
-	p.Status.ObservedGeneration = p.Generation
 
 	// Phase 1: the label bit and NFLOG group.
 	var all samplingv1alpha1.SamplingPolicyList
@@ -203,29 +205,33 @@ func (r *SamplingPolicyReconciler) Reconcile(ctx context.Context, req ctrl.Reque
 		cm,
 		AgentDaemonSet(&p, alloc, hash, r.Options),
 	)
+	// The DaemonSet and Deployment are kept as the API server returned
+	// them from the apply: phase 3 judges them, never the cache, which
+	// right after a spec change may still hold the previous objects, whose
+	// status shows the previous rollout complete.
+	var ds *appsv1.DaemonSet
+	var dep *appsv1.Deployment
 	for _, obj := range children {
-		if err := r.apply(ctx, obj); err != nil {
+		got, err := r.apply(ctx, obj)
+		if err != nil {
 			msg := fmt.Sprintf("cannot write %s %s/%s: %v", obj.GetObjectKind().GroupVersionKind().Kind, obj.GetNamespace(), obj.GetName(), err)
 			r.degrade(&p, ReasonApplyFailed, msg)
 			return ctrl.Result{}, errors.New(msg)
 		}
+		switch obj.(type) {
+		case *appsv1.DaemonSet:
+			ds = &appsv1.DaemonSet{}
+			err = runtime.DefaultUnstructuredConverter.FromUnstructured(got.Object, ds)
+		case *appsv1.Deployment:
+			dep = &appsv1.Deployment{}
+			err = runtime.DefaultUnstructuredConverter.FromUnstructured(got.Object, dep)
+		}
+		if err != nil {
+			return ctrl.Result{}, fmt.Errorf("read back %s %s/%s: %w", got.GetKind(), got.GetNamespace(), got.GetName(), err)
+		}
 	}
 
-	// Phase 3: status from the children.
-	ds := &appsv1.DaemonSet{}
-	if err := r.Client.Get(ctx, client.ObjectKey{Namespace: r.Options.AgentNamespace, Name: AgentName(p.Name)}, ds); err != nil {
-		if !apierrors.IsNotFound(err) {
-			return ctrl.Result{}, err
-		}
-		ds = nil
-	}
-	dep := &appsv1.Deployment{}
-	if err := r.Client.Get(ctx, client.ObjectKey{Namespace: r.Options.ClassifierNamespace, Name: ClassifierName(p.Name)}, dep); err != nil {
-		if !apierrors.IsNotFound(err) {
-			return ctrl.Result{}, err
-		}
-		dep = nil
-	}
+	// Phase 3: status from the children as just applied.
 	if ds != nil {
 		p.Status.Nodes = samplingv1alpha1.NodeCounts{
 			Desired: ds.Status.DesiredNumberScheduled,
@@ -300,7 +306,6 @@ func (r *SamplingPolicyReconciler) finalize(ctx context.Context, p *samplingv1al
 	}
 	if n := len(pods.Items); n > 0 {
 		before := p.DeepCopy()
-		p.Status.ObservedGeneration = p.Generation
 		msg := fmt.Sprintf("waiting for %d agent pod(s) to stop and remove their iptables rules", n)
 		setConditions(&p.Status, p.Generation, health{
 			readyReason: ReasonDeleting, readyMsg: msg,
@@ -411,13 +416,18 @@ func validIngestToken(t string) bool {
 
 // apply writes obj with server-side apply under FieldOwner: the API
 // server merges it and changes nothing (no write, no new
-// resourceVersion) when the object already is as built.
-func (r *SamplingPolicyReconciler) apply(ctx context.Context, obj client.Object) error {
+// resourceVersion) when the object already is as built. It returns the
+// object as the API server holds it after the apply, status included.
+func (r *SamplingPolicyReconciler) apply(ctx context.Context, obj client.Object) (*unstructured.Unstructured, error) {
 	u, err := ToApplyObject(obj)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	return r.Client.Apply(ctx, client.ApplyConfigurationFromUnstructured(u), client.FieldOwner(FieldOwner), client.ForceOwnership)
+	// The client decodes the server's answer into u.
+	if err := r.Client.Apply(ctx, client.ApplyConfigurationFromUnstructured(u), client.FieldOwner(FieldOwner), client.ForceOwnership); err != nil {
+		return nil, err
+	}
+	return u, nil
 }
 
 // ToApplyObject turns a built object into what server-side apply gets:

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -20,9 +21,12 @@ import (
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/events"
 	"k8s.io/client-go/util/retry"
 	"k8s.io/utils/ptr"
+	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/config"
 	"sigs.k8s.io/controller-runtime/pkg/metrics"
@@ -501,6 +505,103 @@ func TestStatusFollowsDaemonSetAndDeployment(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// laggingCache is a client whose reads of the objects given to freeze
+// return them as they were then, as an informer cache that has not yet
+// seen the latest writes does; everything else goes to the API server.
+type laggingCache struct {
+	client.Client
+	frozen map[string]client.Object
+}
+
+func frozenKey(obj client.Object, key client.ObjectKey) string {
+	return fmt.Sprintf("%T %s", obj, key)
+}
+
+func (c *laggingCache) freeze(objs ...client.Object) {
+	c.frozen = map[string]client.Object{}
+	for _, o := range objs {
+		c.frozen[frozenKey(o, client.ObjectKeyFromObject(o))] = o.DeepCopyObject().(client.Object)
+	}
+}
+
+func (c *laggingCache) Get(ctx context.Context, key client.ObjectKey, obj client.Object, opts ...client.GetOption) error {
+	if o, ok := c.frozen[frozenKey(obj, key)]; ok {
+		reflect.ValueOf(obj).Elem().Set(reflect.ValueOf(o.DeepCopyObject()).Elem())
+		return nil
+	}
+	return c.Client.Get(ctx, key, obj, opts...)
+}
+
+// A spec change is not Ready before its agents run, even when the
+// controller's cache still holds the DaemonSet and Deployment of the
+// previous spec, fully rolled out (the cache lags the apply that just
+// changed them): the policy's observedGeneration and conditions move to
+// the new generation only as "rolling out". The reconciler runs here
+// without a manager, over a client whose reads of the two children lag.
+func TestReadyIsNotJudgedFromAStaleCache(t *testing.T) {
+	envtestsuite.NeedEnv(t)
+	opts := testOptions()
+	lag := &laggingCache{Client: k8s}
+	r := &SamplingPolicyReconciler{Client: lag, APIReader: k8s, Scheme: testScheme, Recorder: &events.FakeRecorder{}, Options: opts}
+	r.alloc = newAllocator(opts.LabelBits, opts.NFLOGGroups)
+	reconcileOnce := func() {
+		t.Helper()
+		if _, err := r.Reconcile(ctx, ctrl.Request{NamespacedName: types.NamespacedName{Name: "lag"}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	p := &samplingv1alpha1.SamplingPolicy{
+		ObjectMeta: metav1.ObjectMeta{Name: "lag"},
+		Spec:       samplingv1alpha1.SamplingPolicySpec{Probability: "0.0001"},
+	}
+	if err := k8s.Create(ctx, p); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		lag.freeze()
+		_ = k8s.Delete(ctx, p)
+		reconcileOnce() // the finalizer: no agent pods here
+		for _, o := range childObjects("lag") {
+			_ = k8s.Delete(ctx, o)
+		}
+	})
+	ready := func() (*samplingv1alpha1.SamplingPolicy, *metav1.Condition) {
+		p := getPolicy(t, "lag")
+		return p, meta.FindStatusCondition(p.Status.Conditions, "Ready")
+	}
+
+	reconcileOnce()
+	setDaemonSetStatus(t, "lag", 1, 1, 1)
+	setDeploymentStatus(t, "lag", true)
+	reconcileOnce()
+	if p, c := ready(); c == nil || c.Status != metav1.ConditionTrue || p.Status.ObservedGeneration != p.Generation {
+		t.Fatalf("rolled out: Ready %+v, observedGeneration %d of %d", c, p.Status.ObservedGeneration, p.Generation)
+	}
+
+	// The cache keeps the rolled-out children; the spec changes.
+	ds, err := getDS("lag")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dep, err := getDeployment("lag")
+	if err != nil {
+		t.Fatal(err)
+	}
+	lag.freeze(ds, dep)
+	updatePolicy(t, "lag", func(p *samplingv1alpha1.SamplingPolicy) { p.Spec.PacketCap = 12 })
+	reconcileOnce()
+	p, c := ready()
+	if p.Status.ObservedGeneration != p.Generation || c.ObservedGeneration != p.Generation {
+		t.Fatalf("observedGeneration %d, Ready of generation %d, policy generation %d", p.Status.ObservedGeneration, c.ObservedGeneration, p.Generation)
+	}
+	if got := condition(p, "Ready") + " " + condition(p, "Progressing"); got != "False/AgentsRollingOut True/AgentsRollingOut" {
+		t.Errorf("after a spec change no agent runs yet: Ready, Progressing = %s (%s), want False/AgentsRollingOut True/AgentsRollingOut", got, c.Message)
+	}
+	if cfg := agentSettings(t, "lag"); cfg.PacketCap != 12 {
+		t.Errorf("agent settings not applied: packetCap %d", cfg.PacketCap)
+	}
 }
 
 func TestAllocationAcrossPolicies(t *testing.T) {

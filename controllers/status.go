@@ -131,8 +131,12 @@ func ptrOr(p *int32, def int32) int32 {
 	return *p
 }
 
-// setConditions writes the three conditions for generation gen.
+// setConditions writes the three conditions for generation gen, and gen
+// as the status's observedGeneration: the two move together, so that a
+// reader of observedGeneration (kstatus, Flux, Argo CD) never takes
+// conditions of an older spec for the current one's.
 func setConditions(st *samplingv1alpha1.SamplingPolicyStatus, gen int64, h health) {
+	st.ObservedGeneration = gen
 	b := func(v bool) metav1.ConditionStatus {
 		if v {
 			return metav1.ConditionTrue
