@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -41,6 +42,8 @@ import (
 // are per policy, while resourceNames takes only exact names, no
 // prefixes. Other Secrets (the ClickHouse credentials) reach the
 // classifier's pods from the kubelet, never through the controller.
+// Nodes (cluster-scoped) it only gets, from the API server, to tell
+// whether a deleted policy's agent pod still has a kubelet to stop it.
 //
 // +kubebuilder:rbac:groups=sampling.connscope.dev,resources=samplingpolicies,verbs=get;list;watch;patch;update
 // +kubebuilder:rbac:groups=sampling.connscope.dev,resources=samplingpolicies/status,verbs=get;patch;update
@@ -49,6 +52,7 @@ import (
 // +kubebuilder:rbac:groups=apps,namespace=connscope-agents,resources=daemonsets,verbs=get;list;watch;create;patch;delete
 // +kubebuilder:rbac:groups="",namespace=connscope-agents,resources=configmaps;serviceaccounts,verbs=get;list;watch;create;patch
 // +kubebuilder:rbac:groups="",namespace=connscope-agents,resources=pods,verbs=get;list;watch
+// +kubebuilder:rbac:groups="",resources=nodes,verbs=get
 // +kubebuilder:rbac:groups=apps,namespace=connscope-system,resources=deployments,verbs=get;list;watch;create;patch
 // +kubebuilder:rbac:groups="",namespace=connscope-system,resources=services;serviceaccounts;persistentvolumeclaims,verbs=get;list;watch;create;patch
 // +kubebuilder:rbac:groups=coordination.k8s.io,namespace=connscope-system,resources=leases,verbs=get;list;watch;create;update;patch;delete
@@ -286,6 +290,15 @@ func (r *SamplingPolicyReconciler) writeStatus(ctx context.Context, before, p *s
 // are gone: each agent removes its iptables rules when it receives
 // SIGTERM, within its termination grace period. Then the finalizer goes
 // and the garbage collector removes the other children.
+//
+// An agent pod whose node cannot run that cleanup does not hold the
+// policy forever: once the pod's deletion grace period is over and its
+// node no longer exists or is not Ready (NotReady or Unknown: no kubelet
+// reports), the pod counts as gone (see agentPodsToWaitFor). Such a node
+// keeps the policy's rules until it comes back (its kubelet then stops
+// the agent, which removes them) or reboots (rules are not persistent);
+// an agent that a new policy starts there with the same label bit or
+// NFLOG group removes them at its start.
 func (r *SamplingPolicyReconciler) finalize(ctx context.Context, p *samplingv1alpha1.SamplingPolicy) (ctrl.Result, error) {
 	if !controllerutil.ContainsFinalizer(p, samplingv1alpha1.Finalizer) {
 		return ctrl.Result{}, nil
@@ -304,9 +317,14 @@ func (r *SamplingPolicyReconciler) finalize(ctx context.Context, p *samplingv1al
 		client.MatchingLabels{LabelPolicy: p.Name, LabelComponent: ComponentAgent}); err != nil {
 		return ctrl.Result{}, fmt.Errorf("list agent pods: %w", err)
 	}
-	if n := len(pods.Items); n > 0 {
+	waiting, lost, err := r.agentPodsToWaitFor(ctx, pods.Items, time.Now())
+	if err != nil {
+		return ctrl.Result{}, err
+	}
+	if len(waiting) > 0 {
 		before := p.DeepCopy()
-		msg := fmt.Sprintf("waiting for %d agent pod(s) to stop and remove their iptables rules", n)
+		msg := fmt.Sprintf("waiting for %d agent pod(s) to stop and remove their iptables rules, on node(s) %s",
+			len(waiting), strings.Join(podNodes(waiting), ", "))
 		setConditions(&p.Status, p.Generation, health{
 			readyReason: ReasonDeleting, readyMsg: msg,
 			progressing: true, progReason: ReasonDeleting, progMsg: msg,
@@ -315,6 +333,14 @@ func (r *SamplingPolicyReconciler) finalize(ctx context.Context, p *samplingv1al
 			return ctrl.Result{}, err
 		}
 		return ctrl.Result{RequeueAfter: 5 * time.Second}, nil
+	}
+	if len(lost) > 0 {
+		nodes := strings.Join(podNodes(lost), ", ")
+		logger.Info("agent pods on lost nodes counted as gone", "nodes", nodes)
+		r.Recorder.Eventf(p, nil, corev1.EventTypeWarning, "AgentsOnLostNodes", "Delete",
+			"agent pod(s) on node(s) %s not confirmed stopped: the node is gone or not Ready and the pod's grace period is over; "+
+				"such a node keeps this policy's iptables rules until it comes back (its agent then removes them) or until "+
+				"`connscope agent cleanup --policy %s` runs there", nodes, p.Name)
 	}
 	r.Recorder.Eventf(p, nil, corev1.EventTypeNormal, "AgentsRemoved", "Delete",
 		"every agent has stopped and removed its rules; releasing label bit and NFLOG group")
@@ -327,6 +353,79 @@ func (r *SamplingPolicyReconciler) finalize(ctx context.Context, p *samplingv1al
 	}
 	forgetConditions(p.Name)
 	return ctrl.Result{}, nil
+}
+
+// agentPodsToWaitFor splits a deleted policy's agent pods into those its
+// deletion waits for and those on lost nodes. A pod is lost when its
+// deletion's grace period is over (its deletionTimestamp has passed) and
+// no kubelet can still stop it: it was never scheduled, or its node no
+// longer exists, or the node's Ready condition is not True (False or
+// Unknown). Every other pod may still run an agent that removes its
+// rules when stopped, so the deletion waits for it. Nodes are read from
+// the API server, not a cache.
+func (r *SamplingPolicyReconciler) agentPodsToWaitFor(ctx context.Context, pods []corev1.Pod, now time.Time) (waiting, lost []corev1.Pod, err error) {
+	nodeLost := map[string]bool{}
+	for _, pod := range pods {
+		if pod.DeletionTimestamp == nil || now.Before(pod.DeletionTimestamp.Time) {
+			waiting = append(waiting, pod)
+			continue
+		}
+		name := pod.Spec.NodeName
+		gone, seen := nodeLost[name]
+		if !seen {
+			gone = true
+			if name != "" {
+				var node corev1.Node
+				err := r.APIReader.Get(ctx, client.ObjectKey{Name: name}, &node)
+				switch {
+				case apierrors.IsNotFound(err):
+				case err != nil:
+					return nil, nil, fmt.Errorf("read node %s of agent pod %s: %w", name, pod.Name, err)
+				default:
+					c := nodeCondition(node.Status.Conditions, corev1.NodeReady)
+					gone = c == nil || c.Status != corev1.ConditionTrue
+				}
+			}
+			nodeLost[name] = gone
+		}
+		if gone {
+			lost = append(lost, pod)
+		} else {
+			waiting = append(waiting, pod)
+		}
+	}
+	return waiting, lost, nil
+}
+
+func nodeCondition(cs []corev1.NodeCondition, typ corev1.NodeConditionType) *corev1.NodeCondition {
+	for i := range cs {
+		if cs[i].Type == typ {
+			return &cs[i]
+		}
+	}
+	return nil
+}
+
+// podNodes names the pods' nodes, sorted, each once ("(not scheduled)"
+// for a pod without one), the first 20 and then how many more: a
+// condition's message holds at most 32 KiB.
+func podNodes(pods []corev1.Pod) []string {
+	var nodes []string
+	for _, pod := range pods {
+		n := pod.Spec.NodeName
+		if n == "" {
+			n = "(not scheduled)"
+		}
+		if !slices.Contains(nodes, n) {
+			nodes = append(nodes, n)
+		}
+	}
+	slices.Sort(nodes)
+	const maxNodes = 20
+	if len(nodes) > maxNodes {
+		nodes = append(nodes[:maxNodes], fmt.Sprintf("and %d more", len(nodes)-maxNodes))
+	}
+	return nodes
 }
 
 // wakeWaiting re-queues every policy that holds no label bit or group

@@ -731,6 +731,94 @@ func TestDeletionWaitsForTheAgentsToGo(t *testing.T) {
 	})
 }
 
+// A deleted policy does not wait forever for agent pods that no kubelet
+// will stop: once a pod's grace period is over and its node is gone or
+// not Ready, it counts as gone. Meanwhile the conditions name the nodes
+// the deletion waits for, and a pod on a Ready node keeps it waiting.
+func TestDeletionDoesNotWaitForAgentsOnLostNodes(t *testing.T) {
+	envtestsuite.NeedEnv(t)
+	startController(t, testOptions())
+	newPolicy(t, "lost", nil)
+	eventually(t, wait, "DaemonSet", func() error { _, err := getDS("lost"); return err })
+
+	// node-ok's kubelet reports; node-silent's stopped reporting
+	// (Unknown); node-deleted does not exist.
+	for name, ready := range map[string]corev1.ConditionStatus{"node-ok": corev1.ConditionTrue, "node-silent": corev1.ConditionUnknown} {
+		n := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name}}
+		if err := k8s.Create(ctx, n); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = k8s.Delete(ctx, n) })
+		now := metav1.Now()
+		n.Status.Conditions = []corev1.NodeCondition{{Type: corev1.NodeReady, Status: ready, Reason: "Test", LastHeartbeatTime: now, LastTransitionTime: now}}
+		if err := k8s.Status().Update(ctx, n); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var pods []*corev1.Pod
+	for _, node := range []string{"node-ok", "node-silent", "node-deleted"} {
+		pod := &corev1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Name: AgentName("lost") + "-" + node, Namespace: DefaultAgentNamespace, Labels: objectLabels("lost", ComponentAgent)},
+			Spec:       corev1.PodSpec{NodeName: node, Containers: []corev1.Container{{Name: "agent", Image: "connscope/connscope:test"}}},
+		}
+		if err := k8s.Create(ctx, pod); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = k8s.Delete(ctx, pod, client.GracePeriodSeconds(0)) })
+		pods = append(pods, pod)
+	}
+
+	if err := k8s.Delete(ctx, getPolicy(t, "lost")); err != nil {
+		t.Fatal(err)
+	}
+	// What the garbage collector does once the DaemonSet is gone: a
+	// graceful delete, which only a kubelet completes.
+	for _, pod := range pods {
+		if err := k8s.Delete(ctx, pod, client.GracePeriodSeconds(2)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	eventually(t, wait, "waiting only for the pod on the Ready node", func() error {
+		p := getPolicy(t, "lost")
+		c := meta.FindStatusCondition(p.Status.Conditions, "Ready")
+		if c == nil || c.Message != "waiting for 1 agent pod(s) to stop and remove their iptables rules, on node(s) node-ok" {
+			return fmt.Errorf("Ready %+v", c)
+		}
+		return nil
+	})
+	time.Sleep(2 * time.Second)
+	if p := getPolicy(t, "lost"); !slices.Contains(p.Finalizers, samplingv1alpha1.Finalizer) {
+		t.Fatalf("finalizer removed while the agent pod on a Ready node remains: %v", p.Finalizers)
+	}
+	// node-ok's kubelet confirms: the policy goes, with a warning that
+	// names the lost nodes.
+	if err := k8s.Delete(ctx, pods[0], client.GracePeriodSeconds(0)); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, wait, "policy gone", func() error {
+		err := k8s.Get(ctx, client.ObjectKey{Name: "lost"}, &samplingv1alpha1.SamplingPolicy{})
+		if apierrors.IsNotFound(err) {
+			return nil
+		}
+		return fmt.Errorf("still there (%v)", err)
+	})
+	eventually(t, wait, "warning event", func() error {
+		var evs eventsv1.EventList
+		if err := k8s.List(ctx, &evs); err != nil {
+			return err
+		}
+		for _, e := range evs.Items {
+			if e.Regarding.Name == "lost" && e.Reason == "AgentsOnLostNodes" {
+				if !strings.Contains(e.Note, "node(s) node-deleted, node-silent ") {
+					return fmt.Errorf("event note %q", e.Note)
+				}
+				return nil
+			}
+		}
+		return errors.New("no AgentsOnLostNodes event")
+	})
+}
+
 // The ingest token: one per policy, the same in both namespaces, mounted
 // into agents and classifier, and never replaced by a reconcile, a spec
 // change or a controller restart.
