@@ -30,8 +30,56 @@ import (
 	samplingv1alpha1 "github.com/connscope/connscope/api/v1alpha1"
 )
 
-// The controller's permissions: the policies everywhere (they are
-// cluster-scoped), the children only in the two namespaces it manages.
+// The controller's permissions: each verb is one its code (or
+// controller-runtime's cache and leader election) uses;
+// TestControllerRBACGrantsOnlyWhatItsCodeUses checks the generated roles
+// against this list, and TestControllerRunsWithOnlyItsGeneratedRBAC runs
+// the controller with nothing more. get is kept wherever list is granted:
+// it reads nothing that list does not.
+//
+// SamplingPolicies (cluster-scoped): list and watch for the cache; patch
+// for the finalizer (merge patches; nothing updates, creates or deletes a
+// policy); the status only with patch (writeStatus); finalizers/update is
+// what the OwnerReferencesPermissionEnforcement admission plugin asks of
+// whoever sets blockOwnerDeletion on a child owned by a policy.
+//
+// +kubebuilder:rbac:groups=sampling.connscope.dev,resources=samplingpolicies,verbs=get;list;watch;patch
+// +kubebuilder:rbac:groups=sampling.connscope.dev,resources=samplingpolicies/status,verbs=patch
+// +kubebuilder:rbac:groups=sampling.connscope.dev,resources=samplingpolicies/finalizers,verbs=update
+//
+// Events about policies (events.k8s.io, create, and patch for a repeated
+// event's series): client-go's events recorder writes a cluster-scoped
+// object's events in namespace default, so they cannot go to the
+// controller's own namespaces; a Role in default would need a RoleBinding
+// there that neither config/rbac nor the chart makes, hence this
+// cluster-wide rule.
+//
+// +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
+//
+// The children only in the two namespaces the controller manages: get,
+// list and watch (the cache), create and patch (server-side apply), and
+// delete of the agent DaemonSet alone (a deleted policy's agents go
+// first; the garbage collector removes the rest). Agent pods are only
+// read (list, from the API server, on deletion).
+//
+// +kubebuilder:rbac:groups=apps,namespace=connscope-agents,resources=daemonsets,verbs=get;list;watch;create;patch;delete
+// +kubebuilder:rbac:groups="",namespace=connscope-agents,resources=configmaps;serviceaccounts,verbs=get;list;watch;create;patch
+// +kubebuilder:rbac:groups="",namespace=connscope-agents,resources=pods,verbs=get;list;watch
+// +kubebuilder:rbac:groups=apps,namespace=connscope-system,resources=deployments,verbs=get;list;watch;create;patch
+// +kubebuilder:rbac:groups="",namespace=connscope-system,resources=services;serviceaccounts;persistentvolumeclaims,verbs=get;list;watch;create;patch
+//
+// Nodes (cluster-scoped): get only, from the API server, to tell whether
+// a deleted policy's agent pod still has a kubelet to stop it.
+//
+// +kubebuilder:rbac:groups="",resources=nodes,verbs=get
+//
+// Leader election (--leader-elect) in connscope-system: its Lease lock
+// gets, creates and updates (renews and, on exit, releases) one Lease,
+// and records its leadership changes as core events about that Lease.
+//
+// +kubebuilder:rbac:groups=coordination.k8s.io,namespace=connscope-system,resources=leases,verbs=get;create;update
+// +kubebuilder:rbac:groups="",namespace=connscope-system,resources=events,verbs=create;patch
+//
 // Of Secrets it touches only the policies' ingest tokens, and only in
 // those two namespaces (namespaced Roles, nothing cluster-wide): get,
 // create and update, no list or watch (it reads them with the API reader,
@@ -42,23 +90,12 @@ import (
 // are per policy, while resourceNames takes only exact names, no
 // prefixes. Other Secrets (the ClickHouse credentials) reach the
 // classifier's pods from the kubelet, never through the controller.
-// Nodes (cluster-scoped) it only gets, from the API server, to tell
-// whether a deleted policy's agent pod still has a kubelet to stop it.
 //
-// +kubebuilder:rbac:groups=sampling.connscope.dev,resources=samplingpolicies,verbs=get;list;watch;patch;update
-// +kubebuilder:rbac:groups=sampling.connscope.dev,resources=samplingpolicies/status,verbs=get;patch;update
-// +kubebuilder:rbac:groups=sampling.connscope.dev,resources=samplingpolicies/finalizers,verbs=update
-// +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
-// +kubebuilder:rbac:groups=apps,namespace=connscope-agents,resources=daemonsets,verbs=get;list;watch;create;patch;delete
-// +kubebuilder:rbac:groups="",namespace=connscope-agents,resources=configmaps;serviceaccounts,verbs=get;list;watch;create;patch
-// +kubebuilder:rbac:groups="",namespace=connscope-agents,resources=pods,verbs=get;list;watch
-// +kubebuilder:rbac:groups="",resources=nodes,verbs=get
-// +kubebuilder:rbac:groups=apps,namespace=connscope-system,resources=deployments,verbs=get;list;watch;create;patch
-// +kubebuilder:rbac:groups="",namespace=connscope-system,resources=services;serviceaccounts;persistentvolumeclaims,verbs=get;list;watch;create;patch
-// +kubebuilder:rbac:groups=coordination.k8s.io,namespace=connscope-system,resources=leases,verbs=get;list;watch;create;update;patch;delete
-// +kubebuilder:rbac:groups="",namespace=connscope-system,resources=events,verbs=create;patch
 // +kubebuilder:rbac:groups="",namespace=connscope-agents,resources=secrets,verbs=get;create;update
 // +kubebuilder:rbac:groups="",namespace=connscope-system,resources=secrets,verbs=get;create;update
+//
+// The metrics endpoint's authentication and authorisation (--metrics-secure).
+//
 // +kubebuilder:rbac:groups=authentication.k8s.io,resources=tokenreviews,verbs=create
 // +kubebuilder:rbac:groups=authorization.k8s.io,resources=subjectaccessreviews,verbs=create
 

@@ -14,6 +14,8 @@ import (
 	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
+	authorizationv1 "k8s.io/api/authorization/v1"
+	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
 	eventsv1 "k8s.io/api/events/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -931,10 +933,15 @@ func TestIngestTokenIsSharedMountedAndStable(t *testing.T) {
 
 func resourceQuantity(s string) resource.Quantity { return resource.MustParse(s) }
 
-// The controller works with nothing but the RBAC that config/rbac grants
-// (generated from the markers): it runs here as its ServiceAccount.
-func TestControllerRunsWithOnlyItsGeneratedRBAC(t *testing.T) {
-	envtestsuite.NeedEnv(t)
+// controllerUser is the controller's ServiceAccount as the API server
+// names it.
+const controllerUser = "system:serviceaccount:connscope-system:connscope-controller"
+
+// installGeneratedRBAC creates config/rbac's roles, bindings and
+// ServiceAccount (the roles generated from the markers) until the test
+// ends.
+func installGeneratedRBAC(t *testing.T) {
+	t.Helper()
 	var objs []client.Object
 	for _, f := range []string{"role.yaml", "role_binding.yaml", "service_account.yaml"} {
 		b, err := os.ReadFile(filepath.Join("..", "config", "rbac", f))
@@ -958,11 +965,24 @@ func TestControllerRunsWithOnlyItsGeneratedRBAC(t *testing.T) {
 		}
 		t.Cleanup(func() { _ = k8s.Delete(ctx, o) })
 	}
+}
+
+// The controller works with nothing but the RBAC that config/rbac grants
+// (generated from the markers): it runs here as its ServiceAccount, with
+// leader election as `connscope controller --leader-elect` runs it.
+func TestControllerRunsWithOnlyItsGeneratedRBAC(t *testing.T) {
+	envtestsuite.NeedEnv(t)
+	installGeneratedRBAC(t)
 	cfg := rest.CopyConfig(testCfg)
-	cfg.Impersonate = rest.ImpersonationConfig{UserName: "system:serviceaccount:connscope-system:connscope-controller"}
+	cfg.Impersonate = rest.ImpersonationConfig{UserName: controllerUser}
 	old := testCfg
 	testCfg = cfg // startController uses it
-	startController(t, testOptions())
+	startController(t, testOptions(), func(o *ctrl.Options) {
+		o.LeaderElection = true
+		o.LeaderElectionID = "connscope-controller.sampling.connscope.dev"
+		o.LeaderElectionNamespace = DefaultClassifierNamespace
+		o.LeaderElectionReleaseOnCancel = true
+	})
 	testCfg = old
 	newPolicy(t, "rbac", func(p *samplingv1alpha1.SamplingPolicy) {
 		p.Spec.Sink.Classifier.Storage = &samplingv1alpha1.StorageSpec{Size: resourceQuantity("1Gi")}
@@ -975,11 +995,86 @@ func TestControllerRunsWithOnlyItsGeneratedRBAC(t *testing.T) {
 		}
 		return nil
 	})
+	var lease coordinationv1.Lease
+	if err := k8s.Get(ctx, client.ObjectKey{Namespace: DefaultClassifierNamespace, Name: "connscope-controller.sampling.connscope.dev"}, &lease); err != nil {
+		t.Errorf("leader election Lease: %v", err)
+	}
 	setDaemonSetStatus(t, "rbac", 1, 1, 1)
 	setDeploymentStatus(t, "rbac", true)
 	wantConditions(t, "rbac", "True/AllAgentsReady", "False/Reconciled", "False/Reconciled")
 	// The deletion (DaemonSet delete, pod list, finalizer removal) runs in
 	// newPolicy's cleanup, still as the ServiceAccount.
+}
+
+// The generated roles grant what the controller's code uses and nothing
+// it does not (the other test proves that this much is enough): asked of
+// the API server's authorizer for the controller's ServiceAccount.
+func TestControllerRBACGrantsOnlyWhatItsCodeUses(t *testing.T) {
+	envtestsuite.NeedEnv(t)
+	installGeneratedRBAC(t)
+	const (
+		sp     = "sampling.connscope.dev"
+		agents = DefaultAgentNamespace
+		system = DefaultClassifierNamespace
+	)
+	type access struct{ ns, group, resource, sub, verb string }
+	allowed := func(a access) bool {
+		t.Helper()
+		sar := &authorizationv1.SubjectAccessReview{Spec: authorizationv1.SubjectAccessReviewSpec{
+			User:   controllerUser,
+			Groups: []string{"system:serviceaccounts", "system:serviceaccounts:" + system, "system:authenticated"},
+			ResourceAttributes: &authorizationv1.ResourceAttributes{
+				Namespace: a.ns, Group: a.group, Resource: a.resource, Subresource: a.sub, Verb: a.verb,
+			},
+		}}
+		if err := k8s.Create(ctx, sar); err != nil {
+			t.Fatal(err)
+		}
+		return sar.Status.Allowed
+	}
+	for _, a := range []access{
+		{"", sp, "samplingpolicies", "", "get"},
+		{"", sp, "samplingpolicies", "", "list"},
+		{"", sp, "samplingpolicies", "", "watch"},
+		{"", sp, "samplingpolicies", "", "patch"},
+		{"", sp, "samplingpolicies", "status", "patch"},
+		{"", sp, "samplingpolicies", "finalizers", "update"},
+		{"default", "events.k8s.io", "events", "", "create"},
+		{"default", "events.k8s.io", "events", "", "patch"},
+		{agents, "apps", "daemonsets", "", "delete"},
+		{agents, "", "pods", "", "list"},
+		{"", "", "nodes", "", "get"},
+		{system, "coordination.k8s.io", "leases", "", "get"},
+		{system, "coordination.k8s.io", "leases", "", "create"},
+		{system, "coordination.k8s.io", "leases", "", "update"},
+		{system, "", "events", "", "create"},
+		{system, "", "secrets", "", "update"},
+	} {
+		if !allowed(a) {
+			t.Errorf("not granted, and the code needs it: %+v", a)
+		}
+	}
+	for _, a := range []access{
+		{"", sp, "samplingpolicies", "", "update"},
+		{"", sp, "samplingpolicies", "", "create"},
+		{"", sp, "samplingpolicies", "", "delete"},
+		{"", sp, "samplingpolicies", "status", "get"},
+		{"", sp, "samplingpolicies", "status", "update"},
+		{system, "coordination.k8s.io", "leases", "", "list"},
+		{system, "coordination.k8s.io", "leases", "", "watch"},
+		{system, "coordination.k8s.io", "leases", "", "patch"},
+		{system, "coordination.k8s.io", "leases", "", "delete"},
+		{"", "", "nodes", "", "list"},
+		{"", "", "nodes", "", "update"},
+		{agents, "", "pods", "", "delete"},
+		{system, "apps", "deployments", "", "delete"},
+		{system, "", "secrets", "", "delete"},
+		{"default", "", "secrets", "", "get"},
+	} {
+		if allowed(a) {
+			t.Errorf("granted, and no code uses it: %+v", a)
+		}
+	}
 }
 
 // A child the API server refuses to change makes the policy Degraded with

@@ -78,16 +78,18 @@ func testOptions() Options {
 // testController is a running manager with the reconciler, configured as
 // `connscope controller` configures it.
 type testController struct {
-	opts Options
-	stop func()
+	opts  Options
+	edits []func(*ctrl.Options)
+	stop  func()
 }
 
 // startController runs the controller until the test ends (after the
 // test's own cleanups, so that deleted policies lose their finalizer).
-func startController(t *testing.T, opts Options) *testController {
+// edits change the manager's options (leader election, for example).
+func startController(t *testing.T, opts Options, edits ...func(*ctrl.Options)) *testController {
 	t.Helper()
-	c := &testController{opts: opts}
-	c.stop = runManager(t, opts)
+	c := &testController{opts: opts, edits: edits}
+	c.stop = runManager(t, opts, edits...)
 	t.Cleanup(func() { c.stop() })
 	return c
 }
@@ -97,18 +99,22 @@ func startController(t *testing.T, opts Options) *testController {
 func (c *testController) restart(t *testing.T) {
 	t.Helper()
 	c.stop()
-	c.stop = runManager(t, c.opts)
+	c.stop = runManager(t, c.opts, c.edits...)
 }
 
-func runManager(t *testing.T, opts Options) (stop func()) {
+func runManager(t *testing.T, opts Options, edits ...func(*ctrl.Options)) (stop func()) {
 	t.Helper()
-	mgr, err := ctrl.NewManager(testCfg, ctrl.Options{
+	mopts := ctrl.Options{
 		Scheme:                 testScheme,
 		Metrics:                metricsserver.Options{BindAddress: "0"},
 		HealthProbeBindAddress: "0",
 		Cache:                  CacheOptions(opts),
 		Controller:             ctrlConfigForTests(),
-	})
+	}
+	for _, edit := range edits {
+		edit(&mopts)
+	}
+	mgr, err := ctrl.NewManager(testCfg, mopts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -119,7 +125,9 @@ func runManager(t *testing.T, opts Options) (stop func()) {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		if err := mgr.Start(ctx); err != nil {
+		// An error after the stop (a released leader lease is reported
+		// as lost) is the stop's.
+		if err := mgr.Start(ctx); err != nil && ctx.Err() == nil {
 			t.Errorf("manager: %v", err)
 		}
 	}()
