@@ -251,3 +251,28 @@ func TestNewIngestToken(t *testing.T) {
 		t.Errorf("hashes %s, %s", IngestTokenHash(a), IngestTokenHash(b))
 	}
 }
+
+// The controller's cache holds Secrets only in its two namespaces and only
+// connscope's (by label): it watches its ingest tokens, not every Secret
+// it could read.
+func TestCacheWatchesOnlyConnscopeSecrets(t *testing.T) {
+	opts := DefaultOptions()
+	for obj, by := range CacheOptions(opts).ByObject {
+		if _, ok := obj.(*corev1.Secret); !ok {
+			continue
+		}
+		if by.Label == nil || by.Label.String() != LabelName+"=connscope" {
+			t.Errorf("Secrets cached with label selector %v", by.Label)
+		}
+		if len(by.Namespaces) != 2 {
+			t.Errorf("Secrets cached in %v", by.Namespaces)
+		}
+		for ns := range by.Namespaces {
+			if ns != opts.AgentNamespace && ns != opts.ClassifierNamespace {
+				t.Errorf("Secrets cached in namespace %q", ns)
+			}
+		}
+		return
+	}
+	t.Error("no cache settings for Secrets: every Secret of the two namespaces would be cached")
+}

@@ -153,7 +153,9 @@ func objectLabels(policy, component string) map[string]string {
 
 // CacheOptions are the manager's cache settings for the controller: the
 // children only in the two namespaces it manages and only connscope's
-// (by label); Secrets never. Policies are cluster-scoped and unaffected.
+// (by label); of Secrets only connscope's, and only their metadata (the
+// controller watches them as PartialObjectMetadata; it reads their data
+// from the API server). Policies are cluster-scoped and unaffected.
 func CacheOptions(opts Options) cache.Options {
 	mine := labels.SelectorFromSet(labels.Set{LabelName: "connscope"})
 	in := func(namespaces ...string) cache.ByObject {
@@ -176,6 +178,7 @@ func CacheOptions(opts Options) cache.Options {
 			&appsv1.Deployment{}:            in(classifiers),
 			&corev1.Service{}:               in(classifiers),
 			&corev1.PersistentVolumeClaim{}: in(classifiers),
+			&corev1.Secret{}:                in(agents, classifiers),
 		},
 	}
 }

@@ -19,6 +19,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/tools/events"
 	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 	"sigs.k8s.io/controller-runtime/pkg/event"
@@ -82,17 +83,21 @@ import (
 //
 // Of Secrets it touches only the policies' ingest tokens, and only in
 // those two namespaces (namespaced Roles, nothing cluster-wide): get,
-// create and update, no list or watch (it reads them with the API reader,
-// not through a cache) and no delete (the garbage collector removes them
-// with their policy). It cannot be narrowed by name: RBAC cannot restrict
-// create with resourceNames (the object's name is not known when create
-// is authorised), and the token Secrets' names (connscope-<policy>-ingest)
-// are per policy, while resourceNames takes only exact names, no
-// prefixes. Other Secrets (the ClickHouse credentials) reach the
-// classifier's pods from the kubelet, never through the controller.
+// create and update, and no delete (the garbage collector removes them
+// with their policy). It reads them with the API reader, never through a
+// cache; list and watch serve only a metadata-only watch of connscope's
+// Secrets (label app.kubernetes.io/name=connscope, see CacheOptions), so
+// that a deleted token is put back at once. list and watch give it no
+// Secret it could not already read with get. It cannot be narrowed by
+// name: RBAC cannot restrict create, list or watch with resourceNames
+// (the object's name is not known when create is authorised), and the
+// token Secrets' names (connscope-<policy>-ingest) are per policy, while
+// resourceNames takes only exact names, no prefixes. Other Secrets (the
+// ClickHouse credentials) reach the classifier's pods from the kubelet,
+// never through the controller.
 //
-// +kubebuilder:rbac:groups="",namespace=connscope-agents,resources=secrets,verbs=get;create;update
-// +kubebuilder:rbac:groups="",namespace=connscope-system,resources=secrets,verbs=get;create;update
+// +kubebuilder:rbac:groups="",namespace=connscope-agents,resources=secrets,verbs=get;list;watch;create;update
+// +kubebuilder:rbac:groups="",namespace=connscope-system,resources=secrets,verbs=get;list;watch;create;update
 //
 // The metrics endpoint's authentication and authorisation (--metrics-secure).
 //
@@ -129,7 +134,9 @@ func NewSamplingPolicyReconciler(mgr ctrl.Manager, opts Options) *SamplingPolicy
 }
 
 // SetupWithManager registers the controller: it watches the policies, the
-// children it owns, and the agent pods (to see them go on deletion).
+// children it owns (the ingest token Secrets by their metadata only: a
+// deleted one is recreated at once, and no token is kept in the cache),
+// and the agent pods (to see them go on deletion).
 func (r *SamplingPolicyReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	if r.alloc == nil {
 		r.alloc = newAllocator(r.Options.LabelBits, r.Options.NFLOGGroups)
@@ -143,6 +150,7 @@ func (r *SamplingPolicyReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		Owns(&corev1.ConfigMap{}).
 		Owns(&corev1.ServiceAccount{}).
 		Owns(&corev1.PersistentVolumeClaim{}).
+		Owns(&corev1.Secret{}, builder.OnlyMetadata).
 		Watches(&corev1.Pod{}, handler.EnqueueRequestsFromMapFunc(agentPodToPolicy)).
 		WatchesRawSource(source.Channel(r.wake, &handler.EnqueueRequestForObject{})).
 		Named("samplingpolicy").
@@ -489,9 +497,10 @@ func (r *SamplingPolicyReconciler) wakeWaiting(ctx context.Context, p *samplingv
 // already stored (the classifier's copy first: the running classifier
 // read it at start), so it survives reconciles and controller restarts; a
 // new one is generated only when neither Secret holds one. The Secrets
-// are read from the API server (the cache holds no Secrets) and written
-// with create and update (no server-side apply: its patch would need the
-// patch verb, and the data must never be overwritten by a rebuilt object).
+// are read from the API server (the cache holds only their metadata) and
+// written with create and update (no server-side apply: its patch would
+// need the patch verb, and the data must never be overwritten by a
+// rebuilt object).
 func (r *SamplingPolicyReconciler) ensureIngestToken(ctx context.Context, p *samplingv1alpha1.SamplingPolicy) (string, error) {
 	name := IngestTokenName(p.Name)
 	namespaces := []string{r.Options.ClassifierNamespace, r.Options.AgentNamespace}
