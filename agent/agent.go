@@ -187,7 +187,8 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 
 	backend, _ := rules.ParseBackend(cfg.Backend)
-	m, err := rules.NewManager(a.policy, rules.Options{Backend: backend, Logger: a.base, LookPath: a.opts.LookPath})
+	ropts := rules.Options{Backend: backend, Logger: a.base, LookPath: a.opts.LookPath}
+	m, err := rules.NewManager(a.policy, ropts)
 	if err != nil {
 		return fmt.Errorf("--backend %s: %w", cfg.Backend, err)
 	}
@@ -195,7 +196,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	// mix its connections into ours: refuse before anything is installed,
 	// unless its agent is gone (its rules were left by a killed agent).
 	if err := m.Conflicts(); err != nil {
-		if err = a.removeLeftPolicies(m, err, rules.Options{Backend: backend, Logger: a.base, LookPath: a.opts.LookPath}); err != nil {
+		if err = a.removeLeftPolicies(m, err, ropts); err != nil {
 			return fmt.Errorf("--label-bit %d, --nflog-group %d: %w", cfg.LabelBit, cfg.NFLOGGroup, err)
 		}
 	}

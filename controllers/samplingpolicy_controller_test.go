@@ -135,6 +135,18 @@ func tokenMount(pod corev1.PodSpec, policy string) error {
 	return fmt.Errorf("token volume not mounted: %+v", pod.Containers[0].VolumeMounts)
 }
 
+// waitPolicyGone waits until the API server no longer has the policy.
+func waitPolicyGone(t *testing.T, name string) {
+	t.Helper()
+	eventually(t, wait, "policy "+name+" gone", func() error {
+		err := k8s.Get(ctx, client.ObjectKey{Name: name}, &samplingv1alpha1.SamplingPolicy{})
+		if apierrors.IsNotFound(err) {
+			return nil
+		}
+		return fmt.Errorf("still there (%v)", err)
+	})
+}
+
 func getPolicy(t *testing.T, name string) *samplingv1alpha1.SamplingPolicy {
 	t.Helper()
 	var p samplingv1alpha1.SamplingPolicy
@@ -724,13 +736,7 @@ func TestDeletionWaitsForTheAgentsToGo(t *testing.T) {
 	if err := k8s.Delete(ctx, pod, client.GracePeriodSeconds(0)); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, wait, "policy gone", func() error {
-		err := k8s.Get(ctx, client.ObjectKey{Name: "gone"}, &samplingv1alpha1.SamplingPolicy{})
-		if apierrors.IsNotFound(err) {
-			return nil
-		}
-		return fmt.Errorf("still there (%v)", err)
-	})
+	waitPolicyGone(t, "gone")
 }
 
 // A deleted policy does not wait forever for agent pods that no kubelet
@@ -797,13 +803,7 @@ func TestDeletionDoesNotWaitForAgentsOnLostNodes(t *testing.T) {
 	if err := k8s.Delete(ctx, pods[0], client.GracePeriodSeconds(0)); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, wait, "policy gone", func() error {
-		err := k8s.Get(ctx, client.ObjectKey{Name: "lost"}, &samplingv1alpha1.SamplingPolicy{})
-		if apierrors.IsNotFound(err) {
-			return nil
-		}
-		return fmt.Errorf("still there (%v)", err)
-	})
+	waitPolicyGone(t, "lost")
 	eventually(t, wait, "warning event", func() error {
 		var evs eventsv1.EventList
 		if err := k8s.List(ctx, &evs); err != nil {

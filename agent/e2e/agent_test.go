@@ -322,16 +322,13 @@ func TestBusyGroupFailsBeforeAnyRule(t *testing.T) {
 	a := ns.startAgent("agent-a", policyA("--backend", "nft", "--packet-cap", "3", "--sink", sinkA)...)
 	a.waitReady(startTimeout)
 
-	b := ns.startAgent("agent-b", "--policy", "a", "--label-bit", "9", "--nflog-group", "5", "--probability", "1",
+	out := ns.refusedAgent("agent-b", "--policy", "a", "--label-bit", "9", "--nflog-group", "5", "--probability", "1",
 		"--backend", "nft", "--sink", sinkB, "--metrics-addr", "127.0.0.1:9478")
-	if code := b.Wait(t, stopTimeout); code == 0 {
-		t.Fatalf("the second agent exited 0:\n%s", b.Output())
+	if want := "--nflog-group 5: nflog group 5 is already bound by another socket in this network namespace"; !strings.Contains(out, want) {
+		t.Errorf("output lacks %q:\n%s", want, out)
 	}
-	if want := "--nflog-group 5: nflog group 5 is already bound by another socket in this network namespace"; !strings.Contains(b.Output(), want) {
-		t.Errorf("output lacks %q:\n%s", want, b.Output())
-	}
-	if strings.Contains(b.Output(), "rules installed") {
-		t.Errorf("the second agent installed rules:\n%s", b.Output())
+	if strings.Contains(out, "rules installed") {
+		t.Errorf("the second agent installed rules:\n%s", out)
 	}
 	golden.Require(t, "installed-a-nft", ns.rules())
 	a.waitReady(startTimeout)
@@ -354,18 +351,15 @@ func TestSharedBitOrGroupFailsBeforeAnyRule(t *testing.T) {
 	a := ns.startAgent("agent-a", policyA("--backend", "nft", "--packet-cap", "3", "--sink", sinkA)...)
 	a.waitReady(startTimeout)
 
-	b := ns.startAgent("agent-samebit", "--policy", "samebit", "--label-bit", "3", "--nflog-group", "8", "--probability", "1",
+	out := ns.refusedAgent("agent-samebit", "--policy", "samebit", "--label-bit", "3", "--nflog-group", "8", "--probability", "1",
 		"--backend", "nft", "--sink", sinkB, "--metrics-addr", "127.0.0.1:9478")
-	if code := b.Wait(t, stopTimeout); code == 0 {
-		t.Fatalf("the second agent exited 0:\n%s", b.Output())
-	}
 	for _, want := range []string{`policy "a" (chain CONNSCOPE-ZKLYCEWK-SRFG5KIU in iptables-nft (IPv4)) uses label bit 3`, "connscope agent cleanup --policy a"} {
-		if !strings.Contains(b.Output(), want) {
-			t.Errorf("output lacks %q:\n%s", want, b.Output())
+		if !strings.Contains(out, want) {
+			t.Errorf("output lacks %q:\n%s", want, out)
 		}
 	}
-	if strings.Contains(b.Output(), "rules installed") || strings.Contains(b.Output(), "NFLOG group bound") {
-		t.Errorf("the second agent went on:\n%s", b.Output())
+	if strings.Contains(out, "rules installed") || strings.Contains(out, "NFLOG group bound") {
+		t.Errorf("the second agent went on:\n%s", out)
 	}
 	golden.Require(t, "installed-a-nft", ns.rules())
 
@@ -388,9 +382,8 @@ func TestSharedBitOrGroupFailsBeforeAnyRule(t *testing.T) {
 	}
 	// While b runs (its group bound), a policy on its bit is refused.
 	_, sinkD := fileSink(t)
-	d := ns.startAgent("agent-a-again", policyA("--backend", "nft", "--packet-cap", "3", "--sink", sinkD, "--nflog-group", "9")...)
-	if code := d.Wait(t, stopTimeout); code == 0 || !strings.Contains(d.Output(), `policy "b"`) {
-		t.Fatalf("an agent sharing running agent b's bit: exit status %d:\n%s", code, d.Output())
+	if out := ns.refusedAgent("agent-a-again", policyA("--backend", "nft", "--packet-cap", "3", "--sink", sinkD, "--nflog-group", "9")...); !strings.Contains(out, `policy "b"`) {
+		t.Fatalf("an agent sharing running agent b's bit was refused without naming policy b:\n%s", out)
 	}
 	if code := c.signal(syscall.SIGTERM, stopTimeout); code != 0 {
 		t.Fatalf("agent b: exit status %d:\n%s", code, c.Output())
@@ -403,7 +396,7 @@ func TestSharedBitOrGroupFailsBeforeAnyRule(t *testing.T) {
 	if code := k.signal(syscall.SIGKILL, stopTimeout); code != -1 {
 		t.Fatalf("exit status %d after SIGKILL", code)
 	}
-	out := ns.Must(t, connscopeBin, "agent", "cleanup", "--policy", "b")
+	out = ns.Must(t, connscopeBin, "agent", "cleanup", "--policy", "b")
 	if !strings.Contains(out, "deleted chain CONNSCOPE-") {
 		t.Errorf("cleanup --policy b printed:\n%s", out)
 	}

@@ -217,6 +217,17 @@ type agentProc struct {
 	metrics string // http://host:port of its metrics server
 }
 
+// refusedAgent runs an agent that must refuse to start: the test fails
+// if it exits 0. It returns the agent's output.
+func (ns *netns) refusedAgent(name string, args ...string) string {
+	ns.t.Helper()
+	p := ns.startAgent(name, args...)
+	if code := p.Wait(ns.t, stopTimeout); code == 0 {
+		ns.t.Fatalf("%s exited 0, want it to refuse to start:\n%s", name, p.Output())
+	}
+	return p.Output()
+}
+
 // startAgent runs `connscope agent args...` in the namespace. The
 // metrics address is taken from args (--metrics-addr), else the default.
 func (ns *netns) startAgent(name string, args ...string) *agentProc {

@@ -26,6 +26,26 @@ import (
 
 func fileURL(path string) string { return "file://" + path }
 
+// writeRun is one run of an agent's file sink on path: open, send recs
+// (if any), close. It returns the file's contents after.
+func writeRun(t *testing.T, path string, recs []packet.Record) []byte {
+	t.Helper()
+	s := openSink(t, fileURL(path), Options{})
+	if len(recs) > 0 {
+		if err := s.Send(context.Background(), recs); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
 func TestFileSinkWritesHeaderOnlyRawIPPacketsThatReadBackAsTheRecords(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "agent.pcapng")
 	s := openSink(t, fileURL(path), Options{})
@@ -174,19 +194,7 @@ func TestFileSinkAppendsASectionToItsOwnFile(t *testing.T) {
 	var all []packet.Record
 	var before []byte
 	for i, recs := range runs {
-		s := openSink(t, fileURL(path), Options{})
-		if len(recs) > 0 {
-			if err := s.Send(context.Background(), recs); err != nil {
-				t.Fatal(err)
-			}
-		}
-		if err := s.Close(); err != nil {
-			t.Fatal(err)
-		}
-		after, err := os.ReadFile(path)
-		if err != nil {
-			t.Fatal(err)
-		}
+		after := writeRun(t, path, recs)
 		if !bytes.HasPrefix(after, before) {
 			t.Fatalf("run %d changed what the earlier runs wrote", i)
 		}
@@ -269,18 +277,8 @@ func TestFileSinkInAMissingDirectorySaysSo(t *testing.T) {
 // agent from starting at all. The cut block was never acknowledged.
 func TestFileSinkCutsACutShortLastBlockAndAppends(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "agent.pcapng")
-	s := openSink(t, fileURL(path), Options{})
 	first := records(3, 0, 1)
-	if err := s.Send(context.Background(), first); err != nil {
-		t.Fatal(err)
-	}
-	if err := s.Close(); err != nil {
-		t.Fatal(err)
-	}
-	whole, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
+	whole := writeRun(t, path, first)
 	last := int(binary.LittleEndian.Uint32(whole[len(whole)-4:])) // the third record's block
 	if err := os.WriteFile(path, whole[:len(whole)-6], 0o640); err != nil {
 		t.Fatal(err)

@@ -453,7 +453,7 @@ func TestTheCapKeepsTheFirstPacketsInOrderNotInArrival(t *testing.T) {
 			t.Errorf("beyond the cap: %d packets, want 0", st.BeyondCap)
 		}
 	})
-	t.Run("the end of the input finishes a connection waiting at the cap as capped", func(t *testing.T) {
+	t.Run("a connection waiting at the cap when the input ends is closed by the cap", func(t *testing.T) {
 		recs := records(c4(S(0), A(10), PA(20), pk{f: "A", at: ms(20), seq: isn + 101}))
 		out, _ := run(t, flow.Config{PacketCap: 4}, ms(20), recs)
 		if len(out) != 1 || out[0].r.Closure != classify.ClosureCap {

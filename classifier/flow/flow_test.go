@@ -351,3 +351,43 @@ func TestTieGroupsStayWithinTheCapAndAreReused(t *testing.T) {
 		t.Errorf("%d tie blocks allocated (block 0 included), want 2: the second connection reuses the first's", n)
 	}
 }
+
+// A connection waiting at the cap for the clock to move on (packets held
+// at the clock's timestamp) is finished as capped, not as cut by the
+// input's end or by an eviction, whichever comes first: a windowed reader
+// (chstore) carries over what ended with the input.
+func TestAConnectionWaitingAtTheCapEndsCapped(t *testing.T) {
+	for _, how := range []string{"flush", "eviction"} {
+		t.Run(how, func(t *testing.T) {
+			var ends []End
+			tab, err := New(Config{PacketCap: 2, MaxOpen: 2}, func(c *Conn) { ends = append(ends, c.End) })
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer tab.Close()
+			ts := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC).UnixNano()
+			add := func(port uint16, f packet.Flags, seq uint32) {
+				r := &packet.Record{Timestamp: ts, IPVersion: 4, SrcPort: port, DstPort: 443, Flags: f, Seq: seq, TTL: 64}
+				r.SrcIP = [16]byte{10: 0xff, 11: 0xff, 12: 198, 13: 51, 14: 100, 15: 7}
+				r.DstIP = [16]byte{10: 0xff, 11: 0xff, 12: 203, 13: 0, 14: 113, 15: 10}
+				if err := tab.Add(r); err != nil {
+					t.Fatal(err)
+				}
+			}
+			add(1, packet.SYN, 100)
+			add(1, packet.ACK, 101) // the cap, at the clock's timestamp: waiting
+			if len(ends) != 0 {
+				t.Fatalf("finished before the clock moved: %v", ends)
+			}
+			if how == "flush" {
+				tab.Flush()
+			} else {
+				add(2, packet.SYN, 500)
+				add(3, packet.SYN, 900) // MaxOpen 2: the oldest, the waiting connection, is evicted
+			}
+			if len(ends) != 1 || ends[0] != EndCap {
+				t.Fatalf("ends %v, want one EndCap", ends)
+			}
+		})
+	}
+}
