@@ -38,7 +38,7 @@ func TestQueueHoldsAtMostTheConfiguredCapacity(t *testing.T) {
 
 func TestNewRefusesAnInvalidConfigAndTouchesNothing(t *testing.T) {
 	c := validConfig()
-	c.Probability = unset
+	c.Probability = unsetProbability
 	if _, err := New(c, Options{LookPath: func(name string) (string, error) {
 		t.Errorf("New looked up %s", name)
 		return "", io.EOF

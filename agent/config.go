@@ -48,9 +48,14 @@ const (
 	MaxQueueCapacity = 4 << 20
 )
 
-// unset marks the settings that have no default (probability, label bit,
-// NFLOG group), so that an explicit 0 is told from a missing setting.
-const unset = -1
+// unsetProbability and unsetInt mark the settings that have no default
+// (probability, label bit, NFLOG group), so that a missing setting is told
+// from any value a user plausibly gives (0 or -1 among them, which get
+// their own messages).
+const (
+	unsetProbability = -math.MaxFloat64
+	unsetInt         = math.MinInt32
+)
 
 // Config is everything an agent runs with. It comes from flags
 // (AddFlags), from a YAML or JSON file (LoadFile) whose keys are the JSON
@@ -143,10 +148,10 @@ func (d *Duration) UnmarshalText(b []byte) error {
 func DefaultConfig() Config {
 	return Config{
 		Policy:           DefaultPolicy,
-		Probability:      unset,
+		Probability:      unsetProbability,
 		PacketCap:        DefaultPacketCap,
-		LabelBit:         unset,
-		NFLOGGroup:       unset,
+		LabelBit:         unsetInt,
+		NFLOGGroup:       unsetInt,
 		CopyRange:        DefaultCopyRange,
 		IPFamilies:       []string{"IPv4", "IPv6"},
 		Backend:          string(rules.BackendAuto),
@@ -171,10 +176,14 @@ func (c *Config) AddFlags(fs *pflag.FlagSet) {
 	fs.IntVar(&c.PacketCap, "packet-cap", c.PacketCap, fmt.Sprintf("client packets logged per sampled connection, 1-%d", rules.MaxPacketCap))
 	fs.IntVar(&c.LabelBit, "label-bit", c.LabelBit, fmt.Sprintf("conntrack label bit marking sampled connections, 0-%d, unused by other software on the node (required)", rules.MaxLabelBit))
 	fs.IntVar(&c.NFLOGGroup, "nflog-group", c.NFLOGGroup, "NFLOG group the rules log to and the agent reads, 0-65535, unused by other readers (required)")
-	// The required settings start unset (-1); help prints no default for
-	// a flag whose DefValue is the zero value (DefValue is read by help only).
-	for _, name := range []string{"probability", "label-bit", "nflog-group"} {
-		if f := fs.Lookup(name); f != nil && f.DefValue == strconv.Itoa(unset) {
+	// The required settings start unset; help prints no default for a
+	// flag whose DefValue is the zero value (DefValue is read by help only).
+	for name, isUnset := range map[string]bool{
+		"probability": c.Probability == unsetProbability,
+		"label-bit":   c.LabelBit == unsetInt,
+		"nflog-group": c.NFLOGGroup == unsetInt,
+	} {
+		if f := fs.Lookup(name); f != nil && isUnset {
 			f.DefValue = "0"
 		}
 	}
@@ -352,7 +361,7 @@ func (c Config) Validate() error {
 		bad("policy", "policy", "is empty: name the policy, e.g. default")
 	}
 	switch p := c.Probability; {
-	case p == unset:
+	case p == unsetProbability:
 		bad("probability", "probability", "is required: the share of new TCP connections to sample, in (0, 1], e.g. 0.0001")
 	case p == 0:
 		bad("probability", "probability", "0 is not in (0, 1]: a probability of 0 would never sample; give the share of new TCP connections to sample, e.g. 0.0001")
@@ -365,13 +374,13 @@ func (c Config) Validate() error {
 		bad("packet-cap", "packetCap", "%d is not in 1-%d", c.PacketCap, rules.MaxPacketCap)
 	}
 	switch {
-	case c.LabelBit == unset:
+	case c.LabelBit == unsetInt:
 		bad("label-bit", "labelBit", "is required: a conntrack label bit 0-%d that no other software on the node uses", rules.MaxLabelBit)
 	case c.LabelBit < 0 || c.LabelBit > rules.MaxLabelBit:
 		bad("label-bit", "labelBit", "%d is not in 0-%d (conntrack labels have 128 bits)", c.LabelBit, rules.MaxLabelBit)
 	}
 	switch {
-	case c.NFLOGGroup == unset:
+	case c.NFLOGGroup == unsetInt:
 		bad("nflog-group", "nflogGroup", "is required: an NFLOG group 0-65535 that no other reader on the node binds")
 	case c.NFLOGGroup < 0 || c.NFLOGGroup > math.MaxUint16:
 		bad("nflog-group", "nflogGroup", "%d is not in 0-65535", c.NFLOGGroup)

@@ -190,6 +190,10 @@ func TestValidateNamesTheFlagAndKeyOfEveryProblem(t *testing.T) {
 		{"probability above 1", func(c *Config) { c.Probability = 1.5 }, []string{"--probability (probability): 1.5 is not in (0, 1]"}},
 		{"probability 0", func(c *Config) { c.Probability = 0 }, []string{"--probability (probability): 0 is not in (0, 1]"}},
 		{"negative probability", func(c *Config) { c.Probability = -0.5 }, []string{"--probability (probability): -0.5 is not in (0, 1]"}},
+		// -1 is a value given, not a missing one (it once read "is required")
+		{"probability -1", func(c *Config) { c.Probability = -1 }, []string{"--probability (probability): -1 is not in (0, 1]"}},
+		{"label bit -1", func(c *Config) { c.LabelBit = -1 }, []string{"--label-bit (labelBit): -1 is not in 0-127"}},
+		{"group -1", func(c *Config) { c.NFLOGGroup = -1 }, []string{"--nflog-group (nflogGroup): -1 is not in 0-65535"}},
 		{"probability below the kernel's resolution", func(c *Config) { c.Probability = 1e-10 }, []string{"below the kernel's resolution"}},
 		{"packet cap", func(c *Config) { c.PacketCap = 0 }, []string{"--packet-cap (packetCap): 0 is not in 1-64"}},
 		{"label bit", func(c *Config) { c.LabelBit = 128 }, []string{"--label-bit (labelBit): 128 is not in 0-127"}},
