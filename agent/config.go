@@ -10,6 +10,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -268,7 +269,7 @@ func ParseConfig(b []byte) (Config, error) {
 			return Config{}, err
 		}
 	}
-	if err := checkDurations(js); err != nil {
+	if err := checkKeys(js); err != nil {
 		return Config{}, err
 	}
 	dec := json.NewDecoder(bytes.NewReader(js))
@@ -282,17 +283,30 @@ func ParseConfig(b []byte) (Config, error) {
 	return c, nil
 }
 
-// checkDurations names the key of a duration that does not parse, which
-// encoding/json's error (from Duration.UnmarshalText) does not. Anything
-// else wrong is left to the strict decoding.
-func checkDurations(js []byte) error {
+// checkKeys refuses a key that is not exactly one of Config's (encoding/json
+// would take "PacketCap" or "packetcap" for packetCap, where the YAML reader
+// and the documentation say keys are case-sensitive), and names the key of
+// a duration that does not parse, which encoding/json's error (from
+// Duration.UnmarshalText) does not. Anything else wrong is left to the
+// strict decoding.
+func checkKeys(js []byte) error {
 	var m map[string]json.RawMessage
 	if json.Unmarshal(js, &m) != nil {
 		return nil
 	}
-	for key, raw := range m {
+	keys := make([]string, 0, len(m))
+	for key := range m {
+		keys = append(keys, key)
+	}
+	slices.Sort(keys) // the first wrong key in a stable order
+	for _, key := range keys {
+		if _, known := fieldTypes[key]; !known {
+			return errors.New(unknownKey(key))
+		}
+	}
+	for _, key := range keys {
 		var text string
-		if fieldTypes[key] != durationType || json.Unmarshal(raw, &text) != nil {
+		if fieldTypes[key] != durationType || json.Unmarshal(m[key], &text) != nil {
 			continue
 		}
 		if _, err := time.ParseDuration(text); err != nil {

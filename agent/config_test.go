@@ -164,6 +164,9 @@ func TestYAMLScalarsAndComments(t *testing.T) {
 func TestJSONFileIsStrict(t *testing.T) {
 	for _, tc := range []struct{ json, want string }{
 		{`{"probabilty": 0.1}`, `unknown key "probabilty": the keys are policy, probability, packetCap,`},
+		// encoding/json alone would take these for packetCap
+		{`{"packetcap": 5}`, `unknown key "packetcap": did you mean packetCap? (keys are case-sensitive)`},
+		{`{"PacketCap": 5}`, `unknown key "PacketCap": did you mean packetCap? (keys are case-sensitive)`},
 		{`{"packetCap": "10"}`, "packetCap: a string cannot be read as a whole number"},
 		{`{"policy": "a", "resync": "10"}`, `resync: "10" is not a duration such as 10s or 1m30s`},
 		{`{"policy": "a"} {"policy": "b"}`, "more than one document"},
