@@ -113,7 +113,8 @@ fuzz:
 ## bench runs the engine benchmark (connscope classify against a bare read
 ## and peers: tshark, argus, tcptrace; hack/bench/run.sh), then the agent's:
 ## capture (NFLOG readers under a SYN flood: the agent, ulogd2, tshark) and
-## datapath (iperf3 and wrk through the rules), then the classifier's
+## datapath (iperf3 and wrk through the rules: whole runs in fresh
+## namespaces, then the rules switched on and off within one run), then the classifier's
 ## ingest (records per core with 1 and 8 agents, RST to API time;
 ## hack/bench/ingest.sh). Each alone: bench-engine, bench-agent (both agent
 ## benchmarks), bench-agent-capture, bench-agent-datapath, bench-ingest.
@@ -123,6 +124,7 @@ bench:
 	bash hack/bench/run.sh
 	bash hack/bench/agent-capture.sh
 	bash hack/bench/agent-datapath.sh
+	bash hack/bench/agent-datapath-toggle.sh
 	bash hack/bench/ingest.sh
 	bash hack/bench/clickhouse.sh
 
@@ -136,6 +138,7 @@ bench-agent-capture:
 
 bench-agent-datapath:
 	bash hack/bench/agent-datapath.sh
+	bash hack/bench/agent-datapath-toggle.sh
 
 bench-ingest:
 	bash hack/bench/ingest.sh

@@ -13,7 +13,8 @@
 #   tcpdump        tcpdump -r: libpcap's bare read, a second floor
 #   time           GNU time (/usr/bin/time): CPU seconds and peak RSS
 #   util-linux     taskset: pins each run to one core; nsenter
-# The agent benchmarks (agent-capture.sh, agent-datapath.sh):
+# The agent benchmarks (agent-capture.sh, agent-datapath.sh,
+# agent-datapath-toggle.sh):
 #   ulogd2         the NFLOG reader the agent is compared with
 #   ulogd2-pcap    ulogd2's pcap output plugin (NFLOG to a pcap file)
 #   tshark         tshark -i nflog:G (dumpcap reads the group)
@@ -22,6 +23,9 @@
 #   hping3         for checking by hand (hping3 --flood cannot be paced, so
 #                  the benchmark sends with its own hack/bench/synflood)
 #   iproute2, iptables, ethtool   namespaces, veths, rules, offloads off
+#   nftables       nft: whether a mangle PREROUTING hook exists
+#                  (agent-datapath-toggle.sh; iptables-nft shows built-in
+#                  chains whether or not they exist)
 #   curl, python3  the agent's /metrics and /readyz; iperf3's JSON
 #
 # Packages with a daemon (ulogd2) are installed without starting it: a
@@ -57,6 +61,7 @@ wanted=(
 	"iptables:iptables-nft"
 	"iptables:iptables-legacy"
 	"ethtool:ethtool"
+	"nftables:nft"
 	"jq:jq"
 )
 

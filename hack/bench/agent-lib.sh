@@ -1,6 +1,7 @@
 # agent-lib.sh is sourced by the agent benchmarks (agent-capture.sh,
-# agent-datapath.sh): network namespaces joined by a veth, processes started
-# in them and stopped by PID, and a cleanup that runs on every exit.
+# agent-datapath.sh, agent-datapath-toggle.sh): network namespaces joined
+# by a veth, processes started in them and stopped by PID, and a cleanup
+# that runs on every exit.
 #
 # Everything happens in two namespaces made here (csb-cli-* and csb-srv-*),
 # joined by one veth pair with segmentation offloads off, addressed from
@@ -345,13 +346,14 @@ need_tools() {
 # .cache/bench/agent-results.md.
 write_agent_results() {
 	local f parts=()
-	for f in "$CACHE/agent-capture.md" "$CACHE/agent-datapath.md" "$CACHE/agent-datapath-offloads.md"; do
+	for f in "$CACHE"/agent-capture.md "$CACHE"/agent-datapath.md "$CACHE"/agent-datapath-offloads.md \
+		"$CACHE"/agent-datapath-toggle{,-offloads}{,-apart}.md; do
 		[[ -s $f ]] && parts+=("$f")
 	done
 	{
 		echo "# connscope agent benchmarks"
 		echo
-		echo "Written by hack/bench/agent-capture.sh and hack/bench/agent-datapath.sh (make bench-agent); each part says when it ran."
+		echo "Written by hack/bench/agent-capture.sh, agent-datapath.sh and agent-datapath-toggle.sh (make bench-agent); each part says when it ran."
 		for f in "${parts[@]}"; do
 			echo
 			cat "$f"
