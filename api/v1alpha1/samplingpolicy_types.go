@@ -111,8 +111,11 @@ type SamplingPolicySpec struct {
 	// tolerates every taint, so that every selected node is sampled;
 	// an empty list tolerates none; at most 64. The API server refuses what
 	// a DaemonSet would refuse: a value with operator Exists, an empty key
-	// without Exists, an unknown effect, tolerationSeconds without effect
-	// NoExecute.
+	// without Exists, an unknown operator or effect, tolerationSeconds
+	// without effect NoExecute. (Not the format of keys and values: a
+	// pattern over corev1.Toleration's unbounded strings exceeds the API
+	// server's cost budget for validation rules; the DaemonSet's apply
+	// error, in the policy's status, names a bad one.)
 	// +optional
 	// +listType=atomic
 	// +kubebuilder:validation:MaxItems=64
@@ -120,6 +123,7 @@ type SamplingPolicySpec struct {
 	// +kubebuilder:validation:XValidation:rule="self.all(t, (has(t.key) && size(t.key) > 0) || (has(t.operator) && t.operator == 'Exists'))",message="a toleration without a key must have operator Exists (it then tolerates every taint)"
 	// +kubebuilder:validation:XValidation:rule="self.all(t, !has(t.effect) || t.effect in ['', 'NoSchedule', 'PreferNoSchedule', 'NoExecute'])",message="a toleration's effect must be NoSchedule, PreferNoSchedule or NoExecute (or empty for every effect)"
 	// +kubebuilder:validation:XValidation:rule="self.all(t, !has(t.tolerationSeconds) || (has(t.effect) && t.effect == 'NoExecute'))",message="a toleration with tolerationSeconds must have effect NoExecute"
+	// +kubebuilder:validation:XValidation:rule="self.all(t, !has(t.operator) || t.operator in ['', 'Exists', 'Equal'])",message="a toleration's operator must be Exists or Equal (or empty for Equal)"
 	// +kubebuilder:default={{operator: "Exists"}}
 	Tolerations []corev1.Toleration `json:"tolerations,omitempty"`
 

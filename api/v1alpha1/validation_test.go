@@ -146,6 +146,9 @@ func TestValidationRefusesBadInputWithItsMessage(t *testing.T) {
 		{"tolerationSeconds without NoExecute", func(o map[string]any) {
 			set(o, "spec.tolerations", []any{map[string]any{"key": "a", "operator": "Exists", "effect": "NoSchedule", "tolerationSeconds": 30}})
 		}, "a toleration with tolerationSeconds must have effect NoExecute", "spec.tolerations"},
+		{"toleration with an unknown operator", func(o map[string]any) {
+			set(o, "spec.tolerations", []any{map[string]any{"key": "a", "operator": "Contains", "value": "x"}})
+		}, "a toleration's operator must be Exists or Equal", "spec.tolerations"},
 		{"65 tolerations", func(o map[string]any) {
 			var ts []any
 			for i := range 65 {
@@ -355,6 +358,7 @@ func TestValidationAcceptsGoodInput(t *testing.T) {
 				map[string]any{"key": "example.com/dedicated", "operator": "Exists", "effect": "NoSchedule"},
 				map[string]any{"key": "spot", "value": "true", "effect": "PreferNoSchedule"},
 				map[string]any{"key": "x", "operator": "Exists", "value": ""},
+				map[string]any{"key": "node-role.kubernetes.io/control-plane", "operator": "", "value": "", "effect": "NoSchedule"},
 			})
 		},
 		func(o map[string]any) { set(o, "spec.tolerations", []any{}) },
