@@ -111,7 +111,7 @@ need_tools iperf3 wrk iptables-nft ip6tables-nft iptables-nft-save iptables-nft-
 build_tools
 
 rows=$LOGS/runs.tsv
-printf 'probability\tround\tstate\tiperf3_bps\tiperf3_bytes\tiperf3_cpu_us\twrk_rps\twrk_requests\twrk_cpu_us\twrk_errors\tprerouting_rules\tacct\n' >"$rows"
+printf 'probability\tround\tstate\tiperf3_bps\tiperf3_bytes\tiperf3_cpu_us\twrk_rps\twrk_requests\twrk_cpu_us\twrk_errors\tmangle_rules\tacct\n' >"$rows"
 
 listening() { [[ -n $(in_ns "$SRV" ss -Hltn "sport = :$1") ]]; }
 # iptables warns on every listing of a connlabel rule that
@@ -190,16 +190,11 @@ one_state() {
 	in_acct "$TRAFFIC" "$CLI" "$client_cpu" iperf3 -c "$SRV_IP" -t "$secs" -J >"$LOGS/iperf3-$tag.json" 2>&1 ||
 		die "iperf3 -c failed: see $LOGS/iperf3-$tag.json"
 	u1=$(acct_usage_us "$TRAFFIC")
-	read -r bps bytes < <(python3 -c '
-import json, sys
-e = json.load(open(sys.argv[1]))["end"]
-print(int(e["sum_received"]["bits_per_second"]), int(e["sum_received"]["bytes"]))' "$LOGS/iperf3-$tag.json")
+	read -r bps bytes _ < <(iperf3_figures "$LOGS/iperf3-$tag.json")
 	in_acct "$TRAFFIC" "$CLI" "$client_cpu" wrk -t1 -c "$wrk_conns" -d "${secs}s" -H 'Connection: close' \
 		"http://$SRV_IP:$http_port/" >"$LOGS/wrk-$tag.txt" 2>&1 || die "wrk failed: see $LOGS/wrk-$tag.txt"
 	u2=$(acct_usage_us "$TRAFFIC")
-	rps=$(awk '/^Requests\/sec:/ { printf "%d", $2 }' "$LOGS/wrk-$tag.txt")
-	reqs=$(awk '/requests in/ { print $1; exit }' "$LOGS/wrk-$tag.txt")
-	errs=$(awk '/Socket errors:/ { gsub(/,/, ""); n += $4 + $6 + $8 + $10 } /Non-2xx/ { n += $NF } END { printf "%d", n }' "$LOGS/wrk-$tag.txt")
+	read -r rps reqs errs < <(wrk_figures "$LOGS/wrk-$tag.txt")
 	printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$p" "$round" "$state" "$bps" "$bytes" "$((u1 - u0))" \
 		"$rps" "${reqs:-0}" "$((u2 - u1))" "${errs:-0}" "$n" "$acct" >>"$rows"
 	# the iperf3 JSON is large and only its end was needed

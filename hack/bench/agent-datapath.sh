@@ -144,19 +144,14 @@ one_run() {
 	in_acct "$traffic" "$CLI" "$client_cpu" iperf3 -c "$SRV_IP" -t "$secs" -J >"$LOGS/iperf3-client-$tag.json" 2>&1 ||
 		die "iperf3 -c failed: see $LOGS/iperf3-client-$tag.json"
 	u1=$(acct_usage_us "$traffic")
-	read -r bps bytes retr < <(python3 -c '
-import json, sys
-e = json.load(open(sys.argv[1]))["end"]
-print(int(e["sum_received"]["bits_per_second"]), int(e["sum_received"]["bytes"]), e["sum_sent"].get("retransmits", 0))' "$LOGS/iperf3-client-$tag.json")
+	read -r bps bytes retr < <(iperf3_figures "$LOGS/iperf3-client-$tag.json")
 	sleep 0.5
 	u1=$(acct_usage_us "$traffic")
 	in_acct "$traffic" "$CLI" "$client_cpu" wrk -t1 -c "$wrk_conns" -d "${secs}s" -H 'Connection: close' \
 		"http://$SRV_IP:$http_port/" >"$LOGS/wrk-$tag.txt" 2>&1 || die "wrk failed: see $LOGS/wrk-$tag.txt"
 	u2=$(acct_usage_us "$traffic")
 	[[ -n $agent_acct ]] && a1=$(acct_usage_us "$agent_acct")
-	rps=$(awk '/^Requests\/sec:/ { printf "%d", $2 }' "$LOGS/wrk-$tag.txt")
-	reqs=$(awk '/requests in/ { print $1; exit }' "$LOGS/wrk-$tag.txt")
-	errs=$(awk '/Socket errors:/ { gsub(/,/, ""); n += $4 + $6 + $8 + $10 } /Non-2xx/ { n += $NF } END { printf "%d", n }' "$LOGS/wrk-$tag.txt")
+	read -r rps reqs errs < <(wrk_figures "$LOGS/wrk-$tag.txt")
 
 	local logged="" lost=""
 	if [[ -n $agent_pid ]]; then

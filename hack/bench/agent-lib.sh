@@ -33,6 +33,7 @@
 #                          ("" = any), accounted in DIR
 #   stop_bg PID [SIGNAL] [SECONDS]   signal PID, wait for it, then SIGKILL its group
 #   nflog_bound NS GROUP   true when GROUP is bound in NS (/proc/net/netfilter/nfnetlink_log)
+#   iperf3_figures FILE, wrk_figures FILE   the figures of a run's output
 
 set -euo pipefail
 
@@ -310,6 +311,23 @@ wait_for() {
 		sleep 0.1
 	done
 	return 1
+}
+
+# iperf3_figures FILE: of iperf3 -J's output, the receiver's bits/s and
+# bytes and the sender's retransmits.
+iperf3_figures() {
+	python3 -c '
+import json, sys
+e = json.load(open(sys.argv[1]))["end"]
+print(int(e["sum_received"]["bits_per_second"]), int(e["sum_received"]["bytes"]), e["sum_sent"].get("retransmits", 0))' "$1"
+}
+
+# wrk_figures FILE: of wrk's output, requests/s, requests and errors
+# (socket errors and non-2xx answers).
+wrk_figures() {
+	awk '/^Requests\/sec:/ { rps = $2 } /requests in/ && !reqs { reqs = $1 }
+		/Socket errors:/ { gsub(/,/, ""); errs += $4 + $6 + $8 + $10 } /Non-2xx/ { errs += $NF }
+		END { printf "%d %d %d\n", rps, reqs, errs }' "$1"
 }
 
 # median of the numbers given
