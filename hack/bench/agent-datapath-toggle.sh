@@ -47,6 +47,11 @@
 #         chain and accounting on: what hooking the table into PREROUTING
 #         costs by itself. BENCH_TOGGLE_STATES="off acct hook on" takes
 #         the cost of "on" apart.
+#   twojumps  (not in the default set) "on", but with the agent's one
+#         IPv4 jump (-p tcp, connbytes 0:10: every connection's first 10
+#         client packets enter the chain) replaced by two: SYNs of new
+#         connections, and connections with the policy's label. A what-if,
+#         not what the agent installs: the issue asks for one jump.
 #
 # "off" removes the agent's chains' rules, not only its jump: while its
 # labelling rule exists the kernel gives every new connection of the
@@ -95,7 +100,7 @@ if [[ $(nproc) -ge 2 ]]; then server_cpu=${BENCH_SERVER_CPU:-1}; else server_cpu
 [[ $secs =~ ^[1-9][0-9]*$ ]] || { echo "agent-datapath-toggle: BENCH_TOGGLE_SECONDS=$secs: want a positive whole number of seconds" >&2 && exit 1; }
 [[ ${states[0]:-} == off ]] || { echo "agent-datapath-toggle: BENCH_TOGGLE_STATES must start with off (the baseline): ${states[*]}" >&2 && exit 1; }
 for s in "${states[@]}"; do
-	case $s in off | acct | hook | on) ;; *) echo "agent-datapath-toggle: unknown state $s (off, acct, hook, on)" >&2 && exit 1 ;; esac
+	case $s in off | acct | hook | on | twojumps) ;; *) echo "agent-datapath-toggle: unknown state $s (off, acct, hook, on, twojumps)" >&2 && exit 1 ;; esac
 done
 for p in "${probabilities[@]}"; do
 	[[ $p =~ ^(0(\.[0-9]+)?|1(\.0+)?)$ ]] || { echo "agent-datapath-toggle: probability $p: want a number in (0, 1]" >&2 && exit 1; }
@@ -104,7 +109,7 @@ metrics=127.0.0.1:19479
 http_port=8080
 name=agent-datapath-toggle
 [[ ${BENCH_OFFLOADS:-off} == on ]] && name+=-offloads
-[[ " ${states[*]} " == *" acct "* || " ${states[*]} " == *" hook "* ]] && name+=-apart
+[[ " ${states[*]} " == *" acct "* || " ${states[*]} " == *" hook "* || " ${states[*]} " == *" twojumps "* ]] && name+=-apart
 
 bench_init "$name"
 need_tools iperf3 wrk iptables-nft ip6tables-nft iptables-nft-save iptables-nft-restore nft nsenter taskset ethtool curl python3 ss
@@ -149,6 +154,11 @@ set_state() {
 		[[ $1 == hook ]] && ipt -P PREROUTING ACCEPT # creates the empty base chain
 		in_ns "$SRV" sysctl -qw net.netfilter.nf_conntrack_acct="$([[ $1 == off ]] && echo 0 || echo 1)"
 		;;
+	twojumps)
+		quiet_connlabel in_ns "$SRV" iptables-nft-restore -w <<<"$TWOJUMPS4"
+		quiet_connlabel in_ns "$SRV" ip6tables-nft-restore -w <<<"$SAVED6"
+		in_ns "$SRV" sysctl -qw net.netfilter.nf_conntrack_acct=1
+		;;
 	on)
 		quiet_connlabel in_ns "$SRV" iptables-nft-restore -w <<<"$SAVED4"
 		quiet_connlabel in_ns "$SRV" ip6tables-nft-restore -w <<<"$SAVED6"
@@ -173,6 +183,7 @@ state_check() {
 	off | acct) [[ $n -eq -1 ]] ;;
 	hook) [[ $n -eq 0 ]] ;;
 	on) [[ $n -eq $AGENT_RULES ]] ;;
+	twojumps) [[ $n -eq $((AGENT_RULES + 1)) ]] ;;
 	esac || die "state $1: the IPv4 mangle table has $n rules (-1: no PREROUTING base chain)"
 	echo "$n"
 }
@@ -234,6 +245,11 @@ for p in "${probabilities[@]}"; do
 	SAVED4=$(quiet_connlabel in_ns "$SRV" iptables-nft-save -t mangle)
 	SAVED6=$(quiet_connlabel in_ns "$SRV" ip6tables-nft-save -t mangle)
 	AGENT_RULES=$(ipt -S | grep -c -- '^-A ' || true)
+	# twojumps: the agent's IPv4 table with its one jump (the first
+	# connbytes packets of every TCP connection) replaced by two: new
+	# connections' SYNs, and connections with the policy's label
+	chain=$(ipt -S PREROUTING | sed -n 's/^-A PREROUTING .* -j \(CONNSCOPE-[A-Z0-9-]*\)$/\1/p')
+	TWOJUMPS4=$(sed "s|^-A PREROUTING .* -j $chain\$|-A PREROUTING -p tcp -m tcp --tcp-flags FIN,SYN,RST,ACK SYN -m conntrack --ctstate NEW -j $chain\n-A PREROUTING -m connlabel --label 7 -j $chain|" <<<"$SAVED4")
 	[[ $(ipt -S PREROUTING | grep -c -- '^-A PREROUTING' || true) -eq 1 ]] || die "expected the agent's one jump in mangle PREROUTING: $(ipt -S PREROUTING)"
 	log "p=$p: the agent's IPv4 mangle rules ($AGENT_RULES):"$'\n'"$(ipt -S | grep -- '^-A ')"
 	# one warm-up run in each state, not counted
@@ -282,6 +298,7 @@ done
 	hookinfo=""
 	[[ " ${states[*]} " == *" acct "* ]] && hookinfo+=" acct: no hook, accounting on."
 	[[ " ${states[*]} " == *" hook "* ]] && hookinfo+=" hook: an empty mangle PREROUTING base chain, accounting on."
+	[[ " ${states[*]} " == *" twojumps "* ]] && hookinfo+=" twojumps: on, with the one jump replaced by two (SYNs of new connections; labelled connections)."
 	echo "off: no connscope rule (both mangle tables empty), no mangle PREROUTING hook, conntrack accounting off (conntrack on). on: the agent's rules as it installed them, accounting on.$hookinfo"
 	echo "Agent over the counted rounds: ${agentinfo%; }."
 	echo
