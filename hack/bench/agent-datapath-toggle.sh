@@ -23,7 +23,8 @@
 #
 # on the same core. Then BENCH_TOGGLE_ROUNDS rounds; each round puts the
 # namespace in each state once, in an order that alternates from round to
-# round (off, on / on, off), and in each state runs, from the client
+# round (off, on / on, off; with more states, reversed every other round),
+# and in each state runs, from the client
 # namespace on core BENCH_CLIENT_CPU,
 #
 #   iperf3 -c SERVER -t BENCH_TOGGLE_SECONDS -J     one TCP stream, receiver's rate
@@ -84,8 +85,8 @@
 #   BENCH_NO_SETUP              as for agent-datapath.sh
 #
 # Output: Markdown on stdout and in .cache/bench/agent-datapath-toggle.md
-# (with BENCH_OFFLOADS=on: agent-datapath-toggle-offloads.md; with acct or
-# hook among the states, -apart added to the name); raw rows in
+# (with BENCH_OFFLOADS=on: agent-datapath-toggle-offloads.md; with acct,
+# hook or twojumps among the states, -apart added to the name); raw rows in
 # .cache/bench/agent-out/NAME/runs.tsv, logs next to it.
 source "$(dirname "${BASH_SOURCE[0]}")/agent-lib.sh"
 
@@ -256,7 +257,8 @@ for p in "${probabilities[@]}"; do
 	for s in "${states[@]}"; do one_state "$p" 0 "$s"; done
 	a0=$(acct_usage_us "$agent_acct")
 	for ((r = 1; r <= rounds; r++)); do
-		# alternate the order, so that neither state always runs first
+		# alternate the order (reversed every other round), so that no
+		# state always runs before another
 		order=("${states[@]}")
 		if ((r % 2 == 0)); then
 			order=()
