@@ -300,13 +300,12 @@ func checkKeys(js []byte) error {
 	}
 	slices.Sort(keys) // the first wrong key in a stable order
 	for _, key := range keys {
-		if _, known := fieldTypes[key]; !known {
+		typ, known := fieldTypes[key]
+		if !known {
 			return errors.New(unknownKey(key))
 		}
-	}
-	for _, key := range keys {
 		var text string
-		if fieldTypes[key] != durationType || json.Unmarshal(m[key], &text) != nil {
+		if typ != durationType || json.Unmarshal(m[key], &text) != nil {
 			continue
 		}
 		if _, err := time.ParseDuration(text); err != nil {

@@ -137,11 +137,13 @@ SAVED4="" SAVED6=""
 # the namespace label storage (nf_connlabels_get is per namespace, for
 # both families), which is part of what the agent costs.
 rules_off() {
-	local t
-	for t in ipt ip6t; do
-		$t -F
-		if in_ns "$SRV" nft list chain "$([[ $t == ipt ]] && echo ip || echo ip6)" mangle PREROUTING >/dev/null 2>&1; then
-			$t -X PREROUTING
+	local family tool
+	for family in ip ip6; do
+		tool=ipt
+		[[ $family == ip6 ]] && tool=ip6t
+		$tool -F
+		if in_ns "$SRV" nft list chain "$family" mangle PREROUTING >/dev/null 2>&1; then
+			$tool -X PREROUTING
 		fi
 	done
 }
