@@ -35,6 +35,7 @@ import (
 
 	samplingv1alpha1 "github.com/connscope/connscope/api/v1alpha1"
 	"github.com/connscope/connscope/controllers"
+	"github.com/connscope/connscope/internal/version"
 )
 
 // Two API servers (envtest: a real kube-apiserver and etcd, no
@@ -326,6 +327,35 @@ func TestImageTagDefaultsToAppVersion(t *testing.T) {
 	}
 }
 
+// One release, one version: the chart's appVersion, the controller's
+// default image (what config/default installs, and what a controller run
+// without --image rolls out) and the binary's --version all name
+// internal/version's, so that kubectl apply -k and helm install run the
+// same image, and neither a moving tag.
+func TestReleaseVersionAgrees(t *testing.T) {
+	if v := appVersion(t); v != version.Version {
+		t.Errorf("Chart.yaml's appVersion is %q, internal/version's Version %q", v, version.Version)
+	}
+	if want := "connscope/connscope:" + version.Version; controllers.DefaultImage != want {
+		t.Errorf("controllers.DefaultImage is %q, want %q", controllers.DefaultImage, want)
+	}
+	d := find(objects(t, readFile(t, filepath.Join("..", "config", "manager", "manager.yaml"))), "Deployment", "connscope-system", "connscope-controller")
+	if d == nil {
+		t.Fatal("config/manager/manager.yaml holds no connscope-controller Deployment")
+	}
+	cs, _, _ := unstructured.NestedSlice(d.Object, "spec", "template", "spec", "containers")
+	c := cs[0].(map[string]any)
+	var arg string
+	for _, a := range c["args"].([]any) {
+		if s := a.(string); strings.HasPrefix(s, "--image=") {
+			arg = strings.TrimPrefix(s, "--image=")
+		}
+	}
+	if c["image"] != controllers.DefaultImage || arg != controllers.DefaultImage {
+		t.Errorf("config/manager runs image %q with --image=%q; want the controller's default %q for both", c["image"], arg, controllers.DefaultImage)
+	}
+}
+
 // make e2e and make demo load images that hack/images.sh tags latest (the
 // cluster has no registry): they must ask the chart for that tag.
 func TestLocalClusterInstallsAskForTheLocalImageTag(t *testing.T) {
@@ -392,9 +422,8 @@ func TestValuesOutOfRangeFailTheRender(t *testing.T) {
 func TestChartMatchesKustomize(t *testing.T) {
 	needEnv(t)
 	kobjs := objects(t, mustRun(t, "", nil, kubectl, "kustomize", filepath.Join("..", "config", "default")))
-	// config/manager names the controller's default image (latest); the
-	// chart pins its appVersion (TestImageTagDefaultsToAppVersion).
-	hobjs := objects(t, helmTemplate(t, "--set", "image.tag=latest"))
+	// Both name the release's image (TestReleaseVersionAgrees).
+	hobjs := objects(t, helmTemplate(t))
 	if k, h := kindsOf(kobjs), kindsOf(hobjs); !reflect.DeepEqual(k, h) {
 		t.Errorf("kustomize makes\n  %s\nthe chart makes\n  %s", strings.Join(k, "\n  "), strings.Join(h, "\n  "))
 	}

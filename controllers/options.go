@@ -23,14 +23,18 @@ import (
 	"k8s.io/apimachinery/pkg/labels"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/connscope/connscope/internal/version"
 )
 
 // Defaults of Options.
 const (
 	DefaultAgentNamespace      = "connscope-agents"
 	DefaultClassifierNamespace = "connscope-system"
-	DefaultImage               = "connscope/connscope:latest"
-	DefaultAgentMetricsPort    = 9477
+	// DefaultImage is the image of this release (a version tag, never
+	// latest, so that an upgraded controller rolls out its own image).
+	DefaultImage            = "connscope/connscope:" + version.Version
+	DefaultAgentMetricsPort = 9477
 	// FieldOwner is the server-side apply field manager of everything the
 	// controller writes.
 	FieldOwner = "connscope-controller"

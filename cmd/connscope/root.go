@@ -4,6 +4,8 @@ import (
 	"log/slog"
 
 	"github.com/spf13/cobra"
+
+	"github.com/connscope/connscope/internal/version"
 )
 
 func newRootCommand() *cobra.Command {
@@ -12,6 +14,7 @@ func newRootCommand() *cobra.Command {
 		Short: "Sample the first packets of TCP connections and classify how they ended",
 		Long: `connscope classifies TCP connections that end early in resets or timeouts,
 by the stage where they ended, tags and signatures (Cloudflare Radar's method).`,
+		Version:       version.Version,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
