@@ -5,7 +5,7 @@
 # a non-root user 65532 that the controller and the classifier run as (the
 # agent's pod asks for root with only NET_ADMIN and NET_RAW).
 #
-#   docker build -t connscope/connscope:latest .
+#   docker build -t connscope/connscope:0.1.0 .   # the release's tag (internal/version)
 #   docker build -f Dockerfile.pause -t connscope/pause:latest .   # optional
 #
 # (No Docker engine and no registry are reachable where connscope is
