@@ -34,6 +34,9 @@ const (
 	xtablesLock = "/run/xtables.lock"
 )
 
+// hostIPEnv is the agent's variable holding the node's address.
+const hostIPEnv = "HOST_IP"
+
 // AgentTerminationGrace is how long the kubelet lets an agent stop: it
 // removes its rules (a few iptables calls per family) and then flushes its
 // queue to the classifier for at most the agent's shutdown timeout (10s).
@@ -211,10 +214,20 @@ func AgentDaemonSet(p *samplingv1alpha1.SamplingPolicy, alloc Allocation, config
 						Name:            "agent",
 						Image:           image,
 						ImagePullPolicy: corev1.PullIfNotPresent,
-						Args:            []string{"agent", "--config=" + agentConfigDir + "/" + agentConfigFile, "--log-json"},
+						// The node's network is the pod's: /metrics and the
+						// probes listen on the node's own address (the pod
+						// IP the kubelet probes and Prometheus scrapes), not
+						// on every interface of the host. The flag overrides
+						// the ConfigMap's ":PORT", which cannot name each
+						// node's address; the brackets hold IPv4 and IPv6.
+						Args: []string{"agent", "--config=" + agentConfigDir + "/" + agentConfigFile, "--log-json",
+							fmt.Sprintf("--metrics-addr=[$(%s)]:%d", hostIPEnv, port)},
 						Env: append([]corev1.EnvVar{{
 							Name:      "NODE_NAME",
 							ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "spec.nodeName"}},
+						}, {
+							Name:      hostIPEnv,
+							ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "status.hostIP"}},
 						}}, clickHouseCredentialsEnv(p)...),
 						Ports: []corev1.ContainerPort{{
 							Name: "metrics", ContainerPort: port, Protocol: corev1.ProtocolTCP,

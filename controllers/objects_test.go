@@ -3,12 +3,14 @@ package controllers
 import (
 	"flag"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/spf13/pflag"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -154,8 +156,10 @@ func TestGoldenClassifierObjects(t *testing.T) {
 	if env["CONNSCOPE_CLICKHOUSE_USERNAME"] != "clickhouse/user" || env["CONNSCOPE_CLICKHOUSE_PASSWORD"] != "clickhouse/pass" {
 		t.Errorf("agent credentials with ClickHouse: %v", env)
 	}
-	if env := AgentDaemonSet(goldenPolicy(), goldenAlloc, "h", opts).Spec.Template.Spec.Containers[0].Env; len(env) != 1 {
-		t.Errorf("agent env without ClickHouse: %v, want NODE_NAME only", env)
+	for _, e := range AgentDaemonSet(goldenPolicy(), goldenAlloc, "h", opts).Spec.Template.Spec.Containers[0].Env {
+		if e.ValueFrom == nil || e.ValueFrom.FieldRef == nil {
+			t.Errorf("agent env without ClickHouse: %s is not from the pod's fields (NODE_NAME, HOST_IP only)", e.Name)
+		}
 	}
 }
 
@@ -181,6 +185,66 @@ func TestAgentConfigRoundTripsThroughAgentParser(t *testing.T) {
 	if back.Probability != 0.0001 || back.LabelBit != 17 || back.NFLOGGroup != 1001 || back.PacketCap != 10 ||
 		back.Sink != "grpc://connscope-edge-classifier.connscope-system.svc:9443" || back.MetricsAddr != ":9478" {
 		t.Errorf("settings read back: %+v", back)
+	}
+}
+
+// The agent's /metrics and probes listen on the node's address only, not
+// on every interface of the host: its arguments, once the kubelet has put
+// the node's address (status.hostIP) in $(HOST_IP), and read by the
+// agent's own flag parser over its ConfigMap, name that address and the
+// container's metrics port, for IPv4 and IPv6 nodes.
+func TestAgentMetricsListenOnTheNodeAddress(t *testing.T) {
+	p, opts := goldenPolicy(), DefaultOptions()
+	cfg, err := AgentConfig(p, goldenAlloc, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cm, _, err := AgentConfigMap(p, cfg, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	file := filepath.Join(t.TempDir(), agentConfigFile)
+	if err := os.WriteFile(file, []byte(cm.Data[agentConfigFile]), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c := AgentDaemonSet(p, goldenAlloc, "h", opts).Spec.Template.Spec.Containers[0]
+	var fromHostIP bool
+	for _, e := range c.Env {
+		fromHostIP = fromHostIP || (e.Name == hostIPEnv && e.ValueFrom != nil && e.ValueFrom.FieldRef != nil && e.ValueFrom.FieldRef.FieldPath == "status.hostIP")
+	}
+	if !fromHostIP {
+		t.Fatalf("no %s from status.hostIP in the agent's env: %v", hostIPEnv, c.Env)
+	}
+	for _, nodeIP := range []string{"10.0.0.7", "fd00::7"} {
+		var args []string
+		for _, a := range c.Args[1:] { // after the subcommand
+			a = strings.ReplaceAll(a, "$("+hostIPEnv+")", nodeIP) // the kubelet's expansion
+			if strings.HasPrefix(a, "--config=") {
+				a = "--config=" + file
+			}
+			args = append(args, a)
+		}
+		base := agent.DefaultConfig()
+		fs := pflag.NewFlagSet("agent", pflag.ContinueOnError)
+		base.AddFlags(fs)
+		fs.Bool("log-json", false, "")
+		if err := fs.Parse(args); err != nil {
+			t.Fatalf("%s: the agent's flags refuse %q: %v", nodeIP, args, err)
+		}
+		got, err := base.Resolve(fs)
+		if err == nil {
+			err = got.Validate()
+		}
+		if err != nil {
+			t.Fatalf("%s: %v", nodeIP, err)
+		}
+		host, port, err := net.SplitHostPort(got.MetricsAddr)
+		if err != nil || host != nodeIP || port != fmt.Sprint(c.Ports[0].ContainerPort) {
+			t.Errorf("%s: the agent listens on %q (%v), want the node's address and port %d", nodeIP, got.MetricsAddr, err, c.Ports[0].ContainerPort)
+		}
+		if got.Sink != cfg.Sink || got.NFLOGGroup != cfg.NFLOGGroup {
+			t.Errorf("%s: the ConfigMap's other settings were not kept: %+v", nodeIP, got)
+		}
 	}
 }
 

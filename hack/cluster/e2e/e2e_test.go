@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -346,6 +347,55 @@ func (c *cluster) checkAgentCapabilities(t *testing.T) {
 		t.Errorf("NoNewPrivs %s Seccomp %s, want 1 and 2 (filter)", fields["NoNewPrivs"], fields["Seccomp"])
 	}
 	t.Logf("agent pid %s: CapEff %s NoNewPrivs %s Seccomp %s", pid, fields["CapEff"], fields["NoNewPrivs"], fields["Seccomp"])
+
+	// Its /metrics and probes listen on the node's address only, not on
+	// every interface of the host it shares the network of.
+	pod := strings.Fields(c.kubectl(time.Minute, "-n", agentsNS, "get", "pods",
+		"-l", "app.kubernetes.io/component=agent,sampling.connscope.dev/policy="+policy,
+		"-o", "jsonpath={.items[0].status.hostIP} {.items[0].spec.containers[0].ports[0].containerPort}"))
+	if len(pod) != 2 {
+		t.Fatalf("agent pod: host IP and metrics port %q", pod)
+	}
+	port, err := strconv.ParseUint(pod[1], 10, 16)
+	if err != nil {
+		t.Fatalf("agent metrics port %q: %v", pod[1], err)
+	}
+	addrs := listening(t, pid, uint16(port))
+	if len(addrs) != 1 || addrs[0] != pod[0] {
+		t.Errorf("the agent's metrics port %d listens on %v, want the node's address %s only", port, addrs, pod[0])
+	}
+	t.Logf("agent metrics listen on %v:%d", addrs, port)
+}
+
+// listening returns the local addresses of the TCP sockets listening on
+// port in the network namespace of process pid (/proc/PID/net/tcp and
+// tcp6, whose addresses are 32-bit words in host byte order).
+func listening(t *testing.T, pid string, port uint16) []string {
+	t.Helper()
+	var addrs []string
+	for _, f := range []string{"tcp", "tcp6"} {
+		b, err := os.ReadFile("/proc/" + pid + "/net/" + f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, l := range strings.Split(string(b), "\n")[1:] {
+			fs := strings.Fields(l)
+			if len(fs) < 4 || fs[3] != "0A" { // TCP_LISTEN
+				continue
+			}
+			ip, p, ok := strings.Cut(fs[1], ":")
+			raw, err := hex.DecodeString(ip)
+			if n, perr := strconv.ParseUint(p, 16, 16); !ok || err != nil || perr != nil || uint16(n) != port {
+				continue
+			}
+			for i := 0; i+4 <= len(raw); i += 4 { // each word to network order
+				raw[i], raw[i+1], raw[i+2], raw[i+3] = raw[i+3], raw[i+2], raw[i+1], raw[i]
+			}
+			a, _ := netip.AddrFromSlice(raw)
+			addrs = append(addrs, a.Unmap().String())
+		}
+	}
+	return addrs
 }
 
 // nodeRules returns the lines of the node namespace's rule sets (both
