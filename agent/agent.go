@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"runtime"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -241,7 +242,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	a.log.Info("NFLOG group bound", "group", cfg.NFLOGGroup, "copyRange", cfg.CopyRange, "receiveBuffer", conn.ReadBufferSize())
 
 	readDone := make(chan error, 1)
-	go func() { readDone <- conn.Read(a.handle) }()
+	go func() { readDone <- a.read(conn) }()
 
 	queueCtx, stopQueue := context.WithCancel(context.Background())
 	defer stopQueue()
@@ -344,6 +345,23 @@ func (a *Agent) handle(p *nflog.Packet) {
 		return
 	}
 	a.queue.Load().Offer(&a.rec)
+}
+
+// read reads the group until it is closed, handing each packet to handle.
+// After each batch it lets the other goroutines run (the queue's sender
+// above all): with one processor, as under a small CPU limit, a reader
+// that finds a backlog in the socket would otherwise keep the processor
+// until it is preempted, the sender would not run, and records decoded at
+// a cost would be dropped at a full queue; yielding, the sender writes
+// what is queued and the kernel holds the rest in the socket, where it
+// costs nothing until it is read.
+func (a *Agent) read(conn *nflog.Conn) error {
+	for {
+		if _, err := conn.ReadBatch(a.handle); err != nil {
+			return err
+		}
+		runtime.Gosched()
+	}
 }
 
 func (a *Agent) undecodableTotal() uint64 {
