@@ -26,7 +26,8 @@
 # SYN opens a conntrack connection (state NEW), is labelled and logged, and
 # is answered by a RST that closes it. One reader at a time, a fresh reader
 # (and a fresh namespace pair per reader) for each step: rates from
-# BENCH_CAPTURE_RATES for BENCH_CAPTURE_SECONDS each, then a flood (as fast
+# BENCH_CAPTURE_RATES (BENCH_CAPTURE_LIMITED_RATES under a CPU limit) for
+# BENCH_CAPTURE_SECONDS each, then a flood (as fast
 # as the generator's core allows). The generator and the whole kernel path
 # (veth, conntrack, the rules, NFLOG's batching, the RSTs) run on core
 # BENCH_GEN_CPU; the reader runs alone on BENCH_READER_CPU.
@@ -55,6 +56,15 @@
 # Paced steps stop when the generator falls 10% short of the rate, or after
 # two lossy steps in a row.
 #
+# Rounds: the whole ladder of every pass runs BENCH_CAPTURE_ROUNDS times,
+# the readers in the given order in odd rounds and in the reverse order in
+# even ones. This VM's speed drifts over minutes (the same reader's CPU per
+# packet has differed by half between runs an hour apart), and readers
+# measured one after the other take the drift as a difference between
+# them: each round compares the readers over the same few minutes, half
+# the rounds with the agent first and half with ulogd2 first, and the
+# summary gives each round's ratios and their median.
+#
 # Two passes by default: the reader with a whole core, and the reader held
 # to 0.02 of a core by a cgroup CPU quota, as a DaemonSet pod's CPU limit
 # would (applied once the reader has started, so that the agent's start,
@@ -72,9 +82,15 @@
 # a core.
 #
 # Environment:
-#   BENCH_CAPTURE_RATES    packets/s of the paced steps (default "2000 5000 10000 20000 30000 50000 70000 100000 120000 150000 200000 300000 400000 800000")
+#   BENCH_CAPTURE_RATES    packets/s of the paced steps with a whole core (default "2000 5000 10000 20000 30000 50000 70000 100000 120000 150000 200000 300000 400000 800000")
+#   BENCH_CAPTURE_LIMITED_RATES  packets/s of the paced steps under a CPU
+#                          limit, finer where the readers reach their
+#                          limit (default 20000 to 160000 by 10000, then
+#                          180000 200000 250000 300000)
 #   BENCH_CAPTURE_SECONDS  seconds per step (default 3)
 #   BENCH_CAPTURE_READERS  which readers, in order (default "agent ulogd2 tshark")
+#   BENCH_CAPTURE_ROUNDS   rounds of every pass, the readers' order reversed
+#                          in even rounds (default 3)
 #   BENCH_CAPTURE_FLOOD    0 to skip the flood step (default 1)
 #   BENCH_CAPTURE_READER_LIMITS  passes, each with the reader's CPU limited
 #                          to this fraction of a core (a cgroup CFS quota,
@@ -92,8 +108,14 @@
 source "$(dirname "${BASH_SOURCE[0]}")/agent-lib.sh"
 
 rates=${BENCH_CAPTURE_RATES:-2000 5000 10000 20000 30000 50000 70000 100000 120000 150000 200000 300000 400000 800000}
+limited_rates=${BENCH_CAPTURE_LIMITED_RATES:-20000 30000 40000 50000 60000 70000 80000 90000 100000 110000 120000 130000 140000 150000 160000 180000 200000 250000 300000}
 secs=${BENCH_CAPTURE_SECONDS:-3}
 readers=${BENCH_CAPTURE_READERS:-agent ulogd2 tshark}
+rounds=${BENCH_CAPTURE_ROUNDS:-3}
+[[ $rounds =~ ^[1-9][0-9]*$ ]] || die "BENCH_CAPTURE_ROUNDS=$rounds: a number of rounds, at least 1"
+for reader in $readers; do
+	case $reader in agent | ulogd2 | tshark) ;; *) die "unknown reader $reader (agent, ulogd2, tshark)" ;; esac
+done
 flood=${BENCH_CAPTURE_FLOOD:-1}
 limits=${BENCH_CAPTURE_READER_LIMITS:-none 0.02}
 gen_cpu=${BENCH_GEN_CPU:-0}
@@ -181,9 +203,9 @@ EOF
 }
 
 steps=$LOGS/steps.tsv
-printf 'limit\treader\ttarget\tsent\tseconds\tlogged\twritten\tcpu_us\twall\tseq_gap\tqueue_full\tenobufs\tsock_drops\theld_at_stop\tnote\n' >"$steps"
+printf 'limit\treader\ttarget\tsent\tseconds\tlogged\twritten\tcpu_us\twall\tseq_gap\tqueue_full\tenobufs\tsock_drops\theld_at_stop\tnote\tround\n' >"$steps"
 
-# one_step READER TARGET(0 = flood) TAG
+# one_step READER TARGET(0 = flood) TAG (in round $round)
 one_step() {
 	local reader=$1 target=$2 tag=$3 pid out sig=TERM note=""
 	out=$WORK/$reader-$tag
@@ -288,9 +310,9 @@ one_step() {
 	esac
 	local wall
 	wall=$(awk -v a="$w0" -v b="$w1" 'BEGIN { printf "%.2f", b - a }')
-	printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$limit" "$reader" "$target" "$sent" "$seconds" "$((c1 - c0))" \
-		"$written" "$((t1 - t0))" "$wall" "$seq_gap" "$queue_full" "$enobufs" "$drops" "$held" "$note" >>"$steps"
-	log "$reader$([[ $limit != none ]] && echo " limited to $limit core") at $( ((target > 0)) && echo "$target/s" || echo flood): sent $sent in ${seconds%???????}s, logged $((c1 - c0)), written $written, CPU $(awk -v t=$((t1 - t0)) 'BEGIN { printf "%.3f", t / 1e6 }')s ($(awk -v t=$((t1 - t0)) -v w="$written" 'BEGIN { printf "%.2f", (w > 0 ? t / w : 0) }') µs/packet)${note:+ ($note)}"
+	printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$limit" "$reader" "$target" "$sent" "$seconds" "$((c1 - c0))" \
+		"$written" "$((t1 - t0))" "$wall" "$seq_gap" "$queue_full" "$enobufs" "$drops" "$held" "$note" "$round" >>"$steps"
+	log "round $round: $reader$([[ $limit != none ]] && echo " limited to $limit core") at $( ((target > 0)) && echo "$target/s" || echo flood): sent $sent in ${seconds%???????}s, logged $((c1 - c0)), written $written, CPU $(awk -v t=$((t1 - t0)) 'BEGIN { printf "%.3f", t / 1e6 }')s ($(awk -v t=$((t1 - t0)) -v w="$written" 'BEGIN { printf "%.2f", (w > 0 ? t / w : 0) }') µs/packet)${note:+ ($note)}"
 	LAST_ACHIEVED=$(awk -v s="$sent" -v t="$seconds" 'BEGIN { printf "%d", (t > 0 ? s / t : 0) }')
 	LAST_ZERO=0
 	[[ $((written + held)) -eq $((c1 - c0)) && $((c1 - c0)) -eq $sent ]] && LAST_ZERO=1
@@ -300,35 +322,40 @@ one_step() {
 load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 log "the agent's rules, for ulogd2 and tshark"
 capture_agent_rules
-for limit in $limits; do
-	BG_CGROUP="" limit_dir=""
-	if [[ $limit != none ]]; then
-		cpu_limit_group "$limit"
-		limit_dir=$BG_CGROUP BG_CGROUP="" # readers join it once started
-	fi
-	for reader in $readers; do
-		case $reader in agent | ulogd2 | tshark) ;; *) die "unknown reader $reader (agent, ulogd2, tshark)" ;; esac
-		BG_ACCT=""
-		acct_group
-		ns_pair
-		# the server answers every SYN with a RST; the client needs none of them
-		in_ns "$CLI" iptables-nft -t raw -A PREROUTING -p tcp --tcp-flags RST RST -j DROP
-		[[ $reader == agent ]] || in_ns "$SRV" iptables-nft-restore <"$WORK/rules.v4"
-		lossy=0
-		for rate in $rates; do
-			one_step "$reader" "$rate" "$limit-$rate"
-			if ((LAST_ACHIEVED < rate * 9 / 10)); then
-				log "the generator reached $LAST_ACHIEVED/s of $rate/s: no higher paced step"
-				break
-			fi
-			if [[ $LAST_ZERO == 1 ]]; then lossy=0; else lossy=$((lossy + 1)); fi
-			if ((lossy == 2)); then
-				log "$reader lost packets at two steps in a row: no higher paced step"
-				break
-			fi
+for ((round = 1; round <= rounds; round++)); do
+	order=$readers
+	((round % 2 == 0)) && order=$(tr ' ' '\n' <<<"$readers" | tac | tr '\n' ' ')
+	for limit in $limits; do
+		BG_CGROUP="" limit_dir=""
+		if [[ $limit != none ]]; then
+			cpu_limit_group "$limit"
+			limit_dir=$BG_CGROUP BG_CGROUP="" # readers join it once started
+		fi
+		for reader in $order; do
+			BG_ACCT=""
+			acct_group
+			ns_pair
+			# the server answers every SYN with a RST; the client needs none of them
+			in_ns "$CLI" iptables-nft -t raw -A PREROUTING -p tcp --tcp-flags RST RST -j DROP
+			[[ $reader == agent ]] || in_ns "$SRV" iptables-nft-restore <"$WORK/rules.v4"
+			lossy=0
+			ladder=$rates
+			[[ $limit == none ]] || ladder=$limited_rates
+			for rate in $ladder; do
+				one_step "$reader" "$rate" "r$round-$limit-$rate"
+				if ((LAST_ACHIEVED < rate * 9 / 10)); then
+					log "the generator reached $LAST_ACHIEVED/s of $rate/s: no higher paced step"
+					break
+				fi
+				if [[ $LAST_ZERO == 1 ]]; then lossy=0; else lossy=$((lossy + 1)); fi
+				if ((lossy == 2)); then
+					log "$reader lost packets at two steps in a row: no higher paced step"
+					break
+				fi
+			done
+			[[ $flood == 1 ]] && one_step "$reader" 0 "r$round-$limit-flood"
+			ns_drop
 		done
-		[[ $flood == 1 ]] && one_step "$reader" 0 "$limit-flood"
-		ns_drop
 	done
 done
 BG_CGROUP="" BG_ACCT=""
@@ -342,7 +369,7 @@ report=$CACHE/agent-capture.md
 	echo "$(date -u +%Y-%m-%dT%H:%M:%SZ), $(kernel_info); load average before $load_before, after $load_after."
 	echo
 	echo "- Traffic: hack/bench/synflood (AF_PACKET, qdisc bypassed, 58-byte SYNs with MSS, 64,512 source ports in turn, one closed destination port: every SYN is a new conntrack connection, answered by a RST) from a client namespace over a veth (TSO/GSO/GRO off) to a server namespace. Generator and the whole kernel path (veth, conntrack, rules, NFLOG batching, RSTs) on core $gen_cpu; the reader alone on core $reader_cpu."
-	echo "- Steps of ${secs} s at $rates packets/s (stopping when the generator falls 10% short), then a flood. A fresh reader for each step, a fresh namespace pair for each reader."
+	echo "- Steps of ${secs} s at $rates packets/s with a whole core, at $limited_rates packets/s under a CPU limit (stopping when the generator falls 10% short, or after two lossy steps in a row), then a flood. A fresh reader for each step, a fresh namespace pair for each reader. $rounds round(s) of every pass, the readers in the order $readers in odd rounds and reversed in even ones."
 	echo "- Passes, by the reader's CPU limit: $(awk '{ for (i = 1; i <= NF; i++) printf "%s%s", (i > 1 ? ", " : ""), ($i == "none" ? "none (a whole core)" : $i " of a core (a cgroup CFS quota over 100 ms periods, as a pod'"'"'s CPU limit)") }' <<<"$limits")."
 	echo "- Rules: the agent's (probability 1, packet cap $packet_cap, --ports $dport, --nflog-size 128, group $group, iptables-nft); ulogd2 and tshark read the same rule set, restored from the agent's iptables-nft-save ($(grep -c -- '^-A' "$WORK/rules.v4") rules)."
 	echo "- connscope agent: \`connscope ${agent_args[*]} --sink file://…pcapng\` (copy range 128; kernel batches of up to 512 packets in a 127 KiB buffer, or 100 ms; SO_RCVBUFFORCE 8 MiB, 16 MiB granted)."
@@ -354,8 +381,8 @@ report=$CACHE/agent-capture.md
 	echo
 	awk -F'\t' -v k=1e6 '
 	BEGIN {
-		print "| CPU limit | reader | offered | sent rate | sent | logged (rule) | written | reader loss (of which held at stop) | lost before the rule | reader CPU s | CPU % while sending | CPU µs per packet | agent: seq gap, queue full, ENOBUFS | socket drops (batches) | note |"
-		print "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---|"
+		print "| round | CPU limit | reader | offered | sent rate | sent | logged (rule) | written | reader loss (of which held at stop) | lost before the rule | reader CPU s | CPU % while sending | CPU µs per packet | agent: seq gap, queue full, ENOBUFS | socket drops (batches) | note |"
+		print "|---:|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---|"
 	}
 	NR == 1 { next }
 	{
@@ -364,7 +391,7 @@ report=$CACHE/agent-capture.md
 		loss = $6 - $7; pathloss = $4 - $6
 		cpu = $8 / k
 		lost = ($2 == "agent") ? sprintf("%d, %d, %d", $10, $11, $12) : ""
-		printf "| %s | %s | %s | %.0f k/s | %d | %d | %d | %d (%.2f%%)%s | %d | %.2f | %.0f%% | %.2f | %s | %d | %s |\n", ($1 == "none" ? "none" : $1 " core"), $2, rate, sr / 1000, $4, $6, $7, loss, ($6 > 0 ? 100 * loss / $6 : 0), ($14 > 0 ? sprintf(" (%d)", $14) : ""), pathloss, cpu, ($5 > 0 ? 100 * cpu / $5 : 0), ($7 > 0 ? 1e6 * cpu / $7 : 0), lost, $13, $15
+		printf "| %s | %s | %s | %s | %.0f k/s | %d | %d | %d | %d (%.2f%%)%s | %d | %.2f | %.0f%% | %.2f | %s | %d | %s |\n", $16, ($1 == "none" ? "none" : $1 " core"), $2, rate, sr / 1000, $4, $6, $7, loss, ($6 > 0 ? 100 * loss / $6 : 0), ($14 > 0 ? sprintf(" (%d)", $14) : ""), pathloss, cpu, ($5 > 0 ? 100 * cpu / $5 : 0), ($7 > 0 ? 1e6 * cpu / $7 : 0), lost, $13, $15
 	}' "$steps"
 	echo
 	echo "### Summary"
@@ -372,14 +399,16 @@ report=$CACHE/agent-capture.md
 	awk -F'\t' -v k=1e6 '
 	NR == 1 { next }
 	{
-		key = $1 SUBSEP $2
+		# per limit, round and reader
+		rd = $16; key = $1 SUBSEP rd SUBSEP $2; lr = $1 SUBSEP rd
 		if (!(key in seen)) { seen[key] = 1; order[++n] = key; ok[key] = 1 }
+		if (!(lr in lrseen)) { lrseen[lr] = 1; lrorder[++nlr] = lr }
 		if (!($1 in lseen)) { lseen[$1] = 1; lorder[++nl] = $1 }
 		# zero loss: everything sent was logged and written, or held by
 		# the reader at stop with no batch dropped by the kernel
 		zero = ($7 + $14 == $6 && $6 == $4)
 		if ($3 > 0) {
-			if (zero && $7 > 0) pus[$1 SUBSEP $2 SUBSEP $3] = 1e6 * $8 / k / $7
+			if (zero && $7 > 0) pus[key SUBSEP $3] = 1e6 * $8 / k / $7
 			if (zero && ok[key]) maxz[key] = $3
 			if (!zero) { ok[key] = 0; lossy[key] = lossy[key] (lossy[key] == "" ? "" : ", ") ($3 / 1000) " k" }
 			else if (!ok[key]) clean_after[key] = clean_after[key] (clean_after[key] == "" ? "" : ", ") ($3 / 1000) " k"
@@ -393,61 +422,92 @@ report=$CACHE/agent-capture.md
 	}
 	function zr(key) { return (fl[key] && fzero[key]) ? fsent[key] : ((key in maxz) ? maxz[key] : 0) }
 	function verdict(r) { return r >= 2 ? "met" : "MISSED" }
+	function lim(l) { return l == "none" ? "Whole core each" : "CPU limit " l " of a core each" }
+	# median and list of the values v[1..m], sorted in place
+	function med(v, m,   i, j, x) {
+		for (i = 2; i <= m; i++) { x = v[i]; for (j = i - 1; j >= 1 && v[j] > x; j--) v[j + 1] = v[j]; v[j + 1] = x }
+		return m % 2 ? v[(m + 1) / 2] : (v[m / 2] + v[m / 2 + 1]) / 2
+	}
+	function vlist(v, m,   i, out) { out = ""; for (i = 1; i <= m; i++) out = out sprintf("%s%.2f×", (i > 1 ? ", " : ""), v[i]); return out }
 	END {
-		print "| CPU limit | reader | max zero-loss rate (every step up to it clean) | steps with loss | sent rate at flood | written rate at flood | loss at flood | reader CPU at flood | CPU µs per packet at flood |"
-		print "|---|---|---:|---|---:|---:|---:|---:|---:|"
+		print "| CPU limit | round | reader | max zero-loss rate (every step up to it clean) | steps with loss | sent rate at flood | written rate at flood | loss at flood | reader CPU at flood | CPU µs per packet at flood |"
+		print "|---|---:|---|---:|---|---:|---:|---:|---:|---:|"
 		for (i = 1; i <= n; i++) {
 			key = order[i]; split(key, kk, SUBSEP)
 			mz = (key in maxz) ? sprintf("%d k/s", maxz[key] / 1000) : "none (lost at the first step)"
 			if (fl[key] && fzero[key]) mz = sprintf("≥ %.0f k/s (the flood, no loss)", fsent[key] / 1000)
 			ls = lossy[key] (fl[key] && flossy[key] ? (lossy[key] == "" ? "" : ", ") "flood" : "")
 			if (clean_after[key] != "") ls = ls " (clean again at " clean_after[key] ")"
-			lim = (kk[1] == "none" ? "none" : kk[1] " core")
+			l = (kk[1] == "none" ? "none" : kk[1] " core")
 			if (fl[key])
-				printf "| %s | %s | %s | %s | %.0f k/s | %.0f k/s | %d (%.2f%%) | %.0f%% of a core | %.2f |\n", lim, kk[2], mz, ls, fsent[key] / 1000, flog[key] / 1000, floss[key], flpct[key], fcpupct[key], fus[key]
+				printf "| %s | %s | %s | %s | %s | %.0f k/s | %.0f k/s | %d (%.2f%%) | %.0f%% of a core | %.2f |\n", l, kk[2], kk[3], mz, ls, fsent[key] / 1000, flog[key] / 1000, floss[key], flpct[key], fcpupct[key], fus[key]
 			else
-				printf "| %s | %s | %s | %s | | | | | |\n", lim, kk[2], mz, ls
+				printf "| %s | %s | %s | %s | %s | | | | | |\n", l, kk[2], kk[3], mz, ls
 		}
 		print ""
-		for (j = 1; j <= nl; j++) {
-			l = lorder[j]; a = l SUBSEP "agent"; u = l SUBSEP "ulogd2"
+		print "Each round, agent against ulogd2 (the same few minutes):"
+		print ""
+		for (j = 1; j <= nlr; j++) {
+			split(lrorder[j], lk, SUBSEP); l = lk[1]; rd = lk[2]
+			a = l SUBSEP rd SUBSEP "agent"; u = l SUBSEP rd SUBSEP "ulogd2"
 			if (!(a in seen) || !(u in seen)) continue
-			lim = (l == "none" ? "Whole core each" : "CPU limit " l " of a core each")
 			za = zr(a); zu = zr(u)
+			printf "- %s, round %s:", lim(l), rd
 			if (fl[a] && fzero[a] && fl[u] && fzero[u]) {
-				printf "- %s: neither the agent nor ulogd2 lost a packet up to the flood (%.0f k/s and %.0f k/s): the generator set the rate, not the readers, so rates do not separate them.", lim, fsent[a] / 1000, fsent[u] / 1000
-				if (fus[a] > 0 && fus[u] > 0) printf " CPU per packet at the flood, ulogd2 / agent: %.2f / %.2f µs = %.2f× (target ≥ 2×: %s).", fus[u], fus[a], fus[u] / fus[a], verdict(fus[u] / fus[a])
-				print ""
-				continue
+				printf " neither the agent nor ulogd2 lost a packet up to the flood (%.0f k/s and %.0f k/s): the generator set the rate, not the readers, so rates do not separate them.", fsent[a] / 1000, fsent[u] / 1000
+			} else if (ok[a] && ok[u] && !(fl[a] && flossy[a]) && !(fl[u] && flossy[u])) {
+				printf " neither the agent nor ulogd2 lost a packet at any step (up to %d and %d k/s): the generator set the rate, not the readers.", za / 1000, zu / 1000
+			} else if (zu > 0) {
+				printf " max zero-loss rate, agent / ulogd2: %d / %d k/s = %.2f×.", za / 1000, zu / 1000, za / zu
+				zrat[l, ++nz[l]] = za / zu
+			} else {
+				printf " ulogd2 lost packets at every step."
 			}
-			if (ok[a] && ok[u] && !(fl[a] && flossy[a]) && !(fl[u] && flossy[u])) {
-				printf "- %s: neither the agent nor ulogd2 lost a packet at any step (up to %d and %d k/s): the generator set the rate, not the readers, so rates do not separate them.\n", lim, za / 1000, zu / 1000
-				continue
+			if (fl[a] && fl[u] && flossy[a] && flossy[u] && flog[u] > 0) {
+				printf " Both lost at the flood, so what each wrote there is its capacity at this CPU limit: agent / ulogd2 = %.0f / %.0f k/s = %.2f×.", flog[a] / 1000, flog[u] / 1000, flog[a] / flog[u]
+				crat[l, ++nc[l]] = flog[a] / flog[u]
 			}
-			if (zu > 0) printf "- %s: max zero-loss rate, agent / ulogd2: %d / %d k/s = %.2f×.", lim, za / 1000, zu / 1000, za / zu
-			else printf "- %s: max zero-loss rate: ulogd2 lost packets at every step.", lim
-			if (fl[a] && fl[u] && flossy[a] && flossy[u] && flog[u] > 0)
-				printf " Both lost at the flood, so what each wrote there is its capacity at this CPU limit: agent / ulogd2 = %.0f / %.0f k/s = %.2f× (target ≥ 2×: %s).", flog[a] / 1000, flog[u] / 1000, flog[a] / flog[u], verdict(flog[a] / flog[u])
-			else if (zu > 0)
-				printf " (target ≥ 2×: %s)", verdict(za / zu)
-			if (fus[a] > 0 && fus[u] > 0) printf " CPU per packet at the flood, ulogd2 / agent: %.2f / %.2f µs = %.2f×.", fus[u], fus[a], fus[u] / fus[a]
+			if (fus[a] > 0 && fus[u] > 0) {
+				printf " CPU per packet at the flood, ulogd2 / agent: %.2f / %.2f µs = %.2f×.", fus[u], fus[a], fus[u] / fus[a]
+				frat[l, ++nf[l]] = fus[u] / fus[a]
+			}
 			print ""
 		}
-		# CPU per packet at the same paced rates, where both wrote everything
+		# CPU per packet at the same paced rates of the same round, where
+		# both wrote everything
+		for (r in pus) {
+			split(r, rr, SUBSEP)
+			if (rr[3] != "agent" || !((rr[1] SUBSEP rr[2] SUBSEP "ulogd2" SUBSEP rr[4]) in pus) || pus[r] <= 0) continue
+			prat[rr[1], ++np[rr[1]]] = pus[rr[1] SUBSEP rr[2] SUBSEP "ulogd2" SUBSEP rr[4]] / pus[r]
+		}
+		print ""
+		print "Over the rounds (median, then each round'"'"'s ratio in order of size):"
+		print ""
 		for (j = 1; j <= nl; j++) {
-			l = lorder[j]; nr = 0; lo = 0; hi = 0; list = ""
-			for (r in pus) {
-				split(r, rr, SUBSEP)
-				if (rr[1] != l || rr[2] != "agent" || !((l SUBSEP "ulogd2" SUBSEP rr[3]) in pus)) continue
-				ua = pus[r]; uu = pus[l SUBSEP "ulogd2" SUBSEP rr[3]]
-				if (ua <= 0) continue
-				x = uu / ua; nr++
-				if (nr == 1 || x < lo) lo = x
-				if (nr == 1 || x > hi) hi = x
-				list = list sprintf("%s%d k/s: %.2f / %.2f µs", (list == "" ? "" : "; "), rr[3] / 1000, uu, ua)
+			l = lorder[j]; delete v
+			printf "- %s:", lim(l)
+			if (nz[l] > 0) {
+				for (i = 1; i <= nz[l]; i++) v[i] = zrat[l, i]
+				m = med(v, nz[l])
+				printf " max zero-loss rate, agent / ulogd2: median %.2f× (%s; target ≥ 2×: %s).", m, vlist(v, nz[l]), verdict(m)
+			} else if (nf[l] > 0) {
+				for (i = 1; i <= nf[l]; i++) v[i] = frat[l, i]
+				m = med(v, nf[l])
+				printf " no round separated the readers by rate; CPU per packet at the flood, ulogd2 / agent: median %.2f× (%s; target ≥ 2×: %s).", m, vlist(v, nf[l]), verdict(m)
 			}
-			if (nr > 0)
-				printf "- %s: CPU per packet (= CPU seconds per million packets), ulogd2 / agent, at the %d paced rates both wrote whole: %.2f× to %.2f× (target ≥ 2×: %s) (%s).\n", (l == "none" ? "Whole core each" : "CPU limit " l " of a core each"), nr, lo, hi, verdict(lo), list
+			if (nc[l] > 0) {
+				delete v; for (i = 1; i <= nc[l]; i++) v[i] = crat[l, i]
+				printf " Capacity at the flood, agent / ulogd2: median %.2f× (%s).", med(v, nc[l]), vlist(v, nc[l])
+			}
+			if (nf[l] > 0 && nz[l] > 0) {
+				delete v; for (i = 1; i <= nf[l]; i++) v[i] = frat[l, i]
+				printf " CPU per packet at the flood, ulogd2 / agent: median %.2f× (%s).", med(v, nf[l]), vlist(v, nf[l])
+			}
+			if (np[l] > 0) {
+				delete v; for (i = 1; i <= np[l]; i++) v[i] = prat[l, i]
+				printf " CPU per packet at the %d paced steps both wrote whole, ulogd2 / agent: median %.2f×, %.2f× to %.2f×.", np[l], med(v, np[l]), v[1], v[np[l]]
+			}
+			print ""
 		}
 	}' "$steps"
 } >"$report"
