@@ -104,7 +104,7 @@ for s in "${states[@]}"; do
 	case $s in off | acct | hook | on | twojumps) ;; *) echo "agent-datapath-toggle: unknown state $s (off, acct, hook, on, twojumps)" >&2 && exit 1 ;; esac
 done
 for p in "${probabilities[@]}"; do
-	[[ $p =~ ^(0(\.[0-9]+)?|1(\.0+)?)$ ]] || { echo "agent-datapath-toggle: probability $p: want a number in (0, 1]" >&2 && exit 1; }
+	[[ $p =~ ^(0(\.[0-9]+)?|1(\.0+)?)$ && ! $p =~ ^0(\.0+)?$ ]] || { echo "agent-datapath-toggle: probability $p: want a number in (0, 1]" >&2 && exit 1; }
 done
 metrics=127.0.0.1:19479
 http_port=8080
