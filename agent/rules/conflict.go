@@ -64,39 +64,46 @@ func (e *ConflictError) Error() string {
 // Is makes errors.Is(err, ErrConflict) true.
 func (e *ConflictError) Is(target error) bool { return target == ErrConflict }
 
-// Conflicts reads (iptables-save, which changes nothing) the mangle table
-// of the manager's backend in both families and returns a
-// *ConflictError when a connscope chain of another policy labels or
-// matches the policy's label bit or logs to its NFLOG group: the two would
-// log each other's connections, or every packet twice. Chains of the same
-// policy name (an earlier run, which CleanupStale replaces) are not
-// conflicts. Call it before the first Ensure. A family the policy does not
-// use and whose table cannot be read is skipped.
+// Conflicts reads (iptables-save, which changes nothing) the mangle tables
+// of both families and returns a *ConflictError when a connscope chain of
+// another policy labels or matches the policy's label bit or logs to its
+// NFLOG group: the two would log each other's connections, or every packet
+// twice. It reads the other backend too: the kernel runs the rules of
+// iptables-nft and iptables-legacy side by side, so an agent on the other
+// backend (another host tool's choice, or an override) conflicts as much.
+// Chains of the same policy name (an earlier run, which CleanupStale
+// replaces) are not conflicts. Call it before the first Ensure. A family
+// the policy does not use and whose table cannot be read is skipped, as is
+// the other backend when its programs are missing or fail (a host without
+// them has no rules there); reading it loads no kernel module (the legacy
+// save lists only the tables already loaded).
 func (m *Manager) Conflicts() error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	b := m.detection.Backend
 	bit := strconv.Itoa(m.policy.LabelBit)
 	group := strconv.Itoa(int(m.policy.NFLOGGroup))
 	var found []Conflict
 	var errs []error
-	for _, f := range allFamilies {
-		where := fmt.Sprintf("%s (%s)", program(f, b, false), f)
-		out, err := save(m.opts, f, b)
-		if err == nil {
-			var s snapshot
-			var ok bool
-			if s, ok, err = parseSave(out); err == nil && !ok {
-				continue
-			} else if err == nil {
-				found = append(found, conflictsIn(s, m.policy.Name, bit, group, where)...)
-				continue
+	for _, b := range allBackends {
+		inUse := b == m.detection.Backend
+		for _, f := range allFamilies {
+			where := fmt.Sprintf("%s (%s)", program(f, b, false), f)
+			out, err := save(m.opts, f, b)
+			if err == nil {
+				var s snapshot
+				var ok bool
+				if s, ok, err = parseSave(out); err == nil && !ok {
+					continue
+				} else if err == nil {
+					found = append(found, conflictsIn(s, m.policy.Name, bit, group, where)...)
+					continue
+				}
 			}
-		}
-		if m.policy.hasFamily(f) {
-			errs = append(errs, fmt.Errorf("look for other connscope policies in %s: %w", where, err))
-		} else {
-			m.log.Debug("cannot read a family the policy does not use", "where", where, "err", err)
+			if inUse && m.policy.hasFamily(f) {
+				errs = append(errs, fmt.Errorf("look for other connscope policies in %s: %w", where, err))
+			} else {
+				m.log.Debug("cannot read rules the policy does not write", "where", where, "err", err)
+			}
 		}
 	}
 	if len(found) > 0 {

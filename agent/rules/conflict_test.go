@@ -65,6 +65,41 @@ func TestConflictsRefuseAnotherPolicysBitOrGroup(t *testing.T) {
 	})
 }
 
+// TestConflictsSeeTheOtherBackend: the kernel runs the rules of
+// iptables-nft and iptables-legacy side by side, so policy web installed
+// through one backend conflicts with a policy of its bit, or of its group,
+// on the other; a policy with a bit and group of its own does not.
+func TestConflictsSeeTheOtherBackend(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, b Backend) {
+		ns := newTestNS(t)
+		other := otherBackend(b)
+		mustEnsure(t, ns.manager(webPolicy(), other))
+		before := ns.save(other)
+		for _, tc := range []struct {
+			bit   int
+			group uint16
+			want  string
+		}{
+			{3, 8, "uses label bit 3"},
+			{9, 5, "uses NFLOG group 5"},
+		} {
+			p := sshPolicy()
+			p.Name, p.LabelBit, p.NFLOGGroup = "other", tc.bit, tc.group
+			err := ns.manager(p, b).Conflicts()
+			where := `policy "web" (chain ` + ChainName(webPolicy()) + ` in ` + program(IPv4, other, false) + ` (IPv4)) ` + tc.want
+			if !errors.Is(err, ErrConflict) || !strings.Contains(err.Error(), where) {
+				t.Errorf("bit %d group %d through %s, web's rules through %s: Conflicts = %v, want a conflict saying %q", tc.bit, tc.group, b, other, err, where)
+			}
+		}
+		if err := ns.manager(sshPolicy(), b).Conflicts(); err != nil {
+			t.Errorf("a policy with its own bit and group: Conflicts = %v", err)
+		}
+		if after := ns.save(other); after != before {
+			t.Errorf("Conflicts changed the other backend's rules:\nbefore:\n%s\nafter:\n%s", before, after)
+		}
+	})
+}
+
 // TestCleanupPolicyRemovesAKilledPolicysLeftovers: the rules a killed
 // agent of policy old left (bit 3, group 5) make a new policy with the
 // same bit and group conflict; CleanupPolicy(old) removes them in both
