@@ -101,8 +101,10 @@ func lineDiff(want, got string) string {
 	return b.String()
 }
 
-func TestGoldenAgentObjects(t *testing.T) {
-	p, opts := goldenPolicy(), DefaultOptions()
+// agentConfigMap is the agent's settings for p and the ConfigMap holding
+// them, with its hash.
+func agentConfigMap(t *testing.T, p *samplingv1alpha1.SamplingPolicy, opts Options) (agent.Config, *corev1.ConfigMap, string) {
+	t.Helper()
 	cfg, err := AgentConfig(p, goldenAlloc, opts)
 	if err != nil {
 		t.Fatal(err)
@@ -111,6 +113,12 @@ func TestGoldenAgentObjects(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return cfg, cm, hash
+}
+
+func TestGoldenAgentObjects(t *testing.T) {
+	p, opts := goldenPolicy(), DefaultOptions()
+	_, cm, hash := agentConfigMap(t, p, opts)
 	checkGolden(t, "agent-configmap", cm)
 	checkGolden(t, "agent-daemonset", AgentDaemonSet(p, goldenAlloc, hash, opts))
 	checkGolden(t, "agent-serviceaccount", AgentServiceAccount(p, opts))
@@ -167,14 +175,7 @@ func TestGoldenClassifierObjects(t *testing.T) {
 // parser and checks accept it.
 func TestAgentConfigRoundTripsThroughAgentParser(t *testing.T) {
 	p, opts := goldenPolicy(), DefaultOptions()
-	cfg, err := AgentConfig(p, goldenAlloc, opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cm, _, err := AgentConfigMap(p, cfg, opts)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, cm, _ := agentConfigMap(t, p, opts)
 	back, err := agent.ParseConfig([]byte(cm.Data[agentConfigFile]))
 	if err != nil {
 		t.Fatalf("the agent cannot read its ConfigMap: %v", err)
@@ -195,14 +196,7 @@ func TestAgentConfigRoundTripsThroughAgentParser(t *testing.T) {
 // container's metrics port, for IPv4 and IPv6 nodes.
 func TestAgentMetricsListenOnTheNodeAddress(t *testing.T) {
 	p, opts := goldenPolicy(), DefaultOptions()
-	cfg, err := AgentConfig(p, goldenAlloc, opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cm, _, err := AgentConfigMap(p, cfg, opts)
-	if err != nil {
-		t.Fatal(err)
-	}
+	cfg, cm, _ := agentConfigMap(t, p, opts)
 	file := filepath.Join(t.TempDir(), agentConfigFile)
 	if err := os.WriteFile(file, []byte(cm.Data[agentConfigFile]), 0o600); err != nil {
 		t.Fatal(err)
