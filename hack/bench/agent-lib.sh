@@ -55,6 +55,11 @@ die() {
 
 bench_init() {
 	BENCH_NAME=$1
+	# the commit measured: the one checked out when the benchmark started
+	# (a commit made while it runs is not what it measures); "+changes"
+	# when tracked files differed from it
+	BENCH_COMMIT=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo none)
+	[[ $BENCH_COMMIT == none ]] || git -C "$REPO" diff --quiet HEAD 2>/dev/null || BENCH_COMMIT+="+changes"
 	[[ $(id -u) -eq 0 ]] || die "needs root (network namespaces, iptables, NFLOG)"
 	mkdir -p "$CACHE"
 	printf '*\n' >"$CACHE/.gitignore" # the cache folder ignores itself
@@ -381,5 +386,5 @@ write_agent_results() {
 
 # kernel_info: one line on the machine.
 kernel_info() {
-	echo "kernel $(uname -r), $(nproc) cores ($(lscpu | sed -n 's/^Model name:[[:space:]]*//p' | head -n 1)), $(go version | cut -d' ' -f3), commit $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo none)"
+	echo "kernel $(uname -r), $(nproc) cores ($(lscpu | sed -n 's/^Model name:[[:space:]]*//p' | head -n 1)), $(go version | cut -d' ' -f3), commit $BENCH_COMMIT"
 }

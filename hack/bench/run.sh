@@ -47,6 +47,10 @@
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+# the commit measured: the one checked out at the start ("+changes" when
+# tracked files differed from it), not one made while the benchmark runs
+commit=$(git -C "$repo" rev-parse --short HEAD 2>/dev/null || echo none)
+[[ $commit == none ]] || git -C "$repo" diff --quiet HEAD 2>/dev/null || commit+="+changes"
 cache=$repo/.cache/bench
 out=$cache/out
 packets=${BENCH_PACKETS:-5000000}
@@ -242,7 +246,7 @@ results=$cache/results.md
 {
 	echo "# connscope engine benchmark"
 	echo
-	echo "$(date -u +%Y-%m-%dT%H:%M:%SZ), commit $(git -C "$repo" rev-parse --short HEAD 2>/dev/null || echo none)," \
+	echo "$(date -u +%Y-%m-%dT%H:%M:%SZ), commit $commit," \
 		"$(go version | cut -d' ' -f3), $(lscpu | sed -n 's/^Model name:[[:space:]]*//p' | head -n 1)," \
 		"pinned to core $cpu of $(nproc); load average before $load_before, after $load_after."
 	echo "Capture: $packets packets, seed $seed, link type $linktype ($(du -h "$capfile" | cut -f1)); argus and tcptrace read: $prefix_label."
