@@ -327,11 +327,11 @@ func TestImageTagDefaultsToAppVersion(t *testing.T) {
 	}
 }
 
-// One release, one version: the chart's appVersion, the controller's
+// One release, one version: the chart's appVersion and the controller's
 // default image (what config/default installs, and what a controller run
-// without --image rolls out) and the binary's --version all name
-// internal/version's, so that kubectl apply -k and helm install run the
-// same image, and neither a moving tag.
+// without --image rolls out) name internal/version's (as --version does,
+// cmd/connscope's TestVersionFlagPrintsTheRelease), so that kubectl apply
+// -k and helm install run the same image, and neither a moving tag.
 func TestReleaseVersionAgrees(t *testing.T) {
 	if v := appVersion(t); v != version.Version {
 		t.Errorf("Chart.yaml's appVersion is %q, internal/version's Version %q", v, version.Version)
@@ -339,20 +339,9 @@ func TestReleaseVersionAgrees(t *testing.T) {
 	if want := "connscope/connscope:" + version.Version; controllers.DefaultImage != want {
 		t.Errorf("controllers.DefaultImage is %q, want %q", controllers.DefaultImage, want)
 	}
-	d := find(objects(t, readFile(t, filepath.Join("..", "config", "manager", "manager.yaml"))), "Deployment", "connscope-system", "connscope-controller")
-	if d == nil {
-		t.Fatal("config/manager/manager.yaml holds no connscope-controller Deployment")
-	}
-	cs, _, _ := unstructured.NestedSlice(d.Object, "spec", "template", "spec", "containers")
-	c := cs[0].(map[string]any)
-	var arg string
-	for _, a := range c["args"].([]any) {
-		if s := a.(string); strings.HasPrefix(s, "--image=") {
-			arg = strings.TrimPrefix(s, "--image=")
-		}
-	}
-	if c["image"] != controllers.DefaultImage || arg != controllers.DefaultImage {
-		t.Errorf("config/manager runs image %q with --image=%q; want the controller's default %q for both", c["image"], arg, controllers.DefaultImage)
+	image, arg := controllerImage(t, readFile(t, filepath.Join("..", "config", "manager", "manager.yaml")))
+	if image != controllers.DefaultImage || arg != controllers.DefaultImage {
+		t.Errorf("config/manager runs image %q with --image=%q; want the controller's default %q for both", image, arg, controllers.DefaultImage)
 	}
 }
 

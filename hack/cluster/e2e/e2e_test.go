@@ -306,13 +306,14 @@ func (c *cluster) demo(base, summaryFile string) {
 // were installed and records shipped with them: the API checks show that),
 // it cannot gain more (no_new_privs), and seccomp filters its system calls.
 func (c *cluster) checkAgentCapabilities(t *testing.T) {
-	id := strings.TrimSpace(c.kubectl(time.Minute, "-n", agentsNS, "get", "pods",
+	// The agent pod's container, the node's address and the metrics port.
+	pod := strings.Fields(c.kubectl(time.Minute, "-n", agentsNS, "get", "pods",
 		"-l", "app.kubernetes.io/component=agent,sampling.connscope.dev/policy="+policy,
-		"-o", "jsonpath={.items[0].status.containerStatuses[0].containerID}"))
-	id = strings.TrimPrefix(id, "containerd://")
-	if id == "" {
-		t.Fatal("no agent container")
+		"-o", "jsonpath={.items[0].status.containerStatuses[0].containerID} {.items[0].status.hostIP} {.items[0].spec.containers[0].ports[0].containerPort}"))
+	if len(pod) != 3 {
+		t.Fatalf("agent pod: container, host IP and metrics port %q", pod)
 	}
+	id := strings.TrimPrefix(pod[0], "containerd://")
 	out, err := exec.Command("ctr", "--address", filepath.Join(c.dir, "containerd.sock"), "-n", "k8s.io",
 		"tasks", "ls").Output()
 	if err != nil {
@@ -350,19 +351,13 @@ func (c *cluster) checkAgentCapabilities(t *testing.T) {
 
 	// Its /metrics and probes listen on the node's address only, not on
 	// every interface of the host it shares the network of.
-	pod := strings.Fields(c.kubectl(time.Minute, "-n", agentsNS, "get", "pods",
-		"-l", "app.kubernetes.io/component=agent,sampling.connscope.dev/policy="+policy,
-		"-o", "jsonpath={.items[0].status.hostIP} {.items[0].spec.containers[0].ports[0].containerPort}"))
-	if len(pod) != 2 {
-		t.Fatalf("agent pod: host IP and metrics port %q", pod)
-	}
-	port, err := strconv.ParseUint(pod[1], 10, 16)
+	port, err := strconv.ParseUint(pod[2], 10, 16)
 	if err != nil {
-		t.Fatalf("agent metrics port %q: %v", pod[1], err)
+		t.Fatalf("agent metrics port %q: %v", pod[2], err)
 	}
 	addrs := listening(t, pid, uint16(port))
-	if len(addrs) != 1 || addrs[0] != pod[0] {
-		t.Errorf("the agent's metrics port %d listens on %v, want the node's address %s only", port, addrs, pod[0])
+	if len(addrs) != 1 || addrs[0] != pod[1] {
+		t.Errorf("the agent's metrics port %d listens on %v, want the node's address %s only", port, addrs, pod[1])
 	}
 	t.Logf("agent metrics listen on %v:%d", addrs, port)
 }
