@@ -310,3 +310,55 @@ func TestFileSinkCutsACutShortLastBlockAndAppends(t *testing.T) {
 		t.Fatalf("read %d records, want the first two and the two sent after the restart", len(recs))
 	}
 }
+
+// TestFileSinkWritesABatchLargerThanOneWrite: a batch of more than
+// writeChunk bytes of blocks goes out in several writes, whole and in
+// order.
+func TestFileSinkWritesABatchLargerThanOneWrite(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "agent.pcapng")
+	s := openSink(t, fileURL(path), Options{})
+	recs := records(MaxBatchSize, 0, 1) // about 1.3 MiB of blocks
+	if err := s.Send(context.Background(), recs); err != nil {
+		t.Fatal(err)
+	}
+	if st, err := os.Stat(path); err != nil || st.Size() < 4*writeChunk {
+		t.Fatalf("file %v, %v: want more than %d bytes, so that the batch took several writes", st, err, 4*writeChunk)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	sameRecords(t, readRecords(t, path), recs)
+}
+
+// TestFileSinkWriteErrorsAreFinal: once a write failed (a disk full), the
+// file may end in part of a block, so the sink refuses every later batch
+// with that error instead of writing after it. The failure is made real
+// by swapping the sink's descriptor for a read-only one of the same file.
+func TestFileSinkWriteErrorsAreFinal(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "agent.pcapng")
+	s := openSink(t, fileURL(path), Options{})
+	fs := s.(*fileSink)
+	first := records(10, 0, 1)
+	if err := s.Send(context.Background(), first); err != nil {
+		t.Fatal(err)
+	}
+	ro, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rw := fs.f
+	fs.f = ro
+	err = s.Send(context.Background(), records(10, 10, 2))
+	if err == nil || !strings.Contains(err.Error(), path) {
+		t.Fatalf("Send on a descriptor that cannot write: %v, want an error naming %s", err, path)
+	}
+	fs.f = rw
+	ro.Close()
+	if err2 := s.Send(context.Background(), records(10, 20, 3)); err2 == nil || err2.Error() != err.Error() {
+		t.Fatalf("Send after the failure: %v, want the first error again: %v", err2, err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	sameRecords(t, readRecords(t, path), first)
+}

@@ -77,17 +77,25 @@ func AppendPacket(dst []byte, rec *packet.Record) []byte {
 		copy(b[8:24], rec.SrcIP[:])
 		copy(b[24:40], rec.DstIP[:])
 	} else {
-		b[0] = 0x45
-		be.PutUint16(b[2:4], clamp16(20+thl+int(rec.PayloadLen)))
-		be.PutUint16(b[4:6], rec.IPID)
+		total := clamp16(20 + thl + int(rec.PayloadLen))
+		var flags uint16
 		if rec.DF {
-			b[6] = 0x40
+			flags = 0x4000
 		}
+		b[0] = 0x45
+		be.PutUint16(b[2:4], total)
+		be.PutUint16(b[4:6], rec.IPID)
+		be.PutUint16(b[6:8], flags)
 		b[8] = rec.TTL
 		b[9] = 6 // TCP
 		copy(b[12:16], rec.SrcIP[12:16])
 		copy(b[16:20], rec.DstIP[12:16])
-		be.PutUint16(b[10:12], ipv4Checksum(b[:20]))
+		// The checksum of the words just written, summed from the record
+		// rather than read back from b (which stalls on the stores).
+		sum := 0x4500 + uint32(total) + uint32(rec.IPID) + uint32(flags) + (uint32(rec.TTL)<<8 | 6) +
+			uint32(be.Uint16(rec.SrcIP[12:14])) + uint32(be.Uint16(rec.SrcIP[14:16])) +
+			uint32(be.Uint16(rec.DstIP[12:14])) + uint32(be.Uint16(rec.DstIP[14:16]))
+		be.PutUint16(b[10:12], foldChecksum(sum))
 	}
 	t := b[ipl:]
 	be.PutUint16(t[0:2], rec.SrcPort)
@@ -109,11 +117,19 @@ func clamp16(n int) uint16 {
 	return uint16(n)
 }
 
+// ipv4Checksum is the Internet checksum of an IPv4 header h whose checksum
+// field is zero (or, when it is filled in, 0 for a valid header).
 func ipv4Checksum(h []byte) uint16 {
 	var sum uint32
 	for i := 0; i+1 < len(h); i += 2 {
 		sum += uint32(h[i])<<8 | uint32(h[i+1])
 	}
+	return foldChecksum(sum)
+}
+
+// foldChecksum folds a sum of 16-bit words into their one's complement
+// sum and returns its complement.
+func foldChecksum(sum uint32) uint16 {
 	for sum > 0xffff {
 		sum = sum>>16 + sum&0xffff
 	}

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"math"
+
+	"github.com/connscope/connscope/packet"
 )
 
 // DefaultSnaplen is the snapshot length the writers store when given 0.
@@ -133,24 +135,60 @@ func (p *PcapngWriter) WritePacket(ts int64, data []byte, origLen int) error {
 	if err != nil {
 		return fmt.Errorf("write pcapng packet: %w", err)
 	}
-	padded := (len(data) + 3) &^ 3
+	p.scratch = appendEPB(p.scratch[:0], ts, data, origLen)
+	if _, err := p.w.Write(p.scratch); err != nil {
+		return fmt.Errorf("write pcapng packet: %w", err)
+	}
+	return nil
+}
+
+// appendEPB appends an Enhanced Packet Block of interface 0 holding data.
+// The caller has checked ts and the lengths.
+func appendEPB(dst []byte, ts int64, data []byte, origLen int) []byte {
+	start := len(dst)
+	dst = append(dst, make([]byte, 28)...) // zeroed, without a copy
+	dst = append(dst, data...)
+	return finishEPB(dst, start, ts, origLen)
+}
+
+// finishEPB completes the Enhanced Packet Block that starts at dst[start]:
+// 28 bytes of header room, then the captured bytes up to len(dst). It pads
+// them to 4 bytes, appends the trailing length and fills the header.
+func finishEPB(dst []byte, start int, ts int64, origLen int) []byte {
+	capLen := len(dst) - start - 28
+	padded := (capLen + 3) &^ 3
 	blen := 32 + padded
-	p.scratch = append(p.scratch[:0], make([]byte, blen)...)
-	b := p.scratch
+	dst = append(dst, make([]byte, padded-capLen+4)...)
+	b := dst[start:]
 	le := binary.LittleEndian
 	le.PutUint32(b[0:4], ngEPB)
 	le.PutUint32(b[4:8], uint32(blen))
 	le.PutUint32(b[8:12], 0) // interface 0
 	le.PutUint32(b[12:16], uint32(uint64(ts)>>32))
 	le.PutUint32(b[16:20], uint32(ts))
-	le.PutUint32(b[20:24], uint32(len(data)))
+	le.PutUint32(b[20:24], uint32(capLen))
 	le.PutUint32(b[24:28], uint32(origLen))
-	copy(b[28:], data)
 	le.PutUint32(b[blen-4:], uint32(blen))
-	if _, err := p.w.Write(b); err != nil {
-		return fmt.Errorf("write pcapng packet: %w", err)
+	return dst
+}
+
+// AppendRecordBlock appends to dst the Enhanced Packet Block a
+// PcapngWriter of link type raw IP (LinkTypeRaw, any snapshot length of
+// at least 100 bytes) would write for the packet AppendPacket builds from
+// rec, with rec's timestamp and, as the original length, the headers plus
+// rec.PayloadLen. It builds the packet in place: writers of many records
+// (the agent's file sink) fill one buffer with whole blocks and write it
+// at once. It returns an error, and dst unchanged, for a timestamp before
+// 1970, which the format cannot hold.
+func AppendRecordBlock(dst []byte, rec *packet.Record) ([]byte, error) {
+	if rec.Timestamp < 0 {
+		return dst, fmt.Errorf("write pcapng packet: timestamp %d ns is before 1970", rec.Timestamp)
 	}
-	return nil
+	start := len(dst)
+	dst = append(dst, make([]byte, 28)...)
+	dst = AppendPacket(dst, rec)
+	headers := len(dst) - start - 28
+	return finishEPB(dst, start, rec.Timestamp, headers+int(rec.PayloadLen)), nil
 }
 
 var errOrigLen = errors.New("original length is smaller than the captured bytes")

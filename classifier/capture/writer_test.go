@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"errors"
 	"io"
+	"net/netip"
+	"strings"
 	"testing"
 
 	"github.com/connscope/connscope/packet"
@@ -176,5 +178,61 @@ func TestWritersCutToSnaplen(t *testing.T) {
 		if _, _, data, err := r.NextFrame(); err != nil || len(data) != 50 {
 			t.Errorf("pcapng=%v: %d bytes, err %v; want 50", ngFormat, len(data), err)
 		}
+	}
+}
+
+// TestBuiltIPv4HeadersCarryAValidChecksum: AppendPacket sums the checksum
+// from the record's fields; it must verify over the bytes it wrote, for
+// every combination of the fields it covers.
+func TestBuiltIPv4HeadersCarryAValidChecksum(t *testing.T) {
+	for _, src := range []string{"0.0.0.0", "192.0.2.1", "255.255.255.255", "10.255.0.1"} {
+		for _, dst := range []string{"0.0.0.0", "198.51.100.7", "255.255.255.254"} {
+			for _, df := range []bool{false, true} {
+				for _, v := range []uint16{0, 1, 0x7fff, 0xffff} {
+					r := rec4(packet.ACK, v, linuxSYN...)
+					r.SetSrc(netip.MustParseAddr(src))
+					r.SetDst(netip.MustParseAddr(dst))
+					r.DF, r.IPID, r.TTL = df, v, uint8(v)
+					b := BuildPacket(&r)
+					if ipv4Checksum(b[:20]) != 0 {
+						t.Fatalf("%s -> %s DF %v IPID/payload %d: the header's checksum %#04x does not verify", src, dst, df, v, uint16(b[10])<<8|uint16(b[11]))
+					}
+				}
+			}
+		}
+	}
+}
+
+// TestAppendRecordBlockIsWhatThePcapngWriterWrites: the agent's file sink
+// builds blocks in place; the bytes must be those of a PcapngWriter given
+// the built packet and its original length.
+func TestAppendRecordBlockIsWhatThePcapngWriterWrites(t *testing.T) {
+	recs := []packet.Record{rec4(packet.SYN, 0, linuxSYN...), rec4(packet.PSH|packet.ACK, 1400, 1, 1, 8), rec6(packet.RST, 0), rec4(packet.ACK, 0, 1, 1, 1)}
+	for i := range recs {
+		recs[i].Timestamp = 1_700_000_000_123_456_789 + int64(i)<<33
+	}
+	var want bytes.Buffer
+	w, err := NewPcapngWriter(&want, LinkTypeRaw, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	head := want.Len()
+	var got []byte
+	for i := range recs {
+		data := BuildPacket(&recs[i])
+		if err := w.WritePacket(recs[i].Timestamp, data, len(data)+int(recs[i].PayloadLen)); err != nil {
+			t.Fatal(err)
+		}
+		if got, err = AppendRecordBlock(got, &recs[i]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if !bytes.Equal(got, want.Bytes()[head:]) {
+		t.Fatalf("AppendRecordBlock wrote\n%x\nthe writer\n%x", got, want.Bytes()[head:])
+	}
+	r := recs[0]
+	r.Timestamp = -1
+	if out, err := AppendRecordBlock(got, &r); err == nil || !strings.Contains(err.Error(), "before 1970") || len(out) != len(got) {
+		t.Fatalf("a timestamp before 1970: %v, %d bytes (want an error naming it and nothing appended)", err, len(out)-len(got))
 	}
 }
