@@ -59,7 +59,9 @@ type Agent struct {
 	resyncs, restores, ruleErrors atomic.Uint64
 	undecodable                   [numDecodeReasons]atomic.Uint64
 
-	rec packet.Record // the reader's record, reused for every packet
+	// staged holds the records of the kernel batch being read, offered to
+	// the queue together once the batch is read (Queue.OfferBatch).
+	staged []packet.Record
 }
 
 // Reasons a logged packet could not be decoded into a record.
@@ -329,11 +331,12 @@ func (a *Agent) Run(ctx context.Context) error {
 	return errors.Join(runErr, rmErr)
 }
 
-// handle decodes one logged packet and offers it to the queue. It runs on
-// the reading goroutine and never blocks: a full queue drops the record
-// (the queue counts it).
+// handle decodes one logged packet into the batch of staged records. It
+// runs on the reading goroutine; read offers the batch to the queue.
 func (a *Agent) handle(p *nflog.Packet) {
-	if err := packet.Decode(p.Payload, p.Timestamp, &a.rec); err != nil {
+	a.staged = append(a.staged, packet.Record{})
+	if err := packet.Decode(p.Payload, p.Timestamp, &a.staged[len(a.staged)-1]); err != nil {
+		a.staged = a.staged[:len(a.staged)-1]
 		switch {
 		case errors.Is(err, packet.ErrNotTCP):
 			a.undecodable[decodeNotTCP].Add(1)
@@ -342,22 +345,32 @@ func (a *Agent) handle(p *nflog.Packet) {
 		default:
 			a.undecodable[decodeMalformed].Add(1)
 		}
-		return
 	}
-	a.queue.Load().Offer(&a.rec)
 }
 
-// read reads the group until it is closed, handing each packet to handle.
-// After each batch it lets the other goroutines run (the queue's sender
-// above all): with one processor, as under a small CPU limit, a reader
-// that finds a backlog in the socket would otherwise keep the processor
-// until it is preempted, the sender would not run, and records decoded at
-// a cost would be dropped at a full queue; yielding, the sender writes
-// what is queued and the kernel holds the rest in the socket, where it
-// costs nothing until it is read.
+// offerStaged offers the staged records to the queue, which never blocks:
+// what does not fit in a full queue is dropped (the queue counts it).
+func (a *Agent) offerStaged() {
+	if len(a.staged) > 0 {
+		a.queue.Load().OfferBatch(a.staged)
+		a.staged = a.staged[:0]
+	}
+}
+
+// read reads the group until it is closed, decoding each kernel batch's
+// packets (handle) and offering them to the queue together. After each
+// batch it lets the other goroutines run (the queue's sender above all):
+// with one processor, as under a small CPU limit, a reader that finds a
+// backlog in the socket would otherwise keep the processor until it is
+// preempted, the sender would not run, and records decoded at a cost
+// would be dropped at a full queue; yielding, the sender writes what is
+// queued and the kernel holds the rest in the socket, where it costs
+// nothing until it is read.
 func (a *Agent) read(conn *nflog.Conn) error {
 	for {
-		if _, err := conn.ReadBatch(a.handle); err != nil {
+		_, err := conn.ReadBatch(a.handle)
+		a.offerStaged()
+		if err != nil {
 			return err
 		}
 		runtime.Gosched()

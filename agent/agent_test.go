@@ -117,6 +117,10 @@ func TestLoggedPacketsBecomeRecordsOrAreCounted(t *testing.T) {
 	udp[9] = 17
 	a.handle(&nflog.Packet{Timestamp: 126, Payload: udp})
 	a.handle(&nflog.Packet{Timestamp: 127, Payload: []byte{0x75, 0, 0, 0}})
+	if len(sink.got) != 0 || q.Stats().Offered != 0 {
+		t.Fatal("a record reached the queue before its kernel batch was read")
+	}
+	a.offerStaged()
 
 	if got := [3]uint64{a.undecodable[decodeNotTCP].Load(), a.undecodable[decodeTruncated].Load(), a.undecodable[decodeMalformed].Load()}; got != [3]uint64{1, 2, 1} {
 		t.Errorf("undecodable not_tcp, truncated, malformed = %v, want [1 2 1]", got)

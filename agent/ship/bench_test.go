@@ -23,6 +23,33 @@ func BenchmarkOffer(b *testing.B) {
 		s := q.Stats()
 		b.ReportMetric(float64(s.DroppedQueueFull)/float64(s.Offered), "dropped/op")
 	})
+	// A kernel batch of 512 records at a time into the default ring (5.6
+	// MiB, larger than the cache), taken out after each batch as the
+	// sender would: Offer per record against OfferBatch.
+	batch := records(512, 0, 1)
+	offerAndTake := func(b *testing.B, offer func(q *Queue)) {
+		q := NewQueue(discardSink{}, QueueConfig{})
+		b.ReportAllocs()
+		for b.Loop() {
+			offer(q)
+			q.take(len(batch), q.tail.Load())
+			q.pending = q.pending[:0]
+		}
+		if s := q.Stats(); s.DroppedQueueFull != 0 {
+			b.Fatalf("%d dropped", s.DroppedQueueFull)
+		}
+		b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*len(batch)), "ns/record")
+	}
+	b.Run("512 by Offer, then taken", func(b *testing.B) {
+		offerAndTake(b, func(q *Queue) {
+			for i := range batch {
+				q.Offer(&batch[i])
+			}
+		})
+	})
+	b.Run("512 by OfferBatch, then taken", func(b *testing.B) {
+		offerAndTake(b, func(q *Queue) { q.OfferBatch(batch) })
+	})
 	b.Run("ring full", func(b *testing.B) {
 		q := NewQueue(discardSink{}, QueueConfig{Capacity: 1024, BatchSize: 16})
 		for q.Offer(&rec) {

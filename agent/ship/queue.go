@@ -234,6 +234,64 @@ func (q *Queue) Offer(rec *packet.Record) bool {
 	}
 }
 
+// OfferBatch copies as many of recs as the ring has room for into it, in
+// order, and returns how many; the rest are dropped and counted, as Offer
+// drops them. Like Offer it never blocks and does not allocate, and it
+// may run beside other producers.
+//
+// It claims the positions with one compare-and-swap and copies every
+// record before it publishes any. Offer publishes each record with an
+// atomic store, which on amd64 waits until the record's own stores have
+// reached the cache: with a ring larger than the cache, one miss after
+// the other. Here the copies' misses overlap and only the first store of
+// the publishing waits. A reader of kernel batches (the agent) offers each
+// batch whole.
+func (q *Queue) OfferBatch(recs []packet.Record) int {
+	if len(recs) == 0 {
+		return 0
+	}
+	var pos, k uint64
+	for {
+		pos = q.tail.Load()
+		// Positions below head+n are free for this lap: Run stores head
+		// after it freed the cells before it. (A cell freed since, not
+		// yet counted in head, waits for the next call.)
+		free := int64(q.head.Load() + q.n - pos)
+		if free <= 0 {
+			q.droppedFull.Add(uint64(len(recs)))
+			return 0
+		}
+		k = min(uint64(len(recs)), uint64(free))
+		if q.tail.CompareAndSwap(pos, pos+k) {
+			break
+		}
+	}
+	i := pos % q.n
+	for j := range k {
+		q.cells[i].rec = recs[j]
+		if i++; i == q.n {
+			i = 0
+		}
+	}
+	i = pos % q.n
+	for j := range k {
+		q.cells[i].seq.Store(pos + j + 1)
+		if i++; i == q.n {
+			i = 0
+		}
+	}
+	if d := uint64(len(recs)) - k; d > 0 {
+		q.droppedFull.Add(d)
+	}
+	if n := pos + k - q.head.Load(); n <= k || n >= uint64(q.cfg.BatchSize) {
+		select {
+		case q.wake <- struct{}{}:
+		default:
+		}
+	}
+	return int(k)
+}
+
 // Stats returns the counters; safe to call from any goroutine.
 func (q *Queue) Stats() Stats {
 	// Shipped and rejected first: they never exceed the tail read after.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"runtime"
 	"strings"
 	"sync"
@@ -123,6 +124,38 @@ func TestOfferRefusesAndCountsWhenTheRingIsFull(t *testing.T) {
 	checkInvariant(t, s)
 }
 
+func TestOfferBatchTakesWhatFitsInOrderAndCountsTheRest(t *testing.T) {
+	sink := &memSink{}
+	q := NewQueue(sink, QueueConfig{Capacity: 8, BatchSize: 4})
+	recs := records(13, 0, 5)
+	if n := q.OfferBatch(recs[:5]); n != 5 {
+		t.Fatalf("first batch: %d accepted, want 5", n)
+	}
+	if n := q.OfferBatch(recs[5:10]); n != 3 {
+		t.Fatalf("second batch into 3 free cells: %d accepted, want 3", n)
+	}
+	if n := q.OfferBatch(recs[10:]); n != 0 {
+		t.Fatalf("third batch into a full ring: %d accepted, want 0", n)
+	}
+	if n := q.OfferBatch(nil); n != 0 {
+		t.Fatalf("an empty batch: %d accepted", n)
+	}
+	s := q.Stats()
+	if s.DroppedQueueFull != 5 || s.Queued != 8 || s.Offered != 13 {
+		t.Fatalf("stats %+v: want 8 queued, 5 dropped", s)
+	}
+	checkInvariant(t, s)
+	q.take(8, q.tail.Load())
+	sameRecords(t, q.pending, recs[:8])
+	// Freed cells take a batch that wraps around the ring's end.
+	q.pending = q.pending[:0]
+	if n := q.OfferBatch(recs[5:12]); n != 7 {
+		t.Fatalf("after taking the ring: %d accepted, want 7", n)
+	}
+	q.take(8, q.tail.Load())
+	sameRecords(t, q.pending, recs[5:12])
+}
+
 func TestOfferDoesNotAllocate(t *testing.T) {
 	rec := records(1, 0, 6)[0]
 	q := NewQueue(discardSink{}, QueueConfig{Capacity: 1 << 12, BatchSize: 64})
@@ -130,6 +163,10 @@ func TestOfferDoesNotAllocate(t *testing.T) {
 		allocs := testing.AllocsPerRun(10000, func() { q.Offer(&rec) })
 		if allocs != 0 {
 			t.Errorf("%s: %.2f allocations per Offer, want 0", tc, allocs)
+		}
+		batch := records(7, 0, 6)
+		if allocs := testing.AllocsPerRun(1000, func() { q.OfferBatch(batch) }); allocs != 0 {
+			t.Errorf("%s: %.2f allocations per OfferBatch, want 0", tc, allocs)
 		}
 		if q.Stats().DroppedQueueFull == 0 && tc == "ring full" {
 			t.Fatal("the ring never filled")
@@ -170,6 +207,53 @@ func TestConcurrentProducersLoseNothingAndKeepTheirOrder(t *testing.T) {
 				for !q.Offer(&rec) { // the test wants every record: wait for room
 					runtime.Gosched()
 				}
+			}
+		}()
+	}
+	wg.Wait()
+	waitFor(t, "every record shipped", 30*time.Second, func() bool { return q.Stats().Shipped == producers*each })
+	next := make([]uint32, producers)
+	for i, r := range sink.delivered() {
+		p := r.SrcPort
+		if r.Seq != next[p] {
+			t.Fatalf("record %d: producer %d's record %d came after its record %d", i, p, r.Seq, next[p]-1)
+		}
+		next[p]++
+	}
+	s := q.Stats()
+	checkInvariant(t, s)
+	if s.Shipped != producers*each || s.Queued != 0 {
+		t.Fatalf("stats %+v", s)
+	}
+}
+
+// TestBatchAndSingleProducersLoseNothingAndKeepTheirOrder: producers
+// offering batches of every size, beside producers offering one record at
+// a time, into a small ring that a running sender drains.
+func TestBatchAndSingleProducersLoseNothingAndKeepTheirOrder(t *testing.T) {
+	const producers, each = 4, 20000
+	sink := &memSink{}
+	q := NewQueue(sink, QueueConfig{Capacity: 1000, BatchSize: 128, FlushInterval: time.Millisecond})
+	runQueue(t, q)
+	var wg sync.WaitGroup
+	for p := range producers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			recs := records(each, 0, uint64(p))
+			for i := range recs {
+				recs[i].SrcPort, recs[i].Seq = uint16(p), uint32(i)
+			}
+			rng := rand.New(rand.NewPCG(uint64(p), 9))
+			for len(recs) > 0 {
+				if p == 0 {
+					if q.Offer(&recs[0]) {
+						recs = recs[1:]
+					}
+				} else {
+					recs = recs[q.OfferBatch(recs[:min(len(recs), 1+rng.IntN(600))]):]
+				}
+				runtime.Gosched() // the test wants every record: wait for room
 			}
 		}()
 	}
