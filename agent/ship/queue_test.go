@@ -211,20 +211,7 @@ func TestConcurrentProducersLoseNothingAndKeepTheirOrder(t *testing.T) {
 		}()
 	}
 	wg.Wait()
-	waitFor(t, "every record shipped", 30*time.Second, func() bool { return q.Stats().Shipped == producers*each })
-	next := make([]uint32, producers)
-	for i, r := range sink.delivered() {
-		p := r.SrcPort
-		if r.Seq != next[p] {
-			t.Fatalf("record %d: producer %d's record %d came after its record %d", i, p, r.Seq, next[p]-1)
-		}
-		next[p]++
-	}
-	s := q.Stats()
-	checkInvariant(t, s)
-	if s.Shipped != producers*each || s.Queued != 0 {
-		t.Fatalf("stats %+v", s)
-	}
+	everyProducerShippedInOrder(t, q, sink, producers, each)
 }
 
 // TestBatchAndSingleProducersLoseNothingAndKeepTheirOrder: producers
@@ -258,20 +245,7 @@ func TestBatchAndSingleProducersLoseNothingAndKeepTheirOrder(t *testing.T) {
 		}()
 	}
 	wg.Wait()
-	waitFor(t, "every record shipped", 30*time.Second, func() bool { return q.Stats().Shipped == producers*each })
-	next := make([]uint32, producers)
-	for i, r := range sink.delivered() {
-		p := r.SrcPort
-		if r.Seq != next[p] {
-			t.Fatalf("record %d: producer %d's record %d came after its record %d", i, p, r.Seq, next[p]-1)
-		}
-		next[p]++
-	}
-	s := q.Stats()
-	checkInvariant(t, s)
-	if s.Shipped != producers*each || s.Queued != 0 {
-		t.Fatalf("stats %+v", s)
-	}
+	everyProducerShippedInOrder(t, q, sink, producers, each)
 }
 
 func TestRunShipsWhatIsQueuedWhenItsContextEnds(t *testing.T) {
@@ -379,4 +353,25 @@ func TestQueueConfigSaysWhatIsWrong(t *testing.T) {
 		}
 	}()
 	NewQueue(discardSink{}, QueueConfig{Capacity: 10, BatchSize: 11})
+}
+
+// everyProducerShippedInOrder waits until producers*each records were
+// shipped and checks that each producer's records (SrcPort the producer,
+// Seq its count) reached the sink in the order it offered them.
+func everyProducerShippedInOrder(t *testing.T, q *Queue, sink *memSink, producers, each int) {
+	t.Helper()
+	waitFor(t, "every record shipped", 30*time.Second, func() bool { return q.Stats().Shipped == uint64(producers*each) })
+	next := make([]uint32, producers)
+	for i, r := range sink.delivered() {
+		p := r.SrcPort
+		if r.Seq != next[p] {
+			t.Fatalf("record %d: producer %d's record %d came after its record %d", i, p, r.Seq, next[p]-1)
+		}
+		next[p]++
+	}
+	s := q.Stats()
+	checkInvariant(t, s)
+	if s.Shipped != uint64(producers*each) || s.Queued != 0 {
+		t.Fatalf("stats %+v", s)
+	}
 }
