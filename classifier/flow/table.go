@@ -152,7 +152,7 @@ func (t *Table) AddBatch(rs []packet.Record) error {
 			slots, mask := t.index.slots, t.index.mask
 			p := part(c)
 			for i := range p {
-				ks[i] = keyOf(&p[i])
+				setKey(&ks[i], &p[i])
 				h[i] = t.index.seed.hash(&ks[i])
 				addrs[i] = uintptr(unsafe.Pointer(&slots[h[i]&mask]))
 			}
@@ -201,7 +201,18 @@ func (t *Table) AddBatch(rs []packet.Record) error {
 }
 
 func keyOf(r *packet.Record) Key {
-	return Key{ClientIP: r.SrcIP, ServerIP: r.DstIP, ClientPort: r.SrcPort, ServerPort: r.DstPort, IPVersion: r.IPVersion}
+	var k Key
+	setKey(&k, r)
+	return k
+}
+
+// setKey fills *k from r field by field. (Assigning a Key built as a
+// composite literal compiles to a temporary filled with narrow stores and
+// copied with wide loads that overlap them, which makes the CPU wait for
+// the stores to forward on every packet.)
+func setKey(k *Key, r *packet.Record) {
+	k.ClientIP, k.ServerIP = r.SrcIP, r.DstIP
+	k.ClientPort, k.ServerPort, k.IPVersion = r.SrcPort, r.DstPort, r.IPVersion
 }
 
 func (t *Table) add(r *packet.Record, kp *Key, h uint32) {
