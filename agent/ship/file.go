@@ -25,7 +25,7 @@ import (
 // page cache; there is no fsync), and a reader of the file sees whole
 // batches. Building the blocks in place, without a buffered writer, keeps
 // the copies per record to one into the buffer and one into the page
-// cache: at a flood this sink is most of the agent's CPU time.
+// cache: at a flood this sink is a large part of the agent's CPU time.
 //
 // A file that exists is never truncated: when it is a pcapng file this
 // sink wrote (it starts with the same section and interface header, and
