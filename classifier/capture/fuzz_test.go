@@ -31,6 +31,8 @@ func fuzzSeeds() map[string][]byte {
 		"pcap-sll2":           pcapFile(le, false, 276, frame{ts: 1e9, data: sll2(0x0800, p4)}),
 		"pcap-nflog-le":       pcapFile(le, false, 239, frame{ts: 1e9, data: nflogFrame(le, p4, 5e9)}),
 		"pcap-nflog-be":       pcapFile(be, false, 239, frame{ts: 1e9, data: nflogFrame(be, p6, 0)}),
+		"pcap-null":           pcapFile(le, false, 0, frame{ts: 1e9, data: append(le.AppendUint32(nil, 2), p4...)}, frame{ts: 2e9, data: append(be.AppendUint32(nil, 30), p6...)}),
+		"pcap-loop":           pcapFile(be, false, 108, frame{ts: 1e9, data: append(be.AppendUint32(nil, 24), p6...)}),
 		"pcap-truncated":      pcapFile(le, false, 1, frame{ts: 1e9, data: ether(0x0800, p4)})[:70],
 	}
 	a := ng{o: le}

@@ -4,6 +4,7 @@ import "encoding/binary"
 
 // Link types (LINKTYPE_* values of pcap and pcapng files) a Reader strips.
 const (
+	LinkTypeNull     = 0 // BSD loopback: a 4-byte address family in the capturing host's byte order
 	LinkTypeEthernet = 1
 	LinkTypeRaw      = 101 // LINKTYPE_RAW
 	LinkTypeRaw12    = 12  // DLT_RAW as most platforms number it; libpcap maps it to raw
@@ -13,6 +14,7 @@ const (
 	LinkTypeLinuxSLL = 113
 	LinkTypeSLL2     = 276
 	LinkTypeNFLOG    = 239
+	LinkTypeLoop     = 108 // OpenBSD loopback: the address family in network byte order
 )
 
 // EtherTypes that matter here.
@@ -65,8 +67,44 @@ func (r *Reader) network(linkType uint32, data []byte, ts *int64) ([]byte, int) 
 		return untagged(binary.BigEndian.Uint16(data[0:2]), data[20:])
 	case LinkTypeNFLOG:
 		return r.nflog(data, ts)
+	case LinkTypeNull, LinkTypeLoop:
+		return loopback(linkType, data)
 	}
 	return nil, linkUnsupported
+}
+
+// Address families of the 4-byte header of BSD loopback frames. IPv4 is 2
+// everywhere; IPv6 differs between the systems that write such files.
+const (
+	afInet         = 2
+	afInet6Linux   = 10
+	afInet6BSD     = 24         // NetBSD, OpenBSD, BSD/OS
+	afInet6FreeBSD = 28         // FreeBSD, DragonFly BSD
+	afInet6Darwin  = 30         // macOS, iOS
+	afHighBits     = 0xffff0000 // set only when read in the wrong byte order
+)
+
+// loopback strips the 4-byte address family header of LINKTYPE_NULL (as
+// macOS and the BSDs capture lo0) and LINKTYPE_LOOP frames. NULL writes
+// the family in the byte order of the capturing host, which the file does
+// not record; a family is a small number, so a value with any of its high
+// 16 bits set was written in the other order (as libpcap and Wireshark
+// decide).
+func loopback(linkType uint32, data []byte) ([]byte, int) {
+	if len(data) < 4 {
+		return nil, linkBad
+	}
+	af := binary.BigEndian.Uint32(data[:4])
+	if linkType == LinkTypeNull && af&afHighBits != 0 {
+		af = binary.LittleEndian.Uint32(data[:4])
+	}
+	switch af {
+	case afInet:
+		return withVersion(data[4:], 4)
+	case afInet6Linux, afInet6BSD, afInet6FreeBSD, afInet6Darwin:
+		return withVersion(data[4:], 6)
+	}
+	return nil, linkNotIP
 }
 
 // untagged skips the VLAN tags (802.1Q, 802.1ad, pre-standard QinQ) that

@@ -494,3 +494,55 @@ func TestVLANTagsAfterCookedHeaders(t *testing.T) {
 		}
 	}
 }
+
+// BSD loopback frames (macOS and the BSDs capture lo0 as LINKTYPE_NULL,
+// OpenBSD also as LINKTYPE_LOOP) carry a 4-byte address family before the
+// IP packet: in the capturing host's byte order for NULL, in network order
+// for LOOP, and with a different IPv6 number on each system.
+func TestBSDLoopbackFrames(t *testing.T) {
+	v4 := rec4(packet.SYN, 0, linuxSYN...)
+	v6 := rec6(packet.SYN, 0, linuxSYN...)
+	family := func(o binary.AppendByteOrder, af uint32, ip []byte) []byte {
+		return append(o.AppendUint32(nil, af), ip...)
+	}
+	for _, tc := range []struct {
+		name     string
+		linkType uint32
+		frame    []byte
+		want     *packet.Record // nil: skipped
+		notTCP   bool           // skipped as not IP rather than as undecodable
+	}{
+		{"NULL, little-endian host, IPv4", LinkTypeNull, family(binary.LittleEndian, 2, ip(v4)), &v4, false},
+		{"NULL, big-endian host, IPv4", LinkTypeNull, family(binary.BigEndian, 2, ip(v4)), &v4, false},
+		{"NULL, macOS IPv6 (30)", LinkTypeNull, family(binary.LittleEndian, 30, ip(v6)), &v6, false},
+		{"NULL, FreeBSD IPv6 (28)", LinkTypeNull, family(binary.LittleEndian, 28, ip(v6)), &v6, false},
+		{"NULL, NetBSD/OpenBSD IPv6 (24), big-endian host", LinkTypeNull, family(binary.BigEndian, 24, ip(v6)), &v6, false},
+		{"NULL, Linux IPv6 (10)", LinkTypeNull, family(binary.LittleEndian, 10, ip(v6)), &v6, false},
+		{"LOOP, IPv4", LinkTypeLoop, family(binary.BigEndian, 2, ip(v4)), &v4, false},
+		{"LOOP, IPv6 (24)", LinkTypeLoop, family(binary.BigEndian, 24, ip(v6)), &v6, false},
+		{"LOOP written little-endian is not IPv4", LinkTypeLoop, family(binary.LittleEndian, 2, ip(v4)), nil, true},
+		{"NULL, another family (AppleTalk 16)", LinkTypeNull, family(binary.LittleEndian, 16, ip(v4)), nil, true},
+		{"NULL, IPv4 family with an IPv6 packet", LinkTypeNull, family(binary.LittleEndian, 2, ip(v6)), nil, false},
+		{"NULL, header cut short", LinkTypeNull, []byte{2, 0, 0}, nil, false},
+	} {
+		recs, st, err := readAll(t, pcapFile(binary.LittleEndian, false, tc.linkType, frame{ts: 1e9, data: tc.frame}))
+		if err != io.EOF {
+			t.Errorf("%s: error %v, want a clean end of file", tc.name, err)
+			continue
+		}
+		if tc.want == nil {
+			if len(recs) != 0 {
+				t.Errorf("%s: %d records, want the frame skipped", tc.name, len(recs))
+			}
+			if tc.notTCP && st.SkippedNonTCP != 1 || !tc.notTCP && st.SkippedUndecodable != 1 {
+				t.Errorf("%s: stats %+v, want the frame counted as %s", tc.name, st, map[bool]string{true: "not TCP", false: "undecodable"}[tc.notTCP])
+			}
+			continue
+		}
+		w := *tc.want
+		w.Timestamp = 1e9
+		if len(recs) != 1 || recs[0] != w {
+			t.Errorf("%s: %d records (stats %+v), want the SYN", tc.name, len(recs), st)
+		}
+	}
+}
