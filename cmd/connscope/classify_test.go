@@ -282,10 +282,12 @@ func TestUnsupportedInterfaceIsSkippedNotTheFile(t *testing.T) {
 	}
 	le := binary.LittleEndian
 	write(40001, packet.SYN, 0)
-	// Interface 1: link type 0, then one Enhanced Packet Block on it.
+	// Interface 1: link type 147 (LINKTYPE_USER0, private use), then one
+	// Enhanced Packet Block on it.
 	idb := make([]byte, 20)
 	le.PutUint32(idb[0:4], 1)
 	le.PutUint32(idb[4:8], 20)
+	le.PutUint16(idb[8:10], 147)
 	le.PutUint32(idb[12:16], 65535)
 	le.PutUint32(idb[16:20], 20)
 	buf.Write(idb)
@@ -304,7 +306,7 @@ func TestUnsupportedInterfaceIsSkippedNotTheFile(t *testing.T) {
 		t.Fatal(err)
 	}
 	out, stderr, err := runCLI(t, "classify", "--format", "json", "--stats", path)
-	if err == nil || !strings.Contains(err.Error(), path) || !strings.Contains(err.Error(), "link type 0 is not supported") ||
+	if err == nil || !strings.Contains(err.Error(), path) || !strings.Contains(err.Error(), "link type 147 is not supported") ||
 		!strings.Contains(err.Error(), "1 frames of unsupported link types skipped") {
 		t.Errorf("error %v: want the file, the link type and the count", err)
 	}
