@@ -33,6 +33,9 @@ func fuzzSeeds() map[string][]byte {
 		"pcap-nflog-be":       pcapFile(be, false, 239, frame{ts: 1e9, data: nflogFrame(be, p6, 0)}),
 		"pcap-null":           pcapFile(le, false, 0, frame{ts: 1e9, data: append(le.AppendUint32(nil, 2), p4...)}, frame{ts: 2e9, data: append(be.AppendUint32(nil, 30), p6...)}),
 		"pcap-loop":           pcapFile(be, false, 108, frame{ts: 1e9, data: append(be.AppendUint32(nil, 24), p6...)}),
+		"pcap-pppoe-mpls":     pcapFile(le, false, 1, frame{ts: 1e9, data: ether(0x8864, append([]byte{0x11, 0, 0, 1, 0, 0, 0, 0x21}, p4...))}, frame{ts: 2e9, data: ether(0x8847, append([]byte{0, 0x11, 0x01, 64}, p6...))}),
+		"pcap-ppp":            pcapFile(be, false, 9, frame{ts: 1e9, data: append([]byte{0xff, 0x03, 0x00, 0x21}, p4...)}, frame{ts: 2e9, data: append([]byte{0x57}, p6...)}),
+		"pcap-chdlc":          pcapFile(le, false, 104, frame{ts: 1e9, data: append([]byte{0x0f, 0, 0x08, 0}, p4...)}),
 		"pcap-truncated":      pcapFile(le, false, 1, frame{ts: 1e9, data: ether(0x0800, p4)})[:70],
 	}
 	a := ng{o: le}

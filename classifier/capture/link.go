@@ -15,6 +15,9 @@ const (
 	LinkTypeSLL2     = 276
 	LinkTypeNFLOG    = 239
 	LinkTypeLoop     = 108 // OpenBSD loopback: the address family in network byte order
+	LinkTypePPP      = 9   // PPP (RFC 1661), with or without RFC 1662's address and control bytes
+	LinkTypePPPHDLC  = 50  // PPP in HDLC-like framing (RFC 1662), or Cisco HDLC
+	LinkTypeCHDLC    = 104 // Cisco HDLC
 )
 
 // EtherTypes that matter here.
@@ -24,6 +27,9 @@ const (
 	etherVLAN   = 0x8100 // 802.1Q
 	etherQinQ   = 0x88a8 // 802.1ad
 	etherQinQv1 = 0x9100 // pre-standard QinQ
+	etherMPLS   = 0x8847 // MPLS unicast
+	etherMPLSm  = 0x8848 // MPLS multicast
+	etherPPPoE  = 0x8864 // PPPoE session stage
 )
 
 // Results of stripping the link layer.
@@ -69,6 +75,15 @@ func (r *Reader) network(linkType uint32, data []byte, ts *int64) ([]byte, int) 
 		return r.nflog(data, ts)
 	case LinkTypeNull, LinkTypeLoop:
 		return loopback(linkType, data)
+	case LinkTypePPP:
+		return ppp(data)
+	case LinkTypePPPHDLC:
+		if len(data) > 0 && (data[0] == chdlcUnicast || data[0] == chdlcMulticast) {
+			return ciscoHDLC(data)
+		}
+		return ppp(data)
+	case LinkTypeCHDLC:
+		return ciscoHDLC(data)
 	}
 	return nil, linkUnsupported
 }
@@ -108,7 +123,8 @@ func loopback(linkType uint32, data []byte) ([]byte, int) {
 }
 
 // untagged skips the VLAN tags (802.1Q, 802.1ad, pre-standard QinQ) that
-// may follow an EtherType et, then finds the IP packet after them.
+// may follow an EtherType et, then finds the IP packet after them, also
+// inside a PPPoE session or under MPLS labels.
 func untagged(et uint16, data []byte) ([]byte, int) {
 	for et == etherVLAN || et == etherQinQ || et == etherQinQv1 {
 		if len(data) < 4 {
@@ -126,6 +142,110 @@ func byEtherType(et uint16, ip []byte) ([]byte, int) {
 		return withVersion(ip, 4)
 	case etherIPv6:
 		return withVersion(ip, 6)
+	case etherPPPoE:
+		return pppoeSession(ip)
+	case etherMPLS, etherMPLSm:
+		return mplsPayload(ip)
+	}
+	return nil, linkNotIP
+}
+
+// PPP protocol numbers of IP (RFC 1332, RFC 5072) and MPLS (RFC 3032).
+const (
+	pppIPv4    = 0x0021
+	pppIPv6    = 0x0057
+	pppMPLS    = 0x0281
+	pppMPLSm   = 0x0283
+	pppAddress = 0xff // RFC 1662's all-stations address, then
+	pppControl = 0x03 // its unnumbered-information control byte
+)
+
+// The first byte of a Cisco HDLC frame.
+const (
+	chdlcUnicast   = 0x0f
+	chdlcMulticast = 0x8f
+)
+
+// ppp finds the IP packet in a PPP frame (LINKTYPE_PPP, and
+// LINKTYPE_PPP_HDLC without octet stuffing): RFC 1662's address and
+// control bytes when present, then the protocol, one byte when it is
+// compressed (RFC 1661: an odd first byte) and two otherwise.
+func ppp(b []byte) ([]byte, int) {
+	if len(b) >= 2 && b[0] == pppAddress && b[1] == pppControl {
+		b = b[2:]
+	}
+	if len(b) == 0 {
+		return nil, linkBad
+	}
+	proto := uint16(b[0])
+	if b[0]&1 == 1 {
+		b = b[1:]
+	} else {
+		if len(b) < 2 {
+			return nil, linkBad
+		}
+		proto = binary.BigEndian.Uint16(b[:2])
+		b = b[2:]
+	}
+	switch proto {
+	case pppIPv4:
+		return withVersion(b, 4)
+	case pppIPv6:
+		return withVersion(b, 6)
+	case pppMPLS, pppMPLSm:
+		return mplsPayload(b)
+	}
+	return nil, linkNotIP
+}
+
+// ciscoHDLC finds the IP packet in a Cisco HDLC frame: an address byte
+// (unicast or multicast), a control byte, then an EtherType.
+func ciscoHDLC(b []byte) ([]byte, int) {
+	if len(b) < 4 || b[0] != chdlcUnicast && b[0] != chdlcMulticast {
+		return nil, linkBad
+	}
+	return byEtherType(binary.BigEndian.Uint16(b[2:4]), b[4:])
+}
+
+// pppoeSession finds the IP packet in a PPPoE session frame (RFC 2516, as
+// DSL access links carry subscribers' traffic): version and type 1, code
+// 0, a session id and a length, then the 2-byte PPP protocol. PPP's own
+// control protocols (LCP, IPCP, ...) are not IP.
+func pppoeSession(b []byte) ([]byte, int) {
+	if len(b) < 8 || b[0] != 0x11 || b[1] != 0 {
+		return nil, linkBad
+	}
+	switch binary.BigEndian.Uint16(b[6:8]) {
+	case pppIPv4:
+		return withVersion(b[8:], 4)
+	case pppIPv6:
+		return withVersion(b[8:], 6)
+	}
+	return nil, linkNotIP
+}
+
+// mplsPayload skips an MPLS label stack (RFC 3032: 4-byte entries, the
+// last with the bottom-of-stack bit) and finds the IP packet after it. The
+// stack does not say what it carries; as routers and tcpdump do, the first
+// nibble after it decides: 4 or 6 is IP, anything else (a pseudowire's
+// control word, an Ethernet frame) is not.
+func mplsPayload(b []byte) ([]byte, int) {
+	for {
+		if len(b) < 4 {
+			return nil, linkBad
+		}
+		bottom := b[2]&1 != 0
+		b = b[4:]
+		if bottom {
+			break
+		}
+	}
+	if len(b) == 0 {
+		return nil, linkBad
+	}
+	switch b[0] >> 4 {
+	case 4, 6:
+		return b, linkIP
 	}
 	return nil, linkNotIP
 }

@@ -1,9 +1,12 @@
 // Package capture reads and writes pcap and pcapng capture files.
 //
 // A Reader detects the format, walks its records or blocks, strips the link
-// layer (Ethernet with VLAN tags, raw IP, Linux SLL and SLL2, NFLOG, BSD
-// loopback) and hands the IP packet to packet.Decode, so that Next returns
-// one TCP packet record at a time. Frames that are valid but hold no TCP packet (ARP, UDP,
+// layer (Ethernet with VLAN tags, PPPoE sessions and MPLS labels, raw IP,
+// Linux SLL and SLL2, NFLOG, BSD loopback, PPP and Cisco HDLC) and hands
+// the IP packet to packet.Decode, so that Next returns one TCP packet
+// record at a time.
+// Tunnels (GRE, VXLAN, Geneve, IP in IP) are not unwrapped: their outer
+// packet is not TCP, and is skipped and counted. Frames that are valid but hold no TCP packet (ARP, UDP,
 // ICMP, non-first fragments) and frames whose headers are truncated or
 // malformed are skipped and counted in Stats; only a corrupt or truncated
 // file stops a Reader, with a *FormatError naming the file and the byte
@@ -78,7 +81,7 @@ type LinkTypeError struct {
 }
 
 func (e *LinkTypeError) Error() string {
-	return fmt.Sprintf("%s: byte %d: link type %d is not supported (supported: Ethernet 1, raw IP 101/12/14/228/229, Linux SLL 113, SLL2 276, NFLOG 239, BSD loopback 0/108)",
+	return fmt.Sprintf("%s: byte %d: link type %d is not supported (supported: Ethernet 1, raw IP 101/12/14/228/229, Linux SLL 113, SLL2 276, NFLOG 239, BSD loopback 0/108, PPP 9/50, Cisco HDLC 104)",
 		e.File, e.Offset, e.LinkType)
 }
 

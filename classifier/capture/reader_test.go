@@ -505,13 +505,7 @@ func TestBSDLoopbackFrames(t *testing.T) {
 	family := func(o binary.AppendByteOrder, af uint32, ip []byte) []byte {
 		return append(o.AppendUint32(nil, af), ip...)
 	}
-	for _, tc := range []struct {
-		name     string
-		linkType uint32
-		frame    []byte
-		want     *packet.Record // nil: skipped
-		notTCP   bool           // skipped as not IP rather than as undecodable
-	}{
+	checkOneFrames(t, []oneFrame{
 		{"NULL, little-endian host, IPv4", LinkTypeNull, family(binary.LittleEndian, 2, ip(v4)), &v4, false},
 		{"NULL, big-endian host, IPv4", LinkTypeNull, family(binary.BigEndian, 2, ip(v4)), &v4, false},
 		{"NULL, macOS IPv6 (30)", LinkTypeNull, family(binary.LittleEndian, 30, ip(v6)), &v6, false},
@@ -524,7 +518,89 @@ func TestBSDLoopbackFrames(t *testing.T) {
 		{"NULL, another family (AppleTalk 16)", LinkTypeNull, family(binary.LittleEndian, 16, ip(v4)), nil, true},
 		{"NULL, IPv4 family with an IPv6 packet", LinkTypeNull, family(binary.LittleEndian, 2, ip(v6)), nil, false},
 		{"NULL, header cut short", LinkTypeNull, []byte{2, 0, 0}, nil, false},
-	} {
+	})
+}
+
+// Ethernet frames of access and core links: a PPPoE session (DSL
+// subscribers) carries IP after a 6-byte header and the PPP protocol, and
+// MPLS carries it under a stack of labels that ends with the
+// bottom-of-stack bit, also behind VLAN tags and in cooked captures.
+func TestPPPoEAndMPLSFrames(t *testing.T) {
+	v4 := rec4(packet.SYN, 0, linuxSYN...)
+	v6 := rec6(packet.SYN, 0, linuxSYN...)
+	pppoe := func(proto uint16, ip []byte) []byte {
+		b := []byte{0x11, 0, 0x12, 0x34}
+		b = binary.BigEndian.AppendUint16(b, uint16(2+len(ip)))
+		b = binary.BigEndian.AppendUint16(b, proto)
+		return append(b, ip...)
+	}
+	labels := func(n int, ip []byte) []byte { // n entries, the last at the bottom
+		var b []byte
+		for i := 1; i <= n; i++ {
+			e := uint32(16+i)<<12 | 64 // label, TTL 64
+			if i == n {
+				e |= 1 << 8
+			}
+			b = binary.BigEndian.AppendUint32(b, e)
+		}
+		return append(b, ip...)
+	}
+	checkOneFrames(t, []oneFrame{
+		{"PPPoE, IPv4", LinkTypeEthernet, ether(0x8864, pppoe(0x0021, ip(v4))), &v4, false},
+		{"PPPoE, IPv6, behind a VLAN tag", LinkTypeEthernet, ether(0x8864, pppoe(0x0057, ip(v6)), 0x8100), &v6, false},
+		{"PPPoE, LCP", LinkTypeEthernet, ether(0x8864, pppoe(0xc021, []byte{9, 1, 0, 8, 0, 0, 0, 0})), nil, true},
+		{"PPPoE, IPv4 protocol with an IPv6 packet", LinkTypeEthernet, ether(0x8864, pppoe(0x0021, ip(v6))), nil, false},
+		{"PPPoE, header cut short", LinkTypeEthernet, ether(0x8864, []byte{0x11, 0, 0x12, 0x34, 0}), nil, false},
+		{"PPPoE discovery (PADI)", LinkTypeEthernet, ether(0x8863, []byte{0x11, 0x09, 0, 0, 0, 0}), nil, true},
+		{"MPLS, one label, IPv4", LinkTypeEthernet, ether(0x8847, labels(1, ip(v4))), &v4, false},
+		{"MPLS, three labels, IPv6", LinkTypeEthernet, ether(0x8847, labels(3, ip(v6))), &v6, false},
+		{"MPLS multicast, Linux SLL", LinkTypeLinuxSLL, sll(0x8848, labels(2, ip(v4))), &v4, false},
+		{"MPLS, a pseudowire's control word", LinkTypeEthernet, ether(0x8847, labels(1, []byte{0, 0, 0, 0, 2, 0, 0, 0, 0, 1})), nil, true},
+		{"MPLS, no bottom of stack", LinkTypeEthernet, ether(0x8847, binary.BigEndian.AppendUint32(nil, 17<<12|64)), nil, false},
+		{"MPLS, nothing after the stack", LinkTypeEthernet, ether(0x8847, labels(2, nil)), nil, false},
+	})
+}
+
+// Serial links: PPP with or without RFC 1662's address and control bytes
+// and with a one- or two-byte protocol, carrying IP or MPLS, and Cisco
+// HDLC, on its own link type or in PPP_HDLC captures.
+func TestPPPAndCiscoHDLCFrames(t *testing.T) {
+	v4 := rec4(packet.SYN, 0, linuxSYN...)
+	v6 := rec6(packet.SYN, 0, linuxSYN...)
+	cat := func(parts ...[]byte) []byte { return bytes.Join(parts, nil) }
+	mpls := []byte{0, 0x11, 0x01, 64} // label 17, bottom of stack
+	checkOneFrames(t, []oneFrame{
+		{"PPP, address and control, IPv4", LinkTypePPP, cat([]byte{0xff, 0x03, 0x00, 0x21}, ip(v4)), &v4, false},
+		{"PPP, no address and control, IPv6", LinkTypePPP, cat([]byte{0x00, 0x57}, ip(v6)), &v6, false},
+		{"PPP, compressed protocol, IPv4", LinkTypePPP, cat([]byte{0x21}, ip(v4)), &v4, false},
+		{"PPP, MPLS", LinkTypePPP, cat([]byte{0xff, 0x03, 0x02, 0x81}, mpls, ip(v4)), &v4, false},
+		{"PPP, LCP", LinkTypePPP, []byte{0xff, 0x03, 0xc0, 0x21, 9, 1, 0, 4}, nil, true},
+		{"PPP, protocol cut short", LinkTypePPP, []byte{0xff, 0x03, 0x00}, nil, false},
+		{"PPP, IPv6 protocol with an IPv4 packet", LinkTypePPP, cat([]byte{0x00, 0x57}, ip(v4)), nil, false},
+		{"PPP_HDLC, PPP", LinkTypePPPHDLC, cat([]byte{0xff, 0x03, 0x00, 0x21}, ip(v4)), &v4, false},
+		{"PPP_HDLC, Cisco HDLC", LinkTypePPPHDLC, cat([]byte{0x0f, 0x00, 0x86, 0xdd}, ip(v6)), &v6, false},
+		{"Cisco HDLC, IPv4", LinkTypeCHDLC, cat([]byte{0x0f, 0x00, 0x08, 0x00}, ip(v4)), &v4, false},
+		{"Cisco HDLC multicast, MPLS", LinkTypeCHDLC, cat([]byte{0x8f, 0x00, 0x88, 0x47}, mpls, ip(v6)), &v6, false},
+		{"Cisco HDLC, SLARP keepalive", LinkTypeCHDLC, cat([]byte{0x8f, 0x00, 0x80, 0x35}, make([]byte, 18)), nil, true},
+		{"Cisco HDLC, a bad address byte", LinkTypeCHDLC, cat([]byte{0xff, 0x03, 0x08, 0x00}, ip(v4)), nil, false},
+	})
+}
+
+// oneFrame is a capture of one frame at 1 s and what reading it gives.
+type oneFrame struct {
+	name     string
+	linkType uint32
+	frame    []byte
+	want     *packet.Record // nil: skipped
+	notTCP   bool           // skipped as not IP rather than as undecodable
+}
+
+// checkOneFrames reads each case as a little-endian pcap file and checks
+// that its frame gives the wanted record, or is skipped and counted as
+// the case says.
+func checkOneFrames(t *testing.T, cases []oneFrame) {
+	t.Helper()
+	for _, tc := range cases {
 		recs, st, err := readAll(t, pcapFile(binary.LittleEndian, false, tc.linkType, frame{ts: 1e9, data: tc.frame}))
 		if err != io.EOF {
 			t.Errorf("%s: error %v, want a clean end of file", tc.name, err)

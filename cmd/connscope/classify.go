@@ -30,7 +30,8 @@ func newClassifyCommand() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "classify [flags] FILE...",
 		Short: "Classify the TCP connections in pcap or pcapng files",
-		Long: `classify reads pcap and pcapng files (Ethernet, raw IP, Linux SLL/SLL2, NFLOG),
+		Long: `classify reads pcap and pcapng files (Ethernet with VLAN tags, PPPoE and
+MPLS, raw IP, Linux SLL/SLL2, NFLOG, BSD loopback, PPP, Cisco HDLC),
 assembles TCP connections from their client packets and judges each one:
 the stage where it ended (post_syn, post_ack, post_psh, later_in_flow,
 no_match), its tags and its signature, or why it is excluded.
