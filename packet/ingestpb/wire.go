@@ -48,6 +48,18 @@ const (
 
 var errTruncated = errors.New("truncated or malformed protobuf")
 
+// consumeTag is protowire.ConsumeTag, which refuses field number 0, also
+// refusing numbers above protowire.MaxValidNumber (2^29-1), as
+// proto.Unmarshal does: a decoder that skipped such a field as unknown
+// would accept bytes that the generated code rejects.
+func consumeTag(b []byte) (protowire.Number, protowire.Type, int) {
+	num, typ, n := protowire.ConsumeTag(b)
+	if n >= 0 && num > protowire.MaxValidNumber {
+		return 0, 0, -1
+	}
+	return num, typ, n
+}
+
 // DecodeFrame decodes b, the wire encoding of a PacketBatch, into f,
 // reusing the storage of f.Records. It returns an error when b is not a
 // PacketBatch, or when a packet is not a record (the error names its
@@ -57,7 +69,7 @@ func DecodeFrame(f *Frame, b []byte) error {
 	recs := f.Records[:0]
 	*f = Frame{}
 	for len(b) > 0 {
-		num, typ, n := protowire.ConsumeTag(b)
+		num, typ, n := consumeTag(b)
 		if n < 0 {
 			return errTruncated
 		}
@@ -126,7 +138,7 @@ func DecodeFrame(f *Frame, b []byte) error {
 // decodeCounters merges an AgentCounters encoding into c.
 func decodeCounters(c *Counters, b []byte) error {
 	for len(b) > 0 {
-		num, typ, n := protowire.ConsumeTag(b)
+		num, typ, n := consumeTag(b)
 		if n < 0 {
 			return errTruncated
 		}
@@ -174,7 +186,7 @@ type wirePacket struct {
 // decode reads a Packet's encoding.
 func (w *wirePacket) decode(b []byte) error {
 	for len(b) > 0 {
-		num, typ, n := protowire.ConsumeTag(b)
+		num, typ, n := consumeTag(b)
 		if n < 0 {
 			return errTruncated
 		}

@@ -103,6 +103,41 @@ func TestDecodeFrameRefusesWhatAppendRecordsRefuses(t *testing.T) {
 	}
 }
 
+// A tag's field number above 2^29-1 is malformed protobuf, which
+// proto.Unmarshal refuses; DecodeFrame must not skip it as an unknown
+// field, in a batch, in a packet or in the counters (found by
+// FuzzDecodeFrame; its seed field-number-above-max).
+func TestDecodeFrameRefusesFieldNumbersAboveTheMaximum(t *testing.T) {
+	bad := protowire.AppendVarint(nil, uint64(protowire.MaxValidNumber+1)<<3|uint64(protowire.Fixed32Type))
+	bad = append(bad, 0, 0, 0, 0)
+	ok := protowire.AppendVarint(nil, uint64(protowire.MaxValidNumber)<<3|uint64(protowire.Fixed32Type))
+	ok = append(ok, 0, 0, 0, 0)
+	nested := func(field protowire.Number, v []byte) []byte {
+		return protowire.AppendBytes(protowire.AppendTag(nil, field, protowire.BytesType), v)
+	}
+	for _, tc := range []struct {
+		name string
+		wire []byte
+	}{
+		{"batch", bad},
+		{"packet", nested(5, bad)},
+		{"counters", nested(6, bad)},
+	} {
+		var m PacketBatch
+		if err := proto.Unmarshal(tc.wire, &m); err == nil {
+			t.Fatalf("%s: proto.Unmarshal accepts it; the test's premise is wrong", tc.name)
+		}
+		var f Frame
+		if err := DecodeFrame(&f, tc.wire); err == nil {
+			t.Errorf("%s: DecodeFrame accepted field number %d", tc.name, protowire.MaxValidNumber+1)
+		}
+	}
+	var f Frame
+	if err := DecodeFrame(&f, ok); err != nil {
+		t.Errorf("DecodeFrame refused the largest valid field number as unknown: %v", err)
+	}
+}
+
 func TestDecodeFrameAllocatesNothingPerPacket(t *testing.T) {
 	recs := randomRecords(1024, 19)
 	wire := AppendBatch(nil, &Frame{Node: "n", Policy: "p", AgentInstance: "i", Sequence: 1}, recs)
