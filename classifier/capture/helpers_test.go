@@ -175,6 +175,20 @@ func ether(etherType uint16, ip []byte, vlans ...uint16) []byte {
 	return append(b, ip...)
 }
 
+// mplsLabels puts ip under a stack of n MPLS labels (17, 18, ...), the
+// last with the bottom-of-stack bit.
+func mplsLabels(n int, ip []byte) []byte {
+	var b []byte
+	for i := 1; i <= n; i++ {
+		e := uint32(16+i)<<12 | 64 // label, TTL 64
+		if i == n {
+			e |= 1 << 8
+		}
+		b = binary.BigEndian.AppendUint32(b, e)
+	}
+	return append(b, ip...)
+}
+
 func sll(proto uint16, ip []byte) []byte {
 	b := []byte{0, 0, 0, 1, 0, 6, 2, 0, 0, 0, 0, 1, 0, 0}
 	b = binary.BigEndian.AppendUint16(b, proto)

@@ -158,6 +158,8 @@ const (
 	pppMPLSm   = 0x0283
 	pppAddress = 0xff // RFC 1662's all-stations address, then
 	pppControl = 0x03 // its unnumbered-information control byte
+
+	pppoeVersionType = 0x11 // PPPoE version 1, type 1
 )
 
 // The first byte of a Cisco HDLC frame.
@@ -187,13 +189,20 @@ func ppp(b []byte) ([]byte, int) {
 		proto = binary.BigEndian.Uint16(b[:2])
 		b = b[2:]
 	}
+	if proto == pppMPLS || proto == pppMPLSm {
+		return mplsPayload(b)
+	}
+	return pppIP(proto, b)
+}
+
+// pppIP returns b, what follows a PPP protocol field, when the protocol is
+// IPv4 or IPv6 and the packet's version agrees.
+func pppIP(proto uint16, b []byte) ([]byte, int) {
 	switch proto {
 	case pppIPv4:
 		return withVersion(b, 4)
 	case pppIPv6:
 		return withVersion(b, 6)
-	case pppMPLS, pppMPLSm:
-		return mplsPayload(b)
 	}
 	return nil, linkNotIP
 }
@@ -212,16 +221,10 @@ func ciscoHDLC(b []byte) ([]byte, int) {
 // 0, a session id and a length, then the 2-byte PPP protocol. PPP's own
 // control protocols (LCP, IPCP, ...) are not IP.
 func pppoeSession(b []byte) ([]byte, int) {
-	if len(b) < 8 || b[0] != 0x11 || b[1] != 0 {
+	if len(b) < 8 || b[0] != pppoeVersionType || b[1] != 0 {
 		return nil, linkBad
 	}
-	switch binary.BigEndian.Uint16(b[6:8]) {
-	case pppIPv4:
-		return withVersion(b[8:], 4)
-	case pppIPv6:
-		return withVersion(b[8:], 6)
-	}
-	return nil, linkNotIP
+	return pppIP(binary.BigEndian.Uint16(b[6:8]), b[8:])
 }
 
 // mplsPayload skips an MPLS label stack (RFC 3032: 4-byte entries, the

@@ -4,15 +4,16 @@
 // layer (Ethernet with VLAN tags, PPPoE sessions and MPLS labels, raw IP,
 // Linux SLL and SLL2, NFLOG, BSD loopback, PPP and Cisco HDLC) and hands
 // the IP packet to packet.Decode, so that Next returns one TCP packet
-// record at a time.
-// Tunnels (GRE, VXLAN, Geneve, IP in IP) are not unwrapped: their outer
-// packet is not TCP, and is skipped and counted. A capture of every
-// interface of an overlay network's node holds each packet both
-// encapsulated and decapsulated, and unwrapping would count it twice. Frames that are valid but hold no TCP packet (ARP, UDP,
+// record at a time. Frames that are valid but hold no TCP packet (ARP, UDP,
 // ICMP, non-first fragments) and frames whose headers are truncated or
 // malformed are skipped and counted in Stats; only a corrupt or truncated
 // file stops a Reader, with a *FormatError naming the file and the byte
 // offset of the bad record.
+//
+// Tunnels (GRE, VXLAN, Geneve, IP in IP) are not unwrapped: their outer
+// packet is not TCP, and is skipped and counted. A capture of every
+// interface of an overlay network's node holds each packet both
+// encapsulated and decapsulated, and unwrapping would count it twice.
 //
 // PcapWriter and PcapngWriter write capture files, and BuildPacket turns a
 // packet.Record back into a headers-only IP+TCP packet, for tests,

@@ -534,17 +534,6 @@ func TestPPPoEAndMPLSFrames(t *testing.T) {
 		b = binary.BigEndian.AppendUint16(b, proto)
 		return append(b, ip...)
 	}
-	labels := func(n int, ip []byte) []byte { // n entries, the last at the bottom
-		var b []byte
-		for i := 1; i <= n; i++ {
-			e := uint32(16+i)<<12 | 64 // label, TTL 64
-			if i == n {
-				e |= 1 << 8
-			}
-			b = binary.BigEndian.AppendUint32(b, e)
-		}
-		return append(b, ip...)
-	}
 	checkOneFrames(t, []oneFrame{
 		{"PPPoE, IPv4", LinkTypeEthernet, ether(0x8864, pppoe(0x0021, ip(v4))), &v4, false},
 		{"PPPoE, IPv6, behind a VLAN tag", LinkTypeEthernet, ether(0x8864, pppoe(0x0057, ip(v6)), 0x8100), &v6, false},
@@ -552,12 +541,12 @@ func TestPPPoEAndMPLSFrames(t *testing.T) {
 		{"PPPoE, IPv4 protocol with an IPv6 packet", LinkTypeEthernet, ether(0x8864, pppoe(0x0021, ip(v6))), nil, false},
 		{"PPPoE, header cut short", LinkTypeEthernet, ether(0x8864, []byte{0x11, 0, 0x12, 0x34, 0}), nil, false},
 		{"PPPoE discovery (PADI)", LinkTypeEthernet, ether(0x8863, []byte{0x11, 0x09, 0, 0, 0, 0}), nil, true},
-		{"MPLS, one label, IPv4", LinkTypeEthernet, ether(0x8847, labels(1, ip(v4))), &v4, false},
-		{"MPLS, three labels, IPv6", LinkTypeEthernet, ether(0x8847, labels(3, ip(v6))), &v6, false},
-		{"MPLS multicast, Linux SLL", LinkTypeLinuxSLL, sll(0x8848, labels(2, ip(v4))), &v4, false},
-		{"MPLS, a pseudowire's control word", LinkTypeEthernet, ether(0x8847, labels(1, []byte{0, 0, 0, 0, 2, 0, 0, 0, 0, 1})), nil, true},
+		{"MPLS, one label, IPv4", LinkTypeEthernet, ether(0x8847, mplsLabels(1, ip(v4))), &v4, false},
+		{"MPLS, three labels, IPv6", LinkTypeEthernet, ether(0x8847, mplsLabels(3, ip(v6))), &v6, false},
+		{"MPLS multicast, Linux SLL", LinkTypeLinuxSLL, sll(0x8848, mplsLabels(2, ip(v4))), &v4, false},
+		{"MPLS, a pseudowire's control word", LinkTypeEthernet, ether(0x8847, mplsLabels(1, []byte{0, 0, 0, 0, 2, 0, 0, 0, 0, 1})), nil, true},
 		{"MPLS, no bottom of stack", LinkTypeEthernet, ether(0x8847, binary.BigEndian.AppendUint32(nil, 17<<12|64)), nil, false},
-		{"MPLS, nothing after the stack", LinkTypeEthernet, ether(0x8847, labels(2, nil)), nil, false},
+		{"MPLS, nothing after the stack", LinkTypeEthernet, ether(0x8847, mplsLabels(2, nil)), nil, false},
 	})
 }
 
@@ -568,19 +557,18 @@ func TestPPPAndCiscoHDLCFrames(t *testing.T) {
 	v4 := rec4(packet.SYN, 0, linuxSYN...)
 	v6 := rec6(packet.SYN, 0, linuxSYN...)
 	cat := func(parts ...[]byte) []byte { return bytes.Join(parts, nil) }
-	mpls := []byte{0, 0x11, 0x01, 64} // label 17, bottom of stack
 	checkOneFrames(t, []oneFrame{
 		{"PPP, address and control, IPv4", LinkTypePPP, cat([]byte{0xff, 0x03, 0x00, 0x21}, ip(v4)), &v4, false},
 		{"PPP, no address and control, IPv6", LinkTypePPP, cat([]byte{0x00, 0x57}, ip(v6)), &v6, false},
 		{"PPP, compressed protocol, IPv4", LinkTypePPP, cat([]byte{0x21}, ip(v4)), &v4, false},
-		{"PPP, MPLS", LinkTypePPP, cat([]byte{0xff, 0x03, 0x02, 0x81}, mpls, ip(v4)), &v4, false},
+		{"PPP, MPLS", LinkTypePPP, cat([]byte{0xff, 0x03, 0x02, 0x81}, mplsLabels(1, ip(v4))), &v4, false},
 		{"PPP, LCP", LinkTypePPP, []byte{0xff, 0x03, 0xc0, 0x21, 9, 1, 0, 4}, nil, true},
 		{"PPP, protocol cut short", LinkTypePPP, []byte{0xff, 0x03, 0x00}, nil, false},
 		{"PPP, IPv6 protocol with an IPv4 packet", LinkTypePPP, cat([]byte{0x00, 0x57}, ip(v4)), nil, false},
 		{"PPP_HDLC, PPP", LinkTypePPPHDLC, cat([]byte{0xff, 0x03, 0x00, 0x21}, ip(v4)), &v4, false},
 		{"PPP_HDLC, Cisco HDLC", LinkTypePPPHDLC, cat([]byte{0x0f, 0x00, 0x86, 0xdd}, ip(v6)), &v6, false},
 		{"Cisco HDLC, IPv4", LinkTypeCHDLC, cat([]byte{0x0f, 0x00, 0x08, 0x00}, ip(v4)), &v4, false},
-		{"Cisco HDLC multicast, MPLS", LinkTypeCHDLC, cat([]byte{0x8f, 0x00, 0x88, 0x47}, mpls, ip(v6)), &v6, false},
+		{"Cisco HDLC multicast, MPLS", LinkTypeCHDLC, cat([]byte{0x8f, 0x00, 0x88, 0x47}, mplsLabels(1, ip(v6))), &v6, false},
 		{"Cisco HDLC, SLARP keepalive", LinkTypeCHDLC, cat([]byte{0x8f, 0x00, 0x80, 0x35}, make([]byte, 18)), nil, true},
 		{"Cisco HDLC, a bad address byte", LinkTypeCHDLC, cat([]byte{0xff, 0x03, 0x08, 0x00}, ip(v4)), nil, false},
 	})
