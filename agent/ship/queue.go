@@ -12,9 +12,18 @@ import (
 )
 
 // Defaults of QueueConfig's zero fields.
+//
+// DefaultBatchSize is 4096 records (about 320 KiB in a pcapng file, 250
+// KiB of protobuf): under load every batch costs the sender a wakeup and a
+// write, and each of those wakes the Go runtime's sysmon thread when the
+// program was idle before, a few context switches each. At 1024 the agent
+// woke for every second kernel batch of 512 packets; at 4096 for every
+// eighth, which took its CPU per packet under a SYN flood from about 0.20
+// to 0.17 µs on this VM. Below load the flush interval, not the batch,
+// decides when records leave.
 const (
 	DefaultCapacity      = 1 << 16
-	DefaultBatchSize     = 1024
+	DefaultBatchSize     = 4096
 	DefaultFlushInterval = 200 * time.Millisecond
 	DefaultMinBackoff    = 100 * time.Millisecond
 	DefaultMaxBackoff    = 10 * time.Second
