@@ -424,6 +424,9 @@ func (c *Conn) Stats() Stats {
 // when SO_RCVBUFFORCE was refused and net.core.rmem_max applied).
 func (c *Conn) ReadBufferSize() int { return c.rcvbuf }
 
+// Config returns the configuration in force, defaults applied.
+func (c *Conn) Config() Config { return c.cfg }
+
 // Close unbinds the group and closes the socket. A Read blocked in
 // another goroutine returns net.ErrClosed. Close is idempotent.
 func (c *Conn) Close() error {

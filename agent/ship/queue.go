@@ -177,6 +177,9 @@ type Queue struct {
 	// empty ring and when a batch's worth of records is queued.
 	wake    chan struct{}
 	running atomic.Bool
+	// room is signalled, without waiting, when Run takes records from
+	// the ring (WaitRoom).
+	room chan struct{}
 
 	// pending is the batch being sent, kept across Run calls: a batch
 	// that failed is sent again before any other. failures counts its
@@ -199,6 +202,7 @@ func NewQueue(sink Sink, c QueueConfig) *Queue {
 		cells:   make([]cell, c.Capacity),
 		n:       uint64(c.Capacity),
 		wake:    make(chan struct{}, 1),
+		room:    make(chan struct{}, 1),
 		pending: make([]packet.Record, 0, c.BatchSize),
 	}
 	for i := range q.cells {
@@ -341,7 +345,42 @@ func (q *Queue) take(max int, end uint64) {
 		c.seq.Store(head + q.n)
 		head++
 	}
-	q.head.Store(head)
+	if head != q.head.Load() {
+		q.head.Store(head)
+		select {
+		case q.room <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// Free is the number of records the ring can take now.
+func (q *Queue) Free() int { return int(q.n - q.ready()) }
+
+// WaitRoom waits until the ring can take n records, at most d (or until
+// ctx ends), and reports whether it can. It is for a producer that can
+// leave its records where they are at no cost, as the NFLOG reader
+// leaves packets in the kernel: under a CPU limit, a record read and then
+// dropped at a full ring costs the time the sender needed to drain it.
+// n larger than the ring waits for an empty ring. One goroutine at a time
+// may wait.
+func (q *Queue) WaitRoom(ctx context.Context, n int, d time.Duration) bool {
+	n = min(n, int(q.n))
+	if q.Free() >= n {
+		return true
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	for q.Free() < n {
+		select {
+		case <-q.room:
+		case <-t.C:
+			return q.Free() >= n
+		case <-ctx.Done():
+			return q.Free() >= n
+		}
+	}
+	return true
 }
 
 // ready is the number of positions claimed and not yet taken (some may

@@ -375,3 +375,66 @@ func everyProducerShippedInOrder(t *testing.T, q *Queue, sink *memSink, producer
 		t.Fatalf("stats %+v", s)
 	}
 }
+
+// TestWaitRoomWaitsUntilTheSenderTakesRecords: with the ring full,
+// WaitRoom returns only once Run has taken records (or its limit or the
+// context ended it, then false); with room, at once.
+func TestWaitRoomWaitsUntilTheSenderTakesRecords(t *testing.T) {
+	sink := &memSink{}
+	q := NewQueue(sink, QueueConfig{Capacity: 8, BatchSize: 4})
+	if !q.WaitRoom(context.Background(), 8, time.Hour) {
+		t.Fatal("WaitRoom on an empty ring: false")
+	}
+	if n := q.OfferBatch(records(8, 0, 1)); n != 8 || q.Free() != 0 {
+		t.Fatalf("offered 8, took %d, free %d", n, q.Free())
+	}
+	if q.WaitRoom(context.Background(), 4, 10*time.Millisecond) {
+		t.Fatal("WaitRoom on a full ring with no sender: true")
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if q.WaitRoom(ctx, 4, time.Hour) {
+		t.Fatal("WaitRoom with an ended context: true")
+	}
+
+	got := make(chan bool, 1)
+	go func() { got <- q.WaitRoom(context.Background(), 4, time.Hour) }()
+	select {
+	case r := <-got:
+		t.Fatalf("WaitRoom returned %v while the ring was full and nothing took from it", r)
+	case <-time.After(50 * time.Millisecond):
+	}
+	runCtx, stop := context.WithCancel(context.Background())
+	defer stop()
+	done := make(chan error, 1)
+	go func() { done <- q.Run(runCtx) }()
+	select {
+	case r := <-got:
+		if !r || q.Free() < 4 {
+			t.Fatalf("WaitRoom returned %v with %d free, want true and at least 4", r, q.Free())
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("WaitRoom did not return after Run took records")
+	}
+	stop()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if len(sink.delivered()) != 8 {
+		t.Fatalf("delivered %d records, want 8", len(sink.delivered()))
+	}
+}
+
+// TestWaitRoomForMoreThanTheRingWaitsForAnEmptyRing: a reader whose
+// kernel batch is larger than a small ring (--queue-capacity 64 against
+// batches of 512) must not wait its whole limit every time.
+func TestWaitRoomForMoreThanTheRingWaitsForAnEmptyRing(t *testing.T) {
+	q := NewQueue(discardSink{}, QueueConfig{Capacity: 8, BatchSize: 4})
+	if !q.WaitRoom(context.Background(), 512, time.Hour) {
+		t.Fatal("WaitRoom(512) on an empty ring of 8: false")
+	}
+	q.OfferBatch(records(1, 0, 1))
+	if q.WaitRoom(context.Background(), 512, 10*time.Millisecond) {
+		t.Fatal("WaitRoom(512) on a ring of 8 holding one record: true")
+	}
+}
