@@ -358,28 +358,16 @@ func (a *Agent) offerStaged() {
 }
 
 // read reads the group until it is closed, decoding each kernel batch's
-// packets (handle) and offering them to the queue together.
-//
-// Before each kernel batch it waits, at most roomWait, until the queue can
-// take a whole batch. A packet left in the kernel costs the agent nothing,
-// while one read, decoded and then dropped at a full queue costs about as
-// much CPU as shipping it: under a small CPU limit, a reader that went on
-// reading spent the sender's time on records it then dropped, and shipped
-// about half of what it could (10-second steps at 2 % of a core). When the
-// queue stays full (a sink that is down), the reader reads one kernel
-// batch per roomWait and the queue drops it (queue_full); what arrives
-// faster waits in the socket's buffer, and once that overflows the kernel
-// drops it (kernel_seq_gap). Either way the loss is counted, and the
-// sink's errors say why.
-//
-// After each batch it also lets the other goroutines run (the queue's
-// sender above all): with one processor a reader that finds a backlog in
-// the socket would otherwise keep the processor until it is preempted.
+// packets (handle) and offering them to the queue together. After each
+// batch it lets the other goroutines run (the queue's sender above all):
+// with one processor, as under a small CPU limit, a reader that finds a
+// backlog in the socket would otherwise keep the processor until it is
+// preempted, the sender would not run, and records decoded at a cost
+// would be dropped at a full queue; yielding, the sender writes what is
+// queued and the kernel holds the rest in the socket, where it costs
+// nothing until it is read.
 func (a *Agent) read(conn *nflog.Conn) error {
-	q := a.queue.Load()
-	batch := int(conn.Config().QueueThreshold)
 	for {
-		q.WaitRoom(context.Background(), batch, roomWait)
 		_, err := conn.ReadBatch(a.handle)
 		a.offerStaged()
 		if err != nil {
@@ -388,10 +376,6 @@ func (a *Agent) read(conn *nflog.Conn) error {
 		runtime.Gosched()
 	}
 }
-
-// roomWait bounds how long the reader waits for room in a full queue
-// before it reads the next kernel batch anyway.
-const roomWait = 200 * time.Millisecond
 
 func (a *Agent) undecodableTotal() uint64 {
 	var n uint64

@@ -19,10 +19,7 @@
 //  5. decodes each logged packet into a packet.Record (IP and TCP header
 //     fields only: nothing beyond the TCP header is kept) and offers it to
 //     a bounded queue towards the sink, which never blocks the reader: a
-//     full queue drops the record and counts it. Before each kernel batch
-//     the reader waits, at most 200 ms, for room for the whole batch, so
-//     that under a CPU limit it does not spend the sender's time reading
-//     packets the queue would drop (they wait in the kernel instead);
+//     full queue drops the record and counts it;
 //  6. on ctx's end (SIGTERM, SIGINT): removes its rules, reads what the
 //     kernel still held for the group, closes it, and flushes the queue to
 //     the sink for at most Config.ShutdownTimeout.

@@ -286,20 +286,9 @@ func (c *Conn) setup() error {
 		return fmt.Errorf("nflog: %w", err)
 	}
 	c.rc = rc
-	// RawSyscall6, not Syscall6: with MSG_DONTWAIT the recvfrom never
-	// blocks (an empty socket answers EAGAIN and the goroutine parks in
-	// the poller), so it needs none of the scheduler's bookkeeping for a
-	// syscall that might. That bookkeeping is not free: entering a syscall
-	// while every P was idle wakes the runtime's sysmon thread, which then
-	// polls every 20 µs until the program is idle again. A reader that
-	// sleeps between kernel batches did that once per batch, about a third
-	// of the agent's CPU time under a SYN flood on this VM, where every
-	// context switch is expensive (perf: runtime.sysmon 30 % of samples;
-	// context switches per 8 s at 100 k packets/s 5,100 before, 3,600
-	// after).
 	c.readFn = func(fd uintptr) bool {
 		for {
-			n, _, errno := unix.RawSyscall6(unix.SYS_RECVFROM, fd,
+			n, _, errno := unix.Syscall6(unix.SYS_RECVFROM, fd,
 				uintptr(unsafe.Pointer(&c.buf[0])), uintptr(len(c.buf)),
 				unix.MSG_DONTWAIT|unix.MSG_TRUNC, 0, 0)
 			switch errno {
@@ -423,9 +412,6 @@ func (c *Conn) Stats() Stats {
 // getsockopt(SO_RCVBUF) reports it (twice the requested size, or less
 // when SO_RCVBUFFORCE was refused and net.core.rmem_max applied).
 func (c *Conn) ReadBufferSize() int { return c.rcvbuf }
-
-// Config returns the configuration in force, defaults applied.
-func (c *Conn) Config() Config { return c.cfg }
 
 // Close unbinds the group and closes the socket. A Read blocked in
 // another goroutine returns net.ErrClosed. Close is idempotent.

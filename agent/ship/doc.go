@@ -8,8 +8,6 @@
 // the sink, and retries a batch the sink failed with exponential backoff
 // while new records go on filling the ring (and are dropped, counted, when
 // it is full). Memory is bounded by QueueConfig.Capacity and BatchSize.
-// A producer that can leave its records where they are at no cost may
-// first wait, for a bounded time, until the ring has room (WaitRoom).
 //
 // Sinks are chosen by URL (Open):
 //

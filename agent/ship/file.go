@@ -47,9 +47,9 @@ type fileSink struct {
 }
 
 // writeChunk is the size at which Send writes what it has built before
-// going on with the batch: the default batch of 4096 records is about
-// 320 KiB (one write), the largest (MaxBatchSize) about 1.3 MiB.
-const writeChunk = 512 << 10
+// going on with the batch: the default batch of 1024 records is about
+// 80 KiB, the largest (MaxBatchSize) about 1.3 MiB.
+const writeChunk = 256 << 10
 
 // pcapngHeader is what NewPcapngWriter writes first: the section header
 // and the interface description of a file sink.

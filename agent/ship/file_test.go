@@ -321,8 +321,8 @@ func TestFileSinkWritesABatchLargerThanOneWrite(t *testing.T) {
 	if err := s.Send(context.Background(), recs); err != nil {
 		t.Fatal(err)
 	}
-	if st, err := os.Stat(path); err != nil || st.Size() < 2*writeChunk {
-		t.Fatalf("file %v, %v: want more than %d bytes, so that the batch took several writes", st, err, 2*writeChunk)
+	if st, err := os.Stat(path); err != nil || st.Size() < 4*writeChunk {
+		t.Fatalf("file %v, %v: want more than %d bytes, so that the batch took several writes", st, err, 4*writeChunk)
 	}
 	if err := s.Close(); err != nil {
 		t.Fatal(err)

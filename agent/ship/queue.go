@@ -12,18 +12,9 @@ import (
 )
 
 // Defaults of QueueConfig's zero fields.
-//
-// DefaultBatchSize is 4096 records (about 320 KiB in a pcapng file, 250
-// KiB of protobuf): under load every batch costs the sender a wakeup and a
-// write, and each of those wakes the Go runtime's sysmon thread when the
-// program was idle before, a few context switches each. At 1024 the agent
-// woke for every second kernel batch of 512 packets; at 4096 for every
-// eighth, which took its CPU per packet under a SYN flood from about 0.20
-// to 0.17 µs on this VM. Below load the flush interval, not the batch,
-// decides when records leave.
 const (
 	DefaultCapacity      = 1 << 16
-	DefaultBatchSize     = 4096
+	DefaultBatchSize     = 1024
 	DefaultFlushInterval = 200 * time.Millisecond
 	DefaultMinBackoff    = 100 * time.Millisecond
 	DefaultMaxBackoff    = 10 * time.Second
@@ -177,9 +168,6 @@ type Queue struct {
 	// empty ring and when a batch's worth of records is queued.
 	wake    chan struct{}
 	running atomic.Bool
-	// room is signalled, without waiting, when Run takes records from
-	// the ring (WaitRoom).
-	room chan struct{}
 
 	// pending is the batch being sent, kept across Run calls: a batch
 	// that failed is sent again before any other. failures counts its
@@ -202,7 +190,6 @@ func NewQueue(sink Sink, c QueueConfig) *Queue {
 		cells:   make([]cell, c.Capacity),
 		n:       uint64(c.Capacity),
 		wake:    make(chan struct{}, 1),
-		room:    make(chan struct{}, 1),
 		pending: make([]packet.Record, 0, c.BatchSize),
 	}
 	for i := range q.cells {
@@ -345,42 +332,7 @@ func (q *Queue) take(max int, end uint64) {
 		c.seq.Store(head + q.n)
 		head++
 	}
-	if head != q.head.Load() {
-		q.head.Store(head)
-		select {
-		case q.room <- struct{}{}:
-		default:
-		}
-	}
-}
-
-// Free is the number of records the ring can take now.
-func (q *Queue) Free() int { return int(q.n - q.ready()) }
-
-// WaitRoom waits until the ring can take n records, at most d (or until
-// ctx ends), and reports whether it can. It is for a producer that can
-// leave its records where they are at no cost, as the NFLOG reader
-// leaves packets in the kernel: under a CPU limit, a record read and then
-// dropped at a full ring costs the time the sender needed to drain it.
-// n larger than the ring waits for an empty ring. One goroutine at a time
-// may wait.
-func (q *Queue) WaitRoom(ctx context.Context, n int, d time.Duration) bool {
-	n = min(n, int(q.n))
-	if q.Free() >= n {
-		return true
-	}
-	t := time.NewTimer(d)
-	defer t.Stop()
-	for q.Free() < n {
-		select {
-		case <-q.room:
-		case <-t.C:
-			return q.Free() >= n
-		case <-ctx.Done():
-			return q.Free() >= n
-		}
-	}
-	return true
+	q.head.Store(head)
 }
 
 // ready is the number of positions claimed and not yet taken (some may

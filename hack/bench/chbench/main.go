@@ -4,9 +4,8 @@
 // PID), and on one capture (gencap's mix) measures:
 //
 //   - agent insert: the agents' clickhouse sink (agent/ship) inserting the
-//     records in batches of ship.DefaultBatchSize (the agent's default,
-//     4096; 1024 before 2026-12-03), one Send at a time as the agent's
-//     queue does: rows per second of wall time, and rows per
+//     records in batches of 1024 (the agent's default), one Send at a time as
+//     the agent's queue does: rows per second of wall time, and rows per
 //     CPU second of this process (nothing else runs in it meanwhile: the
 //     agent side's cost "per core"); peer: ClickHouse's own clickhouse-client
 //     inserting the same rows (RowBinary over the native protocol) from one
