@@ -78,7 +78,7 @@ func (r *Reader) network(linkType uint32, data []byte, ts *int64) ([]byte, int) 
 	case LinkTypePPP:
 		return ppp(data)
 	case LinkTypePPPHDLC:
-		if len(data) > 0 && (data[0] == chdlcUnicast || data[0] == chdlcMulticast) {
+		if isCiscoHDLC(data) {
 			return ciscoHDLC(data)
 		}
 		return ppp(data)
@@ -210,10 +210,17 @@ func pppIP(proto uint16, b []byte) ([]byte, int) {
 // ciscoHDLC finds the IP packet in a Cisco HDLC frame: an address byte
 // (unicast or multicast), a control byte, then an EtherType.
 func ciscoHDLC(b []byte) ([]byte, int) {
-	if len(b) < 4 || b[0] != chdlcUnicast && b[0] != chdlcMulticast {
+	if len(b) < 4 || !isCiscoHDLC(b) {
 		return nil, linkBad
 	}
 	return byEtherType(binary.BigEndian.Uint16(b[2:4]), b[4:])
+}
+
+// isCiscoHDLC reports whether b starts with a Cisco HDLC address byte
+// (unicast or multicast): how tcpdump tells Cisco HDLC from PPP in
+// PPP_HDLC captures.
+func isCiscoHDLC(b []byte) bool {
+	return len(b) > 0 && (b[0] == chdlcUnicast || b[0] == chdlcMulticast)
 }
 
 // pppoeSession finds the IP packet in a PPPoE session frame (RFC 2516, as
