@@ -15,6 +15,9 @@
 // interface of an overlay network's node holds each packet both
 // encapsulated and decapsulated, and unwrapping would count it twice.
 //
+// Open opens a Reader on a file or on standard input ("-"), decompressing
+// a gzip-compressed capture as it reads.
+//
 // PcapWriter and PcapngWriter write capture files, and BuildPacket turns a
 // packet.Record back into a headers-only IP+TCP packet, for tests,
 // benchmarks and the agent's own captures.

@@ -17,7 +17,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 
 	"github.com/connscope/connscope/classifier/capture"
 	"github.com/connscope/connscope/classifier/classify"
@@ -37,7 +36,8 @@ type Stats struct {
 	Flow            flow.Stats `json:"flow"`
 }
 
-// Run classifies the packets of files. emit receives every finished
+// Run classifies the packets of files (paths as capture.Open takes them:
+// "-" is standard input, gzip is decompressed). emit receives every finished
 // connection with its judgement; the Conn is only valid during the call.
 // The returned error joins the errors of files that could not be read to
 // their end; the connections they held up to that point were emitted.
@@ -48,6 +48,9 @@ func Run(files []string, cfg flow.Config, emit func(*flow.Conn, classify.Result)
 		return st, err
 	}
 	defer tab.Close()
+	if err := CheckNames(files); err != nil {
+		return st, err
+	}
 	var errs []error
 	var srcs []*source
 	for _, name := range files {
@@ -136,8 +139,23 @@ func Run(files []string, cfg flow.Config, emit func(*flow.Conn, classify.Result)
 	return st, errors.Join(errs...)
 }
 
+// CheckNames reports what makes a list of files unreadable before any is
+// opened: standard input ("-", see capture.Open) named more than once.
+func CheckNames(files []string) error {
+	stdin := 0
+	for _, name := range files {
+		if name == capture.Stdin {
+			stdin++
+		}
+	}
+	if stdin > 1 {
+		return fmt.Errorf("standard input (%q) is named %d times: it can be read once", capture.Stdin, stdin)
+	}
+	return nil
+}
+
 type source struct {
-	f   *os.File
+	f   io.Closer
 	r   *capture.Reader
 	rec packet.Record
 	err error
@@ -148,16 +166,11 @@ type source struct {
 }
 
 func open(name string) (*source, error) {
-	f, err := os.Open(name)
+	r, c, err := capture.Open(name)
 	if err != nil {
 		return nil, err
 	}
-	r, err := capture.NewReader(f, name)
-	if err != nil {
-		f.Close()
-		return nil, err
-	}
-	return &source{f: f, r: r}, nil
+	return &source{f: c, r: r}, nil
 }
 
 // advance reads the next packet into s.rec; false at the end or on error
@@ -196,11 +209,7 @@ func (s *source) skip(err error) bool {
 		s.linkSkipped++
 		return true
 	}
-	var fe *capture.FormatError
-	if !errors.As(err, &fe) {
-		err = fmt.Errorf("%s: %w", s.f.Name(), err)
-	}
-	s.err = err
+	s.err = err // the reader names its file in every error
 	return false
 }
 

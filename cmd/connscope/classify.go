@@ -36,9 +36,13 @@ assembles TCP connections from their client packets and judges each one:
 the stage where it ended (post_syn, post_ack, post_psh, later_in_flow,
 no_match), its tags and its signature, or why it is excluded.
 
-Several files are merged by timestamp and read as one stream. A corrupt or
-truncated file is reported with its byte offset after the connections read
-before it, and the exit status is then 1.
+Several files are merged by timestamp and read as one stream. FILE "-" is
+standard input (tcpdump -w - | connscope classify -), and a file compressed
+with gzip (.pcap.gz) is decompressed as it is read; for other compressors,
+pipe (zstd -dc capture.pcap.zst | connscope classify -). A corrupt or
+truncated file is reported with its byte offset (in the decompressed data
+of a gzip file) after the connections read before it, and the exit status
+is then 1.
 
 Formats:
   table  a summary for people: stage shares, tags, signatures, anomalous connections
@@ -83,6 +87,9 @@ func runClassify(cmd *cobra.Command, o classifyOptions, files []string) error {
 	}
 	if o.anomalies < 0 {
 		return fmt.Errorf("--anomalies %d must not be negative", o.anomalies)
+	}
+	if err := offline.CheckNames(files); err != nil {
+		return err
 	}
 
 	out := bufio.NewWriterSize(cmd.OutOrStdout(), 1<<16)

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"compress/gzip"
 	"encoding/binary"
 	"encoding/json"
 	"net/netip"
@@ -237,11 +238,66 @@ func TestBadFlagsAreRejectedWithTheirName(t *testing.T) {
 		{[]string{"classify", "--idle-timeout", "-1s", path}, "idle timeout"},
 		{[]string{"classify"}, "requires at least 1 arg"},
 		{[]string{"classify", filepath.Join(t.TempDir(), "missing.pcap")}, "no such file"},
+		{[]string{"classify", "-", path, "-"}, `standard input ("-") is named 2 times`},
 	} {
-		_, _, err := runCLI(t, tc.args...)
+		out, _, err := runCLI(t, tc.args...)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%v: error %v, want it to mention %q", tc.args, err, tc.want)
 		}
+		if tc.want != "no such file" && out != "" {
+			t.Errorf("%v: rejected, but wrote a result:\n%s", tc.args, out)
+		}
+	}
+}
+
+// TestGzipAndStandardInputClassifyAsThePlainFile: a .pcap.gz and a capture
+// piped in as "-" give the plain file's connections, merged with other
+// files as usual.
+func TestGzipAndStandardInputClassifyAsThePlainFile(t *testing.T) {
+	path := writeCapture(t, map[uint16][]string{
+		40001: {"S", "R"},
+		40002: {"S", "A", "PA", "R"},
+		40003: {"S", "A", "PA", "FA"},
+	})
+	other := writeCapture(t, map[uint16][]string{41001: {"S", "A", "RA"}})
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var gz bytes.Buffer
+	zw := gzip.NewWriter(&gz)
+	zw.Write(data)
+	zw.Close()
+	gzPath := filepath.Join(t.TempDir(), "in.pcap.gz")
+	if err := os.WriteFile(gzPath, gz.Bytes(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	want, _, err := runCLI(t, "classify", "--format", "json", path, other)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Count(want, "\n") != 4 {
+		t.Fatalf("the plain files gave %d connections, not 4:\n%s", strings.Count(want, "\n"), want)
+	}
+	got, _, err := runCLI(t, "classify", "--format", "json", gzPath, other)
+	if err != nil || got != want {
+		t.Errorf("the gzip file: error %v, output\n%s\nwant\n%s", err, got, want)
+	}
+
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		pw.Write(gz.Bytes())
+		pw.Close()
+	}()
+	old := os.Stdin
+	os.Stdin = pr
+	defer func() { os.Stdin = old; pr.Close() }()
+	got, _, err = runCLI(t, "classify", "--format", "json", "-", other)
+	if err != nil || got != want {
+		t.Errorf("gzip on standard input: error %v, output\n%s\nwant\n%s", err, got, want)
 	}
 }
 
