@@ -16,7 +16,7 @@
 // encapsulated and decapsulated, and unwrapping would count it twice.
 //
 // Open opens a Reader on a file or on standard input ("-"), decompressing
-// a gzip-compressed capture as it reads.
+// a gzip- or zstd-compressed capture as it reads.
 //
 // PcapWriter and PcapngWriter write capture files, and BuildPacket turns a
 // packet.Record back into a headers-only IP+TCP packet, for tests,

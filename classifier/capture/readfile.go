@@ -3,10 +3,13 @@ package capture
 import (
 	"bufio"
 	"compress/gzip"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
 	"os"
+
+	"github.com/klauspost/compress/zstd"
 
 	"github.com/connscope/connscope/packet"
 )
@@ -16,13 +19,14 @@ const Stdin = "-"
 
 // Open returns a Reader of the capture file at path, and the Closer to
 // call when done with it. The path "-" (Stdin) reads standard input, so
-// that a capture can be piped in (tcpdump -w -, zcat, zstd -dc). A file
-// compressed with gzip (the first two bytes 1f 8b, whatever its name:
-// archives such as MAWI's and CAIDA's keep .pcap.gz files) is decompressed
-// as it is read, concatenated gzip members as one stream. The byte offsets
-// in a compressed file's errors count decompressed bytes, and the file's
-// name in them says so; an error of the compressed data itself (a bad
-// checksum, a truncated stream) is named as such.
+// that a capture can be piped in (tcpdump -w -, xzcat). A file compressed
+// with gzip or zstd (recognised by its first bytes, whatever its name:
+// archives such as MAWI's and CAIDA's keep .pcap.gz files, and Wireshark
+// writes and reads both) is decompressed as it is read, concatenated
+// members or frames as one stream. The byte offsets in a compressed
+// file's errors count decompressed bytes, and the file's name in them says
+// so; an error of the compressed data itself (a bad checksum, a truncated
+// stream) is named as such.
 func Open(path string) (*Reader, io.Closer, error) {
 	var f *os.File
 	name := path
@@ -34,44 +38,87 @@ func Open(path string) (*Reader, io.Closer, error) {
 			return nil, nil, err
 		}
 	}
-	// Look at the first two bytes without consuming them. The bufio.Reader
+	// Look at the first bytes without consuming them. The bufio.Reader
 	// costs nothing on the way: once its first bytes are handed out, the
 	// Reader's reads, larger than its buffer, pass straight through it
-	// (and gzip reads from it a byte at a time, which needs the buffer).
+	// (and the decompressors read from it in small pieces, which needs the
+	// buffer).
 	br := bufio.NewReaderSize(f, 64<<10)
 	var src io.Reader = br
-	if head, _ := br.Peek(2); len(head) == 2 && head[0] == 0x1f && head[1] == 0x8b {
+	var closer io.Closer = f
+	head, _ := br.Peek(4)
+	switch {
+	case len(head) >= 2 && head[0] == 0x1f && head[1] == 0x8b:
 		zr, err := gzip.NewReader(br)
 		if err != nil {
 			f.Close()
 			return nil, nil, fmt.Errorf("%s: gzip header: %w", name, err)
 		}
-		src = gzipErrors{zr}
+		src = compressedErrors{zr, "gzip"}
 		name += " (gzip, decompressed)"
+	case len(head) == 4 && binary.LittleEndian.Uint32(head) == zstdMagic:
+		// One goroutine (the caller's), and a window of at most 128 MiB
+		// (zstd --long's default; ordinary levels use 8 MiB or less), so
+		// that a file cannot make the reader take more memory than that.
+		zr, err := zstd.NewReader(br, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxWindow(zstdMaxWindow))
+		if err != nil {
+			f.Close()
+			return nil, nil, fmt.Errorf("%s: zstd: %w", name, err)
+		}
+		src = compressedErrors{zr, "zstd"}
+		closer = closers{zstdCloser{zr}, f}
+		name += " (zstd, decompressed)"
 	}
 	r, err := NewReader(src, name)
 	if err != nil {
-		f.Close()
+		closer.Close()
 		return nil, nil, err
 	}
-	return r, f, nil
+	return r, closer, nil
 }
 
-// gzipErrors names the errors of the compressed data: a gzip stream that
+const (
+	zstdMagic     = 0xfd2fb528
+	zstdMaxWindow = 128 << 20
+)
+
+// compressedErrors names the errors of the compressed data: a stream that
 // ends early says "unexpected EOF" only, which would read as the capture
 // inside it being truncated.
-type gzipErrors struct{ r *gzip.Reader }
+type compressedErrors struct {
+	r      io.Reader
+	format string
+}
 
-func (g gzipErrors) Read(p []byte) (int, error) {
-	n, err := g.r.Read(p)
+func (c compressedErrors) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
 	switch {
 	case err == nil || err == io.EOF:
 	case errors.Is(err, io.ErrUnexpectedEOF):
-		err = fmt.Errorf("the gzip data ends early (the compressed file is truncated): %w", err)
+		err = fmt.Errorf("the %s data ends early (the compressed file is truncated): %w", c.format, err)
+	case errors.Is(err, zstd.ErrWindowSizeExceeded):
+		err = fmt.Errorf("the zstd data asks for a window larger than the %d MiB allowed here (compressed with --long above 27?); decompress it with zstd -dc --long=31 FILE | connscope classify -: %w", zstdMaxWindow>>20, err)
 	default:
-		err = fmt.Errorf("the gzip data is corrupt: %w", err)
+		err = fmt.Errorf("the %s data is corrupt: %w", c.format, err)
 	}
 	return n, err
+}
+
+type zstdCloser struct{ d *zstd.Decoder }
+
+func (z zstdCloser) Close() error { z.d.Close(); return nil }
+
+// closers closes each in turn and returns the first error.
+type closers []io.Closer
+
+func (cs closers) Close() error {
+	var first error
+	for _, c := range cs {
+		if err := c.Close(); err != nil && first == nil {
+			first = err
+		}
+	}
+	return first
 }
 
 // ReadFile returns every TCP packet record of the capture file at path

@@ -4,11 +4,14 @@ import (
 	"bytes"
 	"compress/gzip"
 	"encoding/binary"
+	"io"
 	"os"
 	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
+
+	"github.com/klauspost/compress/zstd"
 
 	"github.com/connscope/connscope/packet"
 )
@@ -45,6 +48,27 @@ func gzipped(t *testing.T, members ...[]byte) []byte {
 	return b.Bytes()
 }
 
+// zstded compresses each member as a zstd frame (streamed, so that the
+// frame header states the window, not the content size), frames
+// concatenated.
+func zstded(t *testing.T, window int, members ...[]byte) []byte {
+	t.Helper()
+	var b bytes.Buffer
+	for _, m := range members {
+		w, err := zstd.NewWriter(&b, zstd.WithWindowSize(window), zstd.WithEncoderConcurrency(1))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.Copy(w, bytes.NewReader(m)); err != nil {
+			t.Fatal(err)
+		}
+		if err := w.Close(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return b.Bytes()
+}
+
 func writeTemp(t *testing.T, name string, b []byte) string {
 	t.Helper()
 	p := filepath.Join(t.TempDir(), name)
@@ -67,6 +91,10 @@ func TestOpenReadsGzipWhateverTheName(t *testing.T) {
 		{"capture.pcap", gzipped(t, file)},
 		// concatenated members (cat a.gz b.gz) are one stream
 		{"members.gz", gzipped(t, file[:half], file[half:])},
+		{"capture.pcap.zst", zstded(t, 1<<20, file)},
+		{"frames.zst", zstded(t, 1<<20, file[:half], file[half:])},
+		// zstd --long's default window is accepted
+		{"long.zst", zstded(t, 128<<20, file)},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -81,11 +109,14 @@ func TestOpenReadsGzipWhateverTheName(t *testing.T) {
 	}
 }
 
-func TestOpenNamesGzipErrors(t *testing.T) {
+func TestOpenNamesCompressionErrors(t *testing.T) {
 	file, _ := openTestFile(t)
 	gz := gzipped(t, file)
 	corrupt := bytes.Clone(gz)
 	copy(corrupt[len(corrupt)-8:], "XXXX") // the CRC-32 of the member
+	zst := zstded(t, 1<<20, file)
+	corruptZst := bytes.Clone(zst)
+	copy(corruptZst[len(corruptZst)-4:], "XXXX") // the frame's checksum
 	tests := []struct {
 		name string
 		data []byte
@@ -97,6 +128,10 @@ func TestOpenNamesGzipErrors(t *testing.T) {
 		// at an offset of the decompressed data
 		{"cut.pcap.gz", gzipped(t, file[:len(file)-10]), []string{"cut.pcap.gz (gzip, decompressed): byte ", "file ends inside a record", "the file is corrupt or truncated"}},
 		{"header.gz", []byte{0x1f, 0x8b, 0, 0}, []string{"header.gz: gzip header: "}},
+		{"truncated.zst", zst[:len(zst)/2], []string{"truncated.zst (zstd, decompressed): read at byte ", "the zstd data ends early (the compressed file is truncated)"}},
+		{"corrupt.zst", corruptZst, []string{"corrupt.zst (zstd, decompressed): read at byte ", "the zstd data is corrupt"}},
+		// a frame that asks for more memory than the reader grants
+		{"window.zst", zstded(t, 256<<20, file), []string{"window.zst (zstd, decompressed): ", "asks for a window larger than the 128 MiB allowed here", "zstd -dc --long=31"}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -109,7 +144,7 @@ func TestOpenNamesGzipErrors(t *testing.T) {
 					t.Errorf("error %q does not say %q", err, w)
 				}
 			}
-			if tc.name != "header.gz" && len(got) == 0 {
+			if tc.name != "header.gz" && tc.name != "window.zst" && len(got) == 0 {
 				t.Errorf("no records before the error: the readable part was lost")
 			}
 		})
@@ -121,7 +156,7 @@ func TestOpenStdin(t *testing.T) {
 	for _, tc := range []struct {
 		name string
 		data []byte
-	}{{"plain", file}, {"gzip", gzipped(t, file)}} {
+	}{{"plain", file}, {"gzip", gzipped(t, file)}, {"zstd", zstded(t, 1<<20, file)}} {
 		t.Run(tc.name, func(t *testing.T) {
 			pr, pw, err := os.Pipe()
 			if err != nil {

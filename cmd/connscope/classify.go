@@ -38,11 +38,11 @@ no_match), its tags and its signature, or why it is excluded.
 
 Several files are merged by timestamp and read as one stream. FILE "-" is
 standard input (tcpdump -w - | connscope classify -), and a file compressed
-with gzip (.pcap.gz) is decompressed as it is read; for other compressors,
-pipe (zstd -dc capture.pcap.zst | connscope classify -). A corrupt or
-truncated file is reported with its byte offset (in the decompressed data
-of a gzip file) after the connections read before it, and the exit status
-is then 1.
+with gzip or zstd (.pcap.gz, .pcapng.zst) is decompressed as it is read;
+for other compressors, pipe (xzcat capture.pcap.xz | connscope classify -).
+A corrupt or truncated file is reported with its byte offset (in the
+decompressed data of a compressed file) after the connections read before
+it, and the exit status is then 1.
 
 Formats:
   table  a summary for people: stage shares, tags, signatures, anomalous connections
