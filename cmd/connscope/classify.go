@@ -4,10 +4,16 @@ import (
 	"bufio"
 	"encoding/json"
 	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"slices"
+	"sync"
 	"time"
 
 	"github.com/spf13/cobra"
 
+	"github.com/connscope/connscope/classifier/capture"
 	"github.com/connscope/connscope/classifier/classify"
 	"github.com/connscope/connscope/classifier/flow"
 	"github.com/connscope/connscope/classifier/offline"
@@ -42,7 +48,9 @@ with gzip or zstd (.pcap.gz, .pcapng.zst) is decompressed as it is read;
 for other compressors, pipe (xzcat capture.pcap.xz | connscope classify -).
 A corrupt or truncated file is reported with its byte offset (in the
 decompressed data of a compressed file) after the connections read before
-it, and the exit status is then 1.
+it, and the exit status is then 1. With "-" among the files, Ctrl-C (which
+also stops the tcpdump in front) finishes the reading instead of killing
+it; a second Ctrl-C stops at once.
 
 Formats:
   table  a summary for people: stage shares, tags, signatures, anomalous connections
@@ -91,6 +99,9 @@ func runClassify(cmd *cobra.Command, o classifyOptions, files []string) error {
 	if err := offline.CheckNames(files); err != nil {
 		return err
 	}
+	if slices.Contains(files, capture.Stdin) {
+		defer finishOnInterrupt(cmd.ErrOrStderr())()
+	}
 
 	out := bufio.NewWriterSize(cmd.OutOrStdout(), 1<<16)
 	sum := report.Summary{MaxAnomalous: o.anomalies}
@@ -131,4 +142,36 @@ func runClassify(cmd *cobra.Command, o classifyOptions, files []string) error {
 		fmt.Fprintln(cmd.ErrOrStderr(), string(b))
 	}
 	return readErr
+}
+
+// finishOnInterrupt makes an interrupt (Ctrl-C) finish the classification
+// instead of killing it, for a capture read from standard input: in
+// tcpdump -w - | connscope classify -, Ctrl-C reaches both, tcpdump writes
+// what it holds and exits, and classify then reads the end of its input
+// and reports every connection, as tcpdump reports its counts. A second
+// interrupt stops at once (exit status 130). The returned function undoes
+// it.
+func finishOnInterrupt(stderr io.Writer) (undo func()) {
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, os.Interrupt)
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		select {
+		case <-sig:
+		case <-done:
+			return
+		}
+		fmt.Fprintln(stderr, "connscope classify: interrupted: finishing when standard input ends (interrupt again to stop now)")
+		select {
+		case <-sig:
+			os.Exit(130)
+		case <-done:
+		}
+	})
+	return func() {
+		signal.Stop(sig)
+		close(done)
+		wg.Wait()
+	}
 }

@@ -10,6 +10,8 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -371,5 +373,85 @@ func TestUnsupportedInterfaceIsSkippedNotTheFile(t *testing.T) {
 	}
 	if !strings.Contains(stderr, `"skipped_unsupported_link_type":1`) {
 		t.Errorf("--stats does not count the skipped frame: %s", stderr)
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe for a writer and a reader at once.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// TestInterruptFinishesStandardInput: with "-" among the files, an
+// interrupt (Ctrl-C on tcpdump -w - | connscope classify -) does not kill
+// classify: it reads on to the end of its input and reports every
+// connection. The test sends SIGINT to its own process; without the
+// handler that kills the test binary, which fails the test.
+func TestInterruptFinishesStandardInput(t *testing.T) {
+	conns := map[uint16][]string{}
+	for p := range 20000 {
+		conns[uint16(20000+p)] = []string{"S", "R"}
+	}
+	data, err := os.ReadFile(writeCapture(t, conns))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := os.Stdin
+	os.Stdin = pr
+	defer func() { os.Stdin = old; pr.Close() }()
+
+	cmd := newRootCommand()
+	var out bytes.Buffer
+	var errb syncBuffer
+	cmd.SetOut(&out)
+	cmd.SetErr(&errb)
+	cmd.SetArgs([]string{"classify", "-"})
+	res := make(chan error, 1)
+	go func() { res <- cmd.Execute() }()
+
+	// More than the pipe and the reader's first buffers hold: once this
+	// write returns, classify is reading, so its handler is in place.
+	const first = 3 << 19
+	if len(data) <= first {
+		t.Fatalf("the capture is %d bytes: too small for the test", len(data))
+	}
+	if _, err := pw.Write(data[:first]); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Kill(os.Getpid(), syscall.SIGINT); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for !strings.Contains(errb.String(), "interrupted: finishing when standard input ends") {
+		if time.Now().After(deadline) {
+			t.Fatalf("no word of the interrupt on stderr: %q", errb.String())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if _, err := pw.Write(data[first:]); err != nil {
+		t.Fatal(err)
+	}
+	pw.Close()
+	if err := <-res; err != nil {
+		t.Fatalf("classify: %v", err)
+	}
+	if !strings.Contains(out.String(), "Connections: 20000 classified") {
+		t.Errorf("not every connection reported after the interrupt:\n%s", out.String())
 	}
 }
