@@ -22,7 +22,7 @@ const Stdin = "-"
 // that a capture can be piped in (tcpdump -w -, xzcat). A file compressed
 // with gzip or zstd (recognised by its first bytes, whatever its name:
 // archives such as MAWI's and CAIDA's keep .pcap.gz files, and Wireshark
-// writes and reads both) is decompressed as it is read, concatenated
+// reads both) is decompressed as it is read, concatenated
 // members or frames as one stream. The byte offsets in a compressed
 // file's errors count decompressed bytes, and the file's name in them says
 // so; an error of the compressed data itself (a bad checksum, a truncated
