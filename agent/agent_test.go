@@ -1,7 +1,6 @@
 package agent
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"io"
@@ -19,6 +18,7 @@ import (
 	"github.com/connscope/connscope/agent/nflog"
 	"github.com/connscope/connscope/agent/ship"
 	"github.com/connscope/connscope/classifier/capture"
+	"github.com/connscope/connscope/internal/clitest"
 	"github.com/connscope/connscope/packet"
 )
 
@@ -187,28 +187,10 @@ type failingSink struct{ err error }
 func (s failingSink) Send(context.Context, []packet.Record) error { return s.err }
 func (s failingSink) Close() error                                { return nil }
 
-// syncBuffer is a bytes.Buffer for a logger written from goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
-}
-
 // TestSinkFailingWarningSaysWhy: when the sink starts failing, the one
 // warning says why (the sink's error), and retries do not repeat it.
 func TestSinkFailingWarningSaysWhy(t *testing.T) {
-	var logs syncBuffer
+	var logs clitest.Buffer
 	a, err := New(validConfig(), Options{Logger: slog.New(slog.NewTextHandler(&logs, nil))})
 	if err != nil {
 		t.Fatal(err)

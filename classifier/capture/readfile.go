@@ -66,7 +66,7 @@ func Open(path string) (*Reader, io.Closer, error) {
 			return nil, nil, fmt.Errorf("%s: zstd: %w", name, err)
 		}
 		src = compressedErrors{zr, "zstd"}
-		closer = closers{zstdCloser{zr}, f}
+		closer = closeFunc(func() error { zr.Close(); return f.Close() })
 		name += " (zstd, decompressed)"
 	}
 	r, err := NewReader(src, name)
@@ -104,22 +104,10 @@ func (c compressedErrors) Read(p []byte) (int, error) {
 	return n, err
 }
 
-type zstdCloser struct{ d *zstd.Decoder }
+// closeFunc is a Close method made of a function.
+type closeFunc func() error
 
-func (z zstdCloser) Close() error { z.d.Close(); return nil }
-
-// closers closes each in turn and returns the first error.
-type closers []io.Closer
-
-func (cs closers) Close() error {
-	var first error
-	for _, c := range cs {
-		if err := c.Close(); err != nil && first == nil {
-			first = err
-		}
-	}
-	return first
-}
+func (f closeFunc) Close() error { return f() }
 
 // ReadFile returns every TCP packet record of the capture file at path
 // (opened as Open does), in file order. It holds them all in memory: for

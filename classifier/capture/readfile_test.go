@@ -13,6 +13,7 @@ import (
 
 	"github.com/klauspost/compress/zstd"
 
+	"github.com/connscope/connscope/internal/clitest"
 	"github.com/connscope/connscope/packet"
 )
 
@@ -158,17 +159,7 @@ func TestOpenStdin(t *testing.T) {
 		data []byte
 	}{{"plain", file}, {"gzip", gzipped(t, file)}, {"zstd", zstded(t, 1<<20, file)}} {
 		t.Run(tc.name, func(t *testing.T) {
-			pr, pw, err := os.Pipe()
-			if err != nil {
-				t.Fatal(err)
-			}
-			go func() {
-				pw.Write(tc.data)
-				pw.Close()
-			}()
-			old := os.Stdin
-			os.Stdin = pr
-			defer func() { os.Stdin = old; pr.Close() }()
+			clitest.StdinFrom(t, tc.data)
 			got, err := ReadFile(Stdin)
 			if err != nil {
 				t.Fatal(err)
@@ -181,16 +172,8 @@ func TestOpenStdin(t *testing.T) {
 }
 
 func TestOpenStdinNamedInErrors(t *testing.T) {
-	pr, pw, err := os.Pipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	pw.Write([]byte("not a capture"))
-	pw.Close()
-	old := os.Stdin
-	os.Stdin = pr
-	defer func() { os.Stdin = old; pr.Close() }()
-	_, err = ReadFile(Stdin)
+	clitest.StdinFrom(t, []byte("not a capture"))
+	_, err := ReadFile(Stdin)
 	if err == nil || !strings.HasPrefix(err.Error(), "standard input: byte 0: magic number") {
 		t.Fatalf("error %v, want one naming standard input and the bad magic number", err)
 	}

@@ -10,12 +10,12 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/connscope/connscope/classifier/capture"
+	"github.com/connscope/connscope/internal/clitest"
 	"github.com/connscope/connscope/packet"
 )
 
@@ -286,17 +286,7 @@ func TestGzipAndStandardInputClassifyAsThePlainFile(t *testing.T) {
 		t.Errorf("the gzip file: error %v, output\n%s\nwant\n%s", err, got, want)
 	}
 
-	pr, pw, err := os.Pipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	go func() {
-		pw.Write(gz.Bytes())
-		pw.Close()
-	}()
-	old := os.Stdin
-	os.Stdin = pr
-	defer func() { os.Stdin = old; pr.Close() }()
+	clitest.StdinFrom(t, gz.Bytes())
 	got, _, err = runCLI(t, "classify", "--format", "json", "-", other)
 	if err != nil || got != want {
 		t.Errorf("gzip on standard input: error %v, output\n%s\nwant\n%s", err, got, want)
@@ -376,24 +366,6 @@ func TestUnsupportedInterfaceIsSkippedNotTheFile(t *testing.T) {
 	}
 }
 
-// syncBuffer is a bytes.Buffer safe for a writer and a reader at once.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // TestInterruptFinishesStandardInput: with "-" among the files, an
 // interrupt (Ctrl-C on tcpdump -w - | connscope classify -) does not kill
 // classify: it reads on to the end of its input and reports every
@@ -408,17 +380,11 @@ func TestInterruptFinishesStandardInput(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	pr, pw, err := os.Pipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	old := os.Stdin
-	os.Stdin = pr
-	defer func() { os.Stdin = old; pr.Close() }()
+	pw := clitest.Stdin(t)
 
 	cmd := newRootCommand()
 	var out bytes.Buffer
-	var errb syncBuffer
+	var errb clitest.Buffer
 	cmd.SetOut(&out)
 	cmd.SetErr(&errb)
 	cmd.SetArgs([]string{"classify", "-"})
