@@ -243,8 +243,8 @@ func (a *Agent) Run(ctx context.Context) error {
 	a.nflogBound.Store(true)
 	a.log.Info("NFLOG group bound", "group", cfg.NFLOGGroup, "copyRange", cfg.CopyRange, "receiveBuffer", conn.ReadBufferSize())
 
-	readDone := make(chan error, 1)
-	go func() { readDone <- a.read(conn) }()
+	readDone, stopRead := make(chan error, 1), make(chan struct{})
+	go func() { readDone <- a.read(conn, stopRead) }()
 
 	queueCtx, stopQueue := context.WithCancel(context.Background())
 	defer stopQueue()
@@ -297,9 +297,12 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	a.rulesPresent.Store(false)
 
-	// 2. Read what the kernel still holds for the group, then close it.
+	// 2. Read what the kernel still holds for the group, then close it
+	// (what the reader has not read by then, waiting for room in a queue
+	// that a slow sink keeps full, is left unread).
 	if !readerDone {
 		time.Sleep(drainWait)
+		close(stopRead)
 		_ = conn.Close()
 		if err := <-readDone; err != nil && !errors.Is(err, net.ErrClosed) && runErr == nil {
 			runErr = fmt.Errorf("read NFLOG group %d: %w", cfg.NFLOGGroup, err)
@@ -348,28 +351,44 @@ func (a *Agent) handle(p *nflog.Packet) {
 	}
 }
 
-// offerStaged offers the staged records to the queue, which never blocks:
-// what does not fit in a full queue is dropped (the queue counts it).
-func (a *Agent) offerStaged() {
-	if len(a.staged) > 0 {
-		a.queue.Load().OfferBatch(a.staged)
-		a.staged = a.staged[:0]
+// offerStaged hands the staged records to q, waiting for room as long as
+// the queue is full, until stop is closed: then what does not fit is
+// dropped, and counted by the queue as queue_full.
+func (a *Agent) offerStaged(q *ship.Queue, stop <-chan struct{}) {
+	recs := a.staged
+	for len(recs) > 0 {
+		// The reader is the queue's one producer: once there is room for
+		// k records, OfferBatch takes k.
+		k := min(len(recs), q.Config().Capacity)
+		if !q.WaitRoom(k, stop) {
+			q.OfferBatch(recs)
+			break
+		}
+		recs = recs[q.OfferBatch(recs[:k]):]
 	}
+	a.staged = a.staged[:0]
 }
 
 // read reads the group until it is closed, decoding each kernel batch's
-// packets (handle) and offering them to the queue together. After each
-// batch it lets the other goroutines run (the queue's sender above all):
-// with one processor, as under a small CPU limit, a reader that finds a
-// backlog in the socket would otherwise keep the processor until it is
-// preempted, the sender would not run, and records decoded at a cost
-// would be dropped at a full queue; yielding, the sender writes what is
-// queued and the kernel holds the rest in the socket, where it costs
-// nothing until it is read.
-func (a *Agent) read(conn *nflog.Conn) error {
+// packets (handle) and offering them to the queue together.
+//
+// While the queue is full it waits for room before it reads on: when the
+// sink is slower than the traffic (a small CPU limit, a sink that is
+// down), what is not read yet waits in the socket's receive buffer, where
+// it costs nothing, and what the buffer cannot hold is dropped by the
+// kernel and counted from its sequence numbers (kernel_seq_gap). Reading
+// and decoding packets only to drop them at a full queue would take the
+// CPU the sender needs, and lose as many. Closing stop ends the wait.
+//
+// After each batch it lets the other goroutines run (the queue's sender
+// above all): with one processor a reader that finds a backlog in the
+// socket would otherwise fill the queue before the sender takes any, and
+// the records would go cold in the cache.
+func (a *Agent) read(conn *nflog.Conn, stop <-chan struct{}) error {
+	q := a.queue.Load()
 	for {
 		_, err := conn.ReadBatch(a.handle)
-		a.offerStaged()
+		a.offerStaged(q, stop)
 		if err != nil {
 			return err
 		}

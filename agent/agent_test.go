@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -120,7 +121,7 @@ func TestLoggedPacketsBecomeRecordsOrAreCounted(t *testing.T) {
 	if len(sink.got) != 0 || q.Stats().Offered != 0 {
 		t.Fatal("a record reached the queue before its kernel batch was read")
 	}
-	a.offerStaged()
+	a.offerStaged(q, nil)
 
 	if got := [3]uint64{a.undecodable[decodeNotTCP].Load(), a.undecodable[decodeTruncated].Load(), a.undecodable[decodeMalformed].Load()}; got != [3]uint64{1, 2, 1} {
 		t.Errorf("undecodable not_tcp, truncated, malformed = %v, want [1 2 1]", got)
@@ -136,6 +137,108 @@ func TestLoggedPacketsBecomeRecordsOrAreCounted(t *testing.T) {
 	}
 	if c := a.counters(); c.ReadErrors != 4 || c.DroppedQueueFull != 0 {
 		t.Errorf("counters %+v", c)
+	}
+}
+
+// gateSink takes batches once open is closed, and keeps them.
+type gateSink struct {
+	open chan struct{}
+	mu   sync.Mutex
+	got  []packet.Record
+}
+
+func (s *gateSink) Send(ctx context.Context, b []packet.Record) error {
+	select {
+	case <-s.open:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.got = append(s.got, b...)
+	return nil
+}
+func (s *gateSink) Close() error { return nil }
+
+func (s *gateSink) records() []packet.Record {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]packet.Record(nil), s.got...)
+}
+
+// stage decodes n logged SYNs, source ports 1000 on, as one kernel batch,
+// and returns the records they make.
+func stage(a *Agent, n int) []packet.Record {
+	want := make([]packet.Record, n)
+	for i := range want {
+		r := &want[i]
+		*r = packet.Record{Timestamp: int64(1000 + i), SrcPort: uint16(1000 + i), DstPort: 443, Flags: packet.SYN, Seq: 7, TTL: 64, Window: 1000}
+		r.SetSrc(mustAddr("192.0.2.1"))
+		r.SetDst(mustAddr("198.51.100.2"))
+		a.handle(&nflog.Packet{Timestamp: r.Timestamp, Payload: capture.BuildPacket(r)})
+	}
+	return want
+}
+
+func TestAFullQueueMakesTheReaderWaitInsteadOfDropping(t *testing.T) {
+	a, err := New(validConfig(), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sink := &gateSink{open: make(chan struct{})}
+	q := ship.NewQueue(sink, ship.QueueConfig{Capacity: 64, BatchSize: 16, FlushInterval: time.Millisecond})
+	a.queue.Store(q)
+	ctx, cancel := context.WithCancel(context.Background())
+	ran := make(chan error, 1)
+	go func() { ran <- q.Run(ctx) }()
+	defer func() { cancel(); <-ran }()
+
+	want := stage(a, 200) // a kernel batch larger than the whole queue
+	offered := make(chan struct{})
+	go func() { a.offerStaged(q, nil); close(offered) }()
+	time.Sleep(20 * time.Millisecond)
+	select {
+	case <-offered:
+		t.Fatal("offerStaged returned with 200 records for a queue of 64 whose sink takes nothing")
+	default:
+	}
+	close(sink.open)
+	select {
+	case <-offered:
+	case <-time.After(30 * time.Second):
+		t.Fatal("offerStaged still waiting 30 s after the sink opened")
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for q.Stats().Shipped < 200 && time.Now().Before(deadline) {
+		time.Sleep(2 * time.Millisecond)
+	}
+	if s := q.Stats(); s.Shipped != 200 || s.DroppedQueueFull != 0 {
+		t.Fatalf("queue stats %+v: want the 200 records shipped, none dropped", s)
+	}
+	if got := sink.records(); !slices.Equal(got, want) {
+		t.Fatalf("shipped %d records, not the 200 staged in order", len(got))
+	}
+}
+
+func TestAReaderToldToStopWhileTheQueueIsFullCountsWhatItDrops(t *testing.T) {
+	a, err := New(validConfig(), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	q := ship.NewQueue(&gateSink{open: make(chan struct{})}, ship.QueueConfig{Capacity: 64, BatchSize: 16})
+	a.queue.Store(q) // nothing runs the queue: it takes 64 records, then is full
+	stage(a, 200)
+	stop := make(chan struct{})
+	close(stop)
+	a.offerStaged(q, stop)
+	if s := q.Stats(); s.Offered != 200 || s.Queued != 64 || s.DroppedQueueFull != 136 {
+		t.Fatalf("queue stats %+v: want 200 offered, 64 queued, 136 dropped and counted", s)
+	}
+	if c := a.counters(); c.DroppedQueueFull != 136 {
+		t.Fatalf("the agent's counters say %d dropped at the queue, want 136", c.DroppedQueueFull)
+	}
+	if len(a.staged) != 0 {
+		t.Fatalf("%d records still staged", len(a.staged))
 	}
 }
 

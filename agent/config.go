@@ -110,8 +110,9 @@ type Config struct {
 	// re-read when it changes (--sink-token-file). Optional.
 	SinkTokenFile string `json:"sinkTokenFile,omitempty"`
 	// queueCapacity is how many records wait for the sink at most, the
-	// batch being sent included; more are dropped and counted
-	// (--queue-capacity). A record takes about 90 bytes. Default 65536.
+	// batch being sent included (--queue-capacity); while it is full the
+	// reader waits and the NFLOG socket's receive buffer holds what comes.
+	// A record takes about 90 bytes. Default 65536.
 	QueueCapacity int `json:"queueCapacity"`
 	// nodeName names this node in what the agent ships (--node-name).
 	// Default: $NODE_NAME, else the host name.
@@ -197,7 +198,7 @@ func (c *Config) AddFlags(fs *pflag.FlagSet) {
 	fs.DurationVar((*time.Duration)(&c.Resync), "resync", time.Duration(c.Resync), "how often the rules are checked and restored if removed")
 	fs.StringVar(&c.Sink, "sink", c.Sink, "where records go: grpc://HOST:PORT, grpcs://HOST:PORT, clickhouse://HOST:8123/DATABASE or file:///PATH.pcapng (required)")
 	fs.StringVar(&c.SinkTokenFile, "sink-token-file", c.SinkTokenFile, "file holding the bearer token sent to a gRPC sink")
-	fs.IntVar(&c.QueueCapacity, "queue-capacity", c.QueueCapacity, "records waiting for the sink at most; more are dropped and counted")
+	fs.IntVar(&c.QueueCapacity, "queue-capacity", c.QueueCapacity, "records waiting for the sink at most; while they are, the NFLOG socket's receive buffer holds what comes, and what it cannot hold is lost and counted")
 	fs.StringVar(&c.NodeName, "node-name", c.NodeName, "name of this node in shipped records (default $NODE_NAME, else the host name)")
 	fs.StringVar(&c.MetricsAddr, "metrics-addr", c.MetricsAddr, `address serving /metrics, /healthz and /readyz; "" turns it off`)
 	fs.DurationVar((*time.Duration)(&c.SinkUnreadyAfter), "sink-unready-after", time.Duration(c.SinkUnreadyAfter), "how long the sink may fail before /readyz reports not ready")

@@ -18,8 +18,11 @@
 //     (the canary) and restores them when someone flushed or edited them;
 //  5. decodes each logged packet into a packet.Record (IP and TCP header
 //     fields only: nothing beyond the TCP header is kept) and offers it to
-//     a bounded queue towards the sink, which never blocks the reader: a
-//     full queue drops the record and counts it;
+//     a bounded queue towards the sink. While the queue is full it waits
+//     for room before it reads on, so that when the sink is slower than
+//     the traffic (a small CPU limit, a sink that is down) the rest waits
+//     in the socket's receive buffer, and what overflows it is lost in the
+//     kernel and counted from NFLOG's sequence numbers;
 //  6. on ctx's end (SIGTERM, SIGINT): removes its rules, reads what the
 //     kernel still held for the group, closes it, and flushes the queue to
 //     the sink for at most Config.ShutdownTimeout.

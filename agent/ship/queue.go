@@ -166,7 +166,9 @@ type Queue struct {
 
 	// wake is signalled, without waiting, when a record is queued into an
 	// empty ring and when a batch's worth of records is queued.
-	wake    chan struct{}
+	wake chan struct{}
+	// room is signalled, without waiting, when Run frees cells (WaitRoom).
+	room    chan struct{}
 	running atomic.Bool
 
 	// pending is the batch being sent, kept across Run calls: a batch
@@ -190,6 +192,7 @@ func NewQueue(sink Sink, c QueueConfig) *Queue {
 		cells:   make([]cell, c.Capacity),
 		n:       uint64(c.Capacity),
 		wake:    make(chan struct{}, 1),
+		room:    make(chan struct{}, 1),
 		pending: make([]packet.Record, 0, c.BatchSize),
 	}
 	for i := range q.cells {
@@ -292,6 +295,28 @@ func (q *Queue) OfferBatch(recs []packet.Record) int {
 	return int(k)
 }
 
+// WaitRoom waits until the ring has room for n records (at most its
+// capacity) and returns true, or returns false as soon as done is closed.
+// A single producer that calls it before offering each batch of up to n
+// records has none dropped at a full ring: it waits, instead of producing
+// records only to have them dropped. The agent waits before reading each
+// kernel batch, so that what it cannot ship yet stays in the socket's
+// receive buffer, where it costs no CPU, and what the buffer cannot hold
+// is lost in the kernel, counted by NFLOG's sequence numbers.
+func (q *Queue) WaitRoom(n int, done <-chan struct{}) bool {
+	need := min(uint64(max(n, 0)), q.n)
+	for {
+		if q.head.Load()+q.n-q.tail.Load() >= need {
+			return true
+		}
+		select {
+		case <-q.room:
+		case <-done:
+			return false
+		}
+	}
+}
+
 // Stats returns the counters; safe to call from any goroutine.
 func (q *Queue) Stats() Stats {
 	// Shipped and rejected first: they never exceed the tail read after.
@@ -322,7 +347,8 @@ func (q *Queue) LastError() error {
 // take moves up to max records that are ready, at positions before end,
 // from the ring to the pending batch. Run only.
 func (q *Queue) take(max int, end uint64) {
-	head := q.head.Load()
+	start := q.head.Load()
+	head := start
 	for len(q.pending) < max && head < end {
 		c := &q.cells[head%q.n]
 		if c.seq.Load() != head+1 {
@@ -332,7 +358,13 @@ func (q *Queue) take(max int, end uint64) {
 		c.seq.Store(head + q.n)
 		head++
 	}
-	q.head.Store(head)
+	if head != start {
+		q.head.Store(head)
+		select {
+		case q.room <- struct{}{}:
+		default:
+		}
+	}
 }
 
 // ready is the number of positions claimed and not yet taken (some may

@@ -248,6 +248,73 @@ func TestBatchAndSingleProducersLoseNothingAndKeepTheirOrder(t *testing.T) {
 	everyProducerShippedInOrder(t, q, sink, producers, each)
 }
 
+func TestWaitRoomWaitsForTheSenderOrForDone(t *testing.T) {
+	sink := &memSink{}
+	q := NewQueue(sink, QueueConfig{Capacity: 64, BatchSize: 16, FlushInterval: time.Millisecond})
+	recs := records(64, 0, 10)
+	if n := q.OfferBatch(recs); n != 64 {
+		t.Fatalf("%d of 64 accepted into an empty ring of 64", n)
+	}
+	if !q.WaitRoom(0, nil) {
+		t.Fatal("WaitRoom(0) waited on a full ring")
+	}
+
+	// Nothing takes from the ring: one waiter is let go by done, the
+	// other waits until Run frees cells.
+	done := make(chan struct{})
+	gaveUp, gotRoom := make(chan bool, 1), make(chan bool, 1)
+	go func() { gaveUp <- q.WaitRoom(16, done) }()
+	go func() { gotRoom <- q.WaitRoom(1000, nil) }() // more than the ring: its capacity
+	time.Sleep(20 * time.Millisecond)
+	select {
+	case <-gaveUp:
+		t.Fatal("WaitRoom returned while the ring was full and done open")
+	case <-gotRoom:
+		t.Fatal("WaitRoom returned while the ring was full")
+	default:
+	}
+	close(done)
+	if <-gaveUp {
+		t.Fatal("WaitRoom reported room after done was closed on a full ring")
+	}
+	runQueue(t, q)
+	select {
+	case ok := <-gotRoom:
+		if !ok {
+			t.Fatal("WaitRoom reported no room")
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("WaitRoom still waiting 30 s after Run started")
+	}
+	waitFor(t, "the 64 records shipped", 30*time.Second, func() bool { return q.Stats().Shipped == 64 })
+	sameRecords(t, sink.delivered(), recs)
+}
+
+func TestAProducerThatWaitsForRoomLosesNothingToAFullRing(t *testing.T) {
+	const total, batch = 20000, 100
+	// A sink slower than the producer: without WaitRoom most records
+	// would meet a full ring.
+	sink := &memSink{fail: func(int) error { time.Sleep(100 * time.Microsecond); return nil }}
+	q := NewQueue(sink, QueueConfig{Capacity: 256, BatchSize: 64, FlushInterval: time.Millisecond})
+	runQueue(t, q)
+	recs := records(total, 0, 11)
+	for i := 0; i < total; i += batch {
+		if !q.WaitRoom(batch, nil) {
+			t.Fatal("WaitRoom gave up with done nil")
+		}
+		if n := q.OfferBatch(recs[i : i+batch]); n != batch {
+			t.Fatalf("OfferBatch took %d of %d after WaitRoom(%d)", n, batch, batch)
+		}
+	}
+	waitFor(t, "every record shipped", 60*time.Second, func() bool { return q.Stats().Shipped == total })
+	s := q.Stats()
+	if s.DroppedQueueFull != 0 {
+		t.Fatalf("%d dropped at a full ring", s.DroppedQueueFull)
+	}
+	checkInvariant(t, s)
+	sameRecords(t, sink.delivered(), recs)
+}
+
 func TestRunShipsWhatIsQueuedWhenItsContextEnds(t *testing.T) {
 	sink := &memSink{}
 	q := NewQueue(sink, QueueConfig{Capacity: 1000, BatchSize: 1000, FlushInterval: time.Hour})
