@@ -357,14 +357,14 @@ func (a *Agent) handle(p *nflog.Packet) {
 func (a *Agent) offerStaged(q *ship.Queue, stop <-chan struct{}) {
 	recs := a.staged
 	for len(recs) > 0 {
-		// The reader is the queue's one producer: once there is room for
-		// k records, OfferBatch takes k.
-		k := min(len(recs), q.Config().Capacity)
-		if !q.WaitRoom(k, stop) {
+		// The reader is the queue's one producer: the room WaitRoom
+		// reports stays free for it.
+		free := q.WaitRoom(stop)
+		if free == 0 {
 			q.OfferBatch(recs)
 			break
 		}
-		recs = recs[q.OfferBatch(recs[:k]):]
+		recs = recs[q.OfferBatch(recs[:min(len(recs), free)]):]
 	}
 	a.staged = a.staged[:0]
 }

@@ -32,7 +32,7 @@ const (
 	DefaultPacketCap        = 10
 	DefaultCopyRange        = 128
 	DefaultResync           = 10 * time.Second
-	DefaultQueueCapacity    = 65536
+	DefaultQueueCapacity    = 4096
 	DefaultMetricsAddr      = ":9477"
 	DefaultShutdownTimeout  = 10 * time.Second
 	DefaultSinkUnreadyAfter = time.Minute
@@ -111,8 +111,11 @@ type Config struct {
 	SinkTokenFile string `json:"sinkTokenFile,omitempty"`
 	// queueCapacity is how many records wait for the sink at most, the
 	// batch being sent included (--queue-capacity); while it is full the
-	// reader waits and the NFLOG socket's receive buffer holds what comes.
-	// A record takes about 90 bytes. Default 65536.
+	// reader waits and the NFLOG socket's receive buffer (16 MiB, about
+	// 60000 packets in full kernel batches) holds what comes. A record
+	// takes about 90 bytes. Default 4096: a queue that stays in the
+	// processor's cache (with 65536 the agent spent 14 % more CPU per
+	// packet under a small CPU limit).
 	QueueCapacity int `json:"queueCapacity"`
 	// nodeName names this node in what the agent ships (--node-name).
 	// Default: $NODE_NAME, else the host name.

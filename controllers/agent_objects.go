@@ -134,7 +134,8 @@ func AgentServiceAccount(p *samplingv1alpha1.SamplingPolicy, opts Options) *core
 }
 
 // defaultAgentResources are the agent's requests and limits unless the
-// policy sets its own: its queue holds up to 65536 records of ~90 bytes.
+// policy sets its own: its queue holds 4096 records of ~90 bytes, its
+// NFLOG socket up to 16 MiB.
 func defaultAgentResources() corev1.ResourceRequirements {
 	return corev1.ResourceRequirements{
 		Requests: corev1.ResourceList{

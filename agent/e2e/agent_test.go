@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/connscope/connscope/agent"
 	"github.com/connscope/connscope/agent/ship/shiptest"
 	"github.com/connscope/connscope/internal/golden"
 	"github.com/connscope/connscope/packet"
@@ -168,7 +169,7 @@ func checkMetrics(t *testing.T, m map[string]float64, backend string) {
 		`connscope_agent_rules_present`:                                 1,
 		`connscope_agent_nflog_bound`:                                   1,
 		`connscope_agent_ready`:                                         1,
-		`connscope_agent_queue_capacity_records`:                        65536,
+		`connscope_agent_queue_capacity_records`:                        agent.DefaultQueueCapacity,
 	} {
 		if m[name] != want {
 			t.Errorf("%s = %v, want %v", name, m[name], want)
@@ -461,10 +462,14 @@ func TestRulesNeverInstalledAreNotReportedLeft(t *testing.T) {
 }
 
 // TestSinkDownThenBack: with the classifier down (grpc:// to a closed
-// port) the agent keeps running and sampling, the queue stays within its
-// capacity, the drops and sink errors are counted, memory stays bounded,
-// and /readyz turns 503 after --sink-unready-after; when a receiver
-// appears on that port, shipping resumes and the agent is ready again.
+// port) the agent keeps running and sampling, the queue fills to its
+// capacity and no further, sink errors are counted, memory stays bounded,
+// and /readyz turns 503 after --sink-unready-after. The reader waits for
+// room instead of dropping: what it has not read stays in the NFLOG
+// socket's receive buffer, which holds these 900 records with room to
+// spare, so nothing is lost. When a receiver appears on that port, every
+// record logged meanwhile is shipped, new ones too, and the agent is ready
+// again.
 func TestSinkDownThenBack(t *testing.T) {
 	needRoot(t)
 	ns := newNS(t, "")
@@ -475,33 +480,41 @@ func TestSinkDownThenBack(t *testing.T) {
 	}
 	recv.Stop()
 
-	const capacity = 256
-	a := ns.startAgent("agent", policyA("--backend", "nft", "--packet-cap", "3", "--sink", recv.URL(),
-		"--queue-capacity", strconv.Itoa(capacity), "--sink-unready-after", "2s", "--shutdown-timeout", "3s")...)
-	a.waitReady(startTimeout)
+	// Only the server's port is sampled, so that the agent's own
+	// connections (its sink, the scrapes) are not counted.
 	srv := ns.serve("127.0.0.1:0")
 	addr := fmt.Sprintf("127.0.0.1:%d", srv.port)
-	for range 300 { // 900 records or more, for a queue of 256
+	const capacity = 256
+	a := ns.startAgent("agent", policyA("--backend", "nft", "--packet-cap", "3", "--sink", recv.URL(), "--ports", fmt.Sprint(srv.port),
+		"--queue-capacity", strconv.Itoa(capacity), "--sink-unready-after", "2s", "--shutdown-timeout", "3s")...)
+	a.waitReady(startTimeout)
+	const conns = 300 // 3 client packets each: 900 records, for a queue of 256
+	for range conns {
 		ns.abort(addr)
 	}
 	var m map[string]float64
-	eventually(t, pollTimeout, "drops counted", func() bool {
+	eventually(t, pollTimeout, "the queue full and the sink's failures counted", func() bool {
 		m = a.scrape()
-		return m[`connscope_agent_packets_lost_total{reason="queue_full"}`] > 0 && m["connscope_agent_sink_errors_total"] > 0 &&
-			m["connscope_agent_packets_logged_total"] >= 900
+		return m["connscope_agent_records_queued"] == capacity && m["connscope_agent_sink_errors_total"] > 0
 	}, func() string { return fmt.Sprintf("metrics %v", m) })
-	if q := m["connscope_agent_records_queued"]; q > capacity {
-		t.Errorf("%v records queued, above the capacity %d", q, capacity)
-	}
-	if logged, lost := m["connscope_agent_packets_logged_total"], m[`connscope_agent_packets_lost_total{reason="queue_full"}`]; logged < 900 || lost < logged-capacity {
-		t.Errorf("logged %v, dropped %v: want at least 900 logged and all but the queue's %d dropped", logged, lost, capacity)
-	}
 	var body string
 	eventually(t, pollTimeout, "/readyz reports the failing sink", func() bool {
 		var code int
 		code, body, _ = ns.httpGet(a.metrics + "/readyz")
 		return code == http.StatusServiceUnavailable && strings.Contains(body, "the sink has been failing for")
 	}, func() string { return "last /readyz: " + body })
+	m = a.scrape()
+	if q := m["connscope_agent_records_queued"]; q != capacity {
+		t.Errorf("%v records queued, want the capacity %d", q, capacity)
+	}
+	if logged := m["connscope_agent_packets_logged_total"]; logged >= 3*conns {
+		t.Errorf("%v packets read with the sink down and a queue of %d: the reader did not wait for room", logged, capacity)
+	}
+	for _, reason := range []string{"queue_full", "kernel_seq_gap"} {
+		if lost := m[`connscope_agent_packets_lost_total{reason="`+reason+`"}`]; lost != 0 {
+			t.Errorf("%v packets lost (%s) with the sink down: the socket's buffer should hold them", lost, reason)
+		}
+	}
 	if rss := rssBytes(t, a.Pid()); rss > 200<<20 {
 		t.Errorf("agent resident memory %d MiB with the sink down", rss>>20)
 	}
@@ -509,29 +522,26 @@ func TestSinkDownThenBack(t *testing.T) {
 		t.Fatalf("the agent exited:\n%s", a.Output())
 	}
 
-	// What is queued now (the ring and the batch being retried, which may
-	// have been taken before the ring filled) is what must arrive.
-	queued := int(a.scrape()["connscope_agent_records_queued"])
-	if queued == 0 || queued > capacity {
-		t.Fatalf("%d records queued with the sink down, want between 1 and %d", queued, capacity)
-	}
 	if err := ns.Do(func() error { recv.Restart(); return nil }); err != nil {
 		t.Fatal(err)
 	}
-	recv.WaitRecords(queued, pollTimeout)
+	recv.WaitRecords(3*conns, pollTimeout)
 	a.waitReady(pollTimeout)
 	for range 10 { // new connections are shipped too
 		ns.abort(addr)
 	}
-	eventually(t, pollTimeout, "new records shipped", func() bool {
+	eventually(t, pollTimeout, "every record shipped", func() bool {
 		m = a.scrape()
-		return m["connscope_agent_records_shipped_total"] >= float64(queued+30) && m["connscope_agent_sink_failing"] == 0
+		return m["connscope_agent_records_shipped_total"] == 3*(conns+10) && m["connscope_agent_sink_failing"] == 0
 	}, func() string { return fmt.Sprintf("metrics %v", m) })
-	if st := recv.Stats(); st.Records < queued+30 {
-		t.Errorf("receiver stored %d records", st.Records)
+	if logged := m["connscope_agent_packets_logged_total"]; logged != 3*(conns+10) {
+		t.Errorf("%v packets logged, want %d", logged, 3*(conns+10))
+	}
+	if st := recv.Stats(); st.Records != 3*(conns+10) {
+		t.Errorf("receiver stored %d records, want %d", st.Records, 3*(conns+10))
 	}
 	for _, b := range recv.Batches() {
-		if b.Node == "" || b.Policy != "a" || b.Counters == nil || b.Counters.PacketsDroppedQueueFull == 0 {
+		if b.Node == "" || b.Policy != "a" || b.Counters == nil || b.Counters.PacketsDroppedQueueFull != 0 || b.Counters.PacketsLostKernel != 0 {
 			t.Fatalf("batch %d: node %q policy %q counters %v", b.Sequence, b.Node, b.Policy, b.Counters)
 		}
 	}

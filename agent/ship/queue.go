@@ -295,24 +295,22 @@ func (q *Queue) OfferBatch(recs []packet.Record) int {
 	return int(k)
 }
 
-// WaitRoom waits until the ring has room for n records (at most its
-// capacity) and returns true, or returns false as soon as done is closed.
-// A single producer that calls it before offering each batch of up to n
-// records has none dropped at a full ring: it waits, instead of producing
-// records only to have them dropped. The agent waits before reading each
-// kernel batch, so that what it cannot ship yet stays in the socket's
-// receive buffer, where it costs no CPU, and what the buffer cannot hold
-// is lost in the kernel, counted by NFLOG's sequence numbers.
-func (q *Queue) WaitRoom(n int, done <-chan struct{}) bool {
-	need := min(uint64(max(n, 0)), q.n)
+// WaitRoom waits until the ring has room and returns how many records it
+// has room for (at least 1), or returns 0 as soon as done is closed. A
+// single producer that offers at most that many has none dropped: instead
+// of producing records only to have them dropped at a full ring, it waits.
+// The agent waits so, and what it cannot ship yet stays in the NFLOG
+// socket's receive buffer, where it costs no CPU; what the buffer cannot
+// hold is lost in the kernel, counted by NFLOG's sequence numbers.
+func (q *Queue) WaitRoom(done <-chan struct{}) int {
 	for {
-		if q.head.Load()+q.n-q.tail.Load() >= need {
-			return true
+		if free := q.head.Load() + q.n - q.tail.Load(); free > 0 {
+			return int(free)
 		}
 		select {
 		case <-q.room:
 		case <-done:
-			return false
+			return 0
 		}
 	}
 }

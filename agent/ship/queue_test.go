@@ -251,20 +251,24 @@ func TestBatchAndSingleProducersLoseNothingAndKeepTheirOrder(t *testing.T) {
 func TestWaitRoomWaitsForTheSenderOrForDone(t *testing.T) {
 	sink := &memSink{}
 	q := NewQueue(sink, QueueConfig{Capacity: 64, BatchSize: 16, FlushInterval: time.Millisecond})
+	if free := q.WaitRoom(nil); free != 64 {
+		t.Fatalf("WaitRoom on an empty ring of 64: %d free", free)
+	}
 	recs := records(64, 0, 10)
-	if n := q.OfferBatch(recs); n != 64 {
-		t.Fatalf("%d of 64 accepted into an empty ring of 64", n)
+	if n := q.OfferBatch(recs[:60]); n != 60 {
+		t.Fatalf("%d of 60 accepted into an empty ring of 64", n)
 	}
-	if !q.WaitRoom(0, nil) {
-		t.Fatal("WaitRoom(0) waited on a full ring")
+	if free := q.WaitRoom(nil); free != 4 {
+		t.Fatalf("WaitRoom with 60 of 64 cells taken: %d free", free)
 	}
+	q.OfferBatch(recs[60:])
 
 	// Nothing takes from the ring: one waiter is let go by done, the
 	// other waits until Run frees cells.
 	done := make(chan struct{})
-	gaveUp, gotRoom := make(chan bool, 1), make(chan bool, 1)
-	go func() { gaveUp <- q.WaitRoom(16, done) }()
-	go func() { gotRoom <- q.WaitRoom(1000, nil) }() // more than the ring: its capacity
+	gaveUp, gotRoom := make(chan int, 1), make(chan int, 1)
+	go func() { gaveUp <- q.WaitRoom(done) }()
+	go func() { gotRoom <- q.WaitRoom(nil) }()
 	time.Sleep(20 * time.Millisecond)
 	select {
 	case <-gaveUp:
@@ -274,14 +278,14 @@ func TestWaitRoomWaitsForTheSenderOrForDone(t *testing.T) {
 	default:
 	}
 	close(done)
-	if <-gaveUp {
-		t.Fatal("WaitRoom reported room after done was closed on a full ring")
+	if free := <-gaveUp; free != 0 {
+		t.Fatalf("WaitRoom reported %d free after done was closed on a full ring", free)
 	}
 	runQueue(t, q)
 	select {
-	case ok := <-gotRoom:
-		if !ok {
-			t.Fatal("WaitRoom reported no room")
+	case free := <-gotRoom:
+		if free < 1 || free > 64 {
+			t.Fatalf("WaitRoom reported %d free in a ring of 64", free)
 		}
 	case <-time.After(30 * time.Second):
 		t.Fatal("WaitRoom still waiting 30 s after Run started")
@@ -291,20 +295,23 @@ func TestWaitRoomWaitsForTheSenderOrForDone(t *testing.T) {
 }
 
 func TestAProducerThatWaitsForRoomLosesNothingToAFullRing(t *testing.T) {
-	const total, batch = 20000, 100
+	const total = 20000
 	// A sink slower than the producer: without WaitRoom most records
 	// would meet a full ring.
 	sink := &memSink{fail: func(int) error { time.Sleep(100 * time.Microsecond); return nil }}
 	q := NewQueue(sink, QueueConfig{Capacity: 256, BatchSize: 64, FlushInterval: time.Millisecond})
 	runQueue(t, q)
 	recs := records(total, 0, 11)
-	for i := 0; i < total; i += batch {
-		if !q.WaitRoom(batch, nil) {
+	for left := recs; len(left) > 0; {
+		free := q.WaitRoom(nil)
+		if free == 0 {
 			t.Fatal("WaitRoom gave up with done nil")
 		}
-		if n := q.OfferBatch(recs[i : i+batch]); n != batch {
-			t.Fatalf("OfferBatch took %d of %d after WaitRoom(%d)", n, batch, batch)
+		k := min(len(left), 100, free)
+		if n := q.OfferBatch(left[:k]); n != k {
+			t.Fatalf("OfferBatch took %d of %d after WaitRoom reported %d free", n, k, free)
 		}
+		left = left[k:]
 	}
 	waitFor(t, "every record shipped", 60*time.Second, func() bool { return q.Stats().Shipped == total })
 	s := q.Stats()
