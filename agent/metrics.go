@@ -21,7 +21,7 @@ import (
 //	connscope_agent_packets_logged_total           NFLOG packets read
 //	connscope_agent_packets_lost_total{reason}     packets lost before the sink:
 //	    kernel_seq_gap (the kernel could not queue them on the socket) and
-//	    queue_full (a kernel batch larger than the whole queue)
+//	    queue_full (read, not queued: the agent stopped with the queue full)
 //	connscope_agent_nflog_enobufs_total            receive-buffer overflow reports
 //	    (each stands for one or more packets counted in kernel_seq_gap)
 //	connscope_agent_nflog_read_errors_total        malformed or unexpected netlink messages
@@ -82,7 +82,7 @@ func (a *Agent) newRegistry() *prometheus.Registry {
 
 	counter("connscope_agent_packets_logged_total", "Packets read from the NFLOG group.", nil,
 		nf(func(s nflog.Stats) uint64 { return s.Packets }))
-	const lostHelp = "Packets lost before reaching the sink: kernel_seq_gap (the kernel could not queue them on the socket, from NFLOG sequence gaps, counted when the group's next packet arrives), queue_full (a kernel batch did not fit in the queue towards the sink: only when --queue-capacity is below the batch of 512 packets, as the reader waits for room before it reads)."
+	const lostHelp = "Packets lost before reaching the sink: kernel_seq_gap (the kernel could not queue them on the socket, from NFLOG sequence gaps, counted when the group's next packet arrives), queue_full (read but not queued because the agent stopped while the queue towards the sink was full: otherwise the reader waits for room, and what waits in the socket is counted in kernel_seq_gap if it overflows)."
 	counter("connscope_agent_packets_lost_total", lostHelp, prometheus.Labels{"reason": "kernel_seq_gap"},
 		nf(func(s nflog.Stats) uint64 { return s.SeqGaps }))
 	counter("connscope_agent_packets_lost_total", lostHelp, prometheus.Labels{"reason": "queue_full"},
