@@ -550,6 +550,70 @@ func TestSinkDownThenBack(t *testing.T) {
 	}
 }
 
+// TestStopWithTheSinkDown: SIGTERM while the sink is down and the queue
+// full, with the reader waiting for room, stops the agent within its
+// shutdown timeout: the rules are removed, the waiting reader lets go, and
+// the stop line accounts for every packet read (queued and left unshipped,
+// or dropped at the full queue as it stopped).
+func TestStopWithTheSinkDown(t *testing.T) {
+	needRoot(t)
+	ns := newNS(t, "")
+	var recv *shiptest.Receiver
+	if err := ns.Do(func() error { recv = shiptest.Start(t, shiptest.Options{}); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	recv.Stop()
+	srv := ns.serve("127.0.0.1:0")
+	addr := fmt.Sprintf("127.0.0.1:%d", srv.port)
+	const capacity = 256
+	a := ns.startAgent("agent", policyA("--backend", "nft", "--packet-cap", "3", "--sink", recv.URL(), "--ports", fmt.Sprint(srv.port),
+		"--queue-capacity", strconv.Itoa(capacity), "--shutdown-timeout", "2s")...)
+	a.waitReady(startTimeout)
+	for range 300 {
+		ns.abort(addr)
+	}
+	var m map[string]float64
+	eventually(t, pollTimeout, "the queue full", func() bool {
+		m = a.scrape()
+		return m["connscope_agent_records_queued"] == capacity && m["connscope_agent_sink_errors_total"] > 0
+	}, func() string { return fmt.Sprintf("metrics %v", m) })
+
+	if code := a.signal(syscall.SIGTERM, stopTimeout); code != 0 {
+		t.Fatalf("exit status %d:\n%s", code, a.Output())
+	}
+	golden.Require(t, "removed-nft", ns.rules())
+	out := a.Output()
+	if !strings.Contains(out, "records left unshipped") {
+		t.Errorf("no word of the records left unshipped:\n%s", out)
+	}
+	// logged = shipped + unshipped + droppedQueueFull, from the stop line.
+	var logged, shipped, unshipped, dropped int
+	for _, line := range strings.Split(out, "\n") {
+		if !strings.Contains(line, "msg=stopped") {
+			continue
+		}
+		for _, f := range strings.Fields(line) {
+			k, v, _ := strings.Cut(f, "=")
+			n, _ := strconv.Atoi(v)
+			switch k {
+			case "logged":
+				logged = n
+			case "shipped":
+				shipped = n
+			case "unshipped":
+				unshipped = n
+			case "droppedQueueFull":
+				dropped = n
+			}
+		}
+	}
+	t.Logf("stop line: logged %d, shipped %d, unshipped %d, dropped at the full queue %d", logged, shipped, unshipped, dropped)
+	if logged == 0 || shipped != 0 || logged != shipped+unshipped+dropped {
+		t.Errorf("stop line: logged %d, shipped %d, unshipped %d, dropped %d: want logged = the sum, none shipped\n%s",
+			logged, shipped, unshipped, dropped, out)
+	}
+}
+
 // TestSamplingShareIsBinomial: at probability 0.1, of 2000 new
 // connections the share the agent logged is within 5 standard deviations
 // of the binomial mean (200 ± 67), counted from the file sink.
