@@ -57,7 +57,11 @@ type Agent struct {
 	sinkFailingSince atomic.Int64
 
 	resyncs, restores, ruleErrors atomic.Uint64
-	undecodable                   [numDecodeReasons]atomic.Uint64
+	// readerWaitNanos is the time the reader waited for room in the queue
+	// in waits that ended; readerWaitingSince is when the current wait
+	// began (Unix nanoseconds), 0 while the reader is not waiting.
+	readerWaitNanos, readerWaitingSince atomic.Int64
+	undecodable                         [numDecodeReasons]atomic.Uint64
 
 	// staged holds the records of the kernel batch being read, offered to
 	// the queue together once the batch is read (Queue.OfferBatch).
@@ -359,7 +363,14 @@ func (a *Agent) offerStaged(q *ship.Queue, stop <-chan struct{}) {
 	for len(recs) > 0 {
 		// The reader is the queue's one producer: the room WaitRoom
 		// reports stays free for it.
-		free := q.WaitRoom(stop)
+		free := q.Room()
+		if free == 0 {
+			start := time.Now().UnixNano()
+			a.readerWaitingSince.Store(start)
+			free = q.WaitRoom(stop)
+			a.readerWaitingSince.Store(0)
+			a.readerWaitNanos.Add(time.Now().UnixNano() - start)
+		}
 		if free == 0 {
 			q.OfferBatch(recs)
 			break
@@ -394,6 +405,16 @@ func (a *Agent) read(conn *nflog.Conn, stop <-chan struct{}) error {
 		}
 		runtime.Gosched()
 	}
+}
+
+// readerWaitSeconds is the time the reader has waited for room in the
+// queue, the current wait included.
+func (a *Agent) readerWaitSeconds() float64 {
+	d := a.readerWaitNanos.Load()
+	if since := a.readerWaitingSince.Load(); since != 0 {
+		d += max(time.Now().UnixNano()-since, 0)
+	}
+	return float64(d) / 1e9
 }
 
 func (a *Agent) undecodableTotal() uint64 {

@@ -28,6 +28,7 @@ import (
 //	connscope_agent_packets_undecodable_total{reason}  not_tcp, truncated, malformed
 //	connscope_agent_records_queued                 records waiting for the sink
 //	connscope_agent_queue_capacity_records         the queue's bound
+//	connscope_agent_reader_wait_seconds_total      time the reader waited for room in it
 //	connscope_agent_records_shipped_total          records the sink accepted
 //	connscope_agent_sink_batches_total             batches the sink accepted
 //	connscope_agent_sink_errors_total              failed sends
@@ -100,6 +101,8 @@ func (a *Agent) newRegistry() *prometheus.Registry {
 		qs(func(s ship.Stats) float64 { return float64(s.Queued) }))
 	gauge("connscope_agent_queue_capacity_records", "Records the queue holds at most.",
 		func() float64 { return float64(a.cfg.QueueCapacity) })
+	counter("connscope_agent_reader_wait_seconds_total", "Seconds the NFLOG reader waited for room in the full queue towards the sink (a sink slower than the traffic, or down); meanwhile logged packets wait in the socket's receive buffer.", nil,
+		a.readerWaitSeconds)
 	counter("connscope_agent_records_shipped_total", "Records the sink accepted.", nil,
 		qs(func(s ship.Stats) float64 { return float64(s.Shipped) }))
 	counter("connscope_agent_sink_batches_total", "Batches the sink accepted.", nil,

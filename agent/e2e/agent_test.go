@@ -143,6 +143,7 @@ func checkMetrics(t *testing.T, m map[string]float64, backend string) {
 		`connscope_agent_packets_undecodable_total{reason="malformed"}`,
 		`connscope_agent_records_queued`,
 		`connscope_agent_queue_capacity_records`,
+		`connscope_agent_reader_wait_seconds_total`,
 		`connscope_agent_records_shipped_total`,
 		`connscope_agent_sink_batches_total`,
 		`connscope_agent_sink_errors_total`,
@@ -509,6 +510,9 @@ func TestSinkDownThenBack(t *testing.T) {
 	}
 	if logged := m["connscope_agent_packets_logged_total"]; logged >= 3*conns {
 		t.Errorf("%v packets read with the sink down and a queue of %d: the reader did not wait for room", logged, capacity)
+	}
+	if m["connscope_agent_reader_wait_seconds_total"] <= 0 {
+		t.Errorf("connscope_agent_reader_wait_seconds_total = %v with the reader waiting", m["connscope_agent_reader_wait_seconds_total"])
 	}
 	for _, reason := range []string{"queue_full", "kernel_seq_gap"} {
 		if lost := m[`connscope_agent_packets_lost_total{reason="`+reason+`"}`]; lost != 0 {

@@ -295,6 +295,10 @@ func (q *Queue) OfferBatch(recs []packet.Record) int {
 	return int(k)
 }
 
+// Room returns how many records the ring has room for now, without
+// waiting.
+func (q *Queue) Room() int { return int(q.head.Load() + q.n - q.tail.Load()) }
+
 // WaitRoom waits until the ring has room and returns how many records it
 // has room for (at least 1), or returns 0 as soon as done is closed. A
 // single producer that offers at most that many has none dropped: instead
@@ -304,8 +308,8 @@ func (q *Queue) OfferBatch(recs []packet.Record) int {
 // hold is lost in the kernel, counted by NFLOG's sequence numbers.
 func (q *Queue) WaitRoom(done <-chan struct{}) int {
 	for {
-		if free := q.head.Load() + q.n - q.tail.Load(); free > 0 {
-			return int(free)
+		if free := q.Room(); free > 0 {
+			return free
 		}
 		select {
 		case <-q.room:
