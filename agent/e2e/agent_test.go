@@ -462,6 +462,38 @@ func TestRulesNeverInstalledAreNotReportedLeft(t *testing.T) {
 	golden.Require(t, "removed-nft", ns.rules())
 }
 
+// sinkDown starts an agent whose gRPC sink is a receiver that was stopped
+// at once (its port is closed), with a queue of sinkDownCapacity records,
+// sampling only a server of the namespace (so that the agent's own
+// connections, its sink and the scrapes, are not counted). It sends that
+// server sinkDownConns aborted connections (3 client packets each: 900
+// records) and returns once the queue is full and the sink's failures are
+// counted.
+func sinkDown(t *testing.T, extra ...string) (ns *netns, recv *shiptest.Receiver, a *agentProc, addr string) {
+	t.Helper()
+	ns = newNS(t, "")
+	if err := ns.Do(func() error { recv = shiptest.Start(t, shiptest.Options{}); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	recv.Stop()
+	srv := ns.serve("127.0.0.1:0")
+	addr = fmt.Sprintf("127.0.0.1:%d", srv.port)
+	a = ns.startAgent("agent", policyA(append([]string{"--backend", "nft", "--packet-cap", "3", "--sink", recv.URL(), "--ports", fmt.Sprint(srv.port),
+		"--queue-capacity", strconv.Itoa(sinkDownCapacity)}, extra...)...)...)
+	a.waitReady(startTimeout)
+	for range sinkDownConns {
+		ns.abort(addr)
+	}
+	var m map[string]float64
+	eventually(t, pollTimeout, "the queue full and the sink's failures counted", func() bool {
+		m = a.scrape()
+		return m["connscope_agent_records_queued"] == sinkDownCapacity && m["connscope_agent_sink_errors_total"] > 0
+	}, func() string { return fmt.Sprintf("metrics %v", m) })
+	return ns, recv, a, addr
+}
+
+const sinkDownCapacity, sinkDownConns = 256, 300
+
 // TestSinkDownThenBack: with the classifier down (grpc:// to a closed
 // port) the agent keeps running and sampling, the queue fills to its
 // capacity and no further, sink errors are counted, memory stays bounded,
@@ -473,38 +505,15 @@ func TestRulesNeverInstalledAreNotReportedLeft(t *testing.T) {
 // again.
 func TestSinkDownThenBack(t *testing.T) {
 	needRoot(t)
-	ns := newNS(t, "")
-	// A receiver inside the namespace, stopped at once: its port is closed.
-	var recv *shiptest.Receiver
-	if err := ns.Do(func() error { recv = shiptest.Start(t, shiptest.Options{}); return nil }); err != nil {
-		t.Fatal(err)
-	}
-	recv.Stop()
-
-	// Only the server's port is sampled, so that the agent's own
-	// connections (its sink, the scrapes) are not counted.
-	srv := ns.serve("127.0.0.1:0")
-	addr := fmt.Sprintf("127.0.0.1:%d", srv.port)
-	const capacity = 256
-	a := ns.startAgent("agent", policyA("--backend", "nft", "--packet-cap", "3", "--sink", recv.URL(), "--ports", fmt.Sprint(srv.port),
-		"--queue-capacity", strconv.Itoa(capacity), "--sink-unready-after", "2s", "--shutdown-timeout", "3s")...)
-	a.waitReady(startTimeout)
-	const conns = 300 // 3 client packets each: 900 records, for a queue of 256
-	for range conns {
-		ns.abort(addr)
-	}
-	var m map[string]float64
-	eventually(t, pollTimeout, "the queue full and the sink's failures counted", func() bool {
-		m = a.scrape()
-		return m["connscope_agent_records_queued"] == capacity && m["connscope_agent_sink_errors_total"] > 0
-	}, func() string { return fmt.Sprintf("metrics %v", m) })
+	const capacity, conns = sinkDownCapacity, sinkDownConns
+	ns, recv, a, addr := sinkDown(t, "--sink-unready-after", "2s", "--shutdown-timeout", "3s")
 	var body string
 	eventually(t, pollTimeout, "/readyz reports the failing sink", func() bool {
 		var code int
 		code, body, _ = ns.httpGet(a.metrics + "/readyz")
 		return code == http.StatusServiceUnavailable && strings.Contains(body, "the sink has been failing for")
 	}, func() string { return "last /readyz: " + body })
-	m = a.scrape()
+	m := a.scrape()
 	if q := m["connscope_agent_records_queued"]; q != capacity {
 		t.Errorf("%v records queued, want the capacity %d", q, capacity)
 	}
@@ -561,26 +570,7 @@ func TestSinkDownThenBack(t *testing.T) {
 // or dropped at the full queue as it stopped).
 func TestStopWithTheSinkDown(t *testing.T) {
 	needRoot(t)
-	ns := newNS(t, "")
-	var recv *shiptest.Receiver
-	if err := ns.Do(func() error { recv = shiptest.Start(t, shiptest.Options{}); return nil }); err != nil {
-		t.Fatal(err)
-	}
-	recv.Stop()
-	srv := ns.serve("127.0.0.1:0")
-	addr := fmt.Sprintf("127.0.0.1:%d", srv.port)
-	const capacity = 256
-	a := ns.startAgent("agent", policyA("--backend", "nft", "--packet-cap", "3", "--sink", recv.URL(), "--ports", fmt.Sprint(srv.port),
-		"--queue-capacity", strconv.Itoa(capacity), "--shutdown-timeout", "2s")...)
-	a.waitReady(startTimeout)
-	for range 300 {
-		ns.abort(addr)
-	}
-	var m map[string]float64
-	eventually(t, pollTimeout, "the queue full", func() bool {
-		m = a.scrape()
-		return m["connscope_agent_records_queued"] == capacity && m["connscope_agent_sink_errors_total"] > 0
-	}, func() string { return fmt.Sprintf("metrics %v", m) })
+	ns, _, a, _ := sinkDown(t, "--shutdown-timeout", "2s")
 
 	if code := a.signal(syscall.SIGTERM, stopTimeout); code != 0 {
 		t.Fatalf("exit status %d:\n%s", code, a.Output())
