@@ -59,9 +59,10 @@ type Agent struct {
 	resyncs, restores, ruleErrors atomic.Uint64
 	// readerWaitNanos is the time the reader waited for room in the queue
 	// in waits that ended; readerWaitingSince is when the current wait
-	// began (Unix nanoseconds), 0 while the reader is not waiting.
-	readerWaitNanos, readerWaitingSince atomic.Int64
-	undecodable                         [numDecodeReasons]atomic.Uint64
+	// began (Unix nanoseconds), 0 while the reader is not waiting;
+	// readerWaitReported is the largest total the metric has reported.
+	readerWaitNanos, readerWaitingSince, readerWaitReported atomic.Int64
+	undecodable                                             [numDecodeReasons]atomic.Uint64
 
 	// staged holds the records of the kernel batch being read, offered to
 	// the queue together once the batch is read (Queue.OfferBatch).
@@ -408,13 +409,23 @@ func (a *Agent) read(conn *nflog.Conn, stop <-chan struct{}) error {
 }
 
 // readerWaitSeconds is the time the reader has waited for room in the
-// queue, the current wait included.
+// queue, the current wait included. It never decreases: a scrape between
+// the end of a wait and its addition to the total (offerStaged) reports
+// the previous figure again.
 func (a *Agent) readerWaitSeconds() float64 {
 	d := a.readerWaitNanos.Load()
 	if since := a.readerWaitingSince.Load(); since != 0 {
 		d += max(time.Now().UnixNano()-since, 0)
 	}
-	return float64(d) / 1e9
+	for {
+		last := a.readerWaitReported.Load()
+		if d <= last {
+			return float64(last) / 1e9
+		}
+		if a.readerWaitReported.CompareAndSwap(last, d) {
+			return float64(d) / 1e9
+		}
+	}
 }
 
 func (a *Agent) undecodableTotal() uint64 {

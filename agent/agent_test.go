@@ -242,6 +242,29 @@ func TestAReaderToldToStopWhileTheQueueIsFullCountsWhatItDrops(t *testing.T) {
 	}
 }
 
+func TestReaderWaitSecondsCountsTheCurrentWaitAndNeverDecreases(t *testing.T) {
+	a, err := New(validConfig(), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now().Add(-2 * time.Second).UnixNano()
+	a.readerWaitingSince.Store(start) // a wait that began 2 s ago
+	during := a.readerWaitSeconds()
+	if during < 2 {
+		t.Fatalf("%.3f s reported 2 s into a wait", during)
+	}
+	// The wait ends as offerStaged ends it: not waiting any more, then
+	// added to the total. A scrape in between must not go back.
+	a.readerWaitingSince.Store(0)
+	if between := a.readerWaitSeconds(); between < during {
+		t.Fatalf("%.3f s reported after %.3f s: the counter went back", between, during)
+	}
+	a.readerWaitNanos.Add(time.Now().UnixNano() - start)
+	if after := a.readerWaitSeconds(); after < during || after > during+1 {
+		t.Fatalf("%.3f s reported once the wait was added, after %.3f s during it", after, during)
+	}
+}
+
 func mustAddr(s string) netip.Addr { return netip.MustParseAddr(s) }
 
 // TestRunRefusesAnUnreadableTokenFileBeforeNetfilter: a gRPC sink's token
