@@ -366,11 +366,7 @@ func (a *Agent) offerStaged(q *ship.Queue, stop <-chan struct{}) {
 		// reports stays free for it.
 		free := q.Room()
 		if free == 0 {
-			start := time.Now().UnixNano()
-			a.readerWaitingSince.Store(start)
-			free = q.WaitRoom(stop)
-			a.readerWaitingSince.Store(0)
-			a.readerWaitNanos.Add(time.Now().UnixNano() - start)
+			free = a.waitRoom(q, stop)
 		}
 		if free == 0 {
 			q.OfferBatch(recs)
@@ -379,6 +375,16 @@ func (a *Agent) offerStaged(q *ship.Queue, stop <-chan struct{}) {
 		recs = recs[q.OfferBatch(recs[:min(len(recs), free)]):]
 	}
 	a.staged = a.staged[:0]
+}
+
+// waitRoom is q.WaitRoom(stop), timed for readerWaitSeconds.
+func (a *Agent) waitRoom(q *ship.Queue, stop <-chan struct{}) int {
+	start := time.Now().UnixNano()
+	a.readerWaitingSince.Store(start)
+	free := q.WaitRoom(stop)
+	a.readerWaitingSince.Store(0)
+	a.readerWaitNanos.Add(time.Now().UnixNano() - start)
+	return free
 }
 
 // read reads the group until it is closed, decoding each kernel batch's

@@ -140,6 +140,14 @@ func TestLoggedPacketsBecomeRecordsOrAreCounted(t *testing.T) {
 	}
 }
 
+// waitUntil polls cond until it holds or timeout has passed; the caller
+// checks the outcome. It waits for progress; it does not measure time.
+func waitUntil(timeout time.Duration, cond func() bool) {
+	for deadline := time.Now().Add(timeout); !cond() && time.Now().Before(deadline); {
+		time.Sleep(2 * time.Millisecond)
+	}
+}
+
 // gateSink takes batches once open is closed, and keeps them.
 type gateSink struct {
 	open chan struct{}
@@ -208,10 +216,7 @@ func TestAFullQueueMakesTheReaderWaitInsteadOfDropping(t *testing.T) {
 	case <-time.After(30 * time.Second):
 		t.Fatal("offerStaged still waiting 30 s after the sink opened")
 	}
-	deadline := time.Now().Add(30 * time.Second)
-	for q.Stats().Shipped < 200 && time.Now().Before(deadline) {
-		time.Sleep(2 * time.Millisecond)
-	}
+	waitUntil(30*time.Second, func() bool { return q.Stats().Shipped >= 200 })
 	if s := q.Stats(); s.Shipped != 200 || s.DroppedQueueFull != 0 {
 		t.Fatalf("queue stats %+v: want the 200 records shipped, none dropped", s)
 	}
@@ -331,10 +336,7 @@ func TestSinkFailingWarningSaysWhy(t *testing.T) {
 	wg.Add(2)
 	go func() { defer wg.Done(); _ = q.Run(ctx) }()
 	go func() { defer wg.Done(); a.watchSink(ctx, q) }()
-	deadline := time.Now().Add(30 * time.Second)
-	for !strings.Contains(logs.String(), "the sink is failing") && time.Now().Before(deadline) {
-		time.Sleep(50 * time.Millisecond)
-	}
+	waitUntil(30*time.Second, func() bool { return strings.Contains(logs.String(), "the sink is failing") })
 	time.Sleep(2 * sinkPoll) // more retries, more polls
 	cancel()
 	wg.Wait()

@@ -43,14 +43,14 @@ type Stats struct {
 // their end; the connections they held up to that point were emitted.
 func Run(files []string, cfg flow.Config, emit func(*flow.Conn, classify.Result)) (Stats, error) {
 	var st Stats
+	if err := CheckNames(files); err != nil {
+		return st, err
+	}
 	tab, err := flow.New(cfg, func(c *flow.Conn) { emit(c, classify.Classify(c)) })
 	if err != nil {
 		return st, err
 	}
 	defer tab.Close()
-	if err := CheckNames(files); err != nil {
-		return st, err
-	}
 	var errs []error
 	var srcs []*source
 	for _, name := range files {
@@ -133,7 +133,7 @@ func Run(files []string, cfg flow.Config, emit func(*flow.Conn, classify.Result)
 		if s.err != nil {
 			errs = append(errs, s.err)
 		}
-		s.f.Close()
+		s.closer.Close()
 	}
 	st.Flow = tab.Stats()
 	return st, errors.Join(errs...)
@@ -155,10 +155,10 @@ func CheckNames(files []string) error {
 }
 
 type source struct {
-	f   io.Closer
-	r   *capture.Reader
-	rec packet.Record
-	err error
+	closer io.Closer
+	r      *capture.Reader
+	rec    packet.Record
+	err    error
 	// linkErr is the first frame of a link type the reader cannot strip,
 	// linkSkipped the number of such frames.
 	linkErr     *capture.LinkTypeError
@@ -170,7 +170,7 @@ func open(name string) (*source, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &source{f: c, r: r}, nil
+	return &source{closer: c, r: r}, nil
 }
 
 // advance reads the next packet into s.rec; false at the end or on error

@@ -39,7 +39,7 @@ func TestReadingPacketsDoesNotAllocate(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer s.f.Close()
+	defer s.closer.Close()
 	read := 0
 	allocs := testing.AllocsPerRun(n/2-1, func() {
 		if s.advance() {
