@@ -541,14 +541,14 @@ func (a *Agent) watchSink(ctx context.Context, q *ship.Queue) {
 	}
 }
 
-// queueConfig sizes the queue so that the records it holds, in its ring
-// and in the batch being sent, never exceed Config.QueueCapacity: a
-// quarter of it (at most ship.DefaultBatchSize) is the batch, the rest the
-// ring.
+// queueConfig sizes the queue: a ring of Config.QueueCapacity records (the
+// batch being sent is a part of it), batches of a quarter of that, at most
+// ship.DefaultBatchSize, so that the reader can fill the rest of the ring
+// while a batch is being sent.
 func queueConfig(cfg Config) ship.QueueConfig {
 	batch := min(ship.DefaultBatchSize, cfg.QueueCapacity/4)
 	return ship.QueueConfig{
-		Capacity:     cfg.QueueCapacity - batch,
+		Capacity:     cfg.QueueCapacity,
 		BatchSize:    batch,
 		DrainTimeout: time.Duration(cfg.ShutdownTimeout),
 	}

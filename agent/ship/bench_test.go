@@ -32,8 +32,9 @@ func BenchmarkOffer(b *testing.B) {
 		b.ReportAllocs()
 		for b.Loop() {
 			offer(q)
-			q.take(len(batch), q.tail.Load())
-			q.pending = q.pending[:0]
+			for q.take(len(batch), q.tail.Load()); len(q.pending) > 0; q.take(len(batch), q.tail.Load()) {
+				q.release()
+			}
 		}
 		if s := q.Stats(); s.DroppedQueueFull != 0 {
 			b.Fatalf("%d dropped", s.DroppedQueueFull)

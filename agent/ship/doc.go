@@ -4,10 +4,11 @@
 // A Queue sits between the capture (the NFLOG reader) and a Sink. Offer
 // copies a record into a ring allocated once by NewQueue and returns at
 // once: false, with the record counted as dropped, when the ring is full.
-// Run is the sender loop: it takes batches from the ring, hands them to
-// the sink, and retries a batch the sink failed with exponential backoff
-// while new records go on filling the ring (and are dropped, counted, when
-// it is full). Memory is bounded by QueueConfig.Capacity and BatchSize.
+// Run is the sender loop: it hands the sink batches that are runs of the
+// ring's cells (not copies; their cells are freed once the sink took
+// them), and retries a batch the sink failed with exponential backoff
+// while new records go on filling the rest of the ring (and are dropped,
+// counted, when it is full). Memory is bounded by QueueConfig.Capacity.
 //
 // Sinks are chosen by URL (Open):
 //

@@ -28,12 +28,13 @@ const MaxBatchSize = 16384
 
 // QueueConfig sizes a Queue. Zero fields take the defaults above.
 type QueueConfig struct {
-	// Capacity is the number of records the ring holds, at least 2. The
-	// ring is allocated by NewQueue: Capacity × 88 bytes.
+	// Capacity is the number of records the ring holds, at least 2, the
+	// batch being sent included. The ring is allocated by NewQueue:
+	// Capacity × 88 bytes.
 	Capacity int
 	// BatchSize is the largest batch handed to the sink (1 to
-	// MaxBatchSize, at most Capacity). One more batch of records is
-	// allocated for the batch being sent.
+	// MaxBatchSize, at most Capacity). A batch is a part of the ring, not
+	// a copy: its records stay in their cells until the sink took them.
 	BatchSize int
 	// FlushInterval is how long Run waits for a full batch before it
 	// sends what there is.
@@ -122,14 +123,6 @@ type Stats struct {
 	Batches uint64
 }
 
-// cell is one slot of the ring. seq says whose turn it is: a producer may
-// fill the cell for position p when seq == p, the consumer may take it
-// when seq == p+1, and frees it for position p+capacity.
-type cell struct {
-	seq atomic.Uint64
-	rec packet.Record
-}
-
 // pad keeps the counters that producers and the consumer write on cache
 // lines of their own.
 type pad [64]byte
@@ -143,16 +136,28 @@ type pad [64]byte
 // compare-and-swap on the tail and publishes the record by storing the
 // cell's sequence. Offer never waits for the consumer or the sink, takes
 // no lock and does not allocate.
+//
+// The sender hands the sink a batch that is a run of the ring's cells, not
+// a copy, and frees the cells once the sink has taken it (or rejected
+// it): a record is copied once on its way, into the ring, and the memory
+// it passes through is the ring's alone.
 type Queue struct {
-	sink  Sink
-	cfg   QueueConfig
-	cells []cell
-	n     uint64 // len(cells)
+	sink Sink
+	cfg  QueueConfig
+	// recs and seqs are the ring's cells: the record at position p is in
+	// recs[p%n], and seqs[p%n] says whose turn the cell is: a producer
+	// may fill it for position p when it is p, the sender may take it when
+	// it is p+1, and frees it for position p+n.
+	recs []packet.Record
+	seqs []atomic.Uint64
+	n    uint64 // len(recs)
 
 	_    pad
 	tail atomic.Uint64 // next position to fill; the number of records accepted
 	_    pad
-	head atomic.Uint64 // next position to take; written by Run only
+	// head is the first position not freed: the first of the batch being
+	// sent, if there is one, else the next to take. Written by Run only.
+	head atomic.Uint64
 	_    pad
 
 	droppedFull atomic.Uint64
@@ -171,9 +176,9 @@ type Queue struct {
 	room    chan struct{}
 	running atomic.Bool
 
-	// pending is the batch being sent, kept across Run calls: a batch
-	// that failed is sent again before any other. failures counts its
-	// failed sends.
+	// pending is the batch being sent, recs[head%n:][:len(pending)],
+	// kept across Run calls: a batch that failed is sent again before
+	// any other. failures counts its failed sends.
 	pending  []packet.Record
 	failures int
 }
@@ -187,16 +192,16 @@ func NewQueue(sink Sink, c QueueConfig) *Queue {
 	}
 	c = c.withDefaults()
 	q := &Queue{
-		sink:    sink,
-		cfg:     c,
-		cells:   make([]cell, c.Capacity),
-		n:       uint64(c.Capacity),
-		wake:    make(chan struct{}, 1),
-		room:    make(chan struct{}, 1),
-		pending: make([]packet.Record, 0, c.BatchSize),
+		sink: sink,
+		cfg:  c,
+		recs: make([]packet.Record, c.Capacity),
+		seqs: make([]atomic.Uint64, c.Capacity),
+		n:    uint64(c.Capacity),
+		wake: make(chan struct{}, 1),
+		room: make(chan struct{}, 1),
 	}
-	for i := range q.cells {
-		q.cells[i].seq.Store(uint64(i))
+	for i := range q.seqs {
+		q.seqs[i].Store(uint64(i))
 	}
 	return q
 }
@@ -210,13 +215,13 @@ func (q *Queue) Config() QueueConfig { return q.cfg }
 func (q *Queue) Offer(rec *packet.Record) bool {
 	pos := q.tail.Load()
 	for {
-		c := &q.cells[pos%q.n]
-		seq := c.seq.Load()
+		i := pos % q.n
+		seq := q.seqs[i].Load()
 		switch {
 		case seq == pos:
 			if q.tail.CompareAndSwap(pos, pos+1) {
-				c.rec = *rec
-				c.seq.Store(pos + 1)
+				q.recs[i] = *rec
+				q.seqs[i].Store(pos + 1)
 				if n := pos + 1 - q.head.Load(); n == 1 || n >= uint64(q.cfg.BatchSize) {
 					select {
 					case q.wake <- struct{}{}:
@@ -257,8 +262,7 @@ func (q *Queue) OfferBatch(recs []packet.Record) int {
 	for {
 		pos = q.tail.Load()
 		// Positions below head+n are free for this lap: Run stores head
-		// after it freed the cells before it. (A cell freed since, not
-		// yet counted in head, waits for the next call.)
+		// after it freed the cells before it.
 		free := int64(q.head.Load() + q.n - pos)
 		if free <= 0 {
 			q.droppedFull.Add(uint64(len(recs)))
@@ -269,16 +273,13 @@ func (q *Queue) OfferBatch(recs []packet.Record) int {
 			break
 		}
 	}
+	// Copied in at most two runs: up to the ring's end, then from its
+	// start.
 	i := pos % q.n
+	c := copy(q.recs[i:], recs[:k])
+	copy(q.recs, recs[c:k])
 	for j := range k {
-		q.cells[i].rec = recs[j]
-		if i++; i == q.n {
-			i = 0
-		}
-	}
-	i = pos % q.n
-	for j := range k {
-		q.cells[i].seq.Store(pos + j + 1)
+		q.seqs[i].Store(pos + j + 1)
 		if i++; i == q.n {
 			i = 0
 		}
@@ -346,31 +347,43 @@ func (q *Queue) LastError() error {
 	return nil
 }
 
-// take moves up to max records that are ready, at positions before end,
-// from the ring to the pending batch. Run only.
+// take makes the pending batch, which must be empty, of up to max records
+// that are ready, at positions before end, in cells that follow one
+// another in the ring: a batch stops at the ring's end, and the next one
+// starts at its beginning. Run only.
 func (q *Queue) take(max int, end uint64) {
-	start := q.head.Load()
-	head := start
-	for len(q.pending) < max && head < end {
-		c := &q.cells[head%q.n]
-		if c.seq.Load() != head+1 {
-			break // empty, or a producer is still writing it
-		}
-		q.pending = append(q.pending, c.rec)
-		c.seq.Store(head + q.n)
-		head++
+	head := q.head.Load()
+	i := head % q.n
+	lim := min(uint64(max), q.n-i, end-head)
+	k := uint64(0)
+	for k < lim && q.seqs[i+k].Load() == head+k+1 { // else empty, or a producer is still writing it
+		k++
 	}
-	if head != start {
-		q.head.Store(head)
-		select {
-		case q.room <- struct{}{}:
-		default:
-		}
+	q.pending = q.recs[i : i+k : i+k]
+}
+
+// release frees the cells of the pending batch, which the sink has taken
+// or rejected, for the producers. Run only.
+func (q *Queue) release() {
+	k := uint64(len(q.pending))
+	if k == 0 {
+		return
+	}
+	head := q.head.Load()
+	i := head % q.n
+	for j := range k {
+		q.seqs[i+j].Store(head + j + q.n)
+	}
+	q.pending = nil
+	q.head.Store(head + k)
+	select {
+	case q.room <- struct{}{}:
+	default:
 	}
 }
 
 // ready is the number of positions claimed and not yet taken (some may
-// still be being written).
+// still be being written), when no batch is pending.
 func (q *Queue) ready() uint64 { return q.tail.Load() - q.head.Load() }
 
 // Run is the sender loop. It sends a batch as soon as BatchSize records
@@ -472,7 +485,7 @@ func (q *Queue) send(ctx context.Context) error {
 		q.failures++
 		return err
 	}
-	q.pending = q.pending[:0]
+	q.release()
 	q.failures = 0
 	return err
 }
@@ -520,7 +533,7 @@ func (q *Queue) drain() error {
 			}
 		}
 	}
-	left := end - q.head.Load() + uint64(len(q.pending))
+	left := end - q.head.Load() // the pending batch's records included
 	if lastErr == nil {
 		lastErr = ctx.Err()
 	}

@@ -147,8 +147,13 @@ func TestOfferBatchTakesWhatFitsInOrderAndCountsTheRest(t *testing.T) {
 	checkInvariant(t, s)
 	q.take(8, q.tail.Load())
 	sameRecords(t, q.pending, recs[:8])
-	// Freed cells take a batch that wraps around the ring's end.
-	q.pending = q.pending[:0]
+	// The batch being sent keeps its cells until the sink took it.
+	if n := q.OfferBatch(recs[5:6]); n != 0 {
+		t.Fatalf("into a ring whose cells are all in the batch being sent: %d accepted, want 0", n)
+	}
+	// Freed cells take a batch that wraps around the ring's end; the
+	// sender takes it in two parts, each a run of cells.
+	q.release()
 	if n := q.OfferBatch(recs[5:12]); n != 7 {
 		t.Fatalf("after taking the ring: %d accepted, want 7", n)
 	}
@@ -176,17 +181,26 @@ func TestOfferDoesNotAllocate(t *testing.T) {
 
 func TestRingMemoryIsAllocatedOnceAndFixed(t *testing.T) {
 	q := NewQueue(discardSink{}, QueueConfig{Capacity: 1000, BatchSize: 100})
-	if unsafe.Sizeof(cell{}) != 88 {
-		t.Errorf("a cell is %d bytes; QueueConfig.Capacity's comment says 88", unsafe.Sizeof(cell{}))
+	if c := unsafe.Sizeof(q.recs[0]) + unsafe.Sizeof(q.seqs[0]); c != 88 {
+		t.Errorf("a cell is %d bytes; QueueConfig.Capacity's comment says 88", c)
 	}
-	cells, pending := &q.cells[0], &q.pending[:1][0]
+	recs, seqs := &q.recs[0], &q.seqs[0]
 	rec := records(1, 0, 7)[0]
-	for range 5000 {
-		q.Offer(&rec)
+	for lap := range 3 {
+		for range 1500 {
+			q.Offer(&rec)
+		}
+		for range 1000 / 100 {
+			q.take(100, q.tail.Load())
+			// The batch is the ring's cells, not a copy.
+			if len(q.pending) != 100 || &q.pending[0] != &q.recs[(q.head.Load()%1000)] {
+				t.Fatalf("lap %d: batch of %d records, not the ring's cells at the head", lap, len(q.pending))
+			}
+			q.release()
+		}
 	}
-	q.take(100, q.tail.Load())
-	if len(q.cells) != 1000 || cap(q.pending) != 100 || &q.cells[0] != cells || &q.pending[0] != pending {
-		t.Fatalf("ring or batch reallocated: %d cells, batch capacity %d", len(q.cells), cap(q.pending))
+	if len(q.recs) != 1000 || len(q.seqs) != 1000 || &q.recs[0] != recs || &q.seqs[0] != seqs {
+		t.Fatalf("ring reallocated: %d records, %d sequence numbers", len(q.recs), len(q.seqs))
 	}
 }
 
