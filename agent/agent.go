@@ -64,8 +64,12 @@ type Agent struct {
 	readerWaitNanos, readerWaitingSince, readerWaitReported atomic.Int64
 	undecodable                                             [numDecodeReasons]atomic.Uint64
 
-	// staged holds the records of the kernel batch being read, offered to
-	// the queue together once the batch is read (Queue.OfferBatch).
+	// dst is the queue's free cells, reserved for the kernel batch being
+	// read (Queue.Reserve), dst[:nDst] decoded so far; they are queued
+	// once the batch is read (Queue.Commit). staged holds the records that
+	// do not fit, offered to the queue after those (Queue.OfferBatch).
+	dst    []packet.Record
+	nDst   int
 	staged []packet.Record
 }
 
@@ -339,12 +343,26 @@ func (a *Agent) Run(ctx context.Context) error {
 	return errors.Join(runErr, rmErr)
 }
 
-// handle decodes one logged packet into the batch of staged records. It
-// runs on the reading goroutine; read offers the batch to the queue.
+// handle decodes one logged packet into the next of the queue's cells
+// reserved for the batch, or, when they are all taken, into the staged
+// records. It runs on the reading goroutine; read queues the batch.
 func (a *Agent) handle(p *nflog.Packet) {
-	a.staged = append(a.staged, packet.Record{})
-	if err := packet.Decode(p.Payload, p.Timestamp, &a.staged[len(a.staged)-1]); err != nil {
+	var r *packet.Record
+	inDst := a.nDst < len(a.dst)
+	if inDst {
+		r = &a.dst[a.nDst]
+	} else {
+		a.staged = append(a.staged, packet.Record{})
+		r = &a.staged[len(a.staged)-1]
+	}
+	err := packet.Decode(p.Payload, p.Timestamp, r)
+	switch {
+	case err == nil && inDst:
+		a.nDst++
+	case err != nil && !inDst:
 		a.staged = a.staged[:len(a.staged)-1]
+	}
+	if err != nil {
 		switch {
 		case errors.Is(err, packet.ErrNotTCP):
 			a.undecodable[decodeNotTCP].Add(1)
@@ -388,7 +406,8 @@ func (a *Agent) waitRoom(q *ship.Queue, stop <-chan struct{}) int {
 }
 
 // read reads the group until it is closed, decoding each kernel batch's
-// packets (handle) and offering them to the queue together.
+// packets (handle) straight into the queue's free cells and queueing them
+// together; what does not fit is offered once there is room.
 //
 // While the queue is full it waits for room before it reads on: when the
 // sink is slower than the traffic (a small CPU limit, a sink that is
@@ -405,7 +424,10 @@ func (a *Agent) waitRoom(q *ship.Queue, stop <-chan struct{}) int {
 func (a *Agent) read(conn *nflog.Conn, stop <-chan struct{}) error {
 	q := a.queue.Load()
 	for {
+		a.dst, a.nDst = q.Reserve(), 0
 		_, err := conn.ReadBatch(a.handle)
+		q.Commit(a.nDst)
+		a.dst, a.nDst = nil, 0
 		a.offerStaged(q, stop)
 		if err != nil {
 			return err

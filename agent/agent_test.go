@@ -227,6 +227,50 @@ func TestAFullQueueMakesTheReaderWaitInsteadOfDropping(t *testing.T) {
 	}
 }
 
+// The reader decodes a kernel batch straight into the queue's free cells
+// (Queue.Reserve), skipping what it cannot decode without leaving a hole,
+// and stages what does not fit; the records reach the sink whole and in
+// order.
+func TestTheReaderDecodesIntoTheQueueAndStagesWhatDoesNotFit(t *testing.T) {
+	a, err := New(validConfig(), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sink := &gateSink{open: make(chan struct{})}
+	q := ship.NewQueue(sink, ship.QueueConfig{Capacity: 64, BatchSize: 16, FlushInterval: time.Millisecond})
+	a.queue.Store(q)
+
+	a.dst, a.nDst = q.Reserve(), 0
+	if len(a.dst) != 64 {
+		t.Fatalf("reserved %d cells of an empty queue of 64", len(a.dst))
+	}
+	want := stage(a, 40)
+	a.handle(&nflog.Packet{Payload: []byte{0x45, 0, 0}}) // truncated: not a record, no hole
+	want = append(want, stage(a, 60)...)
+	if a.nDst != 64 || len(a.staged) != 36 {
+		t.Fatalf("%d records in the queue's cells and %d staged, want 64 and 36", a.nDst, len(a.staged))
+	}
+	q.Commit(a.nDst)
+	a.dst, a.nDst = nil, 0
+
+	ctx, cancel := context.WithCancel(context.Background())
+	ran := make(chan error, 1)
+	go func() { ran <- q.Run(ctx) }()
+	defer func() { cancel(); <-ran }()
+	close(sink.open)
+	a.offerStaged(q, nil) // waits for the room the sender makes
+	waitUntil(30*time.Second, func() bool { return q.Stats().Shipped >= 100 })
+	if s := q.Stats(); s.Shipped != 100 || s.DroppedQueueFull != 0 {
+		t.Fatalf("queue stats %+v: want the 100 records shipped, none dropped", s)
+	}
+	if got := sink.records(); !slices.Equal(got, want) {
+		t.Fatalf("shipped %d records, not the 100 decoded, in order", len(got))
+	}
+	if n := a.undecodableTotal(); n != 1 {
+		t.Fatalf("%d packets counted undecodable, want the 1 truncated", n)
+	}
+}
+
 func TestAReaderToldToStopWhileTheQueueIsFullCountsWhatItDrops(t *testing.T) {
 	a, err := New(validConfig(), Options{})
 	if err != nil {

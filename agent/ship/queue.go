@@ -296,6 +296,43 @@ func (q *Queue) OfferBatch(recs []packet.Record) int {
 	return int(k)
 }
 
+// Reserve returns the free cells that follow the records queued, up to
+// the ring's end, for a producer to decode records into in place; Commit
+// then queues the first of them. Reserve and Commit are for a queue with
+// one producer, which uses no other method to offer: the cells are not
+// claimed until Commit, so a record offered between the two would take
+// one. (The agent's NFLOG reader decodes each kernel batch straight into
+// the ring so: every record is written once on its way to the sink.)
+func (q *Queue) Reserve() []packet.Record {
+	pos := q.tail.Load()
+	i := pos % q.n
+	k := min(q.head.Load()+q.n-pos, q.n-i)
+	return q.recs[i : i+k : i+k]
+}
+
+// Commit queues the first k cells of the latest Reserve, filled with
+// records. It panics if k is more than Reserve returned or another
+// producer offered since.
+func (q *Queue) Commit(k int) {
+	if k <= 0 {
+		return
+	}
+	pos := q.tail.Load()
+	i := pos % q.n
+	if uint64(k) > min(q.head.Load()+q.n-pos, q.n-i) || !q.tail.CompareAndSwap(pos, pos+uint64(k)) {
+		panic("ship: Queue.Commit of cells that Reserve did not return")
+	}
+	for j := range uint64(k) {
+		q.seqs[i+j].Store(pos + j + 1)
+	}
+	if n := pos + uint64(k) - q.head.Load(); n <= uint64(k) || n >= uint64(q.cfg.BatchSize) {
+		select {
+		case q.wake <- struct{}{}:
+		default:
+		}
+	}
+}
+
 // Room returns how many records the ring has room for now, without
 // waiting.
 func (q *Queue) Room() int { return int(q.head.Load() + q.n - q.tail.Load()) }

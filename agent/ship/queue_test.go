@@ -161,6 +161,63 @@ func TestOfferBatchTakesWhatFitsInOrderAndCountsTheRest(t *testing.T) {
 	sameRecords(t, q.pending, recs[5:12])
 }
 
+// A single producer decodes straight into the ring: Reserve hands it the
+// free cells up to the ring's end, Commit queues the ones it filled, and
+// the sender's batch is those very cells.
+func TestReserveAndCommitQueueRecordsInPlace(t *testing.T) {
+	q := NewQueue(discardSink{}, QueueConfig{Capacity: 8, BatchSize: 4})
+	recs := records(13, 0, 8)
+	dst := q.Reserve()
+	if len(dst) != 8 {
+		t.Fatalf("an empty ring of 8 reserved %d cells", len(dst))
+	}
+	copy(dst, recs[:5])
+	q.Commit(5)
+	if s := q.Stats(); s.Queued != 5 || s.Offered != 5 {
+		t.Fatalf("stats %+v after committing 5", s)
+	}
+	checkInvariant(t, q.Stats())
+	q.take(8, q.tail.Load())
+	sameRecords(t, q.pending, recs[:5])
+	if &q.pending[0] != &dst[0] {
+		t.Fatal("the batch is not the cells the producer filled")
+	}
+	// Up to the ring's end: 3 cells, though the batch being sent holds 5.
+	if dst = q.Reserve(); len(dst) != 3 {
+		t.Fatalf("with 5 cells in the batch being sent, reserved %d cells, want the 3 before the ring's end", len(dst))
+	}
+	copy(dst, recs[5:8])
+	q.Commit(3)
+	if dst = q.Reserve(); len(dst) != 0 {
+		t.Fatalf("a full ring reserved %d cells", len(dst))
+	}
+	q.Commit(0) // nothing read: nothing queued
+	q.release()
+	if dst = q.Reserve(); len(dst) != 5 {
+		t.Fatalf("after the batch was sent, reserved %d cells, want the 5 it freed", len(dst))
+	}
+	copy(dst, recs[8:13])
+	q.Commit(5)
+	got := recs[:0:0]
+	for q.take(8, q.tail.Load()); len(q.pending) > 0; q.take(8, q.tail.Load()) {
+		got = append(got, q.pending...)
+		q.release()
+	}
+	sameRecords(t, got, recs[5:13])
+	s := q.Stats()
+	if s.Offered != 13 || s.Queued != 13 || s.DroppedQueueFull != 0 {
+		t.Fatalf("stats %+v: want 13 offered and queued (none sent: nothing ran the sink)", s)
+	}
+
+	// Committing more than was reserved is a bug, and says so.
+	defer func() {
+		if r := recover(); r == nil || !strings.Contains(fmt.Sprint(r), "Reserve did not return") {
+			t.Fatalf("Commit of 9 cells of a ring of 8: recovered %v, want a panic naming the misuse", r)
+		}
+	}()
+	q.Commit(9)
+}
+
 func TestOfferDoesNotAllocate(t *testing.T) {
 	rec := records(1, 0, 6)[0]
 	q := NewQueue(discardSink{}, QueueConfig{Capacity: 1 << 12, BatchSize: 64})
