@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
 	"github.com/connscope/connscope/packet"
 )
@@ -131,11 +132,11 @@ type pad [64]byte
 // Offer may be called from any number of goroutines; Run is the one
 // sender.
 //
-// The ring is the bounded multi-producer queue of Dmitry Vyukov: each cell
-// carries a sequence number, a producer claims a position with one
-// compare-and-swap on the tail and publishes the record by storing the
-// cell's sequence. Offer never waits for the consumer or the sink, takes
-// no lock and does not allocate.
+// The ring is a bounded multi-producer queue after Dmitry Vyukov's: a
+// producer claims positions with one compare-and-swap on the tail, when
+// they are below the head plus the ring's size, and publishes each record
+// by storing its cell's sequence number. Offer never waits for the
+// consumer or the sink, takes no lock and does not allocate.
 //
 // The sender hands the sink a batch that is a run of the ring's cells, not
 // a copy, and frees the cells once the sink has taken it (or rejected
@@ -145,9 +146,10 @@ type Queue struct {
 	sink Sink
 	cfg  QueueConfig
 	// recs and seqs are the ring's cells: the record at position p is in
-	// recs[p%n], and seqs[p%n] says whose turn the cell is: a producer
-	// may fill it for position p when it is p, the sender may take it when
-	// it is p+1, and frees it for position p+n.
+	// recs[p%n], and the sender may take it when seqs[p%n] is p+1 (the
+	// producer has written it). A cell is free for position p once the
+	// head has passed p-n: the sender frees a batch's cells by moving the
+	// head alone.
 	recs []packet.Record
 	seqs []atomic.Uint64
 	n    uint64 // len(recs)
@@ -213,33 +215,7 @@ func (q *Queue) Config() QueueConfig { return q.cfg }
 // counts a drop when the ring is full. It never blocks and does not
 // allocate; rec may be reused as soon as it returns.
 func (q *Queue) Offer(rec *packet.Record) bool {
-	pos := q.tail.Load()
-	for {
-		i := pos % q.n
-		seq := q.seqs[i].Load()
-		switch {
-		case seq == pos:
-			if q.tail.CompareAndSwap(pos, pos+1) {
-				q.recs[i] = *rec
-				q.seqs[i].Store(pos + 1)
-				if n := pos + 1 - q.head.Load(); n == 1 || n >= uint64(q.cfg.BatchSize) {
-					select {
-					case q.wake <- struct{}{}:
-					default:
-					}
-				}
-				return true
-			}
-			pos = q.tail.Load()
-		case seq < pos:
-			// The cell still holds the record of the previous lap: full.
-			q.droppedFull.Add(1)
-			return false
-		default:
-			// Another producer took this position first.
-			pos = q.tail.Load()
-		}
-	}
+	return q.OfferBatch(unsafe.Slice(rec, 1)) == 1
 }
 
 // OfferBatch copies as many of recs as the ring has room for into it, in
@@ -248,12 +224,10 @@ func (q *Queue) Offer(rec *packet.Record) bool {
 // may run beside other producers.
 //
 // It claims the positions with one compare-and-swap and copies every
-// record before it publishes any. Offer publishes each record with an
-// atomic store, which on amd64 waits until the record's own stores have
-// reached the cache: with a ring larger than the cache, one miss after
-// the other. Here the copies' misses overlap and only the first store of
-// the publishing waits. A reader of kernel batches (the agent) offers each
-// batch whole.
+// record before it publishes any: publishing is an atomic store, which on
+// amd64 waits until the stores before it have reached the cache, so
+// publishing each record as it is copied would make its misses follow
+// one another instead of overlapping.
 func (q *Queue) OfferBatch(recs []packet.Record) int {
 	if len(recs) == 0 {
 		return 0
@@ -406,13 +380,8 @@ func (q *Queue) release() {
 	if k == 0 {
 		return
 	}
-	head := q.head.Load()
-	i := head % q.n
-	for j := range k {
-		q.seqs[i+j].Store(head + j + q.n)
-	}
 	q.pending = nil
-	q.head.Store(head + k)
+	q.head.Store(q.head.Load() + k)
 	select {
 	case q.room <- struct{}{}:
 	default:
