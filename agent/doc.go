@@ -17,8 +17,9 @@
 //     the same policy name left, and every resync period checks them
 //     (the canary) and restores them when someone flushed or edited them;
 //  5. decodes each logged packet into a packet.Record (IP and TCP header
-//     fields only: nothing beyond the TCP header is kept) and offers it to
-//     a bounded queue towards the sink. While the queue is full it waits
+//     fields only: nothing beyond the TCP header is kept), straight into
+//     the free cells of a bounded queue towards the sink, and queues each
+//     kernel batch's records together. While the queue is full it waits
 //     for room before it reads on, so that when the sink is slower than
 //     the traffic (a small CPU limit, a sink that is down) the rest waits
 //     in the socket's receive buffer, and what overflows it is lost in the

@@ -4,6 +4,9 @@
 // A Queue sits between the capture (the NFLOG reader) and a Sink. Offer
 // copies a record into a ring allocated once by NewQueue and returns at
 // once: false, with the record counted as dropped, when the ring is full.
+// A queue's only producer may instead decode records straight into the
+// ring's free cells (Reserve, then Commit), as the agent's NFLOG reader
+// does.
 // Run is the sender loop: it hands the sink batches that are runs of the
 // ring's cells (not copies; their cells are freed once the sink took
 // them), and retries a batch the sink failed with exponential backoff
