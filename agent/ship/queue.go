@@ -7,7 +7,6 @@ import (
 	"math/rand/v2"
 	"sync/atomic"
 	"time"
-	"unsafe"
 
 	"github.com/connscope/connscope/packet"
 )
@@ -215,7 +214,7 @@ func (q *Queue) Config() QueueConfig { return q.cfg }
 // counts a drop when the ring is full. It never blocks and does not
 // allocate; rec may be reused as soon as it returns.
 func (q *Queue) Offer(rec *packet.Record) bool {
-	return q.OfferBatch(unsafe.Slice(rec, 1)) == 1
+	return q.OfferBatch([]packet.Record{*rec}) == 1
 }
 
 // OfferBatch copies as many of recs as the ring has room for into it, in
