@@ -190,7 +190,11 @@ func stage(a *Agent, n int) []packet.Record {
 	return want
 }
 
-func TestAFullQueueMakesTheReaderWaitInsteadOfDropping(t *testing.T) {
+// gatedAgent returns an agent whose queue holds 64 records and ships them
+// to a sink that takes nothing until its gate is opened (close(sink.open)).
+// Nothing runs the queue: runQueue does.
+func gatedAgent(t *testing.T) (*Agent, *ship.Queue, *gateSink) {
+	t.Helper()
 	a, err := New(validConfig(), Options{})
 	if err != nil {
 		t.Fatal(err)
@@ -198,10 +202,20 @@ func TestAFullQueueMakesTheReaderWaitInsteadOfDropping(t *testing.T) {
 	sink := &gateSink{open: make(chan struct{})}
 	q := ship.NewQueue(sink, ship.QueueConfig{Capacity: 64, BatchSize: 16, FlushInterval: time.Millisecond})
 	a.queue.Store(q)
+	return a, q, sink
+}
+
+// runQueue runs q's sender until the test ends.
+func runQueue(t *testing.T, q *ship.Queue) {
 	ctx, cancel := context.WithCancel(context.Background())
 	ran := make(chan error, 1)
 	go func() { ran <- q.Run(ctx) }()
-	defer func() { cancel(); <-ran }()
+	t.Cleanup(func() { cancel(); <-ran })
+}
+
+func TestAFullQueueMakesTheReaderWaitInsteadOfDropping(t *testing.T) {
+	a, q, sink := gatedAgent(t)
+	runQueue(t, q)
 
 	want := stage(a, 200) // a kernel batch larger than the whole queue
 	offered := make(chan struct{})
@@ -232,13 +246,7 @@ func TestAFullQueueMakesTheReaderWaitInsteadOfDropping(t *testing.T) {
 // and stages what does not fit; the records reach the sink whole and in
 // order.
 func TestTheReaderDecodesIntoTheQueueAndStagesWhatDoesNotFit(t *testing.T) {
-	a, err := New(validConfig(), Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	sink := &gateSink{open: make(chan struct{})}
-	q := ship.NewQueue(sink, ship.QueueConfig{Capacity: 64, BatchSize: 16, FlushInterval: time.Millisecond})
-	a.queue.Store(q)
+	a, q, sink := gatedAgent(t)
 
 	a.dst, a.nDst = q.Reserve(), 0
 	if len(a.dst) != 64 {
@@ -253,10 +261,7 @@ func TestTheReaderDecodesIntoTheQueueAndStagesWhatDoesNotFit(t *testing.T) {
 	q.Commit(a.nDst)
 	a.dst, a.nDst = nil, 0
 
-	ctx, cancel := context.WithCancel(context.Background())
-	ran := make(chan error, 1)
-	go func() { ran <- q.Run(ctx) }()
-	defer func() { cancel(); <-ran }()
+	runQueue(t, q)
 	close(sink.open)
 	a.offerStaged(q, nil) // waits for the room the sender makes
 	waitUntil(30*time.Second, func() bool { return q.Stats().Shipped >= 100 })
@@ -272,12 +277,7 @@ func TestTheReaderDecodesIntoTheQueueAndStagesWhatDoesNotFit(t *testing.T) {
 }
 
 func TestAReaderToldToStopWhileTheQueueIsFullCountsWhatItDrops(t *testing.T) {
-	a, err := New(validConfig(), Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	q := ship.NewQueue(&gateSink{open: make(chan struct{})}, ship.QueueConfig{Capacity: 64, BatchSize: 16})
-	a.queue.Store(q) // nothing runs the queue: it takes 64 records, then is full
+	a, q, _ := gatedAgent(t) // nothing runs the queue: it takes 64 records, then is full
 	stage(a, 200)
 	stop := make(chan struct{})
 	close(stop)
