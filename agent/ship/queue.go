@@ -146,9 +146,10 @@ type Queue struct {
 	cfg  QueueConfig
 	// recs and seqs are the ring's cells: the record at position p is in
 	// recs[p%n], and the sender may take it when seqs[p%n] is p+1 (the
-	// producer has written it). A cell is free for position p once the
-	// head has passed p-n: the sender frees a batch's cells by moving the
-	// head alone.
+	// producer has written it; what an earlier lap left, p+1-n, or the
+	// zero a new ring starts with can never be that). A cell is free for
+	// position p once the head has passed p-n: the sender frees a batch's
+	// cells by moving the head alone.
 	recs []packet.Record
 	seqs []atomic.Uint64
 	n    uint64 // len(recs)
@@ -201,9 +202,6 @@ func NewQueue(sink Sink, c QueueConfig) *Queue {
 		wake: make(chan struct{}, 1),
 		room: make(chan struct{}, 1),
 	}
-	for i := range q.seqs {
-		q.seqs[i].Store(uint64(i))
-	}
 	return q
 }
 
@@ -248,17 +246,24 @@ func (q *Queue) OfferBatch(recs []packet.Record) int {
 	}
 	// Copied in at most two runs: up to the ring's end, then from its
 	// start.
-	i := pos % q.n
-	c := copy(q.recs[i:], recs[:k])
+	c := copy(q.recs[pos%q.n:], recs[:k])
 	copy(q.recs, recs[c:k])
+	q.publish(pos, k)
+	if d := uint64(len(recs)) - k; d > 0 {
+		q.droppedFull.Add(d)
+	}
+	return int(k)
+}
+
+// publish hands the sender the k records written at positions pos on,
+// and wakes it when they are the first in an empty ring or make a batch.
+func (q *Queue) publish(pos, k uint64) {
+	i := pos % q.n
 	for j := range k {
 		q.seqs[i].Store(pos + j + 1)
 		if i++; i == q.n {
 			i = 0
 		}
-	}
-	if d := uint64(len(recs)) - k; d > 0 {
-		q.droppedFull.Add(d)
 	}
 	if n := pos + k - q.head.Load(); n <= k || n >= uint64(q.cfg.BatchSize) {
 		select {
@@ -266,7 +271,6 @@ func (q *Queue) OfferBatch(recs []packet.Record) int {
 		default:
 		}
 	}
-	return int(k)
 }
 
 // Reserve returns the free cells that follow the records queued, up to
@@ -279,8 +283,14 @@ func (q *Queue) OfferBatch(recs []packet.Record) int {
 func (q *Queue) Reserve() []packet.Record {
 	pos := q.tail.Load()
 	i := pos % q.n
-	k := min(q.head.Load()+q.n-pos, q.n-i)
+	k := q.runFree(pos)
 	return q.recs[i : i+k : i+k]
+}
+
+// runFree is how many cells from position pos on are free, up to the
+// ring's end.
+func (q *Queue) runFree(pos uint64) uint64 {
+	return min(q.head.Load()+q.n-pos, q.n-pos%q.n)
 }
 
 // Commit queues the first k cells of the latest Reserve, filled with
@@ -291,19 +301,10 @@ func (q *Queue) Commit(k int) {
 		return
 	}
 	pos := q.tail.Load()
-	i := pos % q.n
-	if uint64(k) > min(q.head.Load()+q.n-pos, q.n-i) || !q.tail.CompareAndSwap(pos, pos+uint64(k)) {
+	if uint64(k) > q.runFree(pos) || !q.tail.CompareAndSwap(pos, pos+uint64(k)) {
 		panic("ship: Queue.Commit of cells that Reserve did not return")
 	}
-	for j := range uint64(k) {
-		q.seqs[i+j].Store(pos + j + 1)
-	}
-	if n := pos + uint64(k) - q.head.Load(); n <= uint64(k) || n >= uint64(q.cfg.BatchSize) {
-		select {
-		case q.wake <- struct{}{}:
-		default:
-		}
-	}
+	q.publish(pos, uint64(k))
 }
 
 // Room returns how many records the ring has room for now, without
