@@ -115,19 +115,31 @@ func runClassify(cmd *cobra.Command, o classifyOptions, files []string) error {
 		}
 	})
 	var err error
+	fs := st.Flow
+	var warnings []string
+	if fs.EvictedOpen > 0 {
+		warnings = append(warnings, fmt.Sprintf("%d connections were evicted to stay within --max-open %d", fs.EvictedOpen, o.cfg.MaxOpen))
+	}
+	if fs.Reordered > 0 {
+		warnings = append(warnings, fmt.Sprintf("%d connections had a packet older than packets of theirs already taken (the capture is out of timestamp order): it was taken in arrival order; sort the capture first (reordercap IN OUT) to classify them exactly", fs.Reordered))
+	}
 	switch o.format {
-	case "radar":
-		err = report.WriteRadar(out, &sum, time.Now())
+	case "radar", "json":
+		if o.format == "radar" {
+			err = report.WriteRadar(out, &sum, time.Now())
+		}
+		for _, w := range warnings {
+			fmt.Fprintln(cmd.ErrOrStderr(), "connscope classify: warning: "+w)
+		}
 	case "table":
-		fs := st.Flow
 		extra := []string{
 			fmt.Sprintf("Read %d files: %d frames, %d TCP packets (%d non-TCP and %d undecodable skipped)",
 				len(files), st.Frames, fs.Packets, st.SkippedNonTCP, st.SkippedUndecodable),
 			fmt.Sprintf("Packets: %d counted, %d beyond the cap or after the end, %d server-to-client ignored",
 				fs.Counted, fs.BeyondCap, fs.Reverse+fs.OrphanSYNACK),
 		}
-		if fs.EvictedOpen > 0 {
-			extra = append(extra, fmt.Sprintf("Warning: %d connections were evicted to stay within --max-open %d", fs.EvictedOpen, o.cfg.MaxOpen))
+		for _, w := range warnings {
+			extra = append(extra, "Warning: "+w)
 		}
 		err = report.WriteTable(out, &sum, extra)
 	}

@@ -421,3 +421,65 @@ func TestInterruptFinishesStandardInput(t *testing.T) {
 		t.Errorf("not every connection reported after the interrupt:\n%s", out.String())
 	}
 }
+
+// A capture out of timestamp order by more than one place (here a SYN
+// written after two later packets of its connection) cannot be ordered
+// exactly by the streaming engine: classify says so, on standard error for
+// json and radar and in the table, and names the fix.
+func TestOutOfOrderCaptureIsReported(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "unordered.pcap")
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, err := capture.NewPcapWriter(f, 101, 262144, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// In order: SYN (0 ms), ACK (10), PSH+ACK (20), RST (30); written ACK,
+	// PSH+ACK, SYN, RST.
+	for _, p := range []struct {
+		at    int
+		flags packet.Flags
+		seq   uint32
+	}{
+		{10, packet.ACK, 1001}, {20, packet.PSH | packet.ACK, 1001}, {0, packet.SYN, 1000}, {30, packet.RST, 1051},
+	} {
+		r := packet.Record{SrcPort: 40001, DstPort: 443, TTL: 64, Window: 64240, Flags: p.flags, Seq: p.seq}
+		r.SetSrc(netip.MustParseAddr("192.0.2.1"))
+		r.SetDst(netip.MustParseAddr("198.51.100.2"))
+		if p.flags.Has(packet.PSH) {
+			r.PayloadLen = 50
+		}
+		ts := base + int64(p.at)*int64(time.Millisecond)
+		b := capture.BuildPacket(&r)
+		if err := w.WritePacket(ts, b, len(b)+int(r.PayloadLen)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	const warning = "1 connections had a packet older than packets of theirs already taken"
+	for _, format := range []string{"json", "radar"} {
+		_, stderr, err := runCLI(t, "classify", "--format", format, path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(stderr, "connscope classify: warning: "+warning) || !strings.Contains(stderr, "reordercap") {
+			t.Errorf("--format %s: standard error lacks the warning:\n%s", format, stderr)
+		}
+	}
+	out, _, err := runCLI(t, "classify", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out, "Warning: "+warning) {
+		t.Errorf("the table lacks the warning:\n%s", out)
+	}
+	// An ordered capture has none.
+	_, stderr, err := runCLI(t, "classify", "--format", "json", writeCapture(t, map[uint16][]string{40001: {"S", "A", "PA", "R"}}))
+	if err != nil || strings.Contains(stderr, "warning") {
+		t.Errorf("an ordered capture: err %v, standard error %q", err, stderr)
+	}
+}
