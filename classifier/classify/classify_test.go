@@ -305,13 +305,51 @@ func secondConn(at time.Duration) []packet.Record {
 }
 
 func TestNewSYNWhileTheConnectionIsHeldIsMultipleSYN(t *testing.T) {
-	// method.md: a connection is keyed by the 5-tuple, and more than one SYN
-	// in it excludes it, also when the second SYN reuses the ports after an
-	// RST.
-	first := records(c4(pk{f: "S"}, pk{f: "A", at: ms(10)}, pk{f: "R", at: ms(20)}))
+	// method.md: more than one SYN in a connection excludes it: a
+	// retransmitted SYN, or one with a new sequence number before the
+	// connection was closed by an RST or FIN.
+	first := records(c4(pk{f: "S"}, pk{f: "A", at: ms(10)}, pk{f: "PA", at: ms(20)}))
 	out, _ := run(t, flow.Config{}, 20*time.Second, append(first, secondConn(ms(500))...))
 	if len(out) != 1 || out[0].r.Excluded != classify.MultipleSYN || out[0].n != 7 {
-		t.Fatalf("got %+v, want one connection of 7 packets excluded as multiple_syn", out)
+		t.Fatalf("new ISN, no RST or FIN before it: got %+v, want one connection of 7 packets excluded as multiple_syn", out)
+	}
+	retrans := records(c4(pk{f: "S"}, pk{f: "R", at: ms(20)}, pk{f: "S", at: ms(1000)}))
+	out, _ = run(t, flow.Config{}, 20*time.Second, retrans)
+	if len(out) != 1 || out[0].r.Excluded != classify.MultipleSYN || out[0].n != 3 {
+		t.Fatalf("the SYN retransmitted after an RST: got %+v, want one connection of 3 packets excluded as multiple_syn", out)
+	}
+}
+
+func TestANewSYNAfterAnRSTOrFINStartsANewConnection(t *testing.T) {
+	// The client reuses the ports after a close: conntrack, which the agent
+	// samples, starts a new connection for that SYN, and so does the
+	// classifier, within the hold too, instead of making the closed one
+	// multiple_syn.
+	for _, tc := range []struct {
+		name  string
+		first []pk
+		sig   classify.Signature
+	}{
+		{"after an RST", []pk{{f: "S"}, {f: "A", at: ms(10)}, {f: "PA", at: ms(20)}, {f: "R", at: ms(30)}}, classify.SigPSHRST},
+		{"after a FIN", []pk{{f: "S"}, {f: "A", at: ms(10)}, {f: "PA", at: ms(20)}, {f: "FA", at: ms(30)}}, classify.SigNone},
+		// The RST is still held (the latest packet) when the SYN arrives.
+		{"right after an RST", []pk{{f: "S"}, {f: "R", at: ms(10)}}, classify.SigSYNRST},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			out, st := run(t, flow.Config{}, 20*time.Second, append(records(c4(tc.first...)), secondConn(ms(500))...))
+			if len(out) != 2 {
+				t.Fatalf("got %+v, want two connections", out)
+			}
+			if out[0].n != len(tc.first) || out[0].r.Excluded != classify.Included || out[0].r.Signature != tc.sig {
+				t.Errorf("first: got %+v, want %d packets, signature %q", out[0], len(tc.first), tc.sig)
+			}
+			if out[1].n != 4 || out[1].r.Excluded != classify.Included || out[1].r.Closure != classify.ClosureFIN {
+				t.Errorf("second: got %+v, want its 4 packets, closed by its FIN", out[1])
+			}
+			if st.Opened != 2 {
+				t.Errorf("connections opened: %d, want 2", st.Opened)
+			}
+		})
 	}
 }
 
@@ -374,6 +412,62 @@ func TestEvictionKeepsTheTableBoundedAndCounts(t *testing.T) {
 	}
 	if evicted != 3 || st.EvictedOpen != 3 || st.PeakHeld != 2 {
 		t.Errorf("evicted %d (stats %d), peak held %d; want 3, 3, 2", evicted, st.EvictedOpen, st.PeakHeld)
+	}
+}
+
+// Packets that share a (coarse) timestamp are ordered the connection's
+// SYN first, then by sequence number, and at one sequence number an ACK
+// before data and an RST last, whatever order they arrived in (README, "How
+// connections are judged").
+func TestPacketsOfOneTimestampAreOrderedSYNFirstThenBySequenceRSTLast(t *testing.T) {
+	type order struct {
+		name string
+		pks  []pk
+	}
+	for _, tc := range []struct {
+		name  string
+		pks   []pk // in the order of the rule
+		stage classify.Stage
+		sig   classify.Signature
+	}{
+		{
+			// An injector's RST with a sequence number behind the SYN's
+			// (in serial order): still after the SYN, not a connection
+			// without one.
+			name:  "an RST behind the SYN's sequence number",
+			pks:   []pk{{f: "S"}, {f: "R", seq: isn - 100}},
+			stage: classify.PostSYN, sig: classify.SigSYNRST,
+		},
+		{
+			// An RST sent at the sequence number of the data packet it
+			// answers comes after it.
+			name:  "an RST at the data packet's sequence number",
+			pks:   []pk{{f: "S"}, {f: "A", at: ms(10)}, {f: "PA", at: ms(20), seq: isn + 1}, {f: "R", at: ms(20), seq: isn + 1}},
+			stage: classify.PostPSH, sig: classify.SigPSHRST,
+		},
+		{
+			// The handshake's ACK and the first data share a sequence
+			// number: the ACK first.
+			name:  "a whole connection in one timestamp",
+			pks:   []pk{{f: "S"}, {f: "A", seq: isn + 1}, {f: "PA", seq: isn + 1}, {f: "R", seq: isn + 1}},
+			stage: classify.PostPSH, sig: classify.SigPSHRST,
+		},
+	} {
+		// The packets of the last timestamp, arriving in reverse.
+		rev := slices.Clone(tc.pks)
+		i := len(rev) - 1
+		for i > 0 && rev[i-1].at == rev[len(rev)-1].at {
+			i--
+		}
+		slices.Reverse(rev[i:])
+		for _, o := range []order{{"in order", tc.pks}, {"the last timestamp's in reverse", rev}} {
+			t.Run(tc.name+", "+o.name, func(t *testing.T) {
+				out, _ := run(t, flow.Config{}, 10*time.Second, records(c4(o.pks...)))
+				if len(out) != 1 || out[0].r.Stage != tc.stage || out[0].r.Signature != tc.sig {
+					t.Fatalf("got %+v, want one connection: %s, %q", out, tc.stage, tc.sig)
+				}
+			})
+		}
 	}
 }
 

@@ -14,18 +14,46 @@ import (
 )
 
 // reference classifies a connection from its whole packet list, the plain
-// way method.md describes it: sort them by timestamp then sequence number,
-// keep the first cap of them, and apply sections 3 to 6. The
-// table and Classify never hold the packets (they keep a running summary);
-// this is the independent implementation they are checked against.
+// way method.md describes it: sort them by timestamp then sequence number
+// (within a timestamp the connection's SYN first, a client SYN with the
+// sequence number of the first to arrive, and at one sequence number a
+// packet without PSH, FIN or RST, then PSH, then FIN, then RST: the
+// engine's tie rules, README "How connections are judged"), keep the first
+// cap of them, and apply sections 3 to 6. The table and Classify never
+// hold the packets (they keep a running summary); this is the independent
+// implementation they are checked against.
 func reference(recs []packet.Record, capN int, silent bool) classify.Result {
 	ps := slices.Clone(recs)
+	clientSYN := func(p packet.Record) bool { return p.Flags&(packet.SYN|packet.ACK) == packet.SYN }
+	isn, hasSYN := uint32(0), false
+	for _, p := range recs {
+		if clientSYN(p) {
+			isn, hasSYN = p.Seq, true
+			break
+		}
+	}
+	isSYN := func(p packet.Record) int {
+		if hasSYN && clientSYN(p) && p.Seq == isn {
+			return 0
+		}
+		return 1
+	}
+	rank := func(p packet.Record) int {
+		for i, f := range []packet.Flags{packet.RST, packet.FIN, packet.PSH} {
+			if p.Flags&f != 0 {
+				return 3 - i
+			}
+		}
+		return 0
+	}
 	slices.SortStableFunc(ps, func(a, b packet.Record) int {
 		switch {
 		case a.Timestamp != b.Timestamp:
 			return cmpInt(a.Timestamp, b.Timestamp)
+		case isSYN(a) != isSYN(b):
+			return isSYN(a) - isSYN(b)
 		case a.Seq == b.Seq:
-			return 0
+			return rank(a) - rank(b)
 		case int32(a.Seq-b.Seq) < 0:
 			return -1
 		}

@@ -27,7 +27,13 @@
 //     IdleTimeout (3 s) before that is what makes it a timeout (Conn.Silent);
 //     Hold only decides how long a late packet may still join it. Resets and
 //     FINs do not finish a connection at once: more RSTs (injectors send
-//     several) and FINs may follow, and they belong to it.
+//     several) and FINs may follow, and they belong to it. One packet does
+//     (EndNewSYN): a client SYN with a new initial sequence number, not
+//     older than the connection's latest packet, after one of its RSTs or
+//     FINs. The client reuses the ports for a new connection, as conntrack,
+//     which the agent samples, sees it: a SYN after a close starts a new
+//     conntrack connection, sampled on its own. The SYN opens that
+//     connection here too, instead of making the closed one multiple_syn.
 //   - After it is finished a connection stays known for Linger (measured from
 //     its last packet) as a small tombstone without packets, so that its late
 //     packets (retransmissions, packets beyond the cap, server packets) are
@@ -41,7 +47,10 @@
 // timestamp seen, so a capture file is classified exactly as a live stream of
 // the same packets would be. Packets of a connection are taken in timestamp,
 // then sequence-number order (timestamps of some capture paths are coarse),
-// then arrival order. A connection is finished exactly when a packet
+// then arrival order; among packets of one timestamp the connection's SYN
+// comes first, and at one sequence number a packet without PSH, FIN or
+// RST comes before data, then FIN, then RST (entry.precedes). A
+// connection is finished exactly when a packet
 // arrives after at least Hold of silence, whenever the lazy expiry
 // gets to it; Conn.Silent tells whether IdleTimeout of silence had passed
 // when it was finished.
@@ -201,9 +210,12 @@ const (
 	EndEvicted
 	// EndInput: the input ended (Flush).
 	EndInput
+	// EndNewSYN: after its RST or FIN, a client SYN with a new initial
+	// sequence number reused its ports (and opened a new connection).
+	EndNewSYN
 )
 
-var endNames = [...]string{"", "idle", "cap", "evicted", "input"}
+var endNames = [...]string{"", "idle", "cap", "evicted", "input", "new_syn"}
 
 func (e End) String() string {
 	if int(e) < len(endNames) {

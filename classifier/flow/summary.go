@@ -145,8 +145,8 @@ func (t *Table) heldCount(e *entry) int {
 }
 
 // flushHeld summarises the held packets, if any: the one in the entry, or
-// the tie group in sequence-number order (a stable sort: equal numbers keep
-// their arrival order).
+// the tie group in the order of precedes (a stable sort: packets equal in
+// it keep their arrival order).
 func (t *Table) flushHeld(e *entry, v4 bool) {
 	if e.state&stPending == 0 {
 		return
@@ -158,7 +158,7 @@ func (t *Table) flushHeld(e *entry, v4 bool) {
 	}
 	g := t.ties.group(e.tie)
 	for i := 1; i < len(g); i++ {
-		for j := i; j > 0 && int32(g[j].seq-g[j-1].seq) < 0; j-- {
+		for j := i; j > 0 && e.precedes(g[j], g[j-1]); j-- {
 			g[j], g[j-1] = g[j-1], g[j]
 		}
 	}
@@ -235,8 +235,51 @@ func (e *entry) held() heldPacket {
 	return heldPacket{seq: e.pSeq, ack: e.pAck, ipid: e.pIPID, ttl: e.pTTL, flags: e.pFlags}
 }
 
+// precedes orders two packets of one connection that share a timestamp:
+// the connection's SYN first (a client SYN, SYN set and ACK clear, with
+// the initial sequence number of the first client SYN to arrive, e.synSeq:
+// the SYN and its retransmissions), as a connection starts with it (an
+// injected packet's sequence number may be anything, and one behind the
+// SYN's must not make the connection look as if it had no SYN); then by
+// sequence number (serial arithmetic, RFC 1982); at one sequence number, a
+// packet that carries neither PSH nor FIN nor RST, then one with PSH, then
+// one with FIN, then an RST last. (At one sequence number the handshake's
+// ACK comes before the data sent at that number, and an RST sent at the
+// number of the packet it answers comes after it: an RST ends a
+// connection, and its stage is what came before it.) Packets equal in all
+// of this keep their arrival order.
+func (e *entry) precedes(p, q heldPacket) bool {
+	if e.state&stHasSYN != 0 {
+		pSYN := p.flags&(packet.SYN|packet.ACK) == packet.SYN && p.seq == e.synSeq
+		qSYN := q.flags&(packet.SYN|packet.ACK) == packet.SYN && q.seq == e.synSeq
+		if pSYN != qSYN {
+			return pSYN
+		}
+	}
+	if d := int32(p.seq - q.seq); d != 0 {
+		return d < 0
+	}
+	return sameSeqRank(p.flags) < sameSeqRank(q.flags)
+}
+
+// sameSeqRank places a packet among those with its sequence number (see
+// precedes).
+func sameSeqRank(f packet.Flags) int {
+	switch {
+	case f&packet.RST != 0:
+		return 3
+	case f&packet.FIN != 0:
+		return 2
+	case f&packet.PSH != 0:
+		return 1
+	}
+	return 0
+}
+
 // before orders packets by timestamp, then sequence number (serial
-// arithmetic); equal packets keep their arrival order.
+// arithmetic), for noting packets taken out of order (Summary.Reordered);
+// it does not apply precedes's finer order within a timestamp (for which
+// it would need the flags of the last packet summarised).
 func before(ts int64, seq uint32, ts2 int64, seq2 uint32) bool {
 	if ts != ts2 {
 		return ts < ts2

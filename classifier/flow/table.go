@@ -252,6 +252,9 @@ func (t *Table) add(r *packet.Record, kp *Key, h uint32) {
 				return
 			}
 			t.remove(id) // a new connection on the same ports
+		case clientSYN && t.reopens(e, r):
+			t.finish(id, EndNewSYN)
+			t.remove(id)
 		default:
 			t.append(id, e, r, clientSYN)
 			return
@@ -348,6 +351,32 @@ func (t *Table) append(id uint32, e *entry, r *packet.Record, clientSYN bool) {
 	}
 }
 
+// reopens reports whether client SYN r starts a new connection on the
+// ports of open connection e (EndNewSYN): its initial sequence number is
+// not e's SYN's, its timestamp is later than all of e's packets (at one
+// timestamp the order is precedes's, and it does not put a SYN after an
+// RST), and e has a counted RST or FIN (summarised or held).
+func (t *Table) reopens(e *entry, r *packet.Record) bool {
+	if (e.state&stHasSYN != 0 && e.synSeq == r.Seq) || r.Timestamp <= e.last {
+		return false
+	}
+	if e.state&stFIN != 0 || e.count(cntRSTs)+e.count(cntRSTACKs) > 0 {
+		return true
+	}
+	const closing = packet.RST | packet.FIN
+	switch {
+	case e.tie != 0:
+		for _, p := range t.ties.group(e.tie) {
+			if p.flags&closing != 0 {
+				return true
+			}
+		}
+	case e.state&stPending != 0:
+		return e.pFlags&closing != 0
+	}
+	return false
+}
+
 // noteSYN keeps what the scanner tags need of the connection's first client
 // SYN.
 func (e *entry) noteSYN(r *packet.Record, clientSYN bool) {
@@ -363,44 +392,44 @@ func (e *entry) noteSYN(r *packet.Record, clientSYN bool) {
 
 // overCap takes a packet of a connection that is at the cap with packets
 // held at the clock's timestamp (stCapped). A packet with that timestamp
-// and a lower sequence number than the last held one in order comes before
-// it: it takes that packet's place, which goes beyond the cap. Any other
-// packet is beyond the cap, except a client SYN with a new initial
-// sequence number: overCap then returns true, and the caller finishes the
-// connection so that the SYN opens a new one, as it does after a
-// connection is finished.
+// that comes before the last held one in order (precedes) takes that
+// packet's place, which goes beyond the cap. Any other packet is beyond
+// the cap, except a client SYN with a new initial sequence number: overCap
+// then returns true, and the caller finishes the connection so that the
+// SYN opens a new one, as it does after a connection is finished.
 // (If the packet displaced was the connection's first SYN, the SYN's
 // details stay those of the displaced one: with a full group of packets
-// sharing one timestamp, a SYN is last in sequence order only when it is
-// not the connection's first packet anyway.)
+// sharing one timestamp, the SYN is last in order only when every packet
+// of the group is one of its copies.)
 func (t *Table) overCap(e *entry, r *packet.Record, clientSYN bool) bool {
 	if r.Timestamp != e.last {
 		return t.beyond(e, r, clientSYN)
 	}
+	// The connection's first client SYN is the SYN precedes puts first.
+	e.noteSYN(r, clientSYN)
 	p := heldPacket{seq: r.Seq, ack: r.Ack, ipid: r.IPID, ttl: r.TTL, flags: r.Flags}
 	if e.tie == 0 {
-		if int32(p.seq-e.pSeq) >= 0 {
+		if !e.precedes(p, e.held()) {
 			return t.beyond(e, r, clientSYN)
 		}
 		e.hold(r.Timestamp, p)
 	} else {
-		// The last in order: the highest sequence number, the last to
-		// arrive among equal ones (the sort is stable).
+		// The last in order (precedes), the last to arrive among equal
+		// ones (the sort is stable).
 		g := t.ties.group(e.tie)
 		m := 0
 		for i := 1; i < len(g); i++ {
-			if int32(g[i].seq-g[m].seq) >= 0 {
+			if !e.precedes(g[i], g[m]) {
 				m = i
 			}
 		}
-		if int32(p.seq-g[m].seq) >= 0 {
+		if !e.precedes(p, g[m]) {
 			return t.beyond(e, r, clientSYN)
 		}
 		copy(g[m:], g[m+1:])
 		g[len(g)-1] = p
 	}
 	t.stats.BeyondCap++ // the packet displaced
-	e.noteSYN(r, clientSYN)
 	return false
 }
 
