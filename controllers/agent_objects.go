@@ -215,6 +215,12 @@ func AgentDaemonSet(p *samplingv1alpha1.SamplingPolicy, alloc Allocation, config
 						Name:            "agent",
 						Image:           image,
 						ImagePullPolicy: corev1.PullIfNotPresent,
+						// An agent that exits on an error (a group bound by
+						// another process, a backend that does not work)
+						// logs it last: its logs' tail is then the
+						// termination message, which the policy's status
+						// quotes (AgentPodsFailing).
+						TerminationMessagePolicy: corev1.TerminationMessageFallbackToLogsOnError,
 						// The node's network is the pod's: /metrics and the
 						// probes listen on the node's own address (the pod
 						// IP the kubelet probes and Prometheus scrapes), not

@@ -288,8 +288,37 @@ func (r *SamplingPolicyReconciler) Reconcile(ctx context.Context, req ctrl.Reque
 			Updated: ds.Status.UpdatedNumberScheduled,
 		}
 	}
-	setConditions(&p.Status, p.Generation, childHealth(ds, dep))
+	h := childHealth(ds, dep)
+	if agentsPending(ds) {
+		problems, err := r.agentPodProblems(ctx, &p)
+		if err != nil {
+			return ctrl.Result{}, err
+		}
+		h.failingAgents(problems, r.Options.AgentNamespace)
+	}
+	setConditions(&p.Status, p.Generation, h)
 	return ctrl.Result{}, nil
+}
+
+// agentPodProblems lists, from the cache, the policy's agent pods that
+// cannot run and why (podProblem), ordered by node. A pod's changes
+// reach the policy through the Pod watch, so the conditions follow them.
+func (r *SamplingPolicyReconciler) agentPodProblems(ctx context.Context, p *samplingv1alpha1.SamplingPolicy) ([]string, error) {
+	var pods corev1.PodList
+	if err := r.Client.List(ctx, &pods, client.InNamespace(r.Options.AgentNamespace),
+		client.MatchingLabels{LabelPolicy: p.Name, LabelComponent: ComponentAgent}); err != nil {
+		return nil, fmt.Errorf("list agent pods: %w", err)
+	}
+	slices.SortFunc(pods.Items, func(a, b corev1.Pod) int {
+		return strings.Compare(a.Spec.NodeName+"/"+a.Name, b.Spec.NodeName+"/"+b.Name)
+	})
+	var problems []string
+	for i := range pods.Items {
+		if msg := podProblem(&pods.Items[i]); msg != "" {
+			problems = append(problems, msg)
+		}
+	}
+	return problems, nil
 }
 
 // degrade marks the policy Degraded (and not Ready) for reason.

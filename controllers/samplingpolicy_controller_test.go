@@ -521,6 +521,89 @@ func TestStatusFollowsDaemonSetAndDeployment(t *testing.T) {
 	})
 }
 
+// An agent pod that cannot run (here crash-looping on an NFLOG group that
+// another process holds, then unschedulable) makes the policy Degraded
+// with the pod, its node and the agent's own error, both while agents are
+// not ready and during a rollout, which a DaemonSet would otherwise show
+// as progressing forever (it has no progress deadline).
+func TestFailingAgentPodsDegradeWithTheirError(t *testing.T) {
+	envtestsuite.NeedEnv(t)
+	startController(t, testOptions())
+	newPolicy(t, "crashing", nil)
+	eventually(t, wait, "children", func() error {
+		if _, err := getDS("crashing"); err != nil {
+			return err
+		}
+		_, err := getDeployment("crashing")
+		return err
+	})
+	setDeploymentStatus(t, "crashing", true)
+	setDaemonSetStatus(t, "crashing", 3, 2, 3)
+	wantConditions(t, "crashing", "False/AgentsNotReady", "False/Reconciled", "True/AgentsNotReady")
+
+	pod := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{
+			Name: AgentName("crashing") + "-b9x2q", Namespace: DefaultAgentNamespace,
+			Labels: objectLabels("crashing", ComponentAgent),
+		},
+		Spec: corev1.PodSpec{NodeName: "node-b", Containers: []corev1.Container{{Name: "agent", Image: "connscope/connscope:test"}}},
+	}
+	if err := k8s.Create(ctx, pod); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = k8s.Delete(ctx, pod, client.GracePeriodSeconds(0)) })
+	const agentErr = "connscope: NFLOG group 5 is already bound by another process"
+	pod.Status = corev1.PodStatus{
+		Phase: corev1.PodRunning,
+		ContainerStatuses: []corev1.ContainerStatus{{
+			Name: "agent", Image: "connscope/connscope:test", RestartCount: 4,
+			State: corev1.ContainerState{Waiting: &corev1.ContainerStateWaiting{Reason: "CrashLoopBackOff", Message: "back-off 1m20s restarting failed container"}},
+			LastTerminationState: corev1.ContainerState{Terminated: &corev1.ContainerStateTerminated{
+				ExitCode: 1, Reason: "Error", Message: `{"level":"INFO","msg":"starting"}` + "\n" + agentErr + "\n",
+			}},
+		}},
+	}
+	if err := k8s.Status().Update(ctx, pod); err != nil {
+		t.Fatal(err)
+	}
+	p := wantConditions(t, "crashing", "False/AgentPodsFailing", "False/Reconciled", "True/AgentPodsFailing")
+	msg := meta.FindStatusCondition(p.Status.Conditions, "Degraded").Message
+	for _, want := range []string{"1 agent pod(s) cannot run", pod.Name + " on node node-b", "CrashLoopBackOff", "last exit code 1: " + agentErr, "kubectl -n " + DefaultAgentNamespace + " describe pod"} {
+		if !strings.Contains(msg, want) {
+			t.Errorf("Degraded message lacks %q: %s", want, msg)
+		}
+	}
+
+	// During a rollout too: still Progressing, and Degraded with the reason.
+	setDaemonSetStatus(t, "crashing", 3, 2, 1)
+	wantConditions(t, "crashing", "False/AgentPodsFailing", "True/AgentsRollingOut", "True/AgentPodsFailing")
+
+	// A pod the scheduler cannot place.
+	pod.Status = corev1.PodStatus{Phase: corev1.PodPending, Conditions: []corev1.PodCondition{{
+		Type: corev1.PodScheduled, Status: corev1.ConditionFalse, Reason: corev1.PodReasonUnschedulable,
+		Message: "0/3 nodes are available: 3 Insufficient memory.",
+	}}}
+	if err := k8s.Status().Update(ctx, pod); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, wait, "unschedulable named", func() error {
+		c := meta.FindStatusCondition(getPolicy(t, "crashing").Status.Conditions, "Degraded")
+		if c == nil || !strings.Contains(c.Message, "unschedulable: 0/3 nodes are available: 3 Insufficient memory.") {
+			return fmt.Errorf("Degraded %+v", c)
+		}
+		return nil
+	})
+
+	// Fixed: a pod that is starting is no problem; the agents become ready.
+	pod.Status = corev1.PodStatus{Phase: corev1.PodRunning}
+	if err := k8s.Status().Update(ctx, pod); err != nil {
+		t.Fatal(err)
+	}
+	wantConditions(t, "crashing", "False/AgentsRollingOut", "True/AgentsRollingOut", "False/Reconciled")
+	setDaemonSetStatus(t, "crashing", 3, 3, 3)
+	wantConditions(t, "crashing", "True/AllAgentsReady", "False/Reconciled", "False/Reconciled")
+}
+
 // laggingCache is a client whose reads of the objects given to freeze
 // return them as they were then, as an informer cache that has not yet
 // seen the latest writes does; everything else goes to the API server.

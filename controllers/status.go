@@ -2,6 +2,8 @@ package controllers
 
 import (
 	"fmt"
+	"slices"
+	"strings"
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -17,6 +19,7 @@ const (
 	ReasonNoNodes            = "NoNodesSelected"
 	ReasonAgentsRollingOut   = "AgentsRollingOut"
 	ReasonAgentsNotReady     = "AgentsNotReady"
+	ReasonAgentPodsFailing   = "AgentPodsFailing"
 	ReasonClassifierNotReady = "ClassifierNotAvailable"
 	ReasonClassifierStalled  = "ClassifierRolloutStalled"
 	ReasonLabelBitExhausted  = "NoLabelBitFree"
@@ -122,6 +125,99 @@ func childHealth(ds *appsv1.DaemonSet, dep *appsv1.Deployment) health {
 		h.readyReason, h.readyMsg = ReasonClassifierNotReady, "the classifier is not available"
 	}
 	return h
+}
+
+// agentsPending reports whether some selected node does not yet run a
+// ready agent of the current settings (a rollout in progress or agents
+// not ready): then the agent pods are worth a look (agentPodsFailing).
+func agentsPending(ds *appsv1.DaemonSet) bool {
+	return ds != nil && (!daemonSetRolledOut(ds) || ds.Status.NumberReady < ds.Status.DesiredNumberScheduled)
+}
+
+// failingWaitReasons are the reasons of a waiting container that waiting
+// does not cure: the kubelet backs off and tries again, and the pod stays
+// unready until someone changes something (the image, the policy, the
+// node).
+var failingWaitReasons = map[string]bool{
+	"CrashLoopBackOff": true, "ImagePullBackOff": true, "ErrImagePull": true, "InvalidImageName": true,
+	"CreateContainerConfigError": true, "CreateContainerError": true, "RunContainerError": true,
+}
+
+// podProblem says why an agent pod cannot run (a container waiting for a
+// reason in failingWaitReasons, with its last exit and the last line of
+// its termination message, which holds the agent's error; a pod the
+// scheduler cannot place; a failed pod), or "" when nothing says it cannot
+// (it may be starting).
+func podProblem(pod *corev1.Pod) string {
+	where := fmt.Sprintf("pod %s", pod.Name)
+	if pod.Spec.NodeName != "" {
+		where += " on node " + pod.Spec.NodeName
+	}
+	if pod.DeletionTimestamp != nil {
+		return ""
+	}
+	for _, c := range pod.Status.Conditions {
+		if c.Type == corev1.PodScheduled && c.Status == corev1.ConditionFalse && c.Reason == corev1.PodReasonUnschedulable {
+			return fmt.Sprintf("%s: unschedulable: %s", where, clip(c.Message))
+		}
+	}
+	if pod.Status.Phase == corev1.PodFailed {
+		return fmt.Sprintf("%s: failed: %s %s", where, pod.Status.Reason, clip(pod.Status.Message))
+	}
+	for _, cs := range append(slices.Clone(pod.Status.InitContainerStatuses), pod.Status.ContainerStatuses...) {
+		w := cs.State.Waiting
+		if w == nil || !failingWaitReasons[w.Reason] {
+			continue
+		}
+		msg := fmt.Sprintf("%s: container %s: %s", where, cs.Name, w.Reason)
+		if w.Message != "" && w.Reason != "CrashLoopBackOff" { // the back-off message only repeats the pod's name
+			msg += ": " + clip(w.Message)
+		}
+		if t := cs.LastTerminationState.Terminated; t != nil {
+			msg += fmt.Sprintf(" (last exit code %d", t.ExitCode)
+			if line := lastLine(t.Message); line != "" {
+				msg += ": " + clip(line)
+			}
+			msg += ")"
+		}
+		return msg
+	}
+	return ""
+}
+
+// lastLine is the last non-empty line of s.
+func lastLine(s string) string {
+	lines := strings.Split(strings.TrimSpace(s), "\n")
+	return strings.TrimSpace(lines[len(lines)-1])
+}
+
+// clip shortens s to a length a condition's message can carry for
+// several pods.
+func clip(s string) string {
+	const max = 300
+	if len(s) <= max {
+		return s
+	}
+	return s[:max] + "…"
+}
+
+// failingAgents folds the problems of agent pods (podProblem, at most the
+// first two named) into h: Degraded, and not Ready, with
+// ReasonAgentPodsFailing, instead of the bare counts of AgentsNotReady or
+// a rollout that would otherwise seem to progress forever (a DaemonSet
+// has no progress deadline).
+func (h *health) failingAgents(problems []string, namespace string) {
+	if len(problems) == 0 || h.ready || (h.degraded && h.degrReason != ReasonAgentsNotReady) {
+		return
+	}
+	shown := problems[:min(2, len(problems))]
+	msg := fmt.Sprintf("%d agent pod(s) cannot run: %s", len(problems), strings.Join(shown, "; "))
+	if len(problems) > len(shown) {
+		msg += "; …"
+	}
+	msg += fmt.Sprintf(" (kubectl -n %s describe pod, and the pod's logs)", namespace)
+	h.degraded, h.degrReason, h.degrMsg = true, ReasonAgentPodsFailing, msg
+	h.readyReason, h.readyMsg = ReasonAgentPodsFailing, msg
 }
 
 func ptrOr(p *int32, def int32) int32 {

@@ -17,7 +17,9 @@ const (
 	ConditionProgressing = "Progressing"
 	// ConditionDegraded is True when the policy cannot be carried out as
 	// written: no label bit or NFLOG group is free, a child cannot be
-	// written, or agents stay unavailable after a rollout.
+	// written, agents stay unavailable after a rollout, or agent pods
+	// cannot run (crash-looping, an image that cannot be pulled,
+	// unschedulable), also during a rollout.
 	ConditionDegraded = "Degraded"
 )
 
