@@ -218,10 +218,13 @@ type ClassifierSpec struct {
 	Image string `json:"image,omitempty"`
 
 	// resources of the classifier container; the controller's defaults
-	// when unset. A request (cpu, memory, ephemeral-storage) may not exceed
+	// when unset. Only cpu, memory and ephemeral-storage; a request may not exceed
 	// its limit.
 	// +optional
 	// +kubebuilder:validation:XValidation:rule="!has(self.requests) || !has(self.limits) || ['cpu', 'memory', 'ephemeral-storage'].all(r, !(r in self.requests) || !(r in self.limits) || !quantity(string(self.requests[r])).isGreaterThan(quantity(string(self.limits[r]))))",message="classifier.resources: a request (cpu, memory, ephemeral-storage) may not be greater than its limit"
+	// +kubebuilder:validation:XValidation:rule="!has(self.requests) || self.requests.all(r, r == 'cpu' || r == 'memory' || r == 'ephemeral-storage')",message="classifier.resources: only cpu, memory and ephemeral-storage may be requested or limited"
+	// +kubebuilder:validation:XValidation:rule="!has(self.limits) || self.limits.all(r, r == 'cpu' || r == 'memory' || r == 'ephemeral-storage')",message="classifier.resources: only cpu, memory and ephemeral-storage may be requested or limited"
+	// +kubebuilder:validation:XValidation:rule="!has(self.claims) || size(self.claims) == 0",message="classifier.resources: claims are not supported (the pod has no resource claims)"
 	Resources *corev1.ResourceRequirements `json:"resources,omitempty"`
 
 	// storage is the volume of the embedded store, for the Classifier sink
@@ -307,12 +310,16 @@ type SecretKeysRef struct {
 	// usernameKey is the key holding the user name; default "username".
 	// +optional
 	// +kubebuilder:default=username
+	// +kubebuilder:validation:MinLength=1
 	// +kubebuilder:validation:MaxLength=253
+	// +kubebuilder:validation:XValidation:rule="self.matches('^[-._a-zA-Z0-9]+$')",message="credentialsSecret.usernameKey must be a Secret key: letters, digits, '-', '_' and '.'"
 	UsernameKey string `json:"usernameKey,omitempty"`
 	// passwordKey is the key holding the password; default "password".
 	// +optional
 	// +kubebuilder:default=password
+	// +kubebuilder:validation:MinLength=1
 	// +kubebuilder:validation:MaxLength=253
+	// +kubebuilder:validation:XValidation:rule="self.matches('^[-._a-zA-Z0-9]+$')",message="credentialsSecret.passwordKey must be a Secret key: letters, digits, '-', '_' and '.'"
 	PasswordKey string `json:"passwordKey,omitempty"`
 }
 
@@ -325,10 +332,13 @@ type AgentSpec struct {
 	Image string `json:"image,omitempty"`
 
 	// resources of the agent container; the controller's defaults when
-	// unset. A request (cpu, memory, ephemeral-storage) may not exceed its
+	// unset. Only cpu, memory and ephemeral-storage; a request may not exceed its
 	// limit.
 	// +optional
 	// +kubebuilder:validation:XValidation:rule="!has(self.requests) || !has(self.limits) || ['cpu', 'memory', 'ephemeral-storage'].all(r, !(r in self.requests) || !(r in self.limits) || !quantity(string(self.requests[r])).isGreaterThan(quantity(string(self.limits[r]))))",message="agent.resources: a request (cpu, memory, ephemeral-storage) may not be greater than its limit"
+	// +kubebuilder:validation:XValidation:rule="!has(self.requests) || self.requests.all(r, r == 'cpu' || r == 'memory' || r == 'ephemeral-storage')",message="agent.resources: only cpu, memory and ephemeral-storage may be requested or limited"
+	// +kubebuilder:validation:XValidation:rule="!has(self.limits) || self.limits.all(r, r == 'cpu' || r == 'memory' || r == 'ephemeral-storage')",message="agent.resources: only cpu, memory and ephemeral-storage may be requested or limited"
+	// +kubebuilder:validation:XValidation:rule="!has(self.claims) || size(self.claims) == 0",message="agent.resources: claims are not supported (the pod has no resource claims)"
 	Resources *corev1.ResourceRequirements `json:"resources,omitempty"`
 }
 

@@ -243,6 +243,27 @@ func TestValidationRefusesBadInputWithItsMessage(t *testing.T) {
 			set(o, "spec.sink.clickhouse.address", "clickhouse:8123")
 			set(o, "spec.sink.clickhouse.credentialsSecret.name", "Bad_Name")
 		}, "credentialsSecret.name must be a Secret name", "spec.sink.clickhouse.credentialsSecret.name"},
+		{"ClickHouse credentials with a user name key that is no Secret key", func(o map[string]any) {
+			set(o, "spec.sink.type", "ClickHouse")
+			set(o, "spec.sink.clickhouse.address", "clickhouse:8123")
+			set(o, "spec.sink.clickhouse.credentialsSecret.name", "creds")
+			set(o, "spec.sink.clickhouse.credentialsSecret.usernameKey", "bad key!")
+		}, "credentialsSecret.usernameKey must be a Secret key", "spec.sink.clickhouse.credentialsSecret.usernameKey"},
+		{"ClickHouse credentials with a password key that is no Secret key", func(o map[string]any) {
+			set(o, "spec.sink.type", "ClickHouse")
+			set(o, "spec.sink.clickhouse.address", "clickhouse:8123")
+			set(o, "spec.sink.clickhouse.credentialsSecret.name", "creds")
+			set(o, "spec.sink.clickhouse.credentialsSecret.passwordKey", "/")
+		}, "credentialsSecret.passwordKey must be a Secret key", "spec.sink.clickhouse.credentialsSecret.passwordKey"},
+		{"classifier requesting an unknown resource", func(o map[string]any) {
+			set(o, "spec.sink.classifier.resources.requests", map[string]any{"foo": "1"})
+		}, "classifier.resources: only cpu, memory and ephemeral-storage may be requested or limited", "spec.sink.classifier.resources"},
+		{"classifier limited in hugepages", func(o map[string]any) {
+			set(o, "spec.sink.classifier.resources.limits", map[string]any{"hugepages-2Mi": "2Mi"})
+		}, "classifier.resources: only cpu, memory and ephemeral-storage may be requested or limited", "spec.sink.classifier.resources"},
+		{"classifier resources with a claim", func(o map[string]any) {
+			set(o, "spec.sink.classifier.resources.claims", []any{map[string]any{"name": "x"}})
+		}, "classifier.resources: claims are not supported", "spec.sink.classifier.resources"},
 		{"storage on a ClickHouse sink", func(o map[string]any) {
 			set(o, "spec.sink.type", "ClickHouse")
 			set(o, "spec.sink.clickhouse.address", "clickhouse:8123")
@@ -280,6 +301,9 @@ func TestValidationRefusesBadInputWithItsMessage(t *testing.T) {
 		{"classifier image too long", func(o map[string]any) { set(o, "spec.sink.classifier.image", long) }, "spec.sink.classifier.image: Too long: may not be more than 512", ""},
 		// agent
 		{"agent image too long", func(o map[string]any) { set(o, "spec.agent.image", long) }, "spec.agent.image: Too long: may not be more than 512", ""},
+		{"agent requesting a GPU", func(o map[string]any) {
+			set(o, "spec.agent.resources.requests", map[string]any{"example.com/gpu": "1"})
+		}, "agent.resources: only cpu, memory and ephemeral-storage may be requested or limited", "spec.agent.resources"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			obj := policy(fmt.Sprintf("bad-%d", i))
