@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"runtime"
 	"slices"
 	"sync"
@@ -50,6 +51,9 @@ type Agent struct {
 	queue        atomic.Pointer[ship.Queue]
 	nflogBound   atomic.Bool
 	rulesPresent atomic.Bool
+	// draining: the agent is stopping, and the reader reads only what the
+	// socket still holds (see Run, step 2).
+	draining atomic.Bool
 	// rulesSeen is set once a rules pass found or made the rules complete.
 	rulesSeen atomic.Bool
 	// sinkFailingSince is when the sink started failing without a success
@@ -88,6 +92,10 @@ const (
 	// removed: the kernel sends a batch it holds at the latest after the
 	// group's flush timeout.
 	drainWait = nflog.DefaultFlushTimeout + 100*time.Millisecond
+	// drainIdle: after drainWait the reader reads what the socket still
+	// holds until it has been empty this long, and drainMax bounds that.
+	drainIdle = 50 * time.Millisecond
+	drainMax  = 5 * time.Second
 	// sinkPoll is how often the sink's health is sampled.
 	sinkPoll = time.Second
 )
@@ -306,14 +314,27 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	a.rulesPresent.Store(false)
 
-	// 2. Read what the kernel still holds for the group, then close it
-	// (what the reader has not read by then, waiting for room in a queue
-	// that a slow sink keeps full, is left unread).
+	// 2. Read what the kernel still holds for the group, then close it.
+	// A reader waiting for room in a queue that a slow sink keeps full is
+	// released: it reads on until the socket is empty, and what it cannot
+	// queue is dropped and counted (queue_full), as are the packets the
+	// kernel dropped meanwhile (kernel_seq_gap), so that every packet the
+	// rules logged is accounted for.
 	if !readerDone {
 		time.Sleep(drainWait)
+		a.draining.Store(true)
 		close(stopRead)
-		_ = conn.Close()
-		if err := <-readDone; err != nil && !errors.Is(err, net.ErrClosed) && runErr == nil {
+		_ = conn.SetReadDeadline(time.Now().Add(drainIdle))
+		var err error
+		select {
+		case err = <-readDone:
+			_ = conn.Close()
+		case <-time.After(drainMax):
+			a.log.Warn("the socket was not drained within the time allowed; closing it", "allowed", drainMax)
+			_ = conn.Close()
+			err = <-readDone
+		}
+		if err != nil && !errors.Is(err, net.ErrClosed) && !errors.Is(err, os.ErrDeadlineExceeded) && runErr == nil {
 			runErr = fmt.Errorf("read NFLOG group %d: %w", cfg.NFLOGGroup, err)
 		}
 	} else {
@@ -339,7 +360,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	ns, qs := conn.Stats(), q.Stats()
 	a.log.Info("stopped", "logged", ns.Packets, "lostKernel", ns.SeqGaps, "enobufs", ns.ENOBUFS,
 		"undecodable", a.undecodableTotal(), "shipped", qs.Shipped, "droppedQueueFull", qs.DroppedQueueFull,
-		"unshipped", qs.Queued, "sinkErrors", qs.SinkErrors)
+		"droppedRejected", qs.DroppedRejected, "unshipped", qs.Queued, "sinkErrors", qs.SinkErrors)
 	return errors.Join(runErr, rmErr)
 }
 
@@ -424,6 +445,12 @@ func (a *Agent) waitRoom(q *ship.Queue, stop <-chan struct{}) int {
 func (a *Agent) read(conn *nflog.Conn, stop <-chan struct{}) error {
 	q := a.queue.Load()
 	for {
+		if a.draining.Load() {
+			// Stopping: read on only while the socket has packets.
+			if err := conn.SetReadDeadline(time.Now().Add(drainIdle)); err != nil {
+				return err
+			}
+		}
 		a.dst, a.nDst = q.Reserve(), 0
 		_, err := conn.ReadBatch(a.handle)
 		q.Commit(a.nDst)

@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -415,4 +416,37 @@ func TestLossMetricsSayWhenTheyAreCounted(t *testing.T) {
 			t.Errorf("/metrics lacks %q:\n%s", want, body)
 		}
 	}
+}
+
+// rejectSink refuses every batch as invalid (ship.ErrRejected).
+type rejectSink struct{}
+
+func (rejectSink) Send(context.Context, []packet.Record) error {
+	return fmt.Errorf("the classifier says: bad batch: %w", ship.ErrRejected)
+}
+func (rejectSink) Close() error { return nil }
+
+// TestRejectedBatchesAreCountedAsLost: records of batches the sink refuses
+// as invalid are not sent again, and /metrics counts them as lost
+// (reason rejected), so that no logged packet goes uncounted.
+func TestRejectedBatchesAreCountedAsLost(t *testing.T) {
+	a, err := New(validConfig(), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	q := ship.NewQueue(rejectSink{}, ship.QueueConfig{Capacity: 64, BatchSize: 16, FlushInterval: time.Millisecond})
+	a.queue.Store(q)
+	runQueue(t, q)
+	recs := make([]packet.Record, 10)
+	if n := q.OfferBatch(recs); n != 10 {
+		t.Fatalf("offered 10, queued %d", n)
+	}
+	const want = `connscope_agent_packets_lost_total{reason="rejected"} 10`
+	var body string
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		if _, body = get(t, a.Handler(), "/metrics"); strings.Contains(body, want) {
+			return
+		}
+	}
+	t.Fatalf("/metrics lacks %q:\n%s", want, body)
 }

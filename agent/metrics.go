@@ -20,8 +20,10 @@ import (
 //	connscope_agent_info{policy,node,backend,chain,nflog_group,label_bit}  1
 //	connscope_agent_packets_logged_total           NFLOG packets read
 //	connscope_agent_packets_lost_total{reason}     packets lost before the sink:
-//	    kernel_seq_gap (the kernel could not queue them on the socket) and
-//	    queue_full (read, not queued: the agent stopped with the queue full)
+//	    kernel_seq_gap (the kernel could not queue them on the socket),
+//	    queue_full (read, not queued: the agent stopped with the queue full;
+//	    it reads what the socket holds before it closes it) and rejected
+//	    (in batches the sink refused as invalid, not to be sent again)
 //	connscope_agent_nflog_enobufs_total            receive-buffer overflow reports
 //	    (each stands for one or more packets counted in kernel_seq_gap)
 //	connscope_agent_nflog_read_errors_total        malformed or unexpected netlink messages
@@ -83,11 +85,13 @@ func (a *Agent) newRegistry() *prometheus.Registry {
 
 	counter("connscope_agent_packets_logged_total", "Packets read from the NFLOG group.", nil,
 		nf(func(s nflog.Stats) uint64 { return s.Packets }))
-	const lostHelp = "Packets lost before reaching the sink: kernel_seq_gap (the kernel could not queue them on the socket, from NFLOG sequence gaps, counted when the group's next packet arrives), queue_full (read but not queued because the agent stopped while the queue towards the sink was full: otherwise the reader waits for room, and what waits in the socket is counted in kernel_seq_gap if it overflows)."
+	const lostHelp = "Packets lost before reaching the sink: kernel_seq_gap (the kernel could not queue them on the socket, from NFLOG sequence gaps, counted when the group's next packet arrives), queue_full (read but not queued because the agent stopped while the queue towards the sink was full: otherwise the reader waits for room, and what waits in the socket is counted in kernel_seq_gap if it overflows; at a stop the agent reads what the socket holds and counts here what it cannot queue), rejected (in batches the sink refused as invalid, which are not sent again)."
 	counter("connscope_agent_packets_lost_total", lostHelp, prometheus.Labels{"reason": "kernel_seq_gap"},
 		nf(func(s nflog.Stats) uint64 { return s.SeqGaps }))
 	counter("connscope_agent_packets_lost_total", lostHelp, prometheus.Labels{"reason": "queue_full"},
 		qs(func(s ship.Stats) float64 { return float64(s.DroppedQueueFull) }))
+	counter("connscope_agent_packets_lost_total", lostHelp, prometheus.Labels{"reason": "rejected"},
+		qs(func(s ship.Stats) float64 { return float64(s.DroppedRejected) }))
 	counter("connscope_agent_nflog_enobufs_total", "Times the NFLOG socket reported that its receive buffer overflowed (ENOBUFS), counted at once; the packets lost are counted in connscope_agent_packets_lost_total{reason=\"kernel_seq_gap\"} when the group's next packet arrives.", nil,
 		nf(func(s nflog.Stats) uint64 { return s.ENOBUFS }))
 	counter("connscope_agent_nflog_read_errors_total", "Malformed or unexpected netlink messages read from the NFLOG socket.", nil,

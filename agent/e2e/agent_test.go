@@ -136,6 +136,7 @@ func checkMetrics(t *testing.T, m map[string]float64, backend string) {
 		`connscope_agent_packets_logged_total`,
 		`connscope_agent_packets_lost_total{reason="kernel_seq_gap"}`,
 		`connscope_agent_packets_lost_total{reason="queue_full"}`,
+		`connscope_agent_packets_lost_total{reason="rejected"}`,
 		`connscope_agent_nflog_enobufs_total`,
 		`connscope_agent_nflog_read_errors_total`,
 		`connscope_agent_packets_undecodable_total{reason="not_tcp"}`,
@@ -165,6 +166,7 @@ func checkMetrics(t *testing.T, m map[string]float64, backend string) {
 	for name, want := range map[string]float64{
 		`connscope_agent_packets_lost_total{reason="kernel_seq_gap"}`:   0,
 		`connscope_agent_packets_lost_total{reason="queue_full"}`:       0,
+		`connscope_agent_packets_lost_total{reason="rejected"}`:         0,
 		`connscope_agent_packets_undecodable_total{reason="truncated"}`: 0,
 		`connscope_agent_sink_errors_total`:                             0,
 		`connscope_agent_rules_present`:                                 1,
@@ -580,8 +582,11 @@ func TestStopWithTheSinkDown(t *testing.T) {
 	if !strings.Contains(out, "records left unshipped") {
 		t.Errorf("no word of the records left unshipped:\n%s", out)
 	}
-	// logged = shipped + unshipped + droppedQueueFull, from the stop line.
-	var logged, shipped, unshipped, dropped int
+	// logged = shipped + unshipped + droppedQueueFull, from the stop line;
+	// and every packet the rules logged (3 per connection, all in the
+	// socket's buffer) is read before the socket is closed, or counted
+	// as lost by the kernel.
+	var logged, lostKernel, shipped, unshipped, dropped int
 	for _, line := range strings.Split(out, "\n") {
 		if !strings.Contains(line, "msg=stopped") {
 			continue
@@ -592,6 +597,8 @@ func TestStopWithTheSinkDown(t *testing.T) {
 			switch k {
 			case "logged":
 				logged = n
+			case "lostKernel":
+				lostKernel = n
 			case "shipped":
 				shipped = n
 			case "unshipped":
@@ -605,6 +612,10 @@ func TestStopWithTheSinkDown(t *testing.T) {
 	if logged == 0 || shipped != 0 || logged != shipped+unshipped+dropped {
 		t.Errorf("stop line: logged %d, shipped %d, unshipped %d, dropped %d: want logged = the sum, none shipped\n%s",
 			logged, shipped, unshipped, dropped, out)
+	}
+	if logged+lostKernel != 3*sinkDownConns {
+		t.Errorf("stop line: logged %d + lost in the kernel %d, want the %d packets the rules logged: the agent closed the socket with packets unread\n%s",
+			logged, lostKernel, 3*sinkDownConns, out)
 	}
 }
 

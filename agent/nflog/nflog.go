@@ -413,6 +413,11 @@ func (c *Conn) Stats() Stats {
 // when SO_RCVBUFFORCE was refused and net.core.rmem_max applied).
 func (c *Conn) ReadBufferSize() int { return c.rcvbuf }
 
+// SetReadDeadline makes a Read or ReadBatch waiting for the kernel after t
+// return an error that wraps os.ErrDeadlineExceeded, so that a reader can
+// drain what the socket holds and then stop (a zero t: no deadline).
+func (c *Conn) SetReadDeadline(t time.Time) error { return c.nl.SetReadDeadline(t) }
+
 // Close unbinds the group and closes the socket. A Read blocked in
 // another goroutine returns net.ErrClosed. Close is idempotent.
 func (c *Conn) Close() error {
