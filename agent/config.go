@@ -192,7 +192,7 @@ func (c *Config) AddFlags(fs *pflag.FlagSet) {
 			f.DefValue = "0"
 		}
 	}
-	fs.IntVar(&c.CopyRange, "copy-range", c.CopyRange, fmt.Sprintf("bytes of each packet copied from the kernel, headers only, %d-%d", rules.MinCopyRange, rules.MaxCopyRange))
+	fs.IntVar(&c.CopyRange, "copy-range", c.CopyRange, fmt.Sprintf("bytes of each packet copied from the kernel, headers only, %d-%d (below 100, an IPv6 SYN's TCP options are cut, which the scanner tags read)", rules.MinCopyRange, rules.MaxCopyRange))
 	fs.IntSliceVar(&c.Ports, "ports", c.Ports, "server ports to sample, comma-separated, at most 15 (default all)")
 	fs.StringSliceVar(&c.ExcludeCIDRs, "exclude-cidrs", c.ExcludeCIDRs, "client networks never sampled, comma-separated CIDRs")
 	fs.StringSliceVar(&c.Interfaces, "interfaces", c.Interfaces, "input interfaces to sample on, comma-separated, '+' suffix as wildcard (default all)")
@@ -298,6 +298,9 @@ func checkKeys(js []byte) error {
 	if json.Unmarshal(js, &m) != nil {
 		return nil
 	}
+	if key := repeatedKey(js); key != "" {
+		return fmt.Errorf("key %s given twice", key)
+	}
 	keys := make([]string, 0, len(m))
 	for key := range m {
 		keys = append(keys, key)
@@ -317,6 +320,33 @@ func checkKeys(js []byte) error {
 		}
 	}
 	return nil
+}
+
+// repeatedKey returns a key of the top-level JSON object js that appears
+// more than once (encoding/json would keep the last silently, where the
+// YAML reader refuses it), or "".
+func repeatedKey(js []byte) string {
+	dec := json.NewDecoder(bytes.NewReader(js))
+	if t, err := dec.Token(); err != nil || t != json.Delim('{') {
+		return ""
+	}
+	seen := map[string]bool{}
+	for dec.More() {
+		t, err := dec.Token()
+		if err != nil {
+			return ""
+		}
+		key, _ := t.(string)
+		if seen[key] {
+			return key
+		}
+		seen[key] = true
+		var skip json.RawMessage
+		if dec.Decode(&skip) != nil {
+			return ""
+		}
+	}
+	return ""
 }
 
 // explainJSON rewrites encoding/json's errors to name the key.
@@ -385,7 +415,7 @@ func (c Config) Validate() error {
 	case math.IsNaN(p) || p < 0 || p > 1:
 		bad("probability", "probability", "%v is not in (0, 1]", p)
 	case p < 1.0/(1<<32):
-		bad("probability", "probability", "%v is below the kernel's resolution (2^-32): it would never sample", p)
+		bad("probability", "probability", "%v is below 2^-32 and rounds to 0 in the kernel's 31-bit fixed point (the least it draws is 2^-31): it would never sample", p)
 	}
 	if c.PacketCap < 1 || c.PacketCap > rules.MaxPacketCap {
 		bad("packet-cap", "packetCap", "%d is not in 1-%d", c.PacketCap, rules.MaxPacketCap)

@@ -170,6 +170,8 @@ func TestJSONFileIsStrict(t *testing.T) {
 		{`{"packetCap": "10"}`, "packetCap: a string cannot be read as a whole number"},
 		{`{"policy": "a", "resync": "10"}`, `resync: "10" is not a duration such as 10s or 1m30s`},
 		{`{"policy": "a"} {"policy": "b"}`, "more than one document"},
+		// encoding/json alone would keep the last, where YAML refuses it
+		{`{"probability": 0.1, "policy": "a", "probability": 1}`, "key probability given twice"},
 	} {
 		_, err := ParseConfig([]byte(tc.json))
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
@@ -197,7 +199,7 @@ func TestValidateNamesTheFlagAndKeyOfEveryProblem(t *testing.T) {
 		{"probability -1", func(c *Config) { c.Probability = -1 }, []string{"--probability (probability): -1 is not in (0, 1]"}},
 		{"label bit -1", func(c *Config) { c.LabelBit = -1 }, []string{"--label-bit (labelBit): -1 is not in 0-127"}},
 		{"group -1", func(c *Config) { c.NFLOGGroup = -1 }, []string{"--nflog-group (nflogGroup): -1 is not in 0-65535"}},
-		{"probability below the kernel's resolution", func(c *Config) { c.Probability = 1e-10 }, []string{"below the kernel's resolution"}},
+		{"probability below the kernel's resolution", func(c *Config) { c.Probability = 1e-10 }, []string{"rounds to 0 in the kernel's 31-bit fixed point"}},
 		{"packet cap", func(c *Config) { c.PacketCap = 0 }, []string{"--packet-cap (packetCap): 0 is not in 1-64"}},
 		{"label bit", func(c *Config) { c.LabelBit = 128 }, []string{"--label-bit (labelBit): 128 is not in 0-127"}},
 		{"group", func(c *Config) { c.NFLOGGroup = 70000 }, []string{"--nflog-group (nflogGroup): 70000 is not in 0-65535"}},

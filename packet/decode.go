@@ -86,8 +86,10 @@ const (
 // An option whose length byte is below 2 or runs past the TCP header is
 // recorded by its kind and ends the walk; the packet is kept (the flags
 // and numbers the classifier needs are intact, and a middlebox sending bad
-// options is itself worth seeing). The whole TCP header, options included,
-// must be within ip; otherwise ErrTruncated.
+// options is itself worth seeing). The fixed 20 bytes of the TCP header
+// must be within ip, otherwise ErrTruncated; options cut short by the
+// capture's length are kept as far as they go, and NumOptions counts one
+// more for the rest (see decodeTCP).
 //
 // Decode keeps no reference to ip and never allocates.
 func Decode(ip []byte, ts int64, rec *Record) error {

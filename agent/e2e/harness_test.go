@@ -381,7 +381,7 @@ func records(t *testing.T, path string) ([]packet.Record, [][]byte) {
 	var recs []packet.Record
 	var frames [][]byte
 	for {
-		_, _, data, err := r.NextFrame()
+		ts, _, data, err := r.NextFrame()
 		if err == io.EOF {
 			break
 		}
@@ -390,7 +390,7 @@ func records(t *testing.T, path string) ([]packet.Record, [][]byte) {
 		}
 		frames = append(frames, append([]byte(nil), data...))
 		var rec packet.Record
-		if err := packet.Decode(data, 0, &rec); err != nil {
+		if err := packet.Decode(data, ts, &rec); err != nil {
 			t.Fatalf("%s: frame %d: %v", path, len(frames), err)
 		}
 		recs = append(recs, rec)

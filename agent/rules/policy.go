@@ -64,7 +64,8 @@ type Policy struct {
 	// at most MaxNameLen characters.
 	Name string
 	// Probability that a new TCP connection is sampled, in (0, 1]. The kernel
-	// keeps it as a 31-bit fraction, so values below 2^-32 are refused.
+	// keeps it as a 31-bit fraction (steps of 2^-31), so values below 2^-32,
+	// which round to 0, are refused.
 	Probability float64
 	// PacketCap is how many packets of each sampled connection, counted in
 	// the client's direction from the SYN on, are logged: 1 to MaxPacketCap.
@@ -114,7 +115,7 @@ func (p Policy) Validate() error {
 	case math.IsNaN(p.Probability) || p.Probability <= 0 || p.Probability > 1:
 		bad("probability %v: must be in (0, 1], e.g. 0.0001 to sample one connection in 10,000", p.Probability)
 	case probabilityFixed(p.Probability) == 0:
-		bad("probability %v is below the kernel's resolution (2^-32): it would never sample", p.Probability)
+		bad("probability %v is below 2^-32 and rounds to 0 in the kernel's 31-bit fixed point (the least it draws is 2^-31): it would never sample", p.Probability)
 	}
 
 	if p.PacketCap < 1 || p.PacketCap > MaxPacketCap {

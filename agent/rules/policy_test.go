@@ -67,7 +67,7 @@ func TestValidateExplainsEachProblem(t *testing.T) {
 		{"negative probability", func(p *Policy) { p.Probability = -0.5 }, "must be in (0, 1]"},
 		{"probability above one", func(p *Policy) { p.Probability = 1.5 }, "must be in (0, 1]"},
 		{"NaN probability", func(p *Policy) { p.Probability = math.NaN() }, "must be in (0, 1]"},
-		{"probability below resolution", func(p *Policy) { p.Probability = 1e-10 }, "below the kernel's resolution"},
+		{"probability below resolution", func(p *Policy) { p.Probability = 1e-10 }, "rounds to 0 in the kernel's 31-bit fixed point"},
 		{"zero packet cap", func(p *Policy) { p.PacketCap = 0 }, "packetCap 0: must be 1-64"},
 		{"large packet cap", func(p *Policy) { p.PacketCap = 65 }, "packetCap 65"},
 		{"negative label bit", func(p *Policy) { p.LabelBit = -1 }, "labelBit -1: conntrack labels have bits 0-127"},
