@@ -233,6 +233,18 @@ func wantConditions(t *testing.T, name, ready, progressing, degraded string) *sa
 	return p
 }
 
+// waitChildren waits until the policy's DaemonSet and Deployment exist.
+func waitChildren(t *testing.T, name string) {
+	t.Helper()
+	eventually(t, wait, name+"'s DaemonSet and Deployment", func() error {
+		if _, err := getDS(name); err != nil {
+			return err
+		}
+		_, err := getDeployment(name)
+		return err
+	})
+}
+
 // setDaemonSetStatus writes the status the DaemonSet controller would.
 func setDaemonSetStatus(t *testing.T, name string, desired, ready, updated int32) {
 	t.Helper()
@@ -465,13 +477,7 @@ func TestStatusFollowsDaemonSetAndDeployment(t *testing.T) {
 	envtestsuite.NeedEnv(t)
 	startController(t, testOptions())
 	newPolicy(t, "health", nil)
-	eventually(t, wait, "children", func() error {
-		if _, err := getDS("health"); err != nil {
-			return err
-		}
-		_, err := getDeployment("health")
-		return err
-	})
+	waitChildren(t, "health")
 
 	// Agents rolled out but one node's agent is not ready: Degraded.
 	setDaemonSetStatus(t, "health", 3, 2, 3)
@@ -530,13 +536,7 @@ func TestFailingAgentPodsDegradeWithTheirError(t *testing.T) {
 	envtestsuite.NeedEnv(t)
 	startController(t, testOptions())
 	newPolicy(t, "crashing", nil)
-	eventually(t, wait, "children", func() error {
-		if _, err := getDS("crashing"); err != nil {
-			return err
-		}
-		_, err := getDeployment("crashing")
-		return err
-	})
+	waitChildren(t, "crashing")
 	setDeploymentStatus(t, "crashing", true)
 	setDaemonSetStatus(t, "crashing", 3, 2, 3)
 	wantConditions(t, "crashing", "False/AgentsNotReady", "False/Reconciled", "True/AgentsNotReady")
@@ -1222,13 +1222,7 @@ func TestConditionsMetric(t *testing.T) {
 	envtestsuite.NeedEnv(t)
 	startController(t, testOptions())
 	p := newPolicy(t, "gauge", nil)
-	eventually(t, wait, "children", func() error {
-		if _, err := getDS("gauge"); err != nil {
-			return err
-		}
-		_, err := getDeployment("gauge")
-		return err
-	})
+	waitChildren(t, "gauge")
 	want := func(ready string) {
 		t.Helper()
 		eventually(t, wait, "Ready="+ready+" in the metric", func() error {
