@@ -245,8 +245,8 @@ func TestAgentMetricsListenOnTheNodeAddress(t *testing.T) {
 func TestAgentConfigRefusesWhatTheAgentRefuses(t *testing.T) {
 	p := goldenPolicy()
 	p.Spec.Probability = "0.0000000001" // below the kernel's 2^-32
-	if _, err := AgentConfig(p, goldenAlloc, DefaultOptions()); err == nil || !strings.Contains(err.Error(), "resolution") {
-		t.Errorf("got %v, want the agent's resolution error", err)
+	if _, err := AgentConfig(p, goldenAlloc, DefaultOptions()); err == nil || !strings.Contains(err.Error(), "rounds to 0 in the kernel's 31-bit fixed point") {
+		t.Errorf("got %v, want the agent's error that it rounds to 0", err)
 	}
 }
 
