@@ -50,6 +50,9 @@ func Run(m *testing.M, tests, crdDir string, setup func(cfg *rest.Config) error)
 	}
 	cfg, err := env.Start()
 	if err != nil {
+		// Start may fail after it started etcd and the API server (a
+		// CRD the API server refuses): stop what it started.
+		_ = env.Stop()
 		fmt.Fprintln(os.Stderr, "start envtest:", err)
 		return 1
 	}
