@@ -110,7 +110,7 @@ func (t *Table) Add(r *packet.Record) error {
 		return ErrBadPacket
 	}
 	k := keyOf(r)
-	t.add(r, &k, t.index.seed.hash(&k))
+	t.add(r, &k, t.index.seed.hash(&k), 0)
 	return nil
 }
 
@@ -142,6 +142,7 @@ func (t *Table) AddBatch(rs []packet.Record) error {
 	}
 	var keys [3][batchLen]Key
 	var hs [3][batchLen]uint32
+	var hints [2][batchLen]uint32   // ids stage 2 found for stage 3
 	var addrs [3 * batchLen]uintptr // up to 3 cache lines per entry
 	stages := (len(rs) + batchLen - 1) / batchLen
 	part := func(c int) []packet.Record { return rs[c*batchLen : min((c+1)*batchLen, len(rs))] }
@@ -161,10 +162,11 @@ func (t *Table) AddBatch(rs []packet.Record) error {
 		if c >= 1 && c-1 < stages {
 			// Stage 2: the entries the slots point at (the cache lines an
 			// entry spans).
-			h := &hs[(c-1)%3]
+			h, hint := &hs[(c-1)%3], &hints[(c-1)%2]
 			slots, mask := t.index.slots, t.index.mask
 			n := 0
 			for i := range part(c - 1) {
+				hint[i] = 0
 				// The first slot of the probe run with the key's tag: with
 				// linear probing at 2/3 load about half the entries are not
 				// in their home slot.
@@ -175,6 +177,7 @@ func (t *Table) AddBatch(rs []packet.Record) error {
 						break
 					}
 					if id := sl & idMask; sl&^idMask == tag && id < t.conns.n {
+						hint[i] = id
 						// The cache lines the entry spans.
 						e := uintptr(unsafe.Pointer(t.conns.at(id)))
 						end := e + unsafe.Sizeof(entry{}) - 1
@@ -190,10 +193,10 @@ func (t *Table) AddBatch(rs []packet.Record) error {
 		}
 		if c >= 2 {
 			// Stage 3: add the packets.
-			ks, h := &keys[(c-2)%3], &hs[(c-2)%3]
+			ks, h, hint := &keys[(c-2)%3], &hs[(c-2)%3], &hints[(c-2)%2]
 			p := part(c - 2)
 			for i := range p {
-				t.add(&p[i], &ks[i], h[i])
+				t.add(&p[i], &ks[i], h[i], hint[i])
 			}
 		}
 	}
@@ -215,7 +218,14 @@ func setKey(k *Key, r *packet.Record) {
 	k.ClientPort, k.ServerPort, k.IPVersion = r.SrcPort, r.DstPort, r.IPVersion
 }
 
-func (t *Table) add(r *packet.Record, kp *Key, h uint32) {
+// add takes one packet with key *kp and its hash h. hint is the id of an
+// entry that probably holds the key (AddBatch's guess from the index, made
+// before the packets ahead of this one changed the table), or 0: it saves
+// the index lookup when right, and is checked, as an id below the pool's
+// high-water mark whose entry has the key is the key's entry in the index
+// (an entry is in the index from its allocation to its release, a released
+// entry is zeroed, and no real key has IP version 0).
+func (t *Table) add(r *packet.Record, kp *Key, h uint32, hint uint32) {
 	k := *kp
 	t.stats.Packets++
 	if r.Timestamp > t.now {
@@ -225,7 +235,11 @@ func (t *Table) add(r *packet.Record, kp *Key, h uint32) {
 	}
 	clientSYN := r.Flags&(packet.SYN|packet.ACK) == packet.SYN
 
-	if id := t.index.find(&k, h, &t.conns); id != 0 {
+	id := hint
+	if id == 0 || id >= t.conns.n || !keyEq(&t.conns.at(id).key, &k) {
+		id = t.index.find(&k, h, &t.conns)
+	}
+	if id != 0 {
 		e := t.conns.at(id)
 		if e.state&stCapped != 0 {
 			if !t.overCap(e, r, clientSYN) {
