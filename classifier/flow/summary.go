@@ -109,15 +109,18 @@ func (e *entry) bump(field uint, max int) {
 // share it, in t.ties) and summarises the others in order, so that packets
 // with equal (coarse) timestamps are taken in sequence-number order
 // whatever order they arrived in. The caller has checked the cap.
+//
+// (The packet goes from r to where it is kept field by field, not through a
+// heldPacket built first: the compiler builds one on the stack with narrow
+// stores and copies it with wide loads, which wait for the stores.)
 func (t *Table) arrive(e *entry, ts int64, r *packet.Record, v4 bool) {
-	p := heldPacket{seq: r.Seq, ack: r.Ack, ipid: r.IPID, ttl: r.TTL, flags: r.Flags}
 	switch {
 	case e.state&stPending == 0:
-		e.hold(ts, p)
+		e.holdRecord(ts, r)
 	case ts > e.last:
 		// After the held packets: they are next in order.
 		t.flushHeld(e, v4)
-		e.hold(ts, p)
+		e.holdRecord(ts, r)
 	case ts == e.last:
 		// The held packets' timestamp: held with them, and ordered by
 		// sequence number when they are summarised.
@@ -125,15 +128,20 @@ func (t *Table) arrive(e *entry, ts int64, r *packet.Record, v4 bool) {
 			e.tie = t.ties.alloc()
 			t.ties.add(e.tie, e.held())
 		}
-		t.ties.add(e.tie, p)
+		t.ties.add(e.tie, heldOf(r))
 	default:
 		// Older than the held packets: taken now, in arrival order among
 		// those already summarised.
 		if e.n > 0 && before(ts, r.Seq, e.lcTs, e.lcSeq) {
 			e.state |= stReordered
 		}
-		e.summarise(ts, p, v4)
+		e.summarise(ts, heldOf(r), v4)
 	}
+}
+
+// heldOf is what the table keeps of a counted packet.
+func heldOf(r *packet.Record) heldPacket {
+	return heldPacket{seq: r.Seq, ack: r.Ack, ipid: r.IPID, ttl: r.TTL, flags: r.Flags}
 }
 
 // heldCount reports how many packets the entry holds back.
@@ -225,6 +233,15 @@ type heldPacket struct {
 
 func (e *entry) hold(ts int64, p heldPacket) {
 	e.pSeq, e.pAck, e.pIPID, e.pTTL, e.pFlags = p.seq, p.ack, p.ipid, p.ttl, p.flags
+	e.state |= stPending
+	if ts > e.last {
+		e.last = ts
+	}
+}
+
+// holdRecord is hold(ts, heldOf(r)), field by field (see arrive).
+func (e *entry) holdRecord(ts int64, r *packet.Record) {
+	e.pSeq, e.pAck, e.pIPID, e.pTTL, e.pFlags = r.Seq, r.Ack, r.IPID, r.TTL, r.Flags
 	e.state |= stPending
 	if ts > e.last {
 		e.last = ts
