@@ -110,6 +110,14 @@ fuzz:
 	$(GO) test ./packet -run '^$$' -fuzz FuzzDecode -fuzztime $(FUZZTIME)
 	$(GO) test ./classifier/capture -run '^$$' -fuzz FuzzReader -fuzztime $(FUZZTIME)
 
+## pgo writes cmd/connscope/default.pgo, the profile that go build uses to
+## optimise connscope (profile-guided optimisation: hot calls inlined), from
+## classify runs on synthetic captures (hack/pgo.sh). Run it after changing
+## the engine's hot path and commit the profile; a stale one only costs speed.
+.PHONY: pgo
+pgo:
+	bash hack/pgo.sh
+
 ## bench runs the engine benchmark (connscope classify against a bare read
 ## and peers: tshark, argus, tcptrace; hack/bench/run.sh), then the agent's:
 ## capture (NFLOG readers under a SYN flood: the agent, ulogd2, tshark) and

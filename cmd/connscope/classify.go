@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"slices"
 	"sync"
 	"time"
@@ -21,10 +22,11 @@ import (
 )
 
 type classifyOptions struct {
-	format    string
-	cfg       flow.Config
-	stats     bool
-	anomalies int
+	format     string
+	cfg        flow.Config
+	stats      bool
+	anomalies  int
+	cpuProfile string
 }
 
 // holdUsage is the help of --hold, a flag of classify, classifier and
@@ -69,6 +71,7 @@ Formats:
 	f.IntVar(&o.cfg.MaxOpen, "max-open", flow.DefaultMaxOpen, "connections held at most; the least recently active are evicted and counted")
 	f.BoolVar(&o.stats, "stats", false, "print reading and assembly counters as JSON on stderr at the end")
 	f.IntVar(&o.anomalies, "anomalies", 50, "anomalous connections listed by --format table")
+	f.StringVar(&o.cpuProfile, "cpu-profile", "", "write a CPU profile of the run to this file (for go tool pprof; make pgo builds cmd/connscope/default.pgo from such profiles)")
 	return cmd
 }
 
@@ -98,6 +101,17 @@ func runClassify(cmd *cobra.Command, o classifyOptions, files []string) error {
 	}
 	if err := offline.CheckNames(files); err != nil {
 		return err
+	}
+	if o.cpuProfile != "" {
+		stop, err := startCPUProfile(o.cpuProfile)
+		if err != nil {
+			return err
+		}
+		defer func() {
+			if err := stop(); err != nil {
+				fmt.Fprintln(cmd.ErrOrStderr(), "connscope classify: warning:", err)
+			}
+		}()
 	}
 	if slices.Contains(files, capture.Stdin) {
 		defer finishOnInterrupt(cmd.ErrOrStderr())()
@@ -186,4 +200,24 @@ func finishOnInterrupt(stderr io.Writer) (undo func()) {
 		close(done)
 		wg.Wait()
 	}
+}
+
+// startCPUProfile starts Go's CPU profiler writing to file; stop ends the
+// profile and closes the file.
+func startCPUProfile(file string) (stop func() error, err error) {
+	w, err := os.Create(file)
+	if err != nil {
+		return nil, fmt.Errorf("--cpu-profile: %w", err)
+	}
+	if err := pprof.StartCPUProfile(w); err != nil {
+		w.Close()
+		return nil, fmt.Errorf("--cpu-profile %s: %w", file, err)
+	}
+	return func() error {
+		pprof.StopCPUProfile()
+		if err := w.Close(); err != nil {
+			return fmt.Errorf("--cpu-profile %s: %w", file, err)
+		}
+		return nil
+	}, nil
 }

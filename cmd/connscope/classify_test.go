@@ -5,6 +5,7 @@ import (
 	"compress/gzip"
 	"encoding/binary"
 	"encoding/json"
+	"io"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -241,6 +242,7 @@ func TestBadFlagsAreRejectedWithTheirName(t *testing.T) {
 		{[]string{"classify"}, "requires at least 1 arg"},
 		{[]string{"classify", filepath.Join(t.TempDir(), "missing.pcap")}, "no such file"},
 		{[]string{"classify", "-", path, "-"}, `standard input ("-") is named 2 times`},
+		{[]string{"classify", "--cpu-profile", filepath.Join(t.TempDir(), "no", "dir", "cpu.pprof"), path}, "--cpu-profile"},
 	} {
 		out, _, err := runCLI(t, tc.args...)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
@@ -249,6 +251,38 @@ func TestBadFlagsAreRejectedWithTheirName(t *testing.T) {
 		if tc.want != "no such file" && out != "" {
 			t.Errorf("%v: rejected, but wrote a result:\n%s", tc.args, out)
 		}
+	}
+}
+
+// TestCPUProfileIsWritten: --cpu-profile leaves a profile in Go's format
+// (gzipped protocol buffer, what go tool pprof and go build -pgo read), and
+// the output is the run's as without it.
+func TestCPUProfileIsWritten(t *testing.T) {
+	path := writeCapture(t, map[uint16][]string{40001: {"S", "A", "PA", "R"}, 40002: {"S"}})
+	prof := filepath.Join(t.TempDir(), "cpu.pprof")
+	with, _, err := runCLI(t, "classify", "--format", "json", "--cpu-profile", prof, path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	without, _, err := runCLI(t, "classify", "--format", "json", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if with != without {
+		t.Errorf("output with --cpu-profile:\n%s\nwithout:\n%s", with, without)
+	}
+	f, err := os.Open(prof)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	z, err := gzip.NewReader(f)
+	if err != nil {
+		t.Fatalf("profile is not gzipped: %v", err)
+	}
+	b, err := io.ReadAll(z)
+	if err != nil || len(b) == 0 {
+		t.Fatalf("profile: %d bytes, %v", len(b), err)
 	}
 }
 
