@@ -5,15 +5,9 @@ package ship
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"errors"
-	"math/big"
-	"net"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -24,6 +18,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/connscope/connscope/agent/ship/shiptest"
+	"github.com/connscope/connscope/internal/certtest"
 	"github.com/connscope/connscope/packet"
 )
 
@@ -386,32 +381,9 @@ func TestGRPCSinkOverTLS(t *testing.T) {
 	}
 }
 
-// selfSigned makes a certificate for 127.0.0.1 and returns the server's
-// TLS configuration and a pool that trusts it.
+// selfSigned makes a CA and a certificate it signs for 127.0.0.1, and
+// returns the server's TLS configuration and a pool that trusts the CA.
 func selfSigned(tb testing.TB) (*tls.Config, *x509.CertPool) {
-	tb.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1),
-		Subject:      pkix.Name{CommonName: "shiptest"},
-		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1)},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(time.Hour),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	roots := x509.NewCertPool()
-	roots.AddCert(cert)
-	return &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key}}, MinVersion: tls.VersionTLS12}, roots
+	ca := certtest.NewCA(tb, tb.TempDir(), "shiptest")
+	return ca.ServerConfig(tb, "shiptest"), ca.Pool()
 }

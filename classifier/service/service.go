@@ -27,6 +27,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 
 	"github.com/connscope/connscope/classifier/aggregate"
 	"github.com/connscope/connscope/classifier/api"
@@ -58,6 +59,11 @@ type Config struct {
 	GeoIPDir string
 	// Token is the agents' bearer token ("" accepts any stream).
 	Token string
+	// TLSCertFile and TLSKeyFile, both or neither, make the Ingest service
+	// serve TLS (agents push with a grpcs:// sink) with the certificate
+	// chain and private key in these PEM files, read again when they
+	// change. Neither: plaintext gRPC.
+	TLSCertFile, TLSKeyFile string
 	// IdleTimeout, Hold and PacketCap are the method's (flow.Config).
 	IdleTimeout time.Duration
 	Hold        time.Duration
@@ -113,6 +119,9 @@ func (c *Config) Validate() error {
 	if c.Grace < 0 || c.Tick < 0 || c.ShutdownTimeout < 0 {
 		errs = append(errs, errors.New("grace, tick and shutdown timeout must not be negative"))
 	}
+	if (c.TLSCertFile == "") != (c.TLSKeyFile == "") {
+		errs = append(errs, fmt.Errorf("ingest TLS needs both a certificate file and a key file (certificate %q, key %q)", c.TLSCertFile, c.TLSKeyFile))
+	}
 	fc := flow.Config{IdleTimeout: c.IdleTimeout, Hold: c.Hold, PacketCap: c.PacketCap}
 	if err := fc.Validate(); err != nil {
 		errs = append(errs, err)
@@ -142,6 +151,14 @@ func Start(ctx context.Context, cfg Config) (*Service, error) {
 	log := cfg.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
+	}
+	// The certificate is read before anything is opened or created.
+	var kp *keyPairFiles
+	if cfg.TLSCertFile != "" {
+		var err error
+		if kp, err = loadKeyPairFiles(cfg.TLSCertFile, cfg.TLSKeyFile, log); err != nil {
+			return nil, fmt.Errorf("ingest TLS: %w", err)
+		}
 	}
 	s := &Service{cfg: cfg, log: log}
 	ok := false
@@ -174,7 +191,12 @@ func Start(ctx context.Context, cfg Config) (*Service, error) {
 		return nil, err
 	}
 	metrics = api.NewMetrics(s.ing.Stats)
-	s.grpc = grpc.NewServer(ingest.ServerOptions()...)
+	opts := ingest.ServerOptions()
+	if kp != nil {
+		opts = append(opts, grpc.Creds(credentials.NewTLS(kp.serverTLS())))
+		log.Info("ingest serves TLS", "cert", cfg.TLSCertFile, "subject", kp.pair.Leaf.Subject.String(), "notAfter", kp.pair.Leaf.NotAfter)
+	}
+	s.grpc = grpc.NewServer(opts...)
 	s.ing.Register(s.grpc)
 	s.http = &http.Server{
 		Handler: api.New(api.Config{

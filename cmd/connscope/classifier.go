@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"net/url"
 	"os"
@@ -43,7 +44,10 @@ signatures, recent anomalous connections and dimensions, /metrics, /healthz,
 /readyz, and the dashboard at /.
 
 Agents must present the token in --ingest-token-file (read at start); without
-one, any client that reaches the gRPC port may write. A restart loses nothing
+one, any client that reaches the gRPC port may write. With
+--ingest-tls-cert-file and --ingest-tls-key-file the gRPC port serves TLS,
+and agents push with a grpcs:// sink (--sink-ca-file names the CA when it
+is not one the system trusts); otherwise it is plaintext. A restart loses nothing
 that was acknowledged: accepted batches are journaled and replayed.`,
 		Example: `  connscope classifier --store=sqlite:///var/lib/connscope/connscope.db \
       --ingest-token-file=/var/run/connscope/token --geoip-dir=/var/lib/connscope-geoip
@@ -70,6 +74,9 @@ that was acknowledged: accepted batches are journaled and replayed.`,
 				if cfg.Token, err = service.ReadTokenFile(tokenFile); err != nil {
 					return fmt.Errorf("--ingest-token-file: %w", err)
 				}
+			}
+			if (cfg.TLSCertFile == "") != (cfg.TLSKeyFile == "") {
+				return errors.New("--ingest-tls-cert-file and --ingest-tls-key-file go together: give both to serve TLS, or neither")
 			}
 			if cfg.GeoIPDir != "" {
 				if st, err := os.Stat(cfg.GeoIPDir); err != nil || !st.IsDir() {
@@ -100,6 +107,8 @@ that was acknowledged: accepted batches are journaled and replayed.`,
 	f.StringVar(&storeURL, "store", "sqlite:///var/lib/connscope/connscope.db", "where aggregates and the journal are kept: sqlite:///absolute/path.db, or clickhouse://host:8123/database (the agents insert packets there; replicas classify windows)")
 	f.StringVar(&cfg.GeoIPDir, "geoip-dir", "", "directory with GeoLite2-Country.mmdb and GeoLite2-ASN.mmdb (optional; absent means unknown)")
 	f.StringVar(&tokenFile, "ingest-token-file", "", "file holding the bearer token agents must present")
+	f.StringVar(&cfg.TLSCertFile, "ingest-tls-cert-file", "", "PEM certificate chain for serving Ingest over TLS (agents then use a grpcs:// sink); read again when it changes")
+	f.StringVar(&cfg.TLSKeyFile, "ingest-tls-key-file", "", "PEM private key of --ingest-tls-cert-file")
 	f.StringVar(&retention, "retention", "30d", "how long buckets and anomalies are kept (e.g. 30d, 12w, 720h)")
 	f.IntVar(&cfg.MaxAnomalies, "max-anomalies", aggregate.DefaultMaxAnomalies, "recent anomalous connections kept for drill-down")
 	f.DurationVar(&cfg.Grace, "grace", ingest.DefaultGrace, "how far the engine's clock stays behind the wall clock, for the agents' batching delay")

@@ -1,0 +1,126 @@
+// Package certtest makes a certificate authority and server certificates
+// signed by it, as PEM files, for tests of TLS between connscope's parts
+// (an agent's grpcs:// sink and the classifier's Ingest). It is for tests
+// only: the keys are fresh ECDSA P-256 keys, valid for an hour.
+package certtest
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"math/big"
+	"net"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+)
+
+// CA is a certificate authority whose certificate is in CertFile.
+type CA struct {
+	CertFile string
+	cert     *x509.Certificate
+	key      *ecdsa.PrivateKey
+	serial   int64
+}
+
+// NewCA makes a CA named name and writes its certificate to dir/name-ca.pem.
+func NewCA(tb testing.TB, dir, name string) *CA {
+	tb.Helper()
+	key := newKey(tb)
+	tmpl := &x509.Certificate{
+		SerialNumber:          big.NewInt(1),
+		Subject:               pkix.Name{CommonName: name + " CA"},
+		NotBefore:             time.Now().Add(-time.Hour),
+		NotAfter:              time.Now().Add(time.Hour),
+		KeyUsage:              x509.KeyUsageCertSign,
+		BasicConstraintsValid: true,
+		IsCA:                  true,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	ca := &CA{CertFile: filepath.Join(dir, name+"-ca.pem"), cert: cert, key: key, serial: 1}
+	writePEM(tb, ca.CertFile, "CERTIFICATE", der)
+	return ca
+}
+
+// Server signs a server certificate named cn for 127.0.0.1, ::1 and
+// localhost, and writes it and its key to certFile and keyFile (replacing
+// them: a rotation).
+func (ca *CA) Server(tb testing.TB, cn, certFile, keyFile string) {
+	tb.Helper()
+	key := newKey(tb)
+	ca.serial++
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(ca.serial),
+		Subject:      pkix.Name{CommonName: cn},
+		DNSNames:     []string{"localhost"},
+		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(time.Hour),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	kder, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	writePEM(tb, keyFile, "EC PRIVATE KEY", kder)
+	writePEM(tb, certFile, "CERTIFICATE", der)
+}
+
+// ServerConfig is a server TLS configuration (TLS 1.2 or later) with a
+// certificate named cn that the CA signs.
+func (ca *CA) ServerConfig(tb testing.TB, cn string) *tls.Config {
+	tb.Helper()
+	dir := tb.TempDir()
+	certFile, keyFile := filepath.Join(dir, "tls.crt"), filepath.Join(dir, "tls.key")
+	ca.Server(tb, cn, certFile, keyFile)
+	pair, err := tls.LoadX509KeyPair(certFile, keyFile)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return &tls.Config{Certificates: []tls.Certificate{pair}, MinVersion: tls.VersionTLS12}
+}
+
+// Pool is a pool that trusts the CA.
+func (ca *CA) Pool() *x509.CertPool {
+	p := x509.NewCertPool()
+	p.AddCert(ca.cert)
+	return p
+}
+
+func newKey(tb testing.TB) *ecdsa.PrivateKey {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return key
+}
+
+// writePEM writes one PEM block through a temporary file and a rename, as
+// a Secret volume's update does, so that a reader never sees half a file.
+func writePEM(tb testing.TB, path, typ string, der []byte) {
+	tb.Helper()
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600); err != nil {
+		tb.Fatal(err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		tb.Fatal(err)
+	}
+}
