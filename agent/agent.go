@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -228,13 +229,21 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err := qcfg.Validate(); err != nil {
 		return fmt.Errorf("--queue-capacity %d: %w", cfg.QueueCapacity, err)
 	}
-	sink, err := ship.Open(cfg.Sink, ship.Options{
+	sopts := ship.Options{
 		Node:      cfg.NodeName,
 		Policy:    cfg.Policy,
 		TokenFile: cfg.SinkTokenFile,
 		Logger:    a.log,
 		Counters:  a.counters,
-	})
+	}
+	if cfg.SinkCAFile != "" {
+		roots, err := sinkRootCAs(cfg.SinkCAFile)
+		if err != nil {
+			return fmt.Errorf("--sink-ca-file %s: %w", cfg.SinkCAFile, err)
+		}
+		sopts.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12, RootCAs: roots}
+	}
+	sink, err := ship.Open(cfg.Sink, sopts)
 	if err != nil {
 		return fmt.Errorf("--sink %s: %w", cfg.Sink, err)
 	}

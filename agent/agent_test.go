@@ -319,28 +319,43 @@ func TestReaderWaitSecondsCountsTheCurrentWaitAndNeverDecreases(t *testing.T) {
 
 func mustAddr(s string) netip.Addr { return netip.MustParseAddr(s) }
 
-// TestRunRefusesAnUnreadableTokenFileBeforeNetfilter: a gRPC sink's token
-// file that is missing, unreadable or empty stops the start with a message
-// naming the flag, the file key and the file, before any iptables program
-// is looked up (nothing in netfilter is touched).
-func TestRunRefusesAnUnreadableTokenFileBeforeNetfilter(t *testing.T) {
+// TestRunRefusesUnusableSinkFilesBeforeNetfilter: a gRPC sink's token
+// file that is missing, unreadable or empty, and a grpcs:// sink's CA file
+// that is missing or holds no PEM certificate, stop the start with a
+// message naming the flag, the file key and the file, before any iptables
+// program is looked up (nothing in netfilter is touched).
+func TestRunRefusesUnusableSinkFilesBeforeNetfilter(t *testing.T) {
 	dir := t.TempDir()
 	empty := filepath.Join(dir, "empty")
 	if err := os.WriteFile(empty, []byte(" \n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	for _, tc := range []struct{ name, file, want string }{
-		{"missing", filepath.Join(dir, "missing"), "no such file or directory"},
-		{"a directory", dir, "is a directory"},
-		{"empty", empty, "is empty"},
+	notPEM := filepath.Join(dir, "ca.pem")
+	if err := os.WriteFile(notPEM, []byte("MIIB...not a PEM block\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	token := func(f string) func(*Config) {
+		return func(c *Config) { c.Sink, c.SinkTokenFile = "grpc://127.0.0.1:1", f }
+	}
+	ca := func(f string) func(*Config) {
+		return func(c *Config) { c.Sink, c.SinkCAFile = "grpcs://127.0.0.1:1", f }
+	}
+	for _, tc := range []struct {
+		name, flag, file, want string
+		set                    func(string) func(*Config)
+	}{
+		{"token missing", "--sink-token-file (sinkTokenFile) ", filepath.Join(dir, "missing"), "no such file or directory", token},
+		{"token a directory", "--sink-token-file (sinkTokenFile) ", dir, "is a directory", token},
+		{"token empty", "--sink-token-file (sinkTokenFile) ", empty, "is empty", token},
+		{"CA missing", "--sink-ca-file (sinkCAFile) ", filepath.Join(dir, "missing.pem"), "no such file or directory", ca},
+		{"CA not PEM", "--sink-ca-file (sinkCAFile) ", notPEM, "holds no PEM certificate", ca},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := validConfig()
-			c.Sink = "grpc://127.0.0.1:1"
-			c.SinkTokenFile = tc.file
+			tc.set(tc.file)(&c)
 			c.MetricsAddr = ""
 			a, err := New(c, Options{LookPath: func(name string) (string, error) {
-				t.Errorf("Run looked up %s before refusing the token file", name)
+				t.Errorf("Run looked up %s before refusing the file", name)
 				return "", io.EOF
 			}})
 			if err != nil {
@@ -348,9 +363,9 @@ func TestRunRefusesAnUnreadableTokenFileBeforeNetfilter(t *testing.T) {
 			}
 			err = a.Run(context.Background())
 			if err == nil {
-				t.Fatal("Run started with an unusable token file")
+				t.Fatal("Run started with an unusable file")
 			}
-			for _, want := range []string{"--sink-token-file (sinkTokenFile) " + tc.file, tc.want} {
+			for _, want := range []string{tc.flag + tc.file, tc.want} {
 				if !strings.Contains(err.Error(), want) {
 					t.Errorf("error %q lacks %q", err, want)
 				}

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"bytes"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -109,6 +110,10 @@ type Config struct {
 	// sinkTokenFile is a file holding the bearer token sent to a gRPC sink,
 	// re-read when it changes (--sink-token-file). Optional.
 	SinkTokenFile string `json:"sinkTokenFile,omitempty"`
+	// sinkCAFile is a PEM file of the CA certificates that a grpcs://
+	// sink's certificate must chain to, instead of the system's roots
+	// (--sink-ca-file). Optional; read at start.
+	SinkCAFile string `json:"sinkCAFile,omitempty"`
 	// queueCapacity is how many records wait for the sink at most, the
 	// batch being sent included (--queue-capacity); while it is full the
 	// reader waits and the NFLOG socket's receive buffer (16 MiB, about
@@ -201,6 +206,7 @@ func (c *Config) AddFlags(fs *pflag.FlagSet) {
 	fs.DurationVar((*time.Duration)(&c.Resync), "resync", time.Duration(c.Resync), "how often the rules are checked and restored if removed")
 	fs.StringVar(&c.Sink, "sink", c.Sink, "where records go: grpc://HOST:PORT, grpcs://HOST:PORT, clickhouse://HOST:8123/DATABASE or file:///PATH.pcapng (required)")
 	fs.StringVar(&c.SinkTokenFile, "sink-token-file", c.SinkTokenFile, "file holding the bearer token sent to a gRPC sink")
+	fs.StringVar(&c.SinkCAFile, "sink-ca-file", c.SinkCAFile, "PEM file of the CA certificates a grpcs:// sink's certificate must chain to (default: the system's roots)")
 	fs.IntVar(&c.QueueCapacity, "queue-capacity", c.QueueCapacity, "records waiting for the sink at most; while they are, the NFLOG socket's receive buffer holds what comes, and what it cannot hold is lost and counted")
 	fs.StringVar(&c.NodeName, "node-name", c.NodeName, "name of this node in shipped records (default $NODE_NAME, else the host name)")
 	fs.StringVar(&c.MetricsAddr, "metrics-addr", c.MetricsAddr, `address serving /metrics, /healthz and /readyz; "" turns it off`)
@@ -460,6 +466,11 @@ func (c Config) Validate() error {
 	if err := checkSinkURL(c.Sink); err != nil {
 		bad("sink", "sink", "%v", err)
 	}
+	if c.SinkCAFile != "" {
+		if u, err := url.Parse(c.Sink); err == nil && u.Scheme != "grpcs" {
+			bad("sink-ca-file", "sinkCAFile", "%q: only a grpcs:// sink checks a certificate, and the sink is %q", c.SinkCAFile, c.Sink)
+		}
+	}
 	if c.QueueCapacity < MinQueueCapacity || c.QueueCapacity > MaxQueueCapacity {
 		bad("queue-capacity", "queueCapacity", "%d is not in %d-%d records", c.QueueCapacity, MinQueueCapacity, MaxQueueCapacity)
 	}
@@ -499,6 +510,11 @@ func (c Config) Validate() error {
 // every send would fail while the rules sample for nothing. The token is
 // read again at each reconnection, so a later rotation is picked up.
 func (c Config) checkFiles() error {
+	if c.SinkCAFile != "" {
+		if _, err := sinkRootCAs(c.SinkCAFile); err != nil {
+			return fmt.Errorf("%s %s: %w", flagOf("sink-ca-file", "sinkCAFile"), c.SinkCAFile, err)
+		}
+	}
 	if c.SinkTokenFile == "" {
 		return nil
 	}
@@ -510,6 +526,19 @@ func (c Config) checkFiles() error {
 			flagOf("sink-token-file", "sinkTokenFile"), c.SinkTokenFile, err)
 	}
 	return nil
+}
+
+// sinkRootCAs reads the CA certificates of --sink-ca-file.
+func sinkRootCAs(path string) (*x509.CertPool, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(b) {
+		return nil, errors.New("holds no PEM certificate (give the CA certificate that signed the classifier's)")
+	}
+	return pool, nil
 }
 
 // ConfigError lists every problem Validate found.

@@ -115,7 +115,7 @@ func TestFileKeysLeftOutKeepTheirDefaults(t *testing.T) {
 
 func TestYAMLOutsideTheSubsetIsRefusedWithItsLine(t *testing.T) {
 	for _, tc := range []struct{ name, yaml, want string }{
-		{"unknown key", "policy: a\nprobabilty: 0.1\n", `line 2: unknown key "probabilty": the keys are policy, probability, packetCap, labelBit, nflogGroup, copyRange, ports, excludeCIDRs, interfaces, ipFamilies, backend, resync, sink, sinkTokenFile, queueCapacity, nodeName, metricsAddr, sinkUnreadyAfter, shutdownTimeout (README, ` + "`connscope agent`)"},
+		{"unknown key", "policy: a\nprobabilty: 0.1\n", `line 2: unknown key "probabilty": the keys are policy, probability, packetCap, labelBit, nflogGroup, copyRange, ports, excludeCIDRs, interfaces, ipFamilies, backend, resync, sink, sinkTokenFile, sinkCAFile, queueCapacity, nodeName, metricsAddr, sinkUnreadyAfter, shutdownTimeout (README, ` + "`connscope agent`)"},
 		{"key in another case", "policy: a\nlabelbit: 3\n", `line 2: unknown key "labelbit": did you mean labelBit? (keys are case-sensitive)`},
 		{"nested mapping", "policy:\n  name: web\n", "line 2: unexpected indentation: nested mappings"},
 		{"inline mapping", "policy: {name: web}\n", "line 1:"},
@@ -216,6 +216,8 @@ func TestValidateNamesTheFlagAndKeyOfEveryProblem(t *testing.T) {
 		{"clickhouse sink without a database", func(c *Config) { c.Sink = "clickhouse://ch:8123" }, []string{`names no database`}},
 		{"sink port", func(c *Config) { c.Sink = "grpc://classifier" }, []string{"write grpc://HOST:PORT"}},
 		{"relative file", func(c *Config) { c.Sink = "file://records.pcapng" }, []string{"three slashes"}},
+		{"CA file for a file sink", func(c *Config) { c.SinkCAFile = "/etc/connscope/ca.pem" }, []string{`--sink-ca-file (sinkCAFile): "/etc/connscope/ca.pem": only a grpcs:// sink checks a certificate`}},
+		{"CA file for a plaintext gRPC sink", func(c *Config) { c.Sink = "grpc://classifier:9443"; c.SinkCAFile = "/ca.pem" }, []string{"only a grpcs:// sink checks a certificate"}},
 		{"queue", func(c *Config) { c.QueueCapacity = 1 }, []string{"--queue-capacity (queueCapacity): 1 is not in 64-4194304 records"}},
 		{"metrics address", func(c *Config) { c.MetricsAddr = "9477" }, []string{`--metrics-addr (metricsAddr): "9477": missing port`}},
 		{"shutdown", func(c *Config) { c.ShutdownTimeout = 0 }, []string{"--shutdown-timeout (shutdownTimeout): 0s is not in (0, 10m]"}},

@@ -18,6 +18,7 @@ import (
 
 	"github.com/connscope/connscope/agent"
 	"github.com/connscope/connscope/agent/ship/shiptest"
+	"github.com/connscope/connscope/internal/certtest"
 	"github.com/connscope/connscope/internal/golden"
 	"github.com/connscope/connscope/packet"
 )
@@ -663,5 +664,72 @@ func TestSamplingShareIsBinomial(t *testing.T) {
 	t.Logf("sampled %v of %d connections (expected %.0f ± %.1f)", k, n, mean, sd)
 	if math.Abs(k-mean) > 5*sd {
 		t.Errorf("sampled %v of %d connections at probability %v: more than 5 standard deviations (%.1f) from %.0f", k, n, p, sd, mean)
+	}
+}
+
+// TestGRPCSinkOverTLSWithItsCA: a grpcs:// sink whose certificate is
+// signed by a private CA ships the sampled records when --sink-ca-file
+// names that CA, and ships nothing (counting sink errors, /readyz not
+// ready) when the agent trusts only the system's roots.
+func TestGRPCSinkOverTLSWithItsCA(t *testing.T) {
+	ca := certtest.NewCA(t, t.TempDir(), "connscope-test")
+	serverTLS := ca.ServerConfig(t, "classifier")
+	for _, trust := range []string{"ca-file", "system-roots"} {
+		t.Run(trust, func(t *testing.T) {
+			ns := newNS(t, "")
+			var recv *shiptest.Receiver
+			if err := ns.Do(func() error {
+				recv = shiptest.Start(t, shiptest.Options{TLS: serverTLS})
+				return nil
+			}); err != nil {
+				t.Fatal(err)
+			}
+			if !strings.HasPrefix(recv.URL(), "grpcs://") {
+				t.Fatalf("receiver URL %s", recv.URL())
+			}
+			srv := ns.serve("127.0.0.1:0")
+			addr := fmt.Sprintf("127.0.0.1:%d", srv.port)
+			args := []string{"--backend", "nft", "--packet-cap", "3", "--sink", recv.URL(), "--ports", fmt.Sprint(srv.port),
+				"--sink-unready-after", "1s", "--shutdown-timeout", "2s"}
+			if trust == "ca-file" {
+				args = append(args, "--sink-ca-file", ca.CertFile)
+			}
+			a := ns.startAgent("agent", policyA(args...)...)
+			if trust == "ca-file" {
+				a.waitReady(startTimeout)
+			} else {
+				// Live but never ready: wait for the metrics server.
+				eventually(t, startTimeout, "the agent's /healthz", func() bool {
+					code, _, err := ns.httpGet(a.metrics + "/healthz")
+					return err == nil && code == 200
+				}, a.Output)
+			}
+			const conns = 5
+			for range conns {
+				ns.abort(addr)
+			}
+			var m map[string]float64
+			if trust == "ca-file" {
+				recv.WaitRecords(3*conns, pollTimeout)
+				eventually(t, pollTimeout, "every record shipped", func() bool {
+					m = a.scrape()
+					return m["connscope_agent_records_shipped_total"] == 3*conns
+				}, func() string { return fmt.Sprintf("metrics %v", m) })
+			} else {
+				eventually(t, pollTimeout, "sink errors counted", func() bool {
+					m = a.scrape()
+					return m["connscope_agent_sink_errors_total"] > 0 && m["connscope_agent_sink_failing"] == 1
+				}, func() string { return fmt.Sprintf("metrics %v", m) })
+				if st := recv.Stats(); st.Records != 0 {
+					t.Errorf("an agent that does not trust the CA shipped %d records", st.Records)
+				}
+				if out := a.Output(); !strings.Contains(out, "certificate") {
+					t.Errorf("the agent's log does not say the certificate is not trusted:\n%s", out)
+				}
+			}
+			if code := a.signal(syscall.SIGTERM, stopTimeout); code != 0 {
+				t.Fatalf("exit status %d:\n%s", code, a.Output())
+			}
+		})
 	}
 }

@@ -30,6 +30,10 @@ import (
 // and its journal, for both modes; loopback costs little at sampling
 // rates.
 
+// standaloneSinkFlags are the agent's flags that standalone refuses (and
+// hides): its agent ships to its own classifier, in the process.
+var standaloneSinkFlags = []string{"sink", "sink-token-file", "sink-ca-file"}
+
 func newStandaloneCommand() *cobra.Command {
 	acfg := agent.DefaultConfig()
 	acfg.MetricsAddr = "" // the classifier serves /metrics
@@ -56,7 +60,7 @@ classifier commits and stops.`,
   curl 'localhost:8080/radar/tcp_resets_timeouts/summary?dateRange=1d'`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			for _, name := range []string{"sink", "sink-token-file"} {
+			for _, name := range standaloneSinkFlags {
 				if cmd.Flags().Changed(name) {
 					return fmt.Errorf("--%s: standalone ships to its own classifier; leave it out", name)
 				}
@@ -65,8 +69,8 @@ classifier commits and stops.`,
 			if err != nil {
 				return err
 			}
-			if ac.Sink != "" || ac.SinkTokenFile != "" {
-				return errors.New("--config: standalone ships to its own classifier; remove sink and sinkTokenFile from the file")
+			if ac.Sink != "" || ac.SinkTokenFile != "" || ac.SinkCAFile != "" {
+				return errors.New("--config: standalone ships to its own classifier; remove sink, sinkTokenFile and sinkCAFile from the file")
 			}
 			if scfg.StorePath, err = parseStoreURL(storeURL); err != nil {
 				return err
@@ -98,7 +102,7 @@ classifier commits and stops.`,
 	}
 	f := cmd.Flags()
 	acfg.AddFlags(f)
-	for _, name := range []string{"sink", "sink-token-file"} {
+	for _, name := range standaloneSinkFlags {
 		_ = f.MarkHidden(name)
 	}
 	f.StringVar(&scfg.HTTPAddr, "http-addr", "127.0.0.1:8080", "address of the HTTP API, metrics, probes and dashboard")

@@ -29,6 +29,7 @@ func TestStandaloneBadFlagsNameTheFlagAndRunNoIptables(t *testing.T) {
 	}{
 		{[]string{db}, "--probability (probability): is required"},
 		{append(req, "--sink", "grpc://x:1"), "--sink: standalone ships to its own classifier"},
+		{append(req, "--sink-ca-file", "/ca.pem"), "--sink-ca-file: standalone ships to its own classifier"},
 		{append(req, "--label-bit", "200"), "--label-bit (labelBit)"},
 		{append(req, "--store=sqlite://relative.db"), "--store"},
 		{append(req, "--retention=forever"), "--retention"},
