@@ -51,7 +51,7 @@ func AgentMetricsPort(opts Options, alloc Allocation) int32 {
 
 // IngestEndpoint is where a policy's agents ship their records.
 func IngestEndpoint(opts Options, policy string) string {
-	return fmt.Sprintf("grpc://%s.%s.svc:%d", ClassifierName(policy), opts.ClassifierNamespace, ClassifierGRPCPort)
+	return fmt.Sprintf("grpcs://%s.%s.svc:%d", ClassifierName(policy), opts.ClassifierNamespace, ClassifierGRPCPort)
 }
 
 // ClassifierEndpoint is the URL of a policy's classifier HTTP API.
@@ -89,6 +89,7 @@ func AgentConfig(p *samplingv1alpha1.SamplingPolicy, alloc Allocation, opts Opti
 	}
 	c.Sink = IngestEndpoint(opts, p.Name)
 	c.SinkTokenFile = IngestTokenPath
+	c.SinkCAFile = IngestCAPath
 	if ch := p.Spec.Sink.ClickHouse; p.Spec.Sink.Type == samplingv1alpha1.SinkClickHouse && ch != nil {
 		// At scale the agents insert into ClickHouse themselves
 		// (agent/ship's clickhouse sink); the classifier replicas read it.
@@ -97,7 +98,7 @@ func AgentConfig(p *samplingv1alpha1.SamplingPolicy, alloc Allocation, opts Opti
 			db = "connscope"
 		}
 		c.Sink = "clickhouse://" + ch.Address + "/" + db
-		c.SinkTokenFile = ""
+		c.SinkTokenFile, c.SinkCAFile = "", ""
 	}
 	c.MetricsAddr = fmt.Sprintf(":%d", AgentMetricsPort(opts, alloc))
 	c.ShutdownTimeout = agent.Duration(10 * time.Second)
@@ -159,8 +160,10 @@ func defaultAgentResources() corev1.ResourceRequirements {
 // the iptables binaries, which carry no file capabilities. Every other
 // capability is dropped, privilege escalation is off, the root filesystem
 // is read-only and seccomp is the runtime's default. Updates never surge:
-// two agents of one policy cannot bind the same NFLOG group.
-func AgentDaemonSet(p *samplingv1alpha1.SamplingPolicy, alloc Allocation, configHash string, opts Options) *appsv1.DaemonSet {
+// two agents of one policy cannot bind the same NFLOG group. configHash
+// (of the agents' ConfigMap) and caHash (of the ingest CA's certificate,
+// which the agents read at start) roll the agents when either changes.
+func AgentDaemonSet(p *samplingv1alpha1.SamplingPolicy, alloc Allocation, configHash, caHash string, opts Options) *appsv1.DaemonSet {
 	name := AgentName(p.Name)
 	image := opts.Image
 	if p.Spec.Agent.Image != "" {
@@ -181,7 +184,7 @@ func AgentDaemonSet(p *samplingv1alpha1.SamplingPolicy, alloc Allocation, config
 	port := AgentMetricsPort(opts, alloc)
 	podLabels := objectLabels(p.Name, ComponentAgent)
 	// The agent runs as root: only its owner may read the token.
-	tokenVolume, tokenMount := ingestTokenVolume(p.Name, 0o400)
+	tokenVolume, tokenMount := ingestSecretVolume(p.Name, 0o400, IngestTokenKey, IngestCACertKey)
 
 	ds := &appsv1.DaemonSet{
 		TypeMeta:   metav1.TypeMeta{APIVersion: "apps/v1", Kind: "DaemonSet"},
@@ -198,7 +201,7 @@ func AgentDaemonSet(p *samplingv1alpha1.SamplingPolicy, alloc Allocation, config
 			Template: corev1.PodTemplateSpec{
 				ObjectMeta: metav1.ObjectMeta{
 					Labels:      podLabels,
-					Annotations: map[string]string{AnnotationConfigHash: configHash},
+					Annotations: map[string]string{AnnotationConfigHash: configHash, AnnotationIngestCAHash: caHash},
 				},
 				Spec: corev1.PodSpec{
 					ServiceAccountName:            name,

@@ -85,8 +85,18 @@ func ClassifierVolumeClaim(p *samplingv1alpha1.SamplingPolicy, opts Options) *co
 	}
 }
 
+// servesIngest reports whether the policy's classifier receives the
+// agents' records (the Classifier sink); with ClickHouse the agents insert
+// there and the classifier only reads.
+func servesIngest(p *samplingv1alpha1.SamplingPolicy) bool {
+	return p.Spec.Sink.Type != samplingv1alpha1.SinkClickHouse || p.Spec.Sink.ClickHouse == nil
+}
+
 // ClassifierArgs are the classifier's command line for a policy. Agents
-// must present the policy's ingest token (mounted at IngestTokenPath).
+// must present the policy's ingest token (mounted at IngestTokenPath), and
+// with the Classifier sink the classifier serves Ingest over TLS with the
+// policy's serving certificate (mounted at IngestCertPath and
+// IngestKeyPath; see ingest_tls.go).
 func ClassifierArgs(p *samplingv1alpha1.SamplingPolicy) []string {
 	idle := DefaultIdleTimeout
 	if p.Spec.IdleTimeout != nil {
@@ -101,14 +111,16 @@ func ClassifierArgs(p *samplingv1alpha1.SamplingPolicy) []string {
 		"--ingest-token-file=" + IngestTokenPath,
 		"--log-json",
 	}
-	if ch := p.Spec.Sink.ClickHouse; p.Spec.Sink.Type == samplingv1alpha1.SinkClickHouse && ch != nil {
+	if !servesIngest(p) {
+		ch := p.Spec.Sink.ClickHouse
 		db := ch.Database
 		if db == "" {
 			db = "connscope"
 		}
 		args = append(args, "--store=clickhouse://"+ch.Address+"/"+db)
 	} else {
-		args = append(args, "--store=sqlite://"+classifierDataDir+"/connscope.db")
+		args = append(args, "--store=sqlite://"+classifierDataDir+"/connscope.db",
+			"--ingest-tls-cert-file="+IngestCertPath, "--ingest-tls-key-file="+IngestKeyPath)
 	}
 	if p.Spec.Sink.Classifier.GeoIP != nil {
 		args = append(args, "--geoip-dir="+classifierGeoIPDir)
@@ -159,8 +171,13 @@ func ClassifierDeployment(p *samplingv1alpha1.SamplingPolicy, tokenHash string, 
 		{Name: "data", MountPath: classifierDataDir},
 		{Name: "tmp", MountPath: "/tmp"},
 	}
-	// Readable by the classifier's group (fsGroup) only.
-	tokenVolume, tokenMount := ingestTokenVolume(p.Name, 0o440)
+	// Readable by the classifier's group (fsGroup) only; the serving pair
+	// only where the classifier serves Ingest.
+	keys := []string{IngestTokenKey}
+	if servesIngest(p) {
+		keys = append(keys, IngestTLSCertKey, IngestTLSKeyKey)
+	}
+	tokenVolume, tokenMount := ingestSecretVolume(p.Name, 0o440, keys...)
 	volumes = append(volumes, tokenVolume)
 	mounts = append(mounts, tokenMount)
 	if g := cs.GeoIP; g != nil {

@@ -61,21 +61,29 @@ func IngestTokenHash(token string) string {
 	return hex.EncodeToString(sum[:8])
 }
 
-// IngestTokenSecret is a policy's token Secret in namespace.
-func IngestTokenSecret(p *samplingv1alpha1.SamplingPolicy, namespace, token string) *corev1.Secret {
+// IngestSecret is a policy's ingest Secret in namespace with data: the
+// token, and the CA and serving certificates of ingest_tls.go (all of them
+// in the classifier's namespace, the CA's certificate alone in the
+// agents').
+func IngestSecret(p *samplingv1alpha1.SamplingPolicy, namespace string, data map[string][]byte) *corev1.Secret {
 	return &corev1.Secret{
 		TypeMeta:   metav1.TypeMeta{APIVersion: "v1", Kind: "Secret"},
 		ObjectMeta: childMeta(p, IngestTokenName(p.Name), namespace, ComponentIngest),
 		Type:       corev1.SecretTypeOpaque,
-		Data:       map[string][]byte{IngestTokenKey: []byte(token)},
+		Data:       data,
 	}
 }
 
-// ingestTokenVolume mounts the policy's token Secret with mode.
-func ingestTokenVolume(policy string, mode int32) (corev1.Volume, corev1.VolumeMount) {
+// ingestSecretVolume mounts the keys of the policy's ingest Secret with
+// mode, each as the file of its name under ingestTokenDir.
+func ingestSecretVolume(policy string, mode int32, keys ...string) (corev1.Volume, corev1.VolumeMount) {
+	var items []corev1.KeyToPath
+	for _, k := range keys {
+		items = append(items, corev1.KeyToPath{Key: k, Path: k})
+	}
 	v := corev1.Volume{Name: "ingest-token", VolumeSource: corev1.VolumeSource{Secret: &corev1.SecretVolumeSource{
 		SecretName:  IngestTokenName(policy),
-		Items:       []corev1.KeyToPath{{Key: IngestTokenKey, Path: IngestTokenKey}},
+		Items:       items,
 		DefaultMode: &mode,
 	}}}
 	return v, corev1.VolumeMount{Name: "ingest-token", MountPath: ingestTokenDir, ReadOnly: true}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"reflect"
 	"slices"
 	"strings"
 	"time"
@@ -238,7 +239,7 @@ func (r *SamplingPolicyReconciler) Reconcile(ctx context.Context, req ctrl.Reque
 		r.degrade(&p, ReasonInvalidSettings, err.Error())
 		return ctrl.Result{}, nil
 	}
-	token, err := r.ensureIngestToken(ctx, &p)
+	token, pki, err := r.ensureIngestSecrets(ctx, &p)
 	if err != nil {
 		r.degrade(&p, ReasonApplyFailed, err.Error())
 		return ctrl.Result{}, err
@@ -252,7 +253,7 @@ func (r *SamplingPolicyReconciler) Reconcile(ctx context.Context, req ctrl.Reque
 		ClassifierService(&p, r.Options),
 		AgentServiceAccount(&p, r.Options),
 		cm,
-		AgentDaemonSet(&p, alloc, hash, r.Options),
+		AgentDaemonSet(&p, alloc, hash, pki.CAHash(), r.Options),
 	)
 	// The DaemonSet and Deployment are kept as the API server returned
 	// them from the apply: phase 3 judges them, never the cache, which
@@ -521,16 +522,19 @@ func (r *SamplingPolicyReconciler) wakeWaiting(ctx context.Context, p *samplingv
 	}
 }
 
-// ensureIngestToken returns the policy's ingest token, making sure that
-// its Secret exists in both namespaces and holds it. The token is the one
-// already stored (the classifier's copy first: the running classifier
-// read it at start), so it survives reconciles and controller restarts; a
-// new one is generated only when neither Secret holds one. The Secrets
-// are read from the API server (the cache holds only their metadata) and
-// written with create and update (no server-side apply: its patch would
-// need the patch verb, and the data must never be overwritten by a
-// rebuilt object).
-func (r *SamplingPolicyReconciler) ensureIngestToken(ctx context.Context, p *samplingv1alpha1.SamplingPolicy) (string, error) {
+// ensureIngestSecrets returns the policy's ingest token and certificates,
+// making sure that its Secret exists in both namespaces and holds them.
+// The token is the one already stored (the classifier's copy first: the
+// running classifier read it at start), so it survives reconciles and
+// controller restarts; a new one is generated only when neither Secret
+// holds one. The certificates (ingest_tls.go) are those in the
+// classifier's Secret while they are good, and are issued again when they
+// are missing, do not fit, or are about to expire. The Secrets are read
+// from the API server (the cache holds only their metadata) and written
+// with create and update (no server-side apply: its patch would need the
+// patch verb, and the data must never be overwritten by a rebuilt
+// object).
+func (r *SamplingPolicyReconciler) ensureIngestSecrets(ctx context.Context, p *samplingv1alpha1.SamplingPolicy) (string, ingestPKI, error) {
 	name := IngestTokenName(p.Name)
 	namespaces := []string{r.Options.ClassifierNamespace, r.Options.AgentNamespace}
 	existing := make([]*corev1.Secret, len(namespaces))
@@ -542,10 +546,10 @@ func (r *SamplingPolicyReconciler) ensureIngestToken(ctx context.Context, p *sam
 			continue
 		}
 		if err != nil {
-			return "", fmt.Errorf("cannot read Secret %s/%s: %w", ns, name, err)
+			return "", ingestPKI{}, fmt.Errorf("cannot read Secret %s/%s: %w", ns, name, err)
 		}
 		if !metav1.IsControlledBy(s, p) {
-			return "", fmt.Errorf("Secret %s/%s exists and does not belong to this policy: delete it or rename the policy", ns, name)
+			return "", ingestPKI{}, fmt.Errorf("Secret %s/%s exists and does not belong to this policy: delete it or rename the policy", ns, name)
 		}
 		existing[i] = s
 		if t := string(s.Data[IngestTokenKey]); token == "" && validIngestToken(t) {
@@ -555,31 +559,49 @@ func (r *SamplingPolicyReconciler) ensureIngestToken(ctx context.Context, p *sam
 	if token == "" {
 		var err error
 		if token, err = NewIngestToken(); err != nil {
-			return "", err
+			return "", ingestPKI{}, err
 		}
 	}
+	var have ingestPKI
+	if s := existing[0]; s != nil {
+		have = ingestPKI{caCert: s.Data[IngestCACertKey], caKey: s.Data[IngestCAKeyKey], cert: s.Data[IngestTLSCertKey], key: s.Data[IngestTLSKeyKey]}
+	}
+	pki, issued, err := ensureIngestPKI(have, ingestDNSNames(r.Options, p.Name), time.Now())
+	if err != nil {
+		return "", ingestPKI{}, err
+	}
+	if issued != "" {
+		r.Recorder.Eventf(p, nil, corev1.EventTypeNormal, "IngestCertificateIssued", "Issue",
+			"ingest %s issued for %s", issued, ingestDNSNames(r.Options, p.Name)[0])
+	}
+	data := []map[string][]byte{
+		{IngestTokenKey: []byte(token), IngestCACertKey: pki.caCert, IngestCAKeyKey: pki.caKey, IngestTLSCertKey: pki.cert, IngestTLSKeyKey: pki.key},
+		{IngestTokenKey: []byte(token), IngestCACertKey: pki.caCert}, // the agents': no key
+	}
 	for i, ns := range namespaces {
-		want := IngestTokenSecret(p, ns, token)
+		want := IngestSecret(p, ns, data[i])
 		s := existing[i]
 		switch {
 		case s == nil:
 			if err := r.Client.Create(ctx, want, client.FieldOwner(FieldOwner)); err != nil {
-				return "", fmt.Errorf("cannot write Secret %s/%s: %w", ns, name, err)
+				return "", ingestPKI{}, fmt.Errorf("cannot write Secret %s/%s: %w", ns, name, err)
 			}
 			r.Recorder.Eventf(p, nil, corev1.EventTypeNormal, "IngestTokenCreated", "Create",
 				"ingest token Secret %s/%s created", ns, name)
-		case string(s.Data[IngestTokenKey]) != token:
-			// Only a copy that differs from the other (or was emptied) is
-			// rewritten, and never silently.
+		case !reflect.DeepEqual(s.Data, want.Data):
+			if string(s.Data[IngestTokenKey]) != token {
+				// Only a copy that differs from the other (or was
+				// emptied) gets another token, and never silently.
+				r.Recorder.Eventf(p, nil, corev1.EventTypeWarning, "IngestTokenRepaired", "Update",
+					"ingest token Secret %s/%s held another token or none; set to the policy's token", ns, name)
+			}
 			s.Data = want.Data
 			if err := r.Client.Update(ctx, s, client.FieldOwner(FieldOwner)); err != nil {
-				return "", fmt.Errorf("cannot write Secret %s/%s: %w", ns, name, err)
+				return "", ingestPKI{}, fmt.Errorf("cannot write Secret %s/%s: %w", ns, name, err)
 			}
-			r.Recorder.Eventf(p, nil, corev1.EventTypeWarning, "IngestTokenRepaired", "Update",
-				"ingest token Secret %s/%s held another token or none; set to the policy's token", ns, name)
 		}
 	}
-	return token, nil
+	return token, pki, nil
 }
 
 // validIngestToken reports whether t can be a token file's content: the

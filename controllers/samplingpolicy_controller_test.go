@@ -111,7 +111,7 @@ func ingestSecrets(name string) (agents, classifier *corev1.Secret, err error) {
 
 // tokenMount checks that a pod mounts the policy's token Secret read-only
 // so that IngestTokenPath is its token.
-func tokenMount(pod corev1.PodSpec, policy string) error {
+func tokenMount(pod corev1.PodSpec, policy string, keys ...string) error {
 	var vol *corev1.Volume
 	for i := range pod.Volumes {
 		if s := pod.Volumes[i].Secret; s != nil && s.SecretName == IngestTokenName(policy) {
@@ -121,8 +121,15 @@ func tokenMount(pod corev1.PodSpec, policy string) error {
 	if vol == nil {
 		return fmt.Errorf("no volume of Secret %s in %+v", IngestTokenName(policy), pod.Volumes)
 	}
-	if it := vol.Secret.Items; len(it) != 1 || it[0].Key != IngestTokenKey || it[0].Path != IngestTokenKey {
-		return fmt.Errorf("token volume items %+v", it)
+	var got []string
+	for _, it := range vol.Secret.Items {
+		if it.Key != it.Path {
+			return fmt.Errorf("token volume item %+v", it)
+		}
+		got = append(got, it.Key)
+	}
+	if !slices.Equal(got, keys) {
+		return fmt.Errorf("token volume items %v, want %v", got, keys)
 	}
 	for _, m := range pod.Containers[0].VolumeMounts {
 		if m.Name == vol.Name {
@@ -942,14 +949,14 @@ func TestIngestTokenIsSharedMountedAndStable(t *testing.T) {
 		if err != nil {
 			return err
 		}
-		if err := tokenMount(ds.Spec.Template.Spec, "token"); err != nil {
+		if err := tokenMount(ds.Spec.Template.Spec, "token", IngestTokenKey, IngestCACertKey); err != nil {
 			return fmt.Errorf("agent: %w", err)
 		}
 		d, err := getDeployment("token")
 		if err != nil {
 			return err
 		}
-		if err := tokenMount(d.Spec.Template.Spec, "token"); err != nil {
+		if err := tokenMount(d.Spec.Template.Spec, "token", IngestTokenKey, IngestTLSCertKey, IngestTLSKeyKey); err != nil {
 			return fmt.Errorf("classifier: %w", err)
 		}
 		if args := d.Spec.Template.Spec.Containers[0].Args; !slices.Contains(args, "--ingest-token-file="+IngestTokenPath) {

@@ -1,0 +1,197 @@
+package controllers
+
+import (
+	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/hex"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/connscope/connscope/internal/envtestsuite"
+)
+
+var testNames = []string{"connscope-web-classifier.connscope-system.svc", "connscope-web-classifier"}
+
+// verifyServing checks that pki's serving pair matches and chains to its
+// CA for every name, valid at at.
+func verifyServing(t *testing.T, pki ingestPKI, names []string, at time.Time) {
+	t.Helper()
+	ca, _, err := parseCA(pki.caCert, pki.caKey)
+	if err != nil {
+		t.Fatalf("CA: %v", err)
+	}
+	if err := servingFits(pki.cert, pki.key, ca, names, at); err != nil {
+		t.Fatalf("serving certificate: %v", err)
+	}
+}
+
+// notAfter is the serving certificate's expiry.
+func notAfter(t *testing.T, certPEM []byte) time.Time {
+	t.Helper()
+	b, _ := pem.Decode(certPEM)
+	if b == nil {
+		t.Fatal("no PEM certificate")
+	}
+	c, err := x509.ParseCertificate(b.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c.NotAfter
+}
+
+func TestIngestPKIIsIssuedKeptAndRenewed(t *testing.T) {
+	now := time.Now()
+	pki, issued, err := ensureIngestPKI(ingestPKI{}, testNames, now)
+	if err != nil || issued != "certificate authority and serving certificate" {
+		t.Fatalf("from nothing: %q, %v", issued, err)
+	}
+	verifyServing(t, pki, testNames, now.Add(ingestServingValidity-ingestRenewBefore))
+	if _, err := tls.X509KeyPair(pki.caCert, pki.key); err == nil {
+		t.Fatal("the serving key matches the CA's certificate")
+	}
+
+	// Good ones are kept as they are.
+	again, issued, err := ensureIngestPKI(pki, testNames, now.Add(24*time.Hour))
+	if err != nil || issued != "" || !slices.Equal(again.cert, pki.cert) || !slices.Equal(again.caCert, pki.caCert) {
+		t.Fatalf("a day later: issued %q, %v, same cert %v", issued, err, slices.Equal(again.cert, pki.cert))
+	}
+
+	// Within 30 days of expiry, or for other names, the serving
+	// certificate is issued again by the same CA.
+	for _, tc := range []struct {
+		name  string
+		at    time.Time
+		names []string
+	}{
+		{"near expiry", now.Add(ingestServingValidity - 20*24*time.Hour), testNames},
+		{"other names", now, append(testNames, "connscope-web-classifier.other.svc")},
+	} {
+		renewed, issued, err := ensureIngestPKI(pki, tc.names, tc.at)
+		if err != nil || issued != "serving certificate" {
+			t.Fatalf("%s: issued %q, %v", tc.name, issued, err)
+		}
+		if !slices.Equal(renewed.caCert, pki.caCert) || !slices.Equal(renewed.caKey, pki.caKey) {
+			t.Errorf("%s: the CA changed", tc.name)
+		}
+		verifyServing(t, renewed, tc.names, tc.at.Add(ingestRenewBefore))
+	}
+
+	// A broken CA (a key that does not match) is made again, and so is the
+	// serving pair it signed.
+	other, _, _ := ensureIngestPKI(ingestPKI{}, testNames, now)
+	broken := pki
+	broken.caKey = other.caKey
+	fixed, issued, err := ensureIngestPKI(broken, testNames, now)
+	if err != nil || issued != "certificate authority and serving certificate" || slices.Equal(fixed.caCert, pki.caCert) {
+		t.Fatalf("broken CA: issued %q, %v", issued, err)
+	}
+	verifyServing(t, fixed, testNames, now)
+}
+
+// The ingest Secrets carry the policy's CA and serving certificate for
+// its classifier Service: the classifier's namespace holds the keys, the
+// agents' only the CA's certificate; the classifier serves with the pair
+// and the agents trust the CA; a certificate near its expiry is issued
+// again by the same CA without rolling the agents.
+func TestIngestCertificatesChainAndKeysStayOffTheNodes(t *testing.T) {
+	envtestsuite.NeedEnv(t)
+	startController(t, testOptions())
+	newPolicy(t, "tls", nil)
+	names := ingestDNSNames(testOptions(), "tls")
+	var pki ingestPKI
+	eventually(t, wait, "ingest Secrets with certificates", func() error {
+		a, cl, err := ingestSecrets("tls")
+		if err != nil {
+			return err
+		}
+		pki = ingestPKI{caCert: cl.Data[IngestCACertKey], caKey: cl.Data[IngestCAKeyKey], cert: cl.Data[IngestTLSCertKey], key: cl.Data[IngestTLSKeyKey]}
+		if len(pki.caCert) == 0 || len(pki.cert) == 0 {
+			return errors.New("no certificates yet")
+		}
+		var keys []string
+		for k := range a.Data {
+			keys = append(keys, k)
+		}
+		slices.Sort(keys)
+		if !slices.Equal(keys, []string{IngestCACertKey, IngestTokenKey}) {
+			return fmt.Errorf("the agents' Secret holds %v, want only the CA certificate and the token", keys)
+		}
+		if !slices.Equal(a.Data[IngestCACertKey], pki.caCert) {
+			return errors.New("the agents' CA differs from the classifier's")
+		}
+		return nil
+	})
+	verifyServing(t, pki, names, time.Now())
+	if !strings.HasSuffix(names[0], ".connscope-system.svc") {
+		t.Errorf("names %v", names)
+	}
+	caHash := func() string {
+		sum := sha256.Sum256(pki.caCert)
+		return hex.EncodeToString(sum[:8])
+	}()
+	eventually(t, wait, "pods wired for TLS", func() error {
+		ds, err := getDS("tls")
+		if err != nil {
+			return err
+		}
+		if h := ds.Spec.Template.Annotations[AnnotationIngestCAHash]; h != caHash {
+			return fmt.Errorf("agents' CA hash %q, want %q", h, caHash)
+		}
+		d, err := getDeployment("tls")
+		if err != nil {
+			return err
+		}
+		args := d.Spec.Template.Spec.Containers[0].Args
+		if !slices.Contains(args, "--ingest-tls-cert-file="+IngestCertPath) || !slices.Contains(args, "--ingest-tls-key-file="+IngestKeyPath) {
+			return fmt.Errorf("classifier args %v", args)
+		}
+		return nil
+	})
+	if s := agentSettings(t, "tls"); !strings.HasPrefix(s.Sink, "grpcs://"+names[0]+":") || s.SinkCAFile != IngestCAPath {
+		t.Errorf("agent sink %q, CA file %q", s.Sink, s.SinkCAFile)
+	}
+
+	// Plant a serving certificate 10 days from expiry (same CA): the
+	// controller, watching its Secrets, issues a new one.
+	ca, caKey, err := parseCA(pki.caCert, pki.caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	old, oldKey, err := newServingCert(ca, caKey, names, time.Now().Add(-ingestServingValidity+10*24*time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, cl, err := ingestSecrets("tls")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cl.Data[IngestTLSCertKey], cl.Data[IngestTLSKeyKey] = old, oldKey
+	if err := k8s.Update(ctx, cl); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, wait, "the near-expiry certificate issued again", func() error {
+		_, cl, err := ingestSecrets("tls")
+		if err != nil {
+			return err
+		}
+		if slices.Equal(cl.Data[IngestTLSCertKey], old) {
+			return errors.New("still the planted certificate")
+		}
+		if left := time.Until(notAfter(t, cl.Data[IngestTLSCertKey])); left < ingestServingValidity-24*time.Hour {
+			return fmt.Errorf("the new certificate expires in %v", left)
+		}
+		if !slices.Equal(cl.Data[IngestCACertKey], pki.caCert) {
+			return errors.New("the CA changed")
+		}
+		return nil
+	})
+	if ds, _ := getDS("tls"); ds.Spec.Template.Annotations[AnnotationIngestCAHash] != caHash {
+		t.Error("a renewal of the serving certificate rolled the agents")
+	}
+}
