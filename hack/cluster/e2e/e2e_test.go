@@ -108,6 +108,16 @@ spec:
 	// helpers fail the test), one after the other.
 	c.checkAgentCapabilities(t)
 
+	// The agents push over TLS (the traffic's summary below arrives only
+	// that way): the policy names a grpcs:// endpoint, and the classifier
+	// serves the certificate the controller issued.
+	if ep := c.kubectl(time.Minute, "get", "samplingpolicy", policy, "-o", "jsonpath={.status.ingestEndpoint}"); !strings.HasPrefix(ep, "grpcs://") {
+		t.Errorf("ingest endpoint %q, want grpcs://", ep)
+	}
+	if logs := c.kubectl(time.Minute, "-n", systemNS, "logs", "deployment/connscope-"+policy+"-classifier"); !strings.Contains(logs, "ingest serves TLS") {
+		t.Errorf("the classifier does not say it serves TLS:\n%s", logs)
+	}
+
 	// Real traffic from a client namespace, through a router with a
 	// middlebox and an RST injector, to servers in the node's namespace:
 	// hack/demo.sh with the node as its server.
