@@ -12,6 +12,7 @@ import (
 
 	samplingv1alpha1 "github.com/connscope/connscope/api/v1alpha1"
 	"github.com/connscope/connscope/controllers"
+	"github.com/connscope/connscope/internal/certtest"
 )
 
 func runClassifier(ctx context.Context, args ...string) error {
@@ -71,9 +72,16 @@ func TestClassifierAcceptsTheControllersArgs(t *testing.T) {
 		t.Fatalf("controller args %v", args)
 	}
 	dir := t.TempDir()
+	ca := certtest.NewCA(t, dir, "connscope")
+	certFile, keyFile := filepath.Join(dir, "tls.crt"), filepath.Join(dir, "tls.key")
+	ca.Server(t, "classifier", certFile, keyFile)
 	var got []string
 	for _, a := range args[1:] {
 		switch {
+		case strings.HasPrefix(a, "--ingest-tls-cert-file="):
+			a = "--ingest-tls-cert-file=" + certFile
+		case strings.HasPrefix(a, "--ingest-tls-key-file="):
+			a = "--ingest-tls-key-file=" + keyFile
 		case strings.HasPrefix(a, "--grpc-addr="), strings.HasPrefix(a, "--http-addr="):
 			a = a[:strings.Index(a, "=")+1] + "127.0.0.1:0"
 		case strings.HasPrefix(a, "--store="):
