@@ -2,7 +2,6 @@ package agent
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -236,13 +235,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		Logger:    a.log,
 		Counters:  a.counters,
 	}
-	if cfg.SinkCAFile != "" {
-		roots, err := sinkRootCAs(cfg.SinkCAFile)
-		if err != nil {
-			return fmt.Errorf("--sink-ca-file %s: %w", cfg.SinkCAFile, err)
-		}
-		sopts.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12, RootCAs: roots}
-	}
+	sopts.CAFile = cfg.SinkCAFile
 	sink, err := ship.Open(cfg.Sink, sopts)
 	if err != nil {
 		return fmt.Errorf("--sink %s: %w", cfg.Sink, err)

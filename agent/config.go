@@ -112,7 +112,8 @@ type Config struct {
 	SinkTokenFile string `json:"sinkTokenFile,omitempty"`
 	// sinkCAFile is a PEM file of the CA certificates that a grpcs://
 	// sink's certificate must chain to, instead of the system's roots
-	// (--sink-ca-file). Optional; read at start.
+	// (--sink-ca-file). Optional; read again when it changes, at the next
+	// reconnection.
 	SinkCAFile string `json:"sinkCAFile,omitempty"`
 	// queueCapacity is how many records wait for the sink at most, the
 	// batch being sent included (--queue-capacity); while it is full the

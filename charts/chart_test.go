@@ -819,7 +819,7 @@ func TestPodsPassPodSecurity(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		ds := controllers.AgentDaemonSet(p, controllers.Allocation{LabelBit: 16 + int32(i), NFLOGGroup: 1000 + int32(i)}, "hash", "ca-hash", opts)
+		ds := controllers.AgentDaemonSet(p, controllers.Allocation{LabelBit: 16 + int32(i), NFLOGGroup: 1000 + int32(i)}, "hash", opts)
 		if ds.Namespace != "connscope-agents" {
 			t.Errorf("agents of %s in %s", p.Name, ds.Namespace)
 		}

@@ -49,9 +49,26 @@ func AgentMetricsPort(opts Options, alloc Allocation) int32 {
 	return opts.AgentMetricsPort + alloc.NFLOGGroup - opts.NFLOGGroups.Min
 }
 
-// IngestEndpoint is where a policy's agents ship their records.
+// IngestEndpoint is a policy's classifier's Ingest service (gRPC over
+// TLS), where its agents ship with the Classifier sink.
 func IngestEndpoint(opts Options, policy string) string {
 	return fmt.Sprintf("grpcs://%s.%s.svc:%d", ClassifierName(policy), opts.ClassifierNamespace, ClassifierGRPCPort)
+}
+
+// AgentSink is where a policy's agents ship their records: the
+// classifier's Ingest, or with the ClickHouse sink ClickHouse itself (at
+// scale the agents insert there, agent/ship's clickhouse sink, and the
+// classifier replicas read it).
+func AgentSink(opts Options, p *samplingv1alpha1.SamplingPolicy) string {
+	if servesIngest(p) {
+		return IngestEndpoint(opts, p.Name)
+	}
+	ch := p.Spec.Sink.ClickHouse
+	db := ch.Database
+	if db == "" {
+		db = "connscope"
+	}
+	return "clickhouse://" + ch.Address + "/" + db
 }
 
 // ClassifierEndpoint is the URL of a policy's classifier HTTP API.
@@ -87,18 +104,10 @@ func AgentConfig(p *samplingv1alpha1.SamplingPolicy, alloc Allocation, opts Opti
 			c.IPFamilies = append(c.IPFamilies, string(f))
 		}
 	}
-	c.Sink = IngestEndpoint(opts, p.Name)
-	c.SinkTokenFile = IngestTokenPath
-	c.SinkCAFile = IngestCAPath
-	if ch := p.Spec.Sink.ClickHouse; p.Spec.Sink.Type == samplingv1alpha1.SinkClickHouse && ch != nil {
-		// At scale the agents insert into ClickHouse themselves
-		// (agent/ship's clickhouse sink); the classifier replicas read it.
-		db := ch.Database
-		if db == "" {
-			db = "connscope"
-		}
-		c.Sink = "clickhouse://" + ch.Address + "/" + db
-		c.SinkTokenFile, c.SinkCAFile = "", ""
+	c.Sink = AgentSink(opts, p)
+	if servesIngest(p) {
+		c.SinkTokenFile = IngestTokenPath
+		c.SinkCAFile = IngestCAPath
 	}
 	c.MetricsAddr = fmt.Sprintf(":%d", AgentMetricsPort(opts, alloc))
 	c.ShutdownTimeout = agent.Duration(10 * time.Second)
@@ -161,9 +170,9 @@ func defaultAgentResources() corev1.ResourceRequirements {
 // capability is dropped, privilege escalation is off, the root filesystem
 // is read-only and seccomp is the runtime's default. Updates never surge:
 // two agents of one policy cannot bind the same NFLOG group. configHash
-// (of the agents' ConfigMap) and caHash (of the ingest CA's certificate,
-// which the agents read at start) roll the agents when either changes.
-func AgentDaemonSet(p *samplingv1alpha1.SamplingPolicy, alloc Allocation, configHash, caHash string, opts Options) *appsv1.DaemonSet {
+// (of the agents' ConfigMap) rolls the agents when it changes; the token
+// and the ingest CA they re-read themselves.
+func AgentDaemonSet(p *samplingv1alpha1.SamplingPolicy, alloc Allocation, configHash string, opts Options) *appsv1.DaemonSet {
 	name := AgentName(p.Name)
 	image := opts.Image
 	if p.Spec.Agent.Image != "" {
@@ -201,7 +210,7 @@ func AgentDaemonSet(p *samplingv1alpha1.SamplingPolicy, alloc Allocation, config
 			Template: corev1.PodTemplateSpec{
 				ObjectMeta: metav1.ObjectMeta{
 					Labels:      podLabels,
-					Annotations: map[string]string{AnnotationConfigHash: configHash, AnnotationIngestCAHash: caHash},
+					Annotations: map[string]string{AnnotationConfigHash: configHash},
 				},
 				Spec: corev1.PodSpec{
 					ServiceAccountName:            name,

@@ -49,8 +49,15 @@ func ClassifierServiceAccount(p *samplingv1alpha1.SamplingPolicy, opts Options) 
 }
 
 // ClassifierService exposes the classifier's gRPC ingest (for the agents)
-// and its HTTP API.
+// and its HTTP API. The ingest port carries TLS where the classifier
+// serves it (servesIngest): no appProtocol then, as the values Kubernetes
+// defines (kubernetes.io/h2c) say cleartext, and a mesh that trusted one
+// would try to parse the TLS.
 func ClassifierService(p *samplingv1alpha1.SamplingPolicy, opts Options) *corev1.Service {
+	grpcProtocol := ptr.To("kubernetes.io/h2c")
+	if servesIngest(p) {
+		grpcProtocol = nil
+	}
 	return &corev1.Service{
 		TypeMeta:   metav1.TypeMeta{APIVersion: "v1", Kind: "Service"},
 		ObjectMeta: childMeta(p, ClassifierName(p.Name), opts.ClassifierNamespace, ComponentClassifier),
@@ -58,7 +65,7 @@ func ClassifierService(p *samplingv1alpha1.SamplingPolicy, opts Options) *corev1
 			Type:     corev1.ServiceTypeClusterIP,
 			Selector: selectorLabels(p.Name, ComponentClassifier),
 			Ports: []corev1.ServicePort{
-				{Name: "grpc", Port: ClassifierGRPCPort, TargetPort: intstr.FromString("grpc"), Protocol: corev1.ProtocolTCP, AppProtocol: ptr.To("kubernetes.io/h2c")},
+				{Name: "grpc", Port: ClassifierGRPCPort, TargetPort: intstr.FromString("grpc"), Protocol: corev1.ProtocolTCP, AppProtocol: grpcProtocol},
 				{Name: "http", Port: ClassifierHTTPPort, TargetPort: intstr.FromString("http"), Protocol: corev1.ProtocolTCP, AppProtocol: ptr.To("http")},
 			},
 		},

@@ -4,11 +4,9 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
-	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
-	"encoding/hex"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -19,29 +17,30 @@ import (
 // The ingest certificates: agents reach their policy's classifier over
 // TLS. Per policy the controller keeps a certificate authority of its own
 // and a serving certificate it signs for the classifier Service's DNS
-// names, in the ingest Secrets beside the token:
+// names:
 //
-//   - connscope-system (the classifier's namespace) holds the CA's
-//     certificate and key and the serving certificate and key; the
-//     classifier mounts only the serving pair (and the token);
-//   - connscope-agents holds only the CA's certificate (and the token):
-//     a node never holds a key.
+//   - the CA's certificate and key in the CA Secret of the classifiers'
+//     namespace (IngestCAName), which no pod mounts: a kubelet may read
+//     only the Secrets of its pods, so no node can read the CA's key;
+//   - the serving certificate and key in the ingest Secret of the
+//     classifiers' namespace, which the classifier mounts (with the
+//     token);
+//   - the CA's certificate in the ingest Secret of the agents' namespace
+//     (with the token): an agent's node holds no key.
 //
-// The CA is valid for ten years, the serving certificate for one, and a
-// serving certificate is issued again when it would expire within 30 days
-// or no longer fits (another CA, other names). The classifier reads its
-// pair again when the mounted files change, so a renewal needs no
-// restart; the agents read the CA at start, so a new CA rolls them
-// (AnnotationIngestCAHash).
+// The CA is valid for ten years and made again a year before it expires;
+// the serving certificate is valid for one year and issued again 30 days
+// before it expires, or when it no longer fits (another CA, other names).
+// The classifier reads its pair, and the agents their CA, again at each
+// connection when the mounted files changed: nothing restarts. (When the
+// CA is made again, agents whose mounted CA the kubelet has not yet
+// updated refuse the new certificate for that minute or so, and keep
+// their records queued.)
 const (
 	IngestCACertKey  = "ca.crt"
 	IngestCAKeyKey   = "ca.key"
 	IngestTLSCertKey = "tls.crt"
 	IngestTLSKeyKey  = "tls.key"
-
-	// AnnotationIngestCAHash on the agent pod template changes when the
-	// CA does.
-	AnnotationIngestCAHash = "sampling.connscope.dev/ingest-ca-hash"
 
 	ingestCAValidity      = 10 * 365 * 24 * time.Hour
 	ingestServingValidity = 365 * 24 * time.Hour
@@ -58,6 +57,10 @@ const (
 	IngestKeyPath  = ingestTokenDir + "/" + IngestTLSKeyKey
 )
 
+// IngestCAName names a policy's CA Secret (in the classifiers'
+// namespace).
+func IngestCAName(policy string) string { return "connscope-" + policy + "-ingest-ca" }
+
 // ingestDNSNames are the names the classifier's serving certificate holds:
 // the Service's, short and long.
 func ingestDNSNames(opts Options, policy string) []string {
@@ -68,13 +71,6 @@ func ingestDNSNames(opts Options, policy string) []string {
 // ingestPKI is a policy's CA and serving pair, PEM.
 type ingestPKI struct {
 	caCert, caKey, cert, key []byte
-}
-
-// CAHash is a short digest of the CA certificate for the agents' pod
-// template.
-func (k ingestPKI) CAHash() string {
-	sum := sha256.Sum256(k.caCert)
-	return hex.EncodeToString(sum[:8])
 }
 
 // ensureIngestPKI returns the CA and serving pair to keep: the ones given

@@ -1,10 +1,8 @@
 package controllers
 
 import (
-	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/hex"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -12,6 +10,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/connscope/connscope/internal/envtestsuite"
 )
@@ -82,6 +83,18 @@ func TestIngestPKIIsIssuedKeptAndRenewed(t *testing.T) {
 		verifyServing(t, renewed, tc.names, tc.at.Add(ingestRenewBefore))
 	}
 
+	// A year before the CA expires, it is made again, and so is the
+	// serving certificate.
+	late := now.Add(ingestCAValidity - ingestCARenewBefore + 24*time.Hour)
+	newCA, issued, err := ensureIngestPKI(pki, testNames, late)
+	if err != nil || issued != "certificate authority and serving certificate" || slices.Equal(newCA.caCert, pki.caCert) {
+		t.Fatalf("CA near its expiry: issued %q, %v", issued, err)
+	}
+	verifyServing(t, newCA, testNames, late)
+	if _, issued, _ := ensureIngestPKI(pki, testNames, late.Add(-48*time.Hour)); issued == "certificate authority and serving certificate" {
+		t.Error("the CA was made again more than a year before it expires")
+	}
+
 	// A broken CA (a key that does not match) is made again, and so is the
 	// serving pair it signed.
 	other, _, _ := ensureIngestPKI(ingestPKI{}, testNames, now)
@@ -95,35 +108,54 @@ func TestIngestPKIIsIssuedKeptAndRenewed(t *testing.T) {
 }
 
 // The ingest Secrets carry the policy's CA and serving certificate for
-// its classifier Service: the classifier's namespace holds the keys, the
-// agents' only the CA's certificate; the classifier serves with the pair
-// and the agents trust the CA; a certificate near its expiry is issued
-// again by the same CA without rolling the agents.
-func TestIngestCertificatesChainAndKeysStayOffTheNodes(t *testing.T) {
+// its classifier Service: the serving pair in the classifier's ingest
+// Secret, the CA's certificate alone in the agents', the CA's key in a
+// Secret no pod mounts (a kubelet may read only its pods' Secrets); the
+// classifier serves with the pair and the agents trust the CA; a
+// certificate near its expiry is issued again by the same CA.
+func TestIngestCertificatesChainAndTheCAKeyIsInNoPodsSecret(t *testing.T) {
 	envtestsuite.NeedEnv(t)
 	startController(t, testOptions())
 	newPolicy(t, "tls", nil)
 	names := ingestDNSNames(testOptions(), "tls")
+	keysOf := func(s *corev1.Secret) []string {
+		var keys []string
+		for k := range s.Data {
+			keys = append(keys, k)
+		}
+		slices.Sort(keys)
+		return keys
+	}
+	caSecret := func() (*corev1.Secret, error) {
+		s := &corev1.Secret{}
+		err := k8s.Get(ctx, client.ObjectKey{Namespace: DefaultClassifierNamespace, Name: IngestCAName("tls")}, s)
+		return s, err
+	}
 	var pki ingestPKI
 	eventually(t, wait, "ingest Secrets with certificates", func() error {
 		a, cl, err := ingestSecrets("tls")
 		if err != nil {
 			return err
 		}
-		pki = ingestPKI{caCert: cl.Data[IngestCACertKey], caKey: cl.Data[IngestCAKeyKey], cert: cl.Data[IngestTLSCertKey], key: cl.Data[IngestTLSKeyKey]}
-		if len(pki.caCert) == 0 || len(pki.cert) == 0 {
-			return errors.New("no certificates yet")
+		cas, err := caSecret()
+		if err != nil {
+			return err
 		}
-		var keys []string
-		for k := range a.Data {
-			keys = append(keys, k)
+		for _, c := range []struct {
+			s    *corev1.Secret
+			want []string
+		}{
+			{a, []string{IngestCACertKey, IngestTokenKey}},
+			{cl, []string{IngestTLSCertKey, IngestTLSKeyKey, IngestTokenKey}},
+			{cas, []string{IngestCACertKey, IngestCAKeyKey}},
+		} {
+			if got := keysOf(c.s); !slices.Equal(got, c.want) {
+				return fmt.Errorf("Secret %s/%s holds %v, want %v", c.s.Namespace, c.s.Name, got, c.want)
+			}
 		}
-		slices.Sort(keys)
-		if !slices.Equal(keys, []string{IngestCACertKey, IngestTokenKey}) {
-			return fmt.Errorf("the agents' Secret holds %v, want only the CA certificate and the token", keys)
-		}
+		pki = ingestPKI{caCert: cas.Data[IngestCACertKey], caKey: cas.Data[IngestCAKeyKey], cert: cl.Data[IngestTLSCertKey], key: cl.Data[IngestTLSKeyKey]}
 		if !slices.Equal(a.Data[IngestCACertKey], pki.caCert) {
-			return errors.New("the agents' CA differs from the classifier's")
+			return errors.New("the agents' CA differs from the CA Secret's")
 		}
 		return nil
 	})
@@ -131,21 +163,21 @@ func TestIngestCertificatesChainAndKeysStayOffTheNodes(t *testing.T) {
 	if !strings.HasSuffix(names[0], ".connscope-system.svc") {
 		t.Errorf("names %v", names)
 	}
-	caHash := func() string {
-		sum := sha256.Sum256(pki.caCert)
-		return hex.EncodeToString(sum[:8])
-	}()
 	eventually(t, wait, "pods wired for TLS", func() error {
 		ds, err := getDS("tls")
 		if err != nil {
 			return err
 		}
-		if h := ds.Spec.Template.Annotations[AnnotationIngestCAHash]; h != caHash {
-			return fmt.Errorf("agents' CA hash %q, want %q", h, caHash)
-		}
 		d, err := getDeployment("tls")
 		if err != nil {
 			return err
+		}
+		for _, pod := range []corev1.PodSpec{ds.Spec.Template.Spec, d.Spec.Template.Spec} {
+			for _, v := range pod.Volumes {
+				if v.Secret != nil && v.Secret.SecretName == IngestCAName("tls") {
+					return fmt.Errorf("a pod mounts the CA Secret: %+v", v)
+				}
+			}
 		}
 		args := d.Spec.Template.Spec.Containers[0].Args
 		if !slices.Contains(args, "--ingest-tls-cert-file="+IngestCertPath) || !slices.Contains(args, "--ingest-tls-key-file="+IngestKeyPath) {
@@ -155,6 +187,9 @@ func TestIngestCertificatesChainAndKeysStayOffTheNodes(t *testing.T) {
 	})
 	if s := agentSettings(t, "tls"); !strings.HasPrefix(s.Sink, "grpcs://"+names[0]+":") || s.SinkCAFile != IngestCAPath {
 		t.Errorf("agent sink %q, CA file %q", s.Sink, s.SinkCAFile)
+	}
+	if ep := getPolicy(t, "tls").Status.IngestEndpoint; !strings.HasPrefix(ep, "grpcs://") {
+		t.Errorf("status ingest endpoint %q", ep)
 	}
 
 	// Plant a serving certificate 10 days from expiry (same CA): the
@@ -186,12 +221,16 @@ func TestIngestCertificatesChainAndKeysStayOffTheNodes(t *testing.T) {
 		if left := time.Until(notAfter(t, cl.Data[IngestTLSCertKey])); left < ingestServingValidity-24*time.Hour {
 			return fmt.Errorf("the new certificate expires in %v", left)
 		}
-		if !slices.Equal(cl.Data[IngestCACertKey], pki.caCert) {
+		cas, err := caSecret()
+		if err != nil {
+			return err
+		}
+		if !slices.Equal(cas.Data[IngestCACertKey], pki.caCert) {
 			return errors.New("the CA changed")
 		}
+		renewed := pki
+		renewed.cert, renewed.key = cl.Data[IngestTLSCertKey], cl.Data[IngestTLSKeyKey]
+		verifyServing(t, renewed, names, time.Now())
 		return nil
 	})
-	if ds, _ := getDS("tls"); ds.Spec.Template.Annotations[AnnotationIngestCAHash] != caHash {
-		t.Error("a renewal of the serving certificate rolled the agents")
-	}
 }

@@ -61,14 +61,13 @@ func IngestTokenHash(token string) string {
 	return hex.EncodeToString(sum[:8])
 }
 
-// IngestSecret is a policy's ingest Secret in namespace with data: the
-// token, and the CA and serving certificates of ingest_tls.go (all of them
-// in the classifier's namespace, the CA's certificate alone in the
-// agents').
-func IngestSecret(p *samplingv1alpha1.SamplingPolicy, namespace string, data map[string][]byte) *corev1.Secret {
+// IngestSecret is one of a policy's ingest Secrets (name in namespace)
+// with data: the token and the certificates of ingest_tls.go (see
+// ensureIngestSecrets for which goes where).
+func IngestSecret(p *samplingv1alpha1.SamplingPolicy, namespace, name string, data map[string][]byte) *corev1.Secret {
 	return &corev1.Secret{
 		TypeMeta:   metav1.TypeMeta{APIVersion: "v1", Kind: "Secret"},
-		ObjectMeta: childMeta(p, IngestTokenName(p.Name), namespace, ComponentIngest),
+		ObjectMeta: childMeta(p, name, namespace, ComponentIngest),
 		Type:       corev1.SecretTypeOpaque,
 		Data:       data,
 	}

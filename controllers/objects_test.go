@@ -120,7 +120,7 @@ func TestGoldenAgentObjects(t *testing.T) {
 	p, opts := goldenPolicy(), DefaultOptions()
 	_, cm, hash := agentConfigMap(t, p, opts)
 	checkGolden(t, "agent-configmap", cm)
-	checkGolden(t, "agent-daemonset", AgentDaemonSet(p, goldenAlloc, hash, "golden-ca-hash", opts))
+	checkGolden(t, "agent-daemonset", AgentDaemonSet(p, goldenAlloc, hash, opts))
 	checkGolden(t, "agent-serviceaccount", AgentServiceAccount(p, opts))
 }
 
@@ -129,7 +129,7 @@ func TestGoldenClassifierObjects(t *testing.T) {
 	checkGolden(t, "classifier-deployment", ClassifierDeployment(p, IngestTokenHash("golden-token"), opts))
 	checkGolden(t, "classifier-service", ClassifierService(p, opts))
 	checkGolden(t, "classifier-pvc", ClassifierVolumeClaim(p, opts))
-	checkGolden(t, "ingest-token-secret", IngestSecret(p, opts.AgentNamespace, map[string][]byte{IngestTokenKey: []byte("golden-token"), IngestCACertKey: []byte("golden-ca")}))
+	checkGolden(t, "ingest-token-secret", IngestSecret(p, opts.AgentNamespace, IngestTokenName(p.Name), map[string][]byte{IngestTokenKey: []byte("golden-token"), IngestCACertKey: []byte("golden-ca")}))
 
 	ch := goldenPolicy()
 	ch.Spec.Sink = samplingv1alpha1.SinkSpec{
@@ -156,7 +156,7 @@ func TestGoldenClassifierObjects(t *testing.T) {
 	// and with the policy's ClickHouse credentials, from the Secret of the
 	// same name in their own namespace.
 	env := map[string]string{}
-	for _, e := range AgentDaemonSet(ch, goldenAlloc, "h", "c", opts).Spec.Template.Spec.Containers[0].Env {
+	for _, e := range AgentDaemonSet(ch, goldenAlloc, "h", opts).Spec.Template.Spec.Containers[0].Env {
 		if e.ValueFrom != nil && e.ValueFrom.SecretKeyRef != nil {
 			env[e.Name] = e.ValueFrom.SecretKeyRef.Name + "/" + e.ValueFrom.SecretKeyRef.Key
 		}
@@ -164,7 +164,7 @@ func TestGoldenClassifierObjects(t *testing.T) {
 	if env["CONNSCOPE_CLICKHOUSE_USERNAME"] != "clickhouse/user" || env["CONNSCOPE_CLICKHOUSE_PASSWORD"] != "clickhouse/pass" {
 		t.Errorf("agent credentials with ClickHouse: %v", env)
 	}
-	for _, e := range AgentDaemonSet(goldenPolicy(), goldenAlloc, "h", "c", opts).Spec.Template.Spec.Containers[0].Env {
+	for _, e := range AgentDaemonSet(goldenPolicy(), goldenAlloc, "h", opts).Spec.Template.Spec.Containers[0].Env {
 		if e.ValueFrom == nil || e.ValueFrom.FieldRef == nil {
 			t.Errorf("agent env without ClickHouse: %s is not from the pod's fields (NODE_NAME, HOST_IP only)", e.Name)
 		}
@@ -201,7 +201,7 @@ func TestAgentMetricsListenOnTheNodeAddress(t *testing.T) {
 	if err := os.WriteFile(file, []byte(cm.Data[agentConfigFile]), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	c := AgentDaemonSet(p, goldenAlloc, "h", "c", opts).Spec.Template.Spec.Containers[0]
+	c := AgentDaemonSet(p, goldenAlloc, "h", opts).Spec.Template.Spec.Containers[0]
 	var fromHostIP bool
 	for _, e := range c.Env {
 		fromHostIP = fromHostIP || (e.Name == hostIPEnv && e.ValueFrom != nil && e.ValueFrom.FieldRef != nil && e.ValueFrom.FieldRef.FieldPath == "status.hostIP")
@@ -262,7 +262,7 @@ func TestAgentMetricsPortsDifferAcrossGroups(t *testing.T) {
 
 // What server-side apply gets carries no status and no nulls.
 func TestToApplyObjectDropsStatusAndNulls(t *testing.T) {
-	ds := AgentDaemonSet(goldenPolicy(), goldenAlloc, "h", "c", DefaultOptions())
+	ds := AgentDaemonSet(goldenPolicy(), goldenAlloc, "h", DefaultOptions())
 	u, err := ToApplyObject(client.Object(ds))
 	if err != nil {
 		t.Fatal(err)

@@ -224,7 +224,7 @@ func (r *SamplingPolicyReconciler) Reconcile(ctx context.Context, req ctrl.Reque
 	}
 	p.Status.LabelBit = &alloc.LabelBit
 	p.Status.NFLOGGroup = &alloc.NFLOGGroup
-	p.Status.IngestEndpoint = IngestEndpoint(r.Options, p.Name)
+	p.Status.IngestEndpoint = AgentSink(r.Options, &p)
 	p.Status.ClassifierEndpoint = ClassifierEndpoint(r.Options, p.Name)
 
 	// Phase 2: the children, classifier first so that the agents find
@@ -239,7 +239,7 @@ func (r *SamplingPolicyReconciler) Reconcile(ctx context.Context, req ctrl.Reque
 		r.degrade(&p, ReasonInvalidSettings, err.Error())
 		return ctrl.Result{}, nil
 	}
-	token, pki, err := r.ensureIngestSecrets(ctx, &p)
+	token, err := r.ensureIngestSecrets(ctx, &p)
 	if err != nil {
 		r.degrade(&p, ReasonApplyFailed, err.Error())
 		return ctrl.Result{}, err
@@ -253,7 +253,7 @@ func (r *SamplingPolicyReconciler) Reconcile(ctx context.Context, req ctrl.Reque
 		ClassifierService(&p, r.Options),
 		AgentServiceAccount(&p, r.Options),
 		cm,
-		AgentDaemonSet(&p, alloc, hash, pki.CAHash(), r.Options),
+		AgentDaemonSet(&p, alloc, hash, r.Options),
 	)
 	// The DaemonSet and Deployment are kept as the API server returned
 	// them from the apply: phase 3 judges them, never the cache, which
@@ -522,86 +522,99 @@ func (r *SamplingPolicyReconciler) wakeWaiting(ctx context.Context, p *samplingv
 	}
 }
 
-// ensureIngestSecrets returns the policy's ingest token and certificates,
-// making sure that its Secret exists in both namespaces and holds them.
-// The token is the one already stored (the classifier's copy first: the
-// running classifier read it at start), so it survives reconciles and
-// controller restarts; a new one is generated only when neither Secret
-// holds one. The certificates (ingest_tls.go) are those in the
-// classifier's Secret while they are good, and are issued again when they
-// are missing, do not fit, or are about to expire. The Secrets are read
-// from the API server (the cache holds only their metadata) and written
-// with create and update (no server-side apply: its patch would need the
-// patch verb, and the data must never be overwritten by a rebuilt
-// object).
-func (r *SamplingPolicyReconciler) ensureIngestSecrets(ctx context.Context, p *samplingv1alpha1.SamplingPolicy) (string, ingestPKI, error) {
-	name := IngestTokenName(p.Name)
-	namespaces := []string{r.Options.ClassifierNamespace, r.Options.AgentNamespace}
-	existing := make([]*corev1.Secret, len(namespaces))
+// ensureIngestSecrets returns the policy's ingest token, making sure that
+// its Secrets exist and hold it and the policy's ingest certificates
+// (ingest_tls.go): the ingest Secret in the classifiers' namespace (token,
+// serving certificate and key, which the classifier mounts), the one in
+// the agents' namespace (token and CA certificate, which the agents
+// mount), and the CA Secret in the classifiers' namespace (CA certificate
+// and key, which no pod mounts, so that no kubelet may read the CA's
+// key). The token is the one already stored (the classifier's copy first:
+// the running classifier read it at start), so it survives reconciles and
+// controller restarts; a new one is generated only when neither ingest
+// Secret holds one. The certificates are those stored while they are
+// good, and are issued again when they are missing, do not fit, or are
+// about to expire. The Secrets are read from the API server (the cache
+// holds only their metadata) and written with create and update (no
+// server-side apply: its patch would need the patch verb, and the data
+// must never be overwritten by a rebuilt object).
+func (r *SamplingPolicyReconciler) ensureIngestSecrets(ctx context.Context, p *samplingv1alpha1.SamplingPolicy) (string, error) {
+	type secretRef struct{ ns, name string }
+	refs := []secretRef{
+		{r.Options.ClassifierNamespace, IngestTokenName(p.Name)},
+		{r.Options.AgentNamespace, IngestTokenName(p.Name)},
+		{r.Options.ClassifierNamespace, IngestCAName(p.Name)},
+	}
+	existing := make([]*corev1.Secret, len(refs))
 	token := ""
-	for i, ns := range namespaces {
+	for i, ref := range refs {
 		s := &corev1.Secret{}
-		err := r.APIReader.Get(ctx, client.ObjectKey{Namespace: ns, Name: name}, s)
+		err := r.APIReader.Get(ctx, client.ObjectKey{Namespace: ref.ns, Name: ref.name}, s)
 		if apierrors.IsNotFound(err) {
 			continue
 		}
 		if err != nil {
-			return "", ingestPKI{}, fmt.Errorf("cannot read Secret %s/%s: %w", ns, name, err)
+			return "", fmt.Errorf("cannot read Secret %s/%s: %w", ref.ns, ref.name, err)
 		}
 		if !metav1.IsControlledBy(s, p) {
-			return "", ingestPKI{}, fmt.Errorf("Secret %s/%s exists and does not belong to this policy: delete it or rename the policy", ns, name)
+			return "", fmt.Errorf("Secret %s/%s exists and does not belong to this policy: delete it or rename the policy", ref.ns, ref.name)
 		}
 		existing[i] = s
-		if t := string(s.Data[IngestTokenKey]); token == "" && validIngestToken(t) {
+		if t := string(s.Data[IngestTokenKey]); i < 2 && token == "" && validIngestToken(t) {
 			token = t
 		}
 	}
 	if token == "" {
 		var err error
 		if token, err = NewIngestToken(); err != nil {
-			return "", ingestPKI{}, err
+			return "", err
 		}
 	}
 	var have ingestPKI
-	if s := existing[0]; s != nil {
-		have = ingestPKI{caCert: s.Data[IngestCACertKey], caKey: s.Data[IngestCAKeyKey], cert: s.Data[IngestTLSCertKey], key: s.Data[IngestTLSKeyKey]}
+	if s := existing[2]; s != nil {
+		have.caCert, have.caKey = s.Data[IngestCACertKey], s.Data[IngestCAKeyKey]
 	}
-	pki, issued, err := ensureIngestPKI(have, ingestDNSNames(r.Options, p.Name), time.Now())
+	if s := existing[0]; s != nil {
+		have.cert, have.key = s.Data[IngestTLSCertKey], s.Data[IngestTLSKeyKey]
+	}
+	names := ingestDNSNames(r.Options, p.Name)
+	pki, issued, err := ensureIngestPKI(have, names, time.Now())
 	if err != nil {
-		return "", ingestPKI{}, err
+		return "", err
 	}
 	if issued != "" {
 		r.Recorder.Eventf(p, nil, corev1.EventTypeNormal, "IngestCertificateIssued", "Issue",
-			"ingest %s issued for %s", issued, ingestDNSNames(r.Options, p.Name)[0])
+			"ingest %s issued for %s", issued, names[0])
 	}
 	data := []map[string][]byte{
-		{IngestTokenKey: []byte(token), IngestCACertKey: pki.caCert, IngestCAKeyKey: pki.caKey, IngestTLSCertKey: pki.cert, IngestTLSKeyKey: pki.key},
-		{IngestTokenKey: []byte(token), IngestCACertKey: pki.caCert}, // the agents': no key
+		{IngestTokenKey: []byte(token), IngestTLSCertKey: pki.cert, IngestTLSKeyKey: pki.key},
+		{IngestTokenKey: []byte(token), IngestCACertKey: pki.caCert},
+		{IngestCACertKey: pki.caCert, IngestCAKeyKey: pki.caKey},
 	}
-	for i, ns := range namespaces {
-		want := IngestSecret(p, ns, data[i])
+	for i, ref := range refs {
+		want := IngestSecret(p, ref.ns, ref.name, data[i])
 		s := existing[i]
 		switch {
 		case s == nil:
 			if err := r.Client.Create(ctx, want, client.FieldOwner(FieldOwner)); err != nil {
-				return "", ingestPKI{}, fmt.Errorf("cannot write Secret %s/%s: %w", ns, name, err)
+				return "", fmt.Errorf("cannot write Secret %s/%s: %w", ref.ns, ref.name, err)
 			}
-			r.Recorder.Eventf(p, nil, corev1.EventTypeNormal, "IngestTokenCreated", "Create",
-				"ingest token Secret %s/%s created", ns, name)
+			r.Recorder.Eventf(p, nil, corev1.EventTypeNormal, "IngestSecretCreated", "Create",
+				"ingest Secret %s/%s created", ref.ns, ref.name)
 		case !reflect.DeepEqual(s.Data, want.Data):
-			if string(s.Data[IngestTokenKey]) != token {
+			if i < 2 && string(s.Data[IngestTokenKey]) != token {
 				// Only a copy that differs from the other (or was
 				// emptied) gets another token, and never silently.
 				r.Recorder.Eventf(p, nil, corev1.EventTypeWarning, "IngestTokenRepaired", "Update",
-					"ingest token Secret %s/%s held another token or none; set to the policy's token", ns, name)
+					"ingest token Secret %s/%s held another token or none; set to the policy's token", ref.ns, ref.name)
 			}
 			s.Data = want.Data
 			if err := r.Client.Update(ctx, s, client.FieldOwner(FieldOwner)); err != nil {
-				return "", ingestPKI{}, fmt.Errorf("cannot write Secret %s/%s: %w", ns, name, err)
+				return "", fmt.Errorf("cannot write Secret %s/%s: %w", ref.ns, ref.name, err)
 			}
 		}
 	}
-	return token, pki, nil
+	return token, nil
 }
 
 // validIngestToken reports whether t can be a token file's content: the

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"strings"
 	"sync"
@@ -82,6 +83,17 @@ func openGRPC(target string, useTLS bool, o Options) (*grpcSink, error) {
 		cfg := &tls.Config{MinVersion: tls.VersionTLS12}
 		if o.TLSConfig != nil {
 			cfg = o.TLSConfig.Clone()
+		}
+		if o.CAFile != "" {
+			ca, err := loadCAFile(o.CAFile)
+			if err != nil {
+				return nil, fmt.Errorf("gRPC sink %s: %w", target, err)
+			}
+			host, _, err := net.SplitHostPort(target)
+			if err != nil {
+				return nil, fmt.Errorf("gRPC sink %s: %w", target, err)
+			}
+			cfg = ca.clientTLS(o.TLSConfig, host)
 		}
 		creds = credentials.NewTLS(cfg)
 	}

@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"strings"
 	"testing"
 	"time"
 
@@ -378,6 +379,77 @@ func TestGRPCSinkOverTLS(t *testing.T) {
 	}
 	if st := r.Stats(); st.Records != 2 {
 		t.Fatalf("receiver stats %+v", st)
+	}
+}
+
+// TestGRPCSinkCAFile: a grpcs:// sink with a CA file trusts exactly the
+// CAs in the file at each handshake: a receiver whose certificate another
+// CA signed is refused (and gets no batch) until the file holds that CA,
+// which a reconnection then takes without reopening the sink; and the
+// certificate must hold the sink's host, since the file's CAs are checked
+// by the sink's own verification, not by crypto/tls's.
+func TestGRPCSinkCAFile(t *testing.T) {
+	dir := t.TempDir()
+	caA, caB := certtest.NewCA(t, dir, "a"), certtest.NewCA(t, dir, "b")
+	r := shiptest.Start(t, shiptest.Options{TLS: caB.ServerConfig(t, "receiver")})
+	r.RequireToken("t0ken")
+	caFile := filepath.Join(dir, "ca.pem")
+	copyFile := func(from string) {
+		t.Helper()
+		b, err := os.ReadFile(from)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(caFile+".tmp", b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(caFile+".tmp", caFile); err != nil {
+			t.Fatal(err)
+		}
+	}
+	copyFile(caA.CertFile)
+	s := openSink(t, r.URL(), Options{Token: "t0ken", CAFile: caFile, AckTimeout: 5 * time.Second})
+	if msg := contains(s.Send(context.Background(), records(1, 0, 1)), "not trusted by "+caFile); msg != "" {
+		t.Fatal(msg)
+	}
+	if st := r.Stats(); st.Records != 0 {
+		t.Fatalf("a receiver the CA file does not trust got %d records", st.Records)
+	}
+	copyFile(caB.CertFile) // the CA replaced, as a Secret's update does
+	// gRPC waits out its reconnection backoff before the next handshake;
+	// until then a Send fails with the last error, as the agent's retries
+	// would see.
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		err := s.Send(context.Background(), records(2, 0, 1))
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("Send after the CA file changed: %v", err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if st := r.Stats(); st.Records != 2 {
+		t.Fatalf("receiver stats %+v", st)
+	}
+
+	// Signed by the trusted CA, but for another name.
+	other := shiptest.Start(t, shiptest.Options{TLS: caB.ServerConfig(t, "elsewhere", "classifier.example")})
+	s = openSink(t, other.URL(), Options{CAFile: caFile, AckTimeout: 5 * time.Second})
+	if msg := contains(s.Send(context.Background(), records(1, 0, 1)), "127.0.0.1"); msg != "" {
+		t.Fatal(msg)
+	}
+	if st := other.Stats(); st.Records != 0 {
+		t.Fatalf("a receiver with another name got %d records", st.Records)
+	}
+
+	// A file without a certificate is refused at Open; grpc:// takes none.
+	if _, err := Open(r.URL(), Options{CAFile: filepath.Join(dir, "missing.pem")}); err == nil || !strings.Contains(err.Error(), "missing.pem") {
+		t.Errorf("missing CA file: %v", err)
+	}
+	if _, err := Open("grpc://"+r.Addr(), Options{CAFile: caFile}); err == nil || !strings.Contains(err.Error(), "plaintext") {
+		t.Errorf("CA file with grpc://: %v", err)
 	}
 }
 

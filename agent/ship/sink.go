@@ -62,6 +62,12 @@ type Options struct {
 	// copy is used). Nil means the system's roots and TLS 1.2 or later.
 	// It must be nil for grpc:// sinks, which are plaintext.
 	TLSConfig *tls.Config
+	// CAFile, for a grpcs:// sink, is a PEM file of the CA certificates
+	// the sink's certificate must chain to, instead of the system's
+	// roots. It is read at Open and again at each handshake after it
+	// changed, so a CA replaced in a mounted Secret is trusted at the next
+	// reconnection.
+	CAFile string
 
 	// AckTimeout bounds one Send of a gRPC sink: opening a stream if
 	// needed, sending the batch and receiving its ack. 0 means
@@ -129,7 +135,7 @@ func Open(rawURL string, o Options) (Sink, error) {
 		if err != nil {
 			return nil, err
 		}
-		if u.Scheme == "grpc" && o.TLSConfig != nil {
+		if u.Scheme == "grpc" && (o.TLSConfig != nil || o.CAFile != "") {
 			return nil, fmt.Errorf("sink URL %q is plaintext gRPC but a TLS configuration was given: use grpcs://%s", rawURL, target)
 		}
 		return openGRPC(target, u.Scheme == "grpcs", o)

@@ -387,7 +387,9 @@ type SamplingPolicyStatus struct {
 	// +optional
 	ClassifierEndpoint string `json:"classifierEndpoint,omitempty"`
 
-	// ingestEndpoint is where the agents ship their records (gRPC).
+	// ingestEndpoint is where the agents ship their records: the
+	// classifier's gRPC Ingest over TLS (grpcs://), or ClickHouse
+	// (clickhouse://) with the ClickHouse sink.
 	// +optional
 	IngestEndpoint string `json:"ingestEndpoint,omitempty"`
 }

@@ -100,7 +100,7 @@ func TestIngestTLSFilesAreChecked(t *testing.T) {
 	}{
 		{"certificate only", certFile, "", "both a certificate file and a key file"},
 		{"missing key", certFile, filepath.Join(dir, "none.key"), "none.key"},
-		{"key is the certificate", certFile, certFile, "tls.crt"},
+		{"key is the certificate", certFile, certFile, "rather than a key"},
 	} {
 		cfg := config(t, filepath.Join(t.TempDir(), "connscope.db"))
 		cfg.TLSCertFile, cfg.TLSKeyFile = tc.cert, tc.key

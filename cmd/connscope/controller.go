@@ -40,6 +40,9 @@ policy's status (Ready, Progressing, Degraded).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			var err error
+			if opts.AgentNamespace == opts.ClassifierNamespace {
+				return fmt.Errorf("--agent-namespace and --classifier-namespace are both %q: they must differ (the agents' namespace allows privileged pods and gets no key; the classifiers' holds the ingest keys)", opts.AgentNamespace)
+			}
 			if opts.LabelBits, err = controllers.ParseRange(labelBits, 0, rules.MaxLabelBit); err != nil {
 				return fmt.Errorf("--label-bits %w", err)
 			}

@@ -56,16 +56,21 @@ func NewCA(tb testing.TB, dir, name string) *CA {
 
 // Server signs a server certificate named cn for 127.0.0.1, ::1 and
 // localhost, and writes it and its key to certFile and keyFile (replacing
-// them: a rotation).
-func (ca *CA) Server(tb testing.TB, cn, certFile, keyFile string) {
+// them: a rotation). With names, the certificate holds those DNS names
+// instead, and no address.
+func (ca *CA) Server(tb testing.TB, cn, certFile, keyFile string, names ...string) {
 	tb.Helper()
 	key := newKey(tb)
 	ca.serial++
+	dns, ips := []string{"localhost"}, []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback}
+	if len(names) > 0 {
+		dns, ips = names, nil
+	}
 	tmpl := &x509.Certificate{
 		SerialNumber: big.NewInt(ca.serial),
 		Subject:      pkix.Name{CommonName: cn},
-		DNSNames:     []string{"localhost"},
-		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback},
+		DNSNames:     dns,
+		IPAddresses:  ips,
 		NotBefore:    time.Now().Add(-time.Hour),
 		NotAfter:     time.Now().Add(time.Hour),
 		KeyUsage:     x509.KeyUsageDigitalSignature,
@@ -84,12 +89,12 @@ func (ca *CA) Server(tb testing.TB, cn, certFile, keyFile string) {
 }
 
 // ServerConfig is a server TLS configuration (TLS 1.2 or later) with a
-// certificate named cn that the CA signs.
-func (ca *CA) ServerConfig(tb testing.TB, cn string) *tls.Config {
+// certificate named cn that the CA signs (for names, as Server).
+func (ca *CA) ServerConfig(tb testing.TB, cn string, names ...string) *tls.Config {
 	tb.Helper()
 	dir := tb.TempDir()
 	certFile, keyFile := filepath.Join(dir, "tls.crt"), filepath.Join(dir, "tls.key")
-	ca.Server(tb, cn, certFile, keyFile)
+	ca.Server(tb, cn, certFile, keyFile, names...)
 	pair, err := tls.LoadX509KeyPair(certFile, keyFile)
 	if err != nil {
 		tb.Fatal(err)

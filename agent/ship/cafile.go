@@ -1,0 +1,93 @@
+package ship
+
+import (
+	"bytes"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"os"
+	"sync"
+)
+
+// caFile is the CA bundle of a grpcs:// sink (Options.CAFile), read at
+// each TLS handshake (a reconnection: rare) and parsed again when its
+// content changed, so that a CA replaced in a mounted Secret is trusted at
+// the next reconnection without a restart, as a rotated token is. A
+// change that cannot be read (a half-written file) keeps the CAs read
+// before.
+type caFile struct {
+	path string
+
+	mu    sync.Mutex
+	pem   []byte
+	roots *x509.CertPool
+}
+
+// loadCAFile reads the bundle a first time: an error names the file.
+func loadCAFile(path string) (*caFile, error) {
+	c := &caFile{path: path}
+	if err := c.load(); err != nil {
+		return nil, fmt.Errorf("CA file %s: %w", path, err)
+	}
+	return c, nil
+}
+
+func (c *caFile) load() error {
+	b, err := os.ReadFile(c.path)
+	if err != nil {
+		return err
+	}
+	if c.roots != nil && bytes.Equal(b, c.pem) {
+		return nil
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(b) {
+		return errors.New("holds no PEM certificate")
+	}
+	c.roots, c.pem = pool, b
+	return nil
+}
+
+// current returns the CAs to trust now.
+func (c *caFile) current() *x509.CertPool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	_ = c.load() // on error the CAs read before stay
+	return c.roots
+}
+
+// clientTLS is the TLS configuration of a sink at host (the name or
+// address its certificate must hold) that trusts the file's current CAs.
+// crypto/tls verifies against a fixed pool, so its own verification is
+// turned off and VerifyConnection does the same checks (chain to a CA of
+// the file, the host's name or address, server authentication) with the
+// pool of the moment; a handshake fails, and no token is sent, unless
+// they pass.
+func (c *caFile) clientTLS(base *tls.Config, host string) *tls.Config {
+	cfg := &tls.Config{MinVersion: tls.VersionTLS12}
+	if base != nil {
+		cfg = base.Clone()
+	}
+	cfg.ServerName = host
+	cfg.InsecureSkipVerify = true
+	cfg.VerifyConnection = func(cs tls.ConnectionState) error {
+		if len(cs.PeerCertificates) == 0 {
+			return errors.New("tls: the sink presented no certificate")
+		}
+		opts := x509.VerifyOptions{
+			Roots:         c.current(),
+			DNSName:       host,
+			Intermediates: x509.NewCertPool(),
+			KeyUsages:     []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		}
+		for _, ic := range cs.PeerCertificates[1:] {
+			opts.Intermediates.AddCert(ic)
+		}
+		if _, err := cs.PeerCertificates[0].Verify(opts); err != nil {
+			return fmt.Errorf("tls: the sink's certificate is not trusted by %s: %w", c.path, err)
+		}
+		return nil
+	}
+	return cfg
+}
