@@ -2,6 +2,7 @@ package controllers
 
 import (
 	"fmt"
+	"strings"
 	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
@@ -261,6 +262,22 @@ func ClassifierDeployment(p *samplingv1alpha1.SamplingPolicy, tokenHash string, 
 // namespace, so with credentials it must exist in the classifier's and in
 // the agents' namespace; the controller never reads it. Nil without a
 // ClickHouse sink or without credentials.
+// checkCredentialsSecret refuses a ClickHouse credentials Secret that is
+// one of connscope's ingest Secrets (IngestTokenName, IngestCAName, of
+// any policy): naming one would hand its token or the CA's key to the
+// pods as a password, and make the CA Secret one that a pod mounts.
+func checkCredentialsSecret(p *samplingv1alpha1.SamplingPolicy) error {
+	ch := p.Spec.Sink.ClickHouse
+	if p.Spec.Sink.Type != samplingv1alpha1.SinkClickHouse || ch == nil || ch.CredentialsSecret == nil {
+		return nil
+	}
+	n := ch.CredentialsSecret.Name
+	if strings.HasPrefix(n, "connscope-") && (strings.HasSuffix(n, "-ingest") || strings.HasSuffix(n, "-ingest-ca")) {
+		return fmt.Errorf("spec.sink.clickhouse.credentialsSecret.name %q is one of connscope's ingest Secrets: give the Secret that holds the ClickHouse user and password", n)
+	}
+	return nil
+}
+
 func clickHouseCredentialsEnv(p *samplingv1alpha1.SamplingPolicy) []corev1.EnvVar {
 	ch := p.Spec.Sink.ClickHouse
 	if p.Spec.Sink.Type != samplingv1alpha1.SinkClickHouse || ch == nil || ch.CredentialsSecret == nil {

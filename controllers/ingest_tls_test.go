@@ -14,6 +14,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
+	samplingv1alpha1 "github.com/connscope/connscope/api/v1alpha1"
 	"github.com/connscope/connscope/internal/envtestsuite"
 )
 
@@ -105,6 +106,27 @@ func TestIngestPKIIsIssuedKeptAndRenewed(t *testing.T) {
 		t.Fatalf("broken CA: issued %q, %v", issued, err)
 	}
 	verifyServing(t, fixed, testNames, now)
+}
+
+// A ClickHouse credentials Secret may not be one of connscope's ingest
+// Secrets: the pods would get its token or the CA's key as a password.
+func TestCredentialsSecretIsNotAnIngestSecret(t *testing.T) {
+	for name, ok := range map[string]bool{
+		"clickhouse":              true,
+		"connscope-clickhouse":    true,
+		"connscope-web-ingest":    false,
+		"connscope-web-ingest-ca": false,
+		"connscope-ingest-ca":     false,
+	} {
+		p := goldenPolicy()
+		p.Spec.Sink = samplingv1alpha1.SinkSpec{Type: samplingv1alpha1.SinkClickHouse, ClickHouse: &samplingv1alpha1.ClickHouseSpec{
+			Address: "ch:8123", CredentialsSecret: &samplingv1alpha1.SecretKeysRef{Name: name},
+		}}
+		err := checkCredentialsSecret(p)
+		if (err == nil) != ok || (err != nil && !strings.Contains(err.Error(), name)) {
+			t.Errorf("%s: %v", name, err)
+		}
+	}
 }
 
 // The ingest Secrets carry the policy's CA and serving certificate for

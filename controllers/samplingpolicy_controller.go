@@ -229,6 +229,10 @@ func (r *SamplingPolicyReconciler) Reconcile(ctx context.Context, req ctrl.Reque
 
 	// Phase 2: the children, classifier first so that the agents find
 	// their sink.
+	if err := checkCredentialsSecret(&p); err != nil {
+		r.degrade(&p, ReasonInvalidSettings, err.Error())
+		return ctrl.Result{}, nil
+	}
 	cfg, err := AgentConfig(&p, alloc, r.Options)
 	if err != nil {
 		r.degrade(&p, ReasonInvalidSettings, "the agent would refuse these settings: "+err.Error())
@@ -540,10 +544,12 @@ func (r *SamplingPolicyReconciler) wakeWaiting(ctx context.Context, p *samplingv
 // must never be overwritten by a rebuilt object).
 func (r *SamplingPolicyReconciler) ensureIngestSecrets(ctx context.Context, p *samplingv1alpha1.SamplingPolicy) (string, error) {
 	type secretRef struct{ ns, name string }
+	// The CA Secret first: were a later write to fail, the CA's key that
+	// signed what was written is already kept.
 	refs := []secretRef{
+		{r.Options.ClassifierNamespace, IngestCAName(p.Name)},
 		{r.Options.ClassifierNamespace, IngestTokenName(p.Name)},
 		{r.Options.AgentNamespace, IngestTokenName(p.Name)},
-		{r.Options.ClassifierNamespace, IngestCAName(p.Name)},
 	}
 	existing := make([]*corev1.Secret, len(refs))
 	token := ""
@@ -560,7 +566,7 @@ func (r *SamplingPolicyReconciler) ensureIngestSecrets(ctx context.Context, p *s
 			return "", fmt.Errorf("Secret %s/%s exists and does not belong to this policy: delete it or rename the policy", ref.ns, ref.name)
 		}
 		existing[i] = s
-		if t := string(s.Data[IngestTokenKey]); i < 2 && token == "" && validIngestToken(t) {
+		if t := string(s.Data[IngestTokenKey]); i > 0 && token == "" && validIngestToken(t) {
 			token = t
 		}
 	}
@@ -571,10 +577,10 @@ func (r *SamplingPolicyReconciler) ensureIngestSecrets(ctx context.Context, p *s
 		}
 	}
 	var have ingestPKI
-	if s := existing[2]; s != nil {
+	if s := existing[0]; s != nil {
 		have.caCert, have.caKey = s.Data[IngestCACertKey], s.Data[IngestCAKeyKey]
 	}
-	if s := existing[0]; s != nil {
+	if s := existing[1]; s != nil {
 		have.cert, have.key = s.Data[IngestTLSCertKey], s.Data[IngestTLSKeyKey]
 	}
 	names := ingestDNSNames(r.Options, p.Name)
@@ -587,9 +593,9 @@ func (r *SamplingPolicyReconciler) ensureIngestSecrets(ctx context.Context, p *s
 			"ingest %s issued for %s", issued, names[0])
 	}
 	data := []map[string][]byte{
+		{IngestCACertKey: pki.caCert, IngestCAKeyKey: pki.caKey},
 		{IngestTokenKey: []byte(token), IngestTLSCertKey: pki.cert, IngestTLSKeyKey: pki.key},
 		{IngestTokenKey: []byte(token), IngestCACertKey: pki.caCert},
-		{IngestCACertKey: pki.caCert, IngestCAKeyKey: pki.caKey},
 	}
 	for i, ref := range refs {
 		want := IngestSecret(p, ref.ns, ref.name, data[i])
@@ -602,7 +608,7 @@ func (r *SamplingPolicyReconciler) ensureIngestSecrets(ctx context.Context, p *s
 			r.Recorder.Eventf(p, nil, corev1.EventTypeNormal, "IngestSecretCreated", "Create",
 				"ingest Secret %s/%s created", ref.ns, ref.name)
 		case !reflect.DeepEqual(s.Data, want.Data):
-			if i < 2 && string(s.Data[IngestTokenKey]) != token {
+			if i > 0 && string(s.Data[IngestTokenKey]) != token {
 				// Only a copy that differs from the other (or was
 				// emptied) gets another token, and never silently.
 				r.Recorder.Eventf(p, nil, corev1.EventTypeWarning, "IngestTokenRepaired", "Update",

@@ -57,20 +57,16 @@ func (c *caFile) current() *x509.CertPool {
 	return c.roots
 }
 
-// clientTLS is the TLS configuration of a sink at host (the name or
-// address its certificate must hold) that trusts the file's current CAs.
+// clientTLS is the TLS configuration (TLS 1.2 or later) of a sink at host
+// (the name or address its certificate must hold) that trusts the file's
+// current CAs.
 // crypto/tls verifies against a fixed pool, so its own verification is
 // turned off and VerifyConnection does the same checks (chain to a CA of
 // the file, the host's name or address, server authentication) with the
 // pool of the moment; a handshake fails, and no token is sent, unless
 // they pass.
-func (c *caFile) clientTLS(base *tls.Config, host string) *tls.Config {
-	cfg := &tls.Config{MinVersion: tls.VersionTLS12}
-	if base != nil {
-		cfg = base.Clone()
-	}
-	cfg.ServerName = host
-	cfg.InsecureSkipVerify = true
+func (c *caFile) clientTLS(host string) *tls.Config {
+	cfg := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: host, InsecureSkipVerify: true}
 	cfg.VerifyConnection = func(cs tls.ConnectionState) error {
 		if len(cs.PeerCertificates) == 0 {
 			return errors.New("tls: the sink presented no certificate")

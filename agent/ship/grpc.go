@@ -93,7 +93,7 @@ func openGRPC(target string, useTLS bool, o Options) (*grpcSink, error) {
 			if err != nil {
 				return nil, fmt.Errorf("gRPC sink %s: %w", target, err)
 			}
-			cfg = ca.clientTLS(o.TLSConfig, host)
+			cfg = ca.clientTLS(host)
 		}
 		creds = credentials.NewTLS(cfg)
 	}

@@ -451,6 +451,9 @@ func TestGRPCSinkCAFile(t *testing.T) {
 	if _, err := Open("grpc://"+r.Addr(), Options{CAFile: caFile}); err == nil || !strings.Contains(err.Error(), "plaintext") {
 		t.Errorf("CA file with grpc://: %v", err)
 	}
+	if _, err := Open(r.URL(), Options{CAFile: caFile, TLSConfig: &tls.Config{}}); err == nil || !strings.Contains(err.Error(), "not both") {
+		t.Errorf("CA file with a TLS configuration: %v", err)
+	}
 }
 
 // selfSigned makes a CA and a certificate it signs for 127.0.0.1, and

@@ -66,7 +66,7 @@ type Options struct {
 	// the sink's certificate must chain to, instead of the system's
 	// roots. It is read at Open and again at each handshake after it
 	// changed, so a CA replaced in a mounted Secret is trusted at the next
-	// reconnection.
+	// reconnection. At most one of TLSConfig and CAFile may be set.
 	CAFile string
 
 	// AckTimeout bounds one Send of a gRPC sink: opening a stream if
@@ -125,6 +125,9 @@ func Open(rawURL string, o Options) (Sink, error) {
 	}
 	if o.Token != "" && o.TokenFile != "" {
 		return nil, errors.New("sink options: set a token or a token file, not both")
+	}
+	if o.TLSConfig != nil && o.CAFile != "" {
+		return nil, errors.New("sink options: set a TLS configuration or a CA file, not both (the CA file's check replaces the configuration's own)")
 	}
 	if o.AckTimeout < 0 {
 		return nil, fmt.Errorf("sink options: ack timeout %s is negative", o.AckTimeout)
