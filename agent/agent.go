@@ -228,15 +228,14 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err := qcfg.Validate(); err != nil {
 		return fmt.Errorf("--queue-capacity %d: %w", cfg.QueueCapacity, err)
 	}
-	sopts := ship.Options{
+	sink, err := ship.Open(cfg.Sink, ship.Options{
 		Node:      cfg.NodeName,
 		Policy:    cfg.Policy,
 		TokenFile: cfg.SinkTokenFile,
+		CAFile:    cfg.SinkCAFile,
 		Logger:    a.log,
 		Counters:  a.counters,
-	}
-	sopts.CAFile = cfg.SinkCAFile
-	sink, err := ship.Open(cfg.Sink, sopts)
+	})
 	if err != nil {
 		return fmt.Errorf("--sink %s: %w", cfg.Sink, err)
 	}

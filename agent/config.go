@@ -2,7 +2,6 @@ package agent
 
 import (
 	"bytes"
-	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -512,7 +511,7 @@ func (c Config) Validate() error {
 // read again at each reconnection, so a later rotation is picked up.
 func (c Config) checkFiles() error {
 	if c.SinkCAFile != "" {
-		if _, err := sinkRootCAs(c.SinkCAFile); err != nil {
+		if err := ship.CheckCAFile(c.SinkCAFile); err != nil {
 			return fmt.Errorf("%s %s: %w", flagOf("sink-ca-file", "sinkCAFile"), c.SinkCAFile, err)
 		}
 	}
@@ -527,19 +526,6 @@ func (c Config) checkFiles() error {
 			flagOf("sink-token-file", "sinkTokenFile"), c.SinkTokenFile, err)
 	}
 	return nil
-}
-
-// sinkRootCAs reads the CA certificates of --sink-ca-file.
-func sinkRootCAs(path string) (*x509.CertPool, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return nil, err
-	}
-	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(b) {
-		return nil, errors.New("holds no PEM certificate (give the CA certificate that signed the classifier's)")
-	}
-	return pool, nil
 }
 
 // ConfigError lists every problem Validate found.

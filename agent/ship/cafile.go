@@ -24,6 +24,13 @@ type caFile struct {
 	roots *x509.CertPool
 }
 
+// CheckCAFile reports whether path can serve as Options.CAFile: a
+// readable file with at least one PEM certificate. (An agent checks it
+// before it touches netfilter; Open checks it again.)
+func CheckCAFile(path string) error {
+	return (&caFile{path: path}).load()
+}
+
 // loadCAFile reads the bundle a first time: an error names the file.
 func loadCAFile(path string) (*caFile, error) {
 	c := &caFile{path: path}
@@ -43,7 +50,7 @@ func (c *caFile) load() error {
 	}
 	pool := x509.NewCertPool()
 	if !pool.AppendCertsFromPEM(b) {
-		return errors.New("holds no PEM certificate")
+		return errors.New("holds no PEM certificate (give the CA certificate that signed the sink's)")
 	}
 	c.roots, c.pem = pool, b
 	return nil

@@ -233,6 +233,11 @@ type heldPacket struct {
 
 func (e *entry) hold(ts int64, p heldPacket) {
 	e.pSeq, e.pAck, e.pIPID, e.pTTL, e.pFlags = p.seq, p.ack, p.ipid, p.ttl, p.flags
+	e.pending(ts)
+}
+
+// pending marks the packet in the entry's p* fields as held, at ts.
+func (e *entry) pending(ts int64) {
 	e.state |= stPending
 	if ts > e.last {
 		e.last = ts
@@ -242,10 +247,7 @@ func (e *entry) hold(ts int64, p heldPacket) {
 // holdRecord is hold(ts, heldOf(r)), field by field (see arrive).
 func (e *entry) holdRecord(ts int64, r *packet.Record) {
 	e.pSeq, e.pAck, e.pIPID, e.pTTL, e.pFlags = r.Seq, r.Ack, r.IPID, r.TTL, r.Flags
-	e.state |= stPending
-	if ts > e.last {
-		e.last = ts
-	}
+	e.pending(ts)
 }
 
 func (e *entry) held() heldPacket {
