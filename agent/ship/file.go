@@ -9,7 +9,12 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"runtime"
 	"sync"
+	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/connscope/connscope/classifier/capture"
 	"github.com/connscope/connscope/packet"
@@ -37,6 +42,8 @@ import (
 //
 // A write error (disk full) is final: the sink keeps it, and every later
 // Send returns it.
+//
+// The write is a raw system call while writes are quick (see write).
 type fileSink struct {
 	path string
 
@@ -44,7 +51,14 @@ type fileSink struct {
 	f   *os.File
 	err error // the first write error, final
 	buf []byte
+	// slowUntil: until then, writes go through the Go scheduler
+	// (os.File.Write), as a raw write slept (see write).
+	slowUntil time.Time
 }
+
+// slowPeriod is how long the sink writes through the scheduler after a
+// raw write slept.
+const slowPeriod = 10 * time.Second
 
 // writeChunk is the size at which Send writes what it has built before
 // going on with the batch: the default batch of 1024 records is about
@@ -201,17 +215,84 @@ func (s *fileSink) Send(_ context.Context, batch []packet.Record) error {
 
 // write writes the blocks built in s.buf and empties it; a failure is
 // kept as final.
+//
+// It makes a raw write(2), which the Go scheduler does not see, unless a
+// raw write slept in the last slowPeriod. A write the scheduler sees
+// (os.File.Write) that outlasts a sysmon tick (20 µs, which copying a batch
+// into the page cache does) has its P handed to another thread, so that
+// other goroutines run meanwhile, and wakes sysmon: with the agent's one P
+// (GOMAXPROCS 1, on one CPU) that is the NFLOG reader's thread and this one
+// taking turns on the core, which cost 10 to 12 % of the agent's CPU at a
+// SYN flood (under a 2 % CPU limit and with a whole core). But a raw write
+// that sleeps holds its P: with one P, the NFLOG reader waits for it and
+// the socket's receive buffer holds what comes meanwhile. A write into the
+// page cache sleeps when it waits for the disk (the page cache over its
+// dirty limit, the journal), and the next ones may too; so when a raw
+// write slept (the thread's voluntary context switches, which preemption
+// and a CPU limit's throttling do not count), writes go through the
+// scheduler for slowPeriod, and the reader runs while they wait.
 func (s *fileSink) write() error {
 	if len(s.buf) == 0 {
 		return nil
 	}
-	_, err := s.f.Write(s.buf)
+	var err error
+	if time.Now().Before(s.slowUntil) {
+		_, err = s.f.Write(s.buf)
+	} else {
+		var slept bool
+		rc, cerr := s.f.SyscallConn()
+		if cerr == nil {
+			cerr = rc.Write(func(fd uintptr) bool {
+				slept, err = rawWrite(fd, s.buf)
+				return true
+			})
+		}
+		if cerr != nil && err == nil {
+			err = cerr
+		}
+		if slept {
+			s.slowUntil = time.Now().Add(slowPeriod)
+		}
+	}
 	s.buf = s.buf[:0]
 	if err != nil {
 		s.err = fmt.Errorf("file sink %s: %w", s.path, err)
 		return s.err
 	}
 	return nil
+}
+
+// rawWrite writes all of b to fd with raw write(2) calls (not seen by the
+// Go scheduler), again after a short write or EINTR as os.File.Write does,
+// and reports whether the thread slept meanwhile (a voluntary context
+// switch, from getrusage).
+func rawWrite(fd uintptr, b []byte) (slept bool, err error) {
+	// The two readings must be of the same thread.
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	var before, after unix.Rusage
+	if _, _, errno := unix.RawSyscall(unix.SYS_GETRUSAGE, unix.RUSAGE_THREAD, uintptr(unsafe.Pointer(&before)), 0); errno != 0 {
+		return true, fmt.Errorf("getrusage: %w", errno) // never: the arguments are valid
+	}
+	for len(b) > 0 {
+		n, _, errno := unix.RawSyscall(unix.SYS_WRITE, fd, uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)))
+		if errno == unix.EINTR {
+			continue
+		}
+		if errno != 0 {
+			err = fmt.Errorf("write: %w", errno)
+			break
+		}
+		if n == 0 {
+			err = io.ErrShortWrite
+			break
+		}
+		b = b[n:]
+	}
+	if _, _, errno := unix.RawSyscall(unix.SYS_GETRUSAGE, unix.RUSAGE_THREAD, uintptr(unsafe.Pointer(&after)), 0); errno != 0 {
+		return true, err
+	}
+	return after.Nvcsw != before.Nvcsw, err
 }
 
 // Close closes the file.

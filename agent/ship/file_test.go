@@ -22,6 +22,7 @@ import (
 	"github.com/connscope/connscope/classifier/offline"
 	"github.com/connscope/connscope/classifier/report"
 	"github.com/connscope/connscope/packet"
+	"golang.org/x/sys/unix"
 )
 
 func fileURL(path string) string { return "file://" + path }
@@ -361,4 +362,79 @@ func TestFileSinkWriteErrorsAreFinal(t *testing.T) {
 		t.Fatal(err)
 	}
 	sameRecords(t, readRecords(t, path), first)
+}
+
+// TestFileSinkWritesEitherWay: batches written with raw write(2) calls and
+// batches written through the Go scheduler (after a raw write slept) make
+// one file that holds every record in order.
+func TestFileSinkWritesEitherWay(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "agent.pcapng")
+	s := openSink(t, fileURL(path), Options{})
+	fs := s.(*fileSink)
+	var all []packet.Record
+	for i := range 6 {
+		if i%2 == 1 {
+			fs.slowUntil = time.Now().Add(time.Hour) // through the scheduler
+		} else {
+			fs.slowUntil = time.Time{} // raw
+		}
+		batch := records(500, uint32(i*500), uint64(i+1))
+		if err := s.Send(context.Background(), batch); err != nil {
+			t.Fatal(err)
+		}
+		all = append(all, batch...)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	sameRecords(t, readRecords(t, path), all)
+}
+
+// TestFileSinkStopsRawWritesAfterOneSlept: a raw write that sleeps holds
+// the goroutine's P, so after one the sink writes through the scheduler for
+// slowPeriod. The write is made to sleep for real: the sink's descriptor is
+// swapped for a blocking pipe that another process starts reading only
+// after a while, and the batch is larger than the pipe's buffer.
+func TestFileSinkStopsRawWritesAfterOneSlept(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "agent.pcapng")
+	s := openSink(t, fileURL(path), Options{})
+	fs := s.(*fileSink)
+
+	// A quick raw write into the file does not switch.
+	if err := s.Send(context.Background(), records(100, 0, 1)); err != nil {
+		t.Fatal(err)
+	}
+	if !fs.slowUntil.IsZero() {
+		t.Fatalf("after a write into the page cache: writes go through the scheduler until %v, want raw writes still", fs.slowUntil)
+	}
+
+	var p [2]int
+	if err := unix.Pipe2(p[:], unix.O_CLOEXEC); err != nil { // blocking, unlike os.Pipe's
+		t.Fatal(err)
+	}
+	r, w := os.NewFile(uintptr(p[0]), "pipe-r"), os.NewFile(uintptr(p[1]), "pipe-w")
+	defer r.Close()
+	reader := exec.Command("sh", "-c", "sleep 0.3; exec cat >/dev/null")
+	reader.Stdin = r
+	if err := reader.Start(); err != nil {
+		t.Fatal(err)
+	}
+	r.Close()
+	file := fs.f
+	fs.f = w
+	err := s.Send(context.Background(), records(3000, 100, 2)) // about 240 KiB: more than the pipe holds
+	fs.f = file
+	w.Close()
+	if werr := reader.Wait(); werr != nil {
+		t.Errorf("the pipe's reader: %v", werr)
+	}
+	if err != nil {
+		t.Fatalf("Send into the pipe: %v", err)
+	}
+	if until := time.Until(fs.slowUntil); until <= 0 || until > slowPeriod {
+		t.Fatalf("after a raw write that slept: writes go through the scheduler for %v more, want up to %v", until, slowPeriod)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
 }
