@@ -70,6 +70,7 @@ func (c *Conn) ReadBatch(fn func(p *Packet)) (int, error) {
 // parser holds what the reader keeps between datagrams.
 type parser struct {
 	pkt      Packet
+	layout   layout // of the last packet message's body
 	seqKnown bool   // nextSeq is meaningful
 	nextSeq  uint32 // NFULA_SEQ expected next
 	packets  uint64 // packets handled, for ReadBatch's count
@@ -152,57 +153,8 @@ func (c *Conn) parsePacket(b []byte, now int64) bool {
 		return false
 	}
 	p.Family = b[0]
-	b = b[nfgenLen:]
-	haveSeq := false
-	for len(b) >= nlaHdrLen {
-		l := int(binary.NativeEndian.Uint16(b[0:2]))
-		typ := binary.NativeEndian.Uint16(b[2:4]) & nlaTypeMask
-		if l < nlaHdrLen || l > len(b) {
-			return false
-		}
-		v := b[nlaHdrLen:l]
-		b = b[min(align4(l), len(b)):]
-		switch typ {
-		case nfulaPacketHdr:
-			if len(v) >= 3 {
-				p.HWProtocol = binary.BigEndian.Uint16(v[0:2])
-				p.Hook = v[2]
-			}
-		case nfulaMark:
-			if len(v) == 4 {
-				p.Mark = binary.BigEndian.Uint32(v)
-			}
-		case nfulaTimestamp:
-			if len(v) == 16 {
-				sec := int64(binary.BigEndian.Uint64(v[0:8]))
-				usec := int64(binary.BigEndian.Uint64(v[8:16]))
-				p.Timestamp = sec*1e9 + usec*1e3
-				p.KernelTimestamp = true
-			}
-		case nfulaIfindexIndev:
-			if len(v) == 4 {
-				p.InDev = binary.BigEndian.Uint32(v)
-			}
-		case nfulaIfindexOutdev:
-			if len(v) == 4 {
-				p.OutDev = binary.BigEndian.Uint32(v)
-			}
-		case nfulaPayload:
-			p.Payload = v
-		case nfulaPrefix:
-			for i, ch := range v {
-				if ch == 0 {
-					v = v[:i]
-					break
-				}
-			}
-			p.Prefix = v
-		case nfulaSeq:
-			if len(v) == 4 {
-				p.Seq = binary.BigEndian.Uint32(v)
-				haveSeq = true
-			}
-		}
+	if !c.layout.matches(b) && c.layout.walk(b) {
+		return false // malformed
 	}
-	return haveSeq
+	return c.layout.fill(p, b)
 }
