@@ -22,10 +22,6 @@ type layout struct {
 	n    int                    // attribute headers (0: none that matches)
 	off  [maxLayoutAttrs]uint32 // where each header is in the body
 	word [maxLayoutAttrs]uint32 // and its first four bytes (length, type)
-	// lastIsPayload: the last attribute is NFULA_PAYLOAD, and only its type
-	// is compared.
-	lastIsPayload bool
-
 	// Where fill finds each field: the offset of the attribute's header in
 	// the body, or 0 when the body has none of that type with a length the
 	// parser accepts (the body's first 4 bytes are the nfgenmsg, so no
@@ -58,36 +54,30 @@ func (l *layout) walk(body []byte) (malformed bool) {
 		}
 		n++
 		typ := binary.NativeEndian.Uint16(body[o+2:]) & nlaTypeMask
-		at := uint32(o)
+		// The field this attribute sets, if its length is one the parser
+		// accepts for its type.
+		var f *uint32
+		ok := true
 		switch v := length - nlaHdrLen; typ {
 		case nfulaPacketHdr:
-			if v >= 3 {
-				l.hdr = at
-			}
+			f, ok = &l.hdr, v >= 3
 		case nfulaMark:
-			if v == 4 {
-				l.mark = at
-			}
+			f, ok = &l.mark, v == 4
 		case nfulaTimestamp:
-			if v == 16 {
-				l.ts = at
-			}
+			f, ok = &l.ts, v == 16
 		case nfulaIfindexIndev:
-			if v == 4 {
-				l.indev = at
-			}
+			f, ok = &l.indev, v == 4
 		case nfulaIfindexOutdev:
-			if v == 4 {
-				l.outdev = at
-			}
+			f, ok = &l.outdev, v == 4
 		case nfulaPayload:
-			l.payload = at
+			f = &l.payload
 		case nfulaPrefix:
-			l.prefix = at
+			f = &l.prefix
 		case nfulaSeq:
-			if v == 4 {
-				l.seq = at
-			}
+			f, ok = &l.seq, v == 4
+		}
+		if f != nil && ok {
+			*f = uint32(o)
 		}
 		o += min(align4(length), len(body)-o)
 	}
@@ -95,7 +85,6 @@ func (l *layout) walk(body []byte) (malformed bool) {
 		n = 0
 	}
 	l.n = n
-	l.lastIsPayload = n > 0 && l.payload == l.off[n-1]
 	return false
 }
 
@@ -121,13 +110,10 @@ func (l *layout) matches(body []byte) bool {
 		len(body)-last-min(align4(length), len(body)-last) >= nlaHdrLen {
 		return false
 	}
-	w := binary.NativeEndian.Uint32(body[last:])
-	if l.lastIsPayload {
-		var lw [4]byte
-		binary.NativeEndian.PutUint32(lw[:], w^l.word[n-1])
-		return diff == 0 && lw[2] == 0 && lw[3] == 0 // the type's bytes
+	if l.payload != 0 && l.payload == l.off[n-1] {
+		return diff == 0 && binary.NativeEndian.Uint16(body[last+2:])&nlaTypeMask == nfulaPayload
 	}
-	return diff|(w^l.word[n-1]) == 0
+	return diff|(binary.NativeEndian.Uint32(body[last:])^l.word[n-1]) == 0
 }
 
 // value returns the value of the attribute whose header is at off.

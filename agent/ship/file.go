@@ -270,10 +270,7 @@ func rawWrite(fd uintptr, b []byte) (slept bool, err error) {
 	// The two readings must be of the same thread.
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
-	var before, after unix.Rusage
-	if _, _, errno := unix.RawSyscall(unix.SYS_GETRUSAGE, unix.RUSAGE_THREAD, uintptr(unsafe.Pointer(&before)), 0); errno != 0 {
-		return true, fmt.Errorf("getrusage: %w", errno) // never: the arguments are valid
-	}
+	before := voluntarySwitches()
 	for len(b) > 0 {
 		n, _, errno := unix.RawSyscall(unix.SYS_WRITE, fd, uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)))
 		if errno == unix.EINTR {
@@ -289,10 +286,19 @@ func rawWrite(fd uintptr, b []byte) (slept bool, err error) {
 		}
 		b = b[n:]
 	}
-	if _, _, errno := unix.RawSyscall(unix.SYS_GETRUSAGE, unix.RUSAGE_THREAD, uintptr(unsafe.Pointer(&after)), 0); errno != 0 {
-		return true, err
+	after := voluntarySwitches()
+	return before < 0 || after != before, err
+}
+
+// voluntarySwitches returns the calling thread's voluntary context
+// switches (getrusage RUSAGE_THREAD, a raw system call), or -1 if it cannot
+// tell (never, with these arguments).
+func voluntarySwitches() int64 {
+	var ru unix.Rusage
+	if _, _, errno := unix.RawSyscall(unix.SYS_GETRUSAGE, unix.RUSAGE_THREAD, uintptr(unsafe.Pointer(&ru)), 0); errno != 0 {
+		return -1
 	}
-	return after.Nvcsw != before.Nvcsw, err
+	return ru.Nvcsw
 }
 
 // Close closes the file.
