@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 	"unsafe"
+
+	"github.com/connscope/connscope/packet"
 )
 
 func TestQueueShipsEveryRecordInOrderInBatchesOfAtMostBatchSize(t *testing.T) {
@@ -218,6 +220,74 @@ func TestReserveAndCommitQueueRecordsInPlace(t *testing.T) {
 	q.Commit(9)
 }
 
+// Producers publish runs of records in whatever order they finish
+// writing them; the sender takes a run only once every run before it is
+// published, takes a run in parts when a batch is smaller, and is not
+// fooled by the run ends that earlier laps left in the cells.
+func TestTheSenderTakesPublishedRunsInOrderOnly(t *testing.T) {
+	q := NewQueue(discardSink{}, QueueConfig{Capacity: 8, BatchSize: 4})
+	recs := records(43, 0, 9)
+	next := 0 // recs[next] is the record for the next position claimed
+	// claim claims k positions as a producer would (the compare-and-swap
+	// of OfferBatch) and writes their records, without publishing them.
+	claim := func(k int) (pos uint64) {
+		pos = q.tail.Load()
+		if !q.tail.CompareAndSwap(pos, pos+uint64(k)) {
+			t.Fatal("claim: the tail moved")
+		}
+		for j := range uint64(k) {
+			q.recs[(pos+j)%q.n] = recs[next]
+			next++
+		}
+		return pos
+	}
+	takeAll := func() (got []packet.Record) {
+		for q.take(4, q.tail.Load()); len(q.pending) > 0; q.take(4, q.tail.Load()) {
+			got = append(got, q.pending...)
+			q.release()
+		}
+		return got
+	}
+	for lap := range 4 { // each lap fills the ring anew, over the ends of the last
+		first := next
+		a := claim(3)
+		b := claim(3)
+		q.publish(b, 3) // the later run first
+		if got := takeAll(); len(got) != 0 {
+			t.Fatalf("lap %d: took %d records while the run before them was unpublished", lap, len(got))
+		}
+		c := claim(2)
+		q.publish(c, 2)
+		q.publish(a, 3)
+		got := takeAll() // in batches of at most 4: runs of 3 are taken in parts
+		sameRecords(t, got, recs[first:next])
+		if q.head.Load() != q.tail.Load() {
+			t.Fatalf("lap %d: head %d, tail %d after taking everything", lap, q.head.Load(), q.tail.Load())
+		}
+	}
+	// A run across the ring's end: the sender takes the cells up to the
+	// end, then those from the start.
+	if q.tail.Load()%q.n != 0 {
+		t.Fatalf("tail %d: the test expects it at the ring's start", q.tail.Load())
+	}
+	q.publish(claim(5), 5)
+	takeAll()
+	first := next
+	pos := claim(6) // 3 cells before the end, 3 after
+	if pos%q.n != 5 {
+		t.Fatalf("claimed at cell %d, want 5", pos%q.n)
+	}
+	q.publish(pos, 6)
+	q.take(8, q.tail.Load())
+	if len(q.pending) != 3 {
+		t.Fatalf("took %d records at the ring's end, want the 3 before it", len(q.pending))
+	}
+	got := append([]packet.Record(nil), q.pending...)
+	q.release()
+	got = append(got, takeAll()...)
+	sameRecords(t, got, recs[first:next])
+}
+
 func TestOfferDoesNotAllocate(t *testing.T) {
 	rec := records(1, 0, 6)[0]
 	q := NewQueue(discardSink{}, QueueConfig{Capacity: 1 << 12, BatchSize: 64})
@@ -238,10 +308,10 @@ func TestOfferDoesNotAllocate(t *testing.T) {
 
 func TestRingMemoryIsAllocatedOnceAndFixed(t *testing.T) {
 	q := NewQueue(discardSink{}, QueueConfig{Capacity: 1000, BatchSize: 100})
-	if c := unsafe.Sizeof(q.recs[0]) + unsafe.Sizeof(q.seqs[0]); c != 88 {
+	if c := unsafe.Sizeof(q.recs[0]) + unsafe.Sizeof(q.ends[0]); c != 88 {
 		t.Errorf("a cell is %d bytes; QueueConfig.Capacity's comment says 88", c)
 	}
-	recs, seqs := &q.recs[0], &q.seqs[0]
+	recs, ends := &q.recs[0], &q.ends[0]
 	rec := records(1, 0, 7)[0]
 	for lap := range 3 {
 		for range 1500 {
@@ -256,8 +326,8 @@ func TestRingMemoryIsAllocatedOnceAndFixed(t *testing.T) {
 			q.release()
 		}
 	}
-	if len(q.recs) != 1000 || len(q.seqs) != 1000 || &q.recs[0] != recs || &q.seqs[0] != seqs {
-		t.Fatalf("ring reallocated: %d records, %d sequence numbers", len(q.recs), len(q.seqs))
+	if len(q.recs) != 1000 || len(q.ends) != 1000 || &q.recs[0] != recs || &q.ends[0] != ends {
+		t.Fatalf("ring reallocated: %d records, %d run ends", len(q.recs), len(q.ends))
 	}
 }
 
