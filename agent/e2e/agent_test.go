@@ -698,11 +698,19 @@ func TestGRPCSinkOverTLSWithItsCA(t *testing.T) {
 			if trust == "ca-file" {
 				a.waitReady(startTimeout)
 			} else {
-				// Live but never ready: wait for the metrics server.
-				eventually(t, startTimeout, "the agent's /healthz", func() bool {
+				// Live but never ready: wait for its rules and its NFLOG
+				// group (/healthz answers before they are in place, and
+				// traffic before them is not logged, so nothing would
+				// reach the sink to fail).
+				var m map[string]float64
+				eventually(t, startTimeout, "the agent's rules and NFLOG group", func() bool {
 					code, _, err := ns.httpGet(a.metrics + "/healthz")
-					return err == nil && code == 200
-				}, a.Output)
+					if err != nil || code != 200 {
+						return false
+					}
+					m = a.scrape()
+					return m["connscope_agent_rules_present"] == 1 && m["connscope_agent_nflog_bound"] == 1
+				}, func() string { return fmt.Sprintf("metrics %v\n%s", m, a.Output()) })
 			}
 			const conns = 5
 			for range conns {
