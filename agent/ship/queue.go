@@ -372,20 +372,18 @@ func (q *Queue) take(max int, end uint64) {
 	// Follow the runs published since the last look, one after the other:
 	// a run not yet published (its producer is still writing it) stops
 	// the walk, as the runs after it must wait for it.
-	if q.published < end {
-		p, c := q.published, q.published%q.n // c: p's cell, kept without a division per run
-		for p < end {
-			e := q.ends[c].Load()
-			if e <= p {
-				break
-			}
-			if c += e - p; c >= q.n {
-				c -= q.n
-			}
-			p = e
+	p, c := q.published, q.published%q.n // c: p's cell, kept without a division per run
+	for p < end {
+		e := q.ends[c].Load()
+		if e <= p {
+			break
 		}
-		q.published = p
+		if c += e - p; c >= q.n {
+			c -= q.n
+		}
+		p = e
 	}
+	q.published = p
 	i := head % q.n
 	k := min(uint64(max), q.n-i, min(end, q.published)-head)
 	q.pending = q.recs[i : i+k : i+k]
