@@ -122,7 +122,8 @@ pgo:
 ## and peers: tshark, argus, tcptrace; hack/bench/run.sh), then the agent's:
 ## capture (NFLOG readers under a SYN flood: the agent, ulogd2, tshark) and
 ## datapath (iperf3 and wrk through the rules: whole runs in fresh
-## namespaces, then the rules switched on and off within one run), then the classifier's
+## namespaces, then the rules switched on and off within one run, with
+## iptables-nft and with iptables-legacy), then the classifier's
 ## ingest (records per core with 1 and 8 agents, RST to API time;
 ## hack/bench/ingest.sh). Each alone: bench-engine, bench-agent (both agent
 ## benchmarks), bench-agent-capture, bench-agent-datapath, bench-ingest.
@@ -147,6 +148,7 @@ bench-agent-capture:
 bench-agent-datapath:
 	bash hack/bench/agent-datapath.sh
 	bash hack/bench/agent-datapath-toggle.sh
+	BENCH_TOGGLE_BACKEND=legacy bash hack/bench/agent-datapath-toggle.sh
 
 bench-ingest:
 	bash hack/bench/ingest.sh

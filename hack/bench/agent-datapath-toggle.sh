@@ -19,7 +19,7 @@
 # nothing jumps to, as on any Kubernetes node), and
 #
 #   connscope agent --probability P --packet-cap 10 --label-bit 7
-#     --nflog-group 43 --backend nft --resync 1h --sink file://...
+#     --nflog-group 43 --backend BACKEND --resync 1h --sink file://...
 #
 # on the same core. Then BENCH_TOGGLE_ROUNDS rounds; each round puts the
 # namespace in each state once, in an order that alternates from round to
@@ -38,7 +38,7 @@
 #         The agent keeps running; its chains are left empty (a chain
 #         nothing jumps to costs a packet nothing).
 #   on    the mangle tables restored as the agent installed them
-#         (iptables-nft-save before the first round, iptables-nft-restore)
+#         (iptables-save before the first round, iptables-restore, of the backend)
 #         and accounting on, as the agent leaves it: everything the agent
 #         put in the packet path.
 #   acct  (not in the default set) off, but accounting on: what the
@@ -53,6 +53,14 @@
 #         client packets enter the chain) replaced by two: SYNs of new
 #         connections, and connections with the policy's label. A what-if,
 #         not what the agent installs: the issue asks for one jump.
+#
+# BENCH_TOGGLE_BACKEND=legacy runs the agent, and every rule of the
+# benchmark, on iptables-legacy instead of iptables-nft. There a table's
+# hooks are registered when the table is first used in a namespace and stay
+# until the namespace goes, whatever its chains hold, so "off" keeps an
+# empty mangle table: what a Kubernetes node on iptables-legacy has
+# anyway, as kubelet keeps its canary and hint chains in that table. The
+# hook state does not exist there (off already has the hook).
 #
 # "off" removes the agent's chains' rules, not only its jump: while its
 # labelling rule exists the kernel gives every new connection of the
@@ -81,12 +89,14 @@
 #   BENCH_TOGGLE_ROUNDS         rounds per probability (default 60)
 #   BENCH_TOGGLE_SECONDS        seconds of each iperf3 and of each wrk run (default 1)
 #   BENCH_TOGGLE_STATES         default "off on"; "off acct hook on" takes "on" apart
+#   BENCH_TOGGLE_BACKEND        nft (default) or legacy: the agent's --backend, and the tools
 #   BENCH_OFFLOADS, BENCH_WRK_CONNECTIONS, BENCH_CLIENT_CPU, BENCH_SERVER_CPU,
 #   BENCH_NO_SETUP              as for agent-datapath.sh
 #
 # Output: Markdown on stdout and in .cache/bench/agent-datapath-toggle.md
 # (with BENCH_OFFLOADS=on: agent-datapath-toggle-offloads.md; with acct,
-# hook or twojumps among the states, -apart added to the name); raw rows in
+# hook or twojumps among the states, -apart added to the name; with the
+# legacy backend, -legacy); raw rows in
 # .cache/bench/agent-out/NAME/runs.tsv, logs next to it.
 source "$(dirname "${BASH_SOURCE[0]}")/agent-lib.sh"
 
@@ -94,14 +104,17 @@ read -r -a probabilities <<<"${BENCH_TOGGLE_PROBABILITIES:-0.0001 1}"
 rounds=${BENCH_TOGGLE_ROUNDS:-60}
 secs=${BENCH_TOGGLE_SECONDS:-1}
 read -r -a states <<<"${BENCH_TOGGLE_STATES:-off on}"
+backend=${BENCH_TOGGLE_BACKEND:-nft}
 wrk_conns=${BENCH_WRK_CONNECTIONS:-50}
 client_cpu=${BENCH_CLIENT_CPU:-0}
 if [[ $(nproc) -ge 2 ]]; then server_cpu=${BENCH_SERVER_CPU:-1}; else server_cpu=${BENCH_SERVER_CPU:-0}; fi
 [[ $rounds =~ ^[1-9][0-9]*$ ]] || { echo "agent-datapath-toggle: BENCH_TOGGLE_ROUNDS=$rounds: want a positive whole number" >&2 && exit 1; }
 [[ $secs =~ ^[1-9][0-9]*$ ]] || { echo "agent-datapath-toggle: BENCH_TOGGLE_SECONDS=$secs: want a positive whole number of seconds" >&2 && exit 1; }
 [[ ${states[0]:-} == off ]] || { echo "agent-datapath-toggle: BENCH_TOGGLE_STATES must start with off (the baseline): ${states[*]}" >&2 && exit 1; }
+[[ $backend == nft || $backend == legacy ]] || { echo "agent-datapath-toggle: BENCH_TOGGLE_BACKEND=$backend: want nft or legacy" >&2 && exit 1; }
 for s in "${states[@]}"; do
 	case $s in off | acct | hook | on | twojumps) ;; *) echo "agent-datapath-toggle: unknown state $s (off, acct, hook, on, twojumps)" >&2 && exit 1 ;; esac
+	[[ $backend == legacy && $s == hook ]] && { echo "agent-datapath-toggle: no hook state with the legacy backend: its mangle table hooks PREROUTING from its first use, so off already has the hook" >&2 && exit 1; }
 done
 for p in "${probabilities[@]}"; do
 	[[ $p =~ ^(0(\.[0-9]+)?|1(\.0+)?)$ && ! $p =~ ^0(\.0+)?$ ]] || { echo "agent-datapath-toggle: probability $p: want a number in (0, 1]" >&2 && exit 1; }
@@ -111,9 +124,11 @@ http_port=8080
 name=agent-datapath-toggle
 [[ ${BENCH_OFFLOADS:-off} == on ]] && name+=-offloads
 [[ " ${states[*]} " == *" acct "* || " ${states[*]} " == *" hook "* || " ${states[*]} " == *" twojumps "* ]] && name+=-apart
+[[ $backend == legacy ]] && name+=-legacy
 
 bench_init "$name"
-need_tools iperf3 wrk iptables-nft ip6tables-nft iptables-nft-save iptables-nft-restore nft nsenter taskset ethtool curl python3 ss
+need_tools iperf3 wrk "iptables-$backend" "ip6tables-$backend" "iptables-$backend-save" "ip6tables-$backend-save" \
+	"iptables-$backend-restore" "ip6tables-$backend-restore" nft nsenter taskset ethtool curl python3 ss
 build_tools
 
 rows=$LOGS/runs.tsv
@@ -124,15 +139,17 @@ listening() { [[ -n $(in_ns "$SRV" ss -Hltn "sport = :$1") ]]; }
 # /etc/xtables/connlabel.conf is missing (labels are numbers here, see
 # agent/rules): quiet that one line, keep any other message.
 quiet_connlabel() { "$@" 2> >(grep -v 'connlabel.conf' >&2); }
-ipt() { quiet_connlabel in_ns "$SRV" iptables-nft -w -t mangle "$@"; }
-ip6t() { quiet_connlabel in_ns "$SRV" ip6tables-nft -w -t mangle "$@"; }
+ipt() { quiet_connlabel in_ns "$SRV" "iptables-$backend" -w -t mangle "$@"; }
+ip6t() { quiet_connlabel in_ns "$SRV" "ip6tables-$backend" -w -t mangle "$@"; }
+restore4() { quiet_connlabel in_ns "$SRV" "iptables-$backend-restore" -w; }
+restore6() { quiet_connlabel in_ns "$SRV" "ip6tables-$backend-restore" -w; }
 
 # SAVED4 and SAVED6 hold the mangle tables as the agent installed them
-# (iptables-nft-save), read once the agent is ready: "on" restores them.
+# (iptables-save), read once the agent is ready: "on" restores them.
 SAVED4="" SAVED6=""
 
-# rules_off: no rule in either mangle table and no PREROUTING base chain
-# (no hook). Flushing the agent's chains too, not only its jump, matters:
+# rules_off: no rule in either mangle table and, with nft, no PREROUTING
+# base chain (no hook; legacy keeps its hooks, see above). Flushing the agent's chains too, not only its jump, matters:
 # while its labelling rule exists the kernel gives every new connection of
 # the namespace label storage (nf_connlabels_get is per namespace, for
 # both families), which is part of what the agent costs.
@@ -142,7 +159,7 @@ rules_off() {
 		tool=ipt
 		[[ $family == ip6 ]] && tool=ip6t
 		$tool -F
-		if in_ns "$SRV" nft list chain "$family" mangle PREROUTING >/dev/null 2>&1; then
+		if [[ $backend == nft ]] && in_ns "$SRV" nft list chain "$family" mangle PREROUTING >/dev/null 2>&1; then
 			$tool -X PREROUTING
 		fi
 	done
@@ -158,26 +175,29 @@ set_state() {
 		in_ns "$SRV" sysctl -qw net.netfilter.nf_conntrack_acct="$([[ $1 == off ]] && echo 0 || echo 1)"
 		;;
 	twojumps)
-		quiet_connlabel in_ns "$SRV" iptables-nft-restore -w <<<"$TWOJUMPS4"
-		quiet_connlabel in_ns "$SRV" ip6tables-nft-restore -w <<<"$SAVED6"
+		restore4 <<<"$TWOJUMPS4"
+		restore6 <<<"$SAVED6"
 		in_ns "$SRV" sysctl -qw net.netfilter.nf_conntrack_acct=1
 		;;
 	on)
-		quiet_connlabel in_ns "$SRV" iptables-nft-restore -w <<<"$SAVED4"
-		quiet_connlabel in_ns "$SRV" ip6tables-nft-restore -w <<<"$SAVED6"
+		restore4 <<<"$SAVED4"
+		restore6 <<<"$SAVED6"
 		in_ns "$SRV" sysctl -qw net.netfilter.nf_conntrack_acct=1
 		;;
 	esac
 }
 
 # state_check STATE: prints the number of rules in the IPv4 mangle table
-# (-1 when it has no PREROUTING base chain, so no hook: nft tells, as
-# iptables-nft shows built-in chains whether or not they exist), and dies
-# when that does not fit STATE: none (and no hook) for off and acct, none
-# (with the hook) for hook, the agent's rules for on.
+# (with nft, -1 when it has no PREROUTING base chain, so no hook: nft
+# tells, as iptables-nft shows built-in chains whether or not they exist),
+# and dies when that does not fit STATE: none (and, with nft, no hook) for
+# off and acct, none (with the hook) for hook, the agent's rules for on.
 state_check() {
 	local n=-1
-	if in_ns "$SRV" nft list chain ip mangle PREROUTING >/dev/null 2>&1; then
+	if [[ $backend == legacy ]]; then
+		n=$(ipt -S | grep -c -- '^-A ' || true)
+		[[ $1 == off || $1 == acct ]] && [[ $n -eq 0 ]] && { echo 0 && return; }
+	elif in_ns "$SRV" nft list chain ip mangle PREROUTING >/dev/null 2>&1; then
 		n=$(ipt -S | grep -c -- '^-A ' || true)
 	elif [[ $(ipt -S | grep -c -- '^-A ' || true) -gt 0 ]]; then
 		n=-2 # rules but no hook: never a state of ours
@@ -235,18 +255,18 @@ for p in "${probabilities[@]}"; do
 	agent_acct=$BG_ACCT
 	# conntrack on in the namespace whatever the state (as on a Kubernetes
 	# node): in the filter table, which the states leave alone
-	in_ns "$SRV" iptables-nft -w -N CSBENCH-CONNTRACK
-	in_ns "$SRV" iptables-nft -w -A CSBENCH-CONNTRACK -m conntrack --ctstate NEW -j RETURN
+	in_ns "$SRV" "iptables-$backend" -w -N CSBENCH-CONNTRACK
+	in_ns "$SRV" "iptables-$backend" -w -A CSBENCH-CONNTRACK -m conntrack --ctstate NEW -j RETURN
 	start_bg "agent-p$p" "$SRV" "$server_cpu" "$CACHE/connscope" agent --policy bench-datapath \
-		--probability "$p" --packet-cap 10 --label-bit 7 --nflog-group 43 --backend nft --resync 1h \
+		--probability "$p" --packet-cap 10 --label-bit 7 --nflog-group 43 --backend "$backend" --resync 1h \
 		--metrics-addr "$metrics" --sink "file://$WORK/agent-p$p.pcapng"
 	agent_pid=$BG_PID
 	BG_ACCT=""
 	wait_for 30 in_ns "$SRV" curl -sf -o /dev/null "http://$metrics/readyz" || die "the agent did not become ready: see $LOGS/agent-p$p.log"
 	wait_for 10 listening "$http_port" || die "tinyhttp did not start: see $LOGS/tinyhttp-p$p.log"
 	wait_for 10 listening 5201 || die "iperf3 -s did not start: see $LOGS/iperf3-p$p.log"
-	SAVED4=$(quiet_connlabel in_ns "$SRV" iptables-nft-save -t mangle)
-	SAVED6=$(quiet_connlabel in_ns "$SRV" ip6tables-nft-save -t mangle)
+	SAVED4=$(quiet_connlabel in_ns "$SRV" "iptables-$backend-save" -t mangle)
+	SAVED6=$(quiet_connlabel in_ns "$SRV" "ip6tables-$backend-save" -t mangle)
 	AGENT_RULES=$(ipt -S | grep -c -- '^-A ' || true)
 	# twojumps: the agent's IPv4 table with its one jump (the first
 	# connbytes packets of every TCP connection) replaced by two: new
@@ -300,10 +320,14 @@ done
 	echo "with the agent running throughout; client tools on core $client_cpu, servers and agent on core $server_cpu."
 	echo "$rounds rounds per probability, each state once per round (order alternating); in each state \`iperf3 -c SERVER -t $secs\` then \`wrk -t1 -c $wrk_conns -d ${secs}s -H 'Connection: close'\`."
 	hookinfo=""
-	[[ " ${states[*]} " == *" acct "* ]] && hookinfo+=" acct: no hook, accounting on."
+	[[ " ${states[*]} " == *" acct "* ]] && hookinfo+=" acct: as off, accounting on."
 	[[ " ${states[*]} " == *" hook "* ]] && hookinfo+=" hook: an empty mangle PREROUTING base chain, accounting on."
 	[[ " ${states[*]} " == *" twojumps "* ]] && hookinfo+=" twojumps: on, with the one jump replaced by two (SYNs of new connections; labelled connections)."
-	echo "off: no connscope rule (both mangle tables empty), no mangle PREROUTING hook, conntrack accounting off (conntrack on). on: the agent's rules as it installed them, accounting on.$hookinfo"
+	if [[ $backend == legacy ]]; then
+		echo "Backend iptables-legacy. off: no connscope rule (both mangle tables empty; legacy's mangle hooks stay, as on a Kubernetes node on iptables-legacy, whose kubelet keeps chains in that table), conntrack accounting off (conntrack on). on: the agent's rules as it installed them, accounting on.$hookinfo"
+	else
+		echo "Backend iptables-nft. off: no connscope rule (both mangle tables empty), no mangle PREROUTING hook, conntrack accounting off (conntrack on). on: the agent's rules as it installed them, accounting on.$hookinfo"
+	fi
 	echo "Agent over the counted rounds: ${agentinfo%; }."
 	echo
 	python3 - "$rows" "${states[@]}" <<'EOF'

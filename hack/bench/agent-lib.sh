@@ -370,7 +370,7 @@ need_tools() {
 write_agent_results() {
 	local f parts=()
 	for f in "$CACHE"/agent-capture.md "$CACHE"/agent-datapath.md "$CACHE"/agent-datapath-offloads.md \
-		"$CACHE"/agent-datapath-toggle{,-offloads}{,-apart}.md; do
+		"$CACHE"/agent-datapath-toggle{,-offloads}{,-apart}{,-legacy}.md; do
 		[[ -s $f ]] && parts+=("$f")
 	done
 	{
