@@ -10,9 +10,11 @@ import (
 // CleanupAll removes everything connscope wrote, in both families and both
 // backends (connscope agent cleanup): every rule in the mangle table that
 // jumps to a CONNSCOPE- chain or carries a "connscope " comment, then every
-// CONNSCOPE- chain. It reads each backend with its -save program first and
-// runs iptables only where something of connscope is found, so a backend
-// the host does not use is left as it was (no legacy table gets created).
+// CONNSCOPE- chain, and with nft the mangle PREROUTING base chain when
+// that leaves it empty (dropEmptyHook). It reads each backend with its
+// -save program first and runs iptables only where something of connscope
+// is found, so a backend the host does not use is left as it was (no
+// legacy table gets created).
 // It carries on past errors and joins them; it fails with ErrNoIptables
 // only when no backend could be read at all. It returns what it removed,
 // one line each.
@@ -38,7 +40,8 @@ func CleanupAll(opts Options) ([]string, error) {
 				}
 			}
 			return jumps, chains
-		})
+		},
+		func(Backend, Family) bool { return true })
 }
 
 // CleanupPolicy removes the rules and chains of one policy name, in both
@@ -52,7 +55,8 @@ func CleanupPolicy(opts Options, name string) ([]string, error) {
 		return nil, errors.New("cleanup: no policy name")
 	}
 	return cleanup(opts, opts.logger(), func(Backend, Family) bool { return false }, func(Backend, Family) *handle { return nil },
-		func(_ Backend, _ Family, s snapshot) ([]rule, []string) { return policyRules(s, name, "") })
+		func(_ Backend, _ Family, s snapshot) ([]rule, []string) { return policyRules(s, name, "") },
+		func(Backend, Family) bool { return true })
 }
 
 // cleanup reads the mangle table of every backend and family, lets choose
@@ -62,10 +66,14 @@ func CleanupPolicy(opts Options, name string) ([]string, error) {
 // required says for which backend and family a failure to read is an
 // error; elsewhere a missing or failing program only means there is
 // nothing to clean. handleFor may return an open handle to reuse.
+// dropHook says where, once something was removed, the mangle PREROUTING
+// base chain is deleted too if that left it empty (dropEmptyHook): not
+// where the caller is about to install rules again.
 func cleanup(opts Options, log *slog.Logger,
 	required func(Backend, Family) bool,
 	handleFor func(Backend, Family) *handle,
 	choose func(Backend, Family, snapshot) ([]rule, []string),
+	dropHook func(Backend, Family) bool,
 ) ([]string, error) {
 	var (
 		removed  []string
@@ -119,6 +127,9 @@ func cleanup(opts Options, log *slog.Logger,
 					continue
 				}
 				removed = append(removed, fmt.Sprintf("%s: deleted chain %s", where, c))
+			}
+			if dropHook(b, f) && dropEmptyHook(h, log) {
+				removed = append(removed, fmt.Sprintf("%s: deleted the empty mangle %s base chain", where, hookChain))
 			}
 		}
 	}

@@ -2,6 +2,7 @@ package rules
 
 import (
 	"errors"
+	"slices"
 	"strings"
 	"testing"
 
@@ -125,9 +126,11 @@ func TestCleanupPolicyRemovesAKilledPolicysLeftovers(t *testing.T) {
 		if err != nil {
 			t.Fatalf("CleanupPolicy: %v", err)
 		}
-		// A jump and a chain per family and backend.
-		if len(removed) != 8 {
-			t.Errorf("CleanupPolicy reports %d removals, want 8:\n%s", len(removed), strings.Join(removed, "\n"))
+		// A jump and a chain per family and backend, besides the nft base
+		// chains that no other policy uses any more (dropEmptyHook).
+		rulesAndChains := slices.DeleteFunc(slices.Clone(removed), func(r string) bool { return strings.Contains(r, "base chain") })
+		if len(rulesAndChains) != 8 {
+			t.Errorf("CleanupPolicy reports %d removals of rules and chains, want 8:\n%s", len(rulesAndChains), strings.Join(removed, "\n"))
 		}
 		golden.Check(t, "ssh-only", ns.save(b))
 		if other := ns.saveAll(otherBackend(b)); strings.Contains(other, "CONNSCOPE") {

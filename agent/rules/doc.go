@@ -120,6 +120,16 @@
 // (names, label bits, NFLOG groups) share a namespace, and each removes
 // only its own rules.
 //
+// With iptables-nft, removing the last rule leaves the mangle PREROUTING
+// base chain that iptables-nft created for the first one, and an empty base
+// chain still hooks the table into every packet's path. Remove, CleanupAll
+// and CleanupPolicy (and CleanupStale where the policy installs nothing)
+// delete it when it is left without rules and with policy ACCEPT, which
+// changes no packet's fate; iptables-nft refuses another policy, the
+// kernel a chain that still has rules. iptables-legacy tables keep their
+// hooks for as long as the namespace lives. Accounting, which connbytes
+// turned on, stays on (see above).
+//
 // # Tests
 //
 // The tests that need a kernel run every iptables program inside a network

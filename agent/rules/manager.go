@@ -322,6 +322,31 @@ func deleteChain(h *handle, chain string) error {
 	return nil
 }
 
+// dropEmptyHook deletes mangle PREROUTING, with the nft backend, when it
+// is left without rules and with policy ACCEPT, and reports whether it
+// did. iptables-nft creates that base chain for the first rule in it, and
+// a base chain hooks the table into every packet's path even when it is
+// empty (the datapath benchmark's "hook" state costs about a point of
+// throughput), so leaving it would keep part of connscope's cost on the
+// node after its rules are gone. The deletion changes no packet's fate:
+// the chain has no rules and accepts, and iptables-nft creates it again
+// for the next rule anyone adds. iptables-nft refuses a chain with
+// another policy, the kernel one that still has rules (also one added
+// meanwhile: the deletion is one transaction), and a failure only means
+// the chain is someone's or already gone, so it is not an error. Legacy
+// tables keep their hooks for as long as the namespace lives whatever
+// their chains hold: nothing to do there.
+func dropEmptyHook(h *handle, log *slog.Logger) bool {
+	if h.backend != BackendNFT {
+		return false
+	}
+	if err := h.ipt.DeleteChain(table, hookChain); err != nil {
+		log.Debug("kept mangle "+hookChain, "where", h.String(), "reason", err)
+		return false
+	}
+	return true
+}
+
 func isNotExist(err error) bool {
 	var e *iptables.Error
 	return errors.As(err, &e) && e.IsNotExist()
@@ -489,7 +514,8 @@ func (m *Manager) Run(ctx context.Context, resync time.Duration) error {
 }
 
 // Remove deletes the policy's jumps from mangle PREROUTING, then its
-// chain, in every family of the policy. Like kube-proxy's
+// chain, in every family of the policy, and with nft that base chain if
+// nothing else is left in it (dropEmptyHook). Like kube-proxy's
 // CleanupLeftovers it carries on past errors and returns them joined;
 // rules already gone are not an error. Rules of other policies and of
 // other software stay. End Run first (cancel its context), or its next
@@ -512,6 +538,8 @@ func (m *Manager) Remove() error {
 		}
 		if err := deleteChain(h, m.chain); err != nil {
 			errs = append(errs, fmt.Errorf("remove %s rules of policy %q: %w", f, m.policy.Name, err))
+		} else if dropEmptyHook(h, m.log) {
+			m.log.Info("removed", "what", fmt.Sprintf("%s: deleted the empty mangle %s base chain", h, hookChain))
 		}
 		delete(m.written, f)
 	}
@@ -543,6 +571,8 @@ func (m *Manager) CleanupStale() error {
 			keep = m.chain
 		}
 		return policyRules(s, m.policy.Name, keep)
+	}, func(b Backend, f Family) bool {
+		return b != m.detection.Backend || !m.policy.hasFamily(f) // where the policy installs nothing
 	})
 	m.earlier = append(m.earlier, removed...)
 	return err

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/connscope/connscope/internal/golden"
+	"github.com/connscope/connscope/internal/netnstest"
 )
 
 // These tests need root: each runs in a network namespace of its own (see
@@ -250,6 +251,76 @@ func TestRemoveLeavesOthersRulesAlone(t *testing.T) {
 		}
 		wantDrift(t, m, "is missing")
 	})
+}
+
+// hooked reports whether the namespace's nf_tables has a mangle PREROUTING
+// base chain in family f: the hook iptables-nft creates for the first rule
+// there (iptables-nft-save prints the built-in chains either way, so nft
+// tells).
+func hooked(ns *testNS, f Family) bool {
+	ns.t.Helper()
+	netnstest.NeedTools(ns.t, "apt-get install nftables", "nft")
+	fam := "ip"
+	if f == IPv6 {
+		fam = "ip6"
+	}
+	_, err := ns.Run(time.Minute, "nft", "list", "chain", fam, "mangle", "PREROUTING")
+	return err == nil
+}
+
+func TestRemoveUnhooksTheTableWhenNothingElseUsesIt(t *testing.T) {
+	ns := newTestNS(t)
+	m := ns.manager(webPolicy(), BackendNFT)
+	mustEnsure(t, m)
+	for _, f := range allFamilies {
+		if !hooked(ns, f) {
+			t.Fatalf("%s: no mangle PREROUTING base chain after Ensure", f)
+		}
+	}
+	if err := m.Remove(); err != nil {
+		t.Fatalf("Remove: %v", err)
+	}
+	for _, f := range allFamilies {
+		if hooked(ns, f) {
+			t.Errorf("%s: the empty mangle PREROUTING base chain is left, still hooked into every packet's path", f)
+		}
+	}
+	if s := ns.save(BackendNFT); strings.Contains(s, "\n-A ") || strings.Contains(s, "CONNSCOPE") {
+		t.Errorf("rules left:\n%s", s)
+	}
+
+	// Someone else's policy on the chain: it stays, as it was.
+	mustEnsure(t, m)
+	ns.iptBoth(BackendNFT, "-t", "mangle", "-P", "PREROUTING", "DROP")
+	if err := m.Remove(); err != nil {
+		t.Fatalf("Remove: %v", err)
+	}
+	for _, f := range allFamilies {
+		if !hooked(ns, f) {
+			t.Errorf("%s: a mangle PREROUTING base chain with policy DROP was deleted", f)
+		}
+	}
+	if s := ns.save(BackendNFT); strings.Count(s, ":PREROUTING DROP") != 2 {
+		t.Errorf("the DROP policies changed:\n%s", s)
+	}
+}
+
+func TestCleanupAllUnhooksTheTableItLeavesEmpty(t *testing.T) {
+	ns := newTestNS(t)
+	mustEnsure(t, ns.manager(webPolicy(), BackendNFT))
+	removed, err := CleanupAll(ns.options(BackendAuto))
+	if err != nil {
+		t.Fatalf("CleanupAll: %v", err)
+	}
+	for _, f := range allFamilies {
+		if hooked(ns, f) {
+			t.Errorf("%s: the empty mangle PREROUTING base chain is left", f)
+		}
+	}
+	// A jump and a chain in each family, and each family's base chain.
+	if n := len(removed); n != 6 || !strings.Contains(strings.Join(removed, "\n"), "deleted the empty mangle PREROUTING base chain") {
+		t.Errorf("CleanupAll reports %d removals, want 6 with the base chains:\n%s", n, strings.Join(removed, "\n"))
+	}
 }
 
 func TestRemoveCarriesOnPastErrors(t *testing.T) {
