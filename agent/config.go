@@ -109,8 +109,9 @@ type Config struct {
 	// sinkTokenFile is a file holding the bearer token sent to a gRPC sink,
 	// re-read when it changes (--sink-token-file). Optional.
 	SinkTokenFile string `json:"sinkTokenFile,omitempty"`
-	// sinkCAFile is a PEM file of the CA certificates that a grpcs://
-	// sink's certificate must chain to, instead of the system's roots
+	// sinkCAFile is a PEM file of the CA certificates that a grpcs:// or
+	// clickhouses:// sink's certificate must chain to, instead of the
+	// system's roots
 	// (--sink-ca-file). Optional; read again when it changes, at the next
 	// reconnection.
 	SinkCAFile string `json:"sinkCAFile,omitempty"`
@@ -204,9 +205,9 @@ func (c *Config) AddFlags(fs *pflag.FlagSet) {
 	fs.StringSliceVar(&c.IPFamilies, "ip-families", c.IPFamilies, "address families to sample: IPv4, IPv6 or both")
 	fs.StringVar(&c.Backend, "backend", c.Backend, "iptables backend: auto (as the host uses), nft or legacy")
 	fs.DurationVar((*time.Duration)(&c.Resync), "resync", time.Duration(c.Resync), "how often the rules are checked and restored if removed")
-	fs.StringVar(&c.Sink, "sink", c.Sink, "where records go: grpc://HOST:PORT, grpcs://HOST:PORT, clickhouse://HOST:8123/DATABASE or file:///PATH.pcapng (required)")
+	fs.StringVar(&c.Sink, "sink", c.Sink, "where records go: grpc://HOST:PORT, grpcs://HOST:PORT, clickhouse://HOST:8123/DATABASE, clickhouses://HOST:8443/DATABASE (HTTPS) or file:///PATH.pcapng (required)")
 	fs.StringVar(&c.SinkTokenFile, "sink-token-file", c.SinkTokenFile, "file holding the bearer token sent to a gRPC sink")
-	fs.StringVar(&c.SinkCAFile, "sink-ca-file", c.SinkCAFile, "PEM file of the CA certificates a grpcs:// sink's certificate must chain to (default: the system's roots)")
+	fs.StringVar(&c.SinkCAFile, "sink-ca-file", c.SinkCAFile, "PEM file of the CA certificates a grpcs:// or clickhouses:// sink's certificate must chain to (default: the system's roots)")
 	fs.IntVar(&c.QueueCapacity, "queue-capacity", c.QueueCapacity, "records waiting for the sink at most; while they are, the NFLOG socket's receive buffer holds what comes, and what it cannot hold is lost and counted")
 	fs.StringVar(&c.NodeName, "node-name", c.NodeName, "name of this node in shipped records (default $NODE_NAME, else the host name)")
 	fs.StringVar(&c.MetricsAddr, "metrics-addr", c.MetricsAddr, `address serving /metrics, /healthz and /readyz; "" turns it off`)
@@ -467,8 +468,8 @@ func (c Config) Validate() error {
 		bad("sink", "sink", "%v", err)
 	}
 	if c.SinkCAFile != "" {
-		if u, err := url.Parse(c.Sink); err == nil && u.Scheme != "grpcs" {
-			bad("sink-ca-file", "sinkCAFile", "%q: only a grpcs:// sink checks a certificate, and the sink is %q", c.SinkCAFile, c.Sink)
+		if u, err := url.Parse(c.Sink); err == nil && u.Scheme != "grpcs" && u.Scheme != "clickhouses" {
+			bad("sink-ca-file", "sinkCAFile", "%q: only a grpcs:// or clickhouses:// sink checks a certificate, and the sink is %q", c.SinkCAFile, c.Sink)
 		}
 	}
 	if c.QueueCapacity < MinQueueCapacity || c.QueueCapacity > MaxQueueCapacity {
@@ -588,12 +589,12 @@ func checkSinkURL(raw string) error {
 		if !filepath.IsAbs(u.Path) {
 			return fmt.Errorf("%q: the path must be absolute: file:///ABSOLUTE/PATH.pcapng", raw)
 		}
-	case "clickhouse":
+	case "clickhouse", "clickhouses":
 		if _, err := chclient.ParseURL(raw); err != nil {
 			return err
 		}
 	default:
-		return fmt.Errorf("%q: scheme %q is none of grpc, grpcs, clickhouse, file", raw, u.Scheme)
+		return fmt.Errorf("%q: scheme %q is none of grpc, grpcs, clickhouse, clickhouses, file", raw, u.Scheme)
 	}
 	return nil
 }

@@ -63,12 +63,51 @@ func AgentSink(opts Options, p *samplingv1alpha1.SamplingPolicy) string {
 	if servesIngest(p) {
 		return IngestEndpoint(opts, p.Name)
 	}
-	ch := p.Spec.Sink.ClickHouse
+	return clickHouseURL(p.Spec.Sink.ClickHouse)
+}
+
+// clickHouseURL is the ClickHouse database of a policy's ClickHouse sink,
+// as the agents' sink and the classifier's store: clickhouses:// (HTTPS)
+// with tls set, clickhouse:// without.
+func clickHouseURL(ch *samplingv1alpha1.ClickHouseSpec) string {
 	db := ch.Database
 	if db == "" {
 		db = "connscope"
 	}
-	return "clickhouse://" + ch.Address + "/" + db
+	scheme := "clickhouse://"
+	if ch.TLS != nil {
+		scheme = "clickhouses://"
+	}
+	return scheme + ch.Address + "/" + db
+}
+
+// The mount of a ClickHouse CA Secret (spec.sink.clickhouse.tls.caSecret),
+// in the agents' and the classifier's pods.
+const (
+	clickHouseCADir  = "/var/run/connscope/clickhouse-ca"
+	clickHouseCAFile = "ca.crt"
+	// ClickHouseCAPath is the CA file the agents' sinkCAFile and the
+	// classifier's --store-ca-file name.
+	ClickHouseCAPath = clickHouseCADir + "/" + clickHouseCAFile
+)
+
+// clickHouseCAVolume is the volume and mount of the policy's ClickHouse CA
+// Secret, or ok false when the policy has none.
+func clickHouseCAVolume(p *samplingv1alpha1.SamplingPolicy) (v corev1.Volume, m corev1.VolumeMount, ok bool) {
+	ch := p.Spec.Sink.ClickHouse
+	if servesIngest(p) || ch.TLS == nil || ch.TLS.CASecret == nil {
+		return v, m, false
+	}
+	key := ch.TLS.CASecret.Key
+	if key == "" {
+		key = "ca.crt"
+	}
+	v = corev1.Volume{Name: "clickhouse-ca", VolumeSource: corev1.VolumeSource{Secret: &corev1.SecretVolumeSource{
+		SecretName:  ch.TLS.CASecret.Name,
+		Items:       []corev1.KeyToPath{{Key: key, Path: clickHouseCAFile}},
+		DefaultMode: ptr.To[int32](0o444),
+	}}}
+	return v, corev1.VolumeMount{Name: "clickhouse-ca", MountPath: clickHouseCADir, ReadOnly: true}, true
 }
 
 // ClassifierEndpoint is the URL of a policy's classifier HTTP API.
@@ -108,6 +147,8 @@ func AgentConfig(p *samplingv1alpha1.SamplingPolicy, alloc Allocation, opts Opti
 	if servesIngest(p) {
 		c.SinkTokenFile = IngestTokenPath
 		c.SinkCAFile = IngestCAPath
+	} else if _, _, ok := clickHouseCAVolume(p); ok {
+		c.SinkCAFile = ClickHouseCAPath
 	}
 	c.MetricsAddr = fmt.Sprintf(":%d", AgentMetricsPort(opts, alloc))
 	c.ShutdownTimeout = agent.Duration(10 * time.Second)
@@ -194,6 +235,23 @@ func AgentDaemonSet(p *samplingv1alpha1.SamplingPolicy, alloc Allocation, config
 	podLabels := objectLabels(p.Name, ComponentAgent)
 	// The agent runs as root: only its owner may read the token.
 	tokenVolume, tokenMount := ingestSecretVolume(p.Name, 0o400, IngestTokenKey, IngestCACertKey)
+	mounts := []corev1.VolumeMount{
+		{Name: "config", MountPath: agentConfigDir, ReadOnly: true},
+		{Name: "xtables-lock", MountPath: xtablesLock},
+		tokenMount,
+	}
+	volumes := []corev1.Volume{
+		{Name: "config", VolumeSource: corev1.VolumeSource{ConfigMap: &corev1.ConfigMapVolumeSource{
+			LocalObjectReference: corev1.LocalObjectReference{Name: name},
+		}}},
+		{Name: "xtables-lock", VolumeSource: corev1.VolumeSource{HostPath: &corev1.HostPathVolumeSource{
+			Path: xtablesLock, Type: ptr.To(corev1.HostPathFileOrCreate),
+		}}},
+		tokenVolume,
+	}
+	if v, m, ok := clickHouseCAVolume(p); ok {
+		volumes, mounts = append(volumes, v), append(mounts, m)
+	}
 
 	ds := &appsv1.DaemonSet{
 		TypeMeta:   metav1.TypeMeta{APIVersion: "apps/v1", Kind: "DaemonSet"},
@@ -273,21 +331,9 @@ func AgentDaemonSet(p *samplingv1alpha1.SamplingPolicy, alloc Allocation, config
 								Add:  []corev1.Capability{"NET_ADMIN", "NET_RAW"},
 							},
 						},
-						VolumeMounts: []corev1.VolumeMount{
-							{Name: "config", MountPath: agentConfigDir, ReadOnly: true},
-							{Name: "xtables-lock", MountPath: xtablesLock},
-							tokenMount,
-						},
+						VolumeMounts: mounts,
 					}},
-					Volumes: []corev1.Volume{
-						{Name: "config", VolumeSource: corev1.VolumeSource{ConfigMap: &corev1.ConfigMapVolumeSource{
-							LocalObjectReference: corev1.LocalObjectReference{Name: name},
-						}}},
-						{Name: "xtables-lock", VolumeSource: corev1.VolumeSource{HostPath: &corev1.HostPathVolumeSource{
-							Path: xtablesLock, Type: ptr.To(corev1.HostPathFileOrCreate),
-						}}},
-						tokenVolume,
-					},
+					Volumes: volumes,
 				},
 			},
 		},

@@ -120,12 +120,10 @@ func ClassifierArgs(p *samplingv1alpha1.SamplingPolicy) []string {
 		"--log-json",
 	}
 	if !servesIngest(p) {
-		ch := p.Spec.Sink.ClickHouse
-		db := ch.Database
-		if db == "" {
-			db = "connscope"
+		args = append(args, "--store="+clickHouseURL(p.Spec.Sink.ClickHouse))
+		if _, _, ok := clickHouseCAVolume(p); ok {
+			args = append(args, "--store-ca-file="+ClickHouseCAPath)
 		}
-		args = append(args, "--store=clickhouse://"+ch.Address+"/"+db)
 	} else {
 		args = append(args, "--store=sqlite://"+classifierDataDir+"/connscope.db",
 			"--ingest-tls-cert-file="+IngestCertPath, "--ingest-tls-key-file="+IngestKeyPath)
@@ -193,6 +191,9 @@ func ClassifierDeployment(p *samplingv1alpha1.SamplingPolicy, tokenHash string, 
 			PersistentVolumeClaim: &corev1.PersistentVolumeClaimVolumeSource{ClaimName: g.ClaimName, ReadOnly: true},
 		}})
 		mounts = append(mounts, corev1.VolumeMount{Name: "geoip", MountPath: classifierGeoIPDir, ReadOnly: true})
+	}
+	if v, m, ok := clickHouseCAVolume(p); ok {
+		volumes, mounts = append(volumes, v), append(mounts, m)
 	}
 	env := clickHouseCredentialsEnv(p)
 

@@ -171,6 +171,65 @@ func TestGoldenClassifierObjects(t *testing.T) {
 	}
 }
 
+// With spec.sink.clickhouse.tls the agents and the classifier speak HTTPS
+// to ClickHouse, trusting the CA of the policy's caSecret, mounted in both
+// pods from the Secret of that name in their own namespace.
+func TestClickHouseOverTLS(t *testing.T) {
+	opts := DefaultOptions()
+	ch := goldenPolicy()
+	ch.Spec.Sink = samplingv1alpha1.SinkSpec{
+		Type: samplingv1alpha1.SinkClickHouse,
+		ClickHouse: &samplingv1alpha1.ClickHouseSpec{
+			Address: "clickhouse.db.svc:8443", Database: "radar",
+			TLS: &samplingv1alpha1.ClickHouseTLS{CASecret: &samplingv1alpha1.SecretKeyRef{Name: "clickhouse-ca", Key: "ca.pem"}},
+		},
+	}
+	cfg, err := AgentConfig(ch, goldenAlloc, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Sink != "clickhouses://clickhouse.db.svc:8443/radar" || cfg.SinkCAFile != ClickHouseCAPath {
+		t.Errorf("agent sink with ClickHouse over TLS: %q, CA file %q", cfg.Sink, cfg.SinkCAFile)
+	}
+	mounted := func(spec corev1.PodSpec) string {
+		for _, v := range spec.Volumes {
+			if v.Secret == nil || v.Secret.SecretName != "clickhouse-ca" {
+				continue
+			}
+			for _, m := range spec.Containers[0].VolumeMounts {
+				if m.Name == v.Name && len(v.Secret.Items) == 1 {
+					return m.MountPath + "/" + v.Secret.Items[0].Path + " from key " + v.Secret.Items[0].Key
+				}
+			}
+		}
+		return ""
+	}
+	want := ClickHouseCAPath + " from key ca.pem"
+	if got := mounted(AgentDaemonSet(ch, goldenAlloc, "h", opts).Spec.Template.Spec); got != want {
+		t.Errorf("agent's ClickHouse CA: %q, want %q", got, want)
+	}
+	d := ClassifierDeployment(ch, IngestTokenHash("golden-token"), opts).Spec.Template.Spec
+	if got := mounted(d); got != want {
+		t.Errorf("classifier's ClickHouse CA: %q, want %q", got, want)
+	}
+	args := strings.Join(d.Containers[0].Args, " ")
+	if !strings.Contains(args, "--store=clickhouses://clickhouse.db.svc:8443/radar") || !strings.Contains(args, "--store-ca-file="+ClickHouseCAPath) {
+		t.Errorf("classifier args: %s", args)
+	}
+
+	// tls: {} trusts the system's roots: HTTPS, no CA mounted.
+	ch.Spec.Sink.ClickHouse.TLS = &samplingv1alpha1.ClickHouseTLS{}
+	if cfg, err = AgentConfig(ch, goldenAlloc, opts); err != nil || cfg.Sink != "clickhouses://clickhouse.db.svc:8443/radar" || cfg.SinkCAFile != "" {
+		t.Errorf("agent with tls: {}: %q, CA file %q, %v", cfg.Sink, cfg.SinkCAFile, err)
+	}
+	if got := mounted(AgentDaemonSet(ch, goldenAlloc, "h", opts).Spec.Template.Spec); got != "" {
+		t.Errorf("agent with tls: {} mounts %s", got)
+	}
+	if args := strings.Join(ClassifierDeployment(ch, IngestTokenHash("golden-token"), opts).Spec.Template.Spec.Containers[0].Args, " "); strings.Contains(args, "--store-ca-file") {
+		t.Errorf("classifier with tls: {}: %s", args)
+	}
+}
+
 // The ConfigMap holds exactly what the agent reads back: the agent's own
 // parser and checks accept it.
 func TestAgentConfigRoundTripsThroughAgentParser(t *testing.T) {

@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/binary"
 	"fmt"
+	"net"
 	"os"
 	"sync"
 	"time"
@@ -52,8 +53,20 @@ func openClickHouse(rawURL string, o Options) (*clickhouseSink, error) {
 	if err != nil {
 		return nil, fmt.Errorf("sink URL: %w", err)
 	}
-	if o.Token != "" || o.TokenFile != "" || o.TLSConfig != nil {
-		return nil, fmt.Errorf("sink URL %q: a ClickHouse sink takes no token or TLS configuration; give credentials in %s and %s", rawURL, EnvClickHouseUser, EnvClickHousePassword)
+	if o.Token != "" || o.TokenFile != "" {
+		return nil, fmt.Errorf("sink URL %q: a ClickHouse sink takes no token; give credentials in %s and %s", rawURL, EnvClickHouseUser, EnvClickHousePassword)
+	}
+	if !cfg.Secure && (o.TLSConfig != nil || o.CAFile != "") {
+		return nil, fmt.Errorf("sink URL %q is plain HTTP but a TLS configuration or CA file was given: use clickhouses://%s/%s (ClickHouse's https_port)", rawURL, cfg.Addr, cfg.Database)
+	}
+	switch {
+	case o.CAFile != "":
+		host, _, _ := net.SplitHostPort(cfg.Addr)
+		if cfg.TLS, err = CAFileTLS(o.CAFile, host); err != nil {
+			return nil, fmt.Errorf("ClickHouse sink: %w", err)
+		}
+	case o.TLSConfig != nil:
+		cfg.TLS = o.TLSConfig
 	}
 	cfg.User, cfg.Password = os.Getenv(EnvClickHouseUser), os.Getenv(EnvClickHousePassword)
 	c, err := chclient.New(cfg)

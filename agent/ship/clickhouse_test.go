@@ -144,4 +144,42 @@ func TestClickHouseSinkBadURL(t *testing.T) {
 	if _, err := Open("clickhouse://ch:8123/db", Options{Token: "x"}); err == nil || !strings.Contains(err.Error(), "no token") {
 		t.Errorf("a token with a ClickHouse sink: %v", err)
 	}
+	if _, err := Open("clickhouse://ch:8123/db", Options{CAFile: "/etc/ssl/ca.pem"}); err == nil || !strings.Contains(err.Error(), "use clickhouses://ch:8123/db") {
+		t.Errorf("a CA file with a plain HTTP ClickHouse sink: %v", err)
+	}
+	if _, err := Open("clickhouses://ch/db", Options{CAFile: "/nonexistent/ca.pem"}); err == nil || !strings.Contains(err.Error(), "/nonexistent/ca.pem") {
+		t.Errorf("a missing CA file: %v", err)
+	}
+}
+
+// TestClickHouseSinkOverHTTPS: with clickhouses:// and the CA that signed
+// ClickHouse's certificate, batches are inserted over TLS; with another
+// CA the handshake fails and Send says the certificate is not trusted.
+func TestClickHouseSinkOverHTTPS(t *testing.T) {
+	srv := chtest.Start(t)
+	st := openCHStore(t, srv, "tls")
+	s, err := Open(srv.TLSURL("tls"), Options{Node: "node-1", Policy: "web", CAFile: srv.CAFile()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if err := s.Send(context.Background(), records(500, 1, 1)); err != nil {
+		t.Fatalf("Send over HTTPS: %v", err)
+	}
+	if got := count(t, st.Client(), "SELECT count() FROM packets"); got != "500" {
+		t.Errorf("rows after a batch over HTTPS: %s, want 500", got)
+	}
+
+	other := chtest.Start(t) // its CA signed nothing of srv's
+	bad, err := Open(srv.TLSURL("tls"), Options{CAFile: other.CAFile(), AckTimeout: 10 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bad.Close()
+	if err := bad.Send(context.Background(), records(10, 1, 1)); err == nil || !strings.Contains(err.Error(), "not trusted by "+other.CAFile()) {
+		t.Errorf("Send with another CA: %v, want the certificate not trusted", err)
+	}
+	if got := count(t, st.Client(), "SELECT count() FROM packets"); got != "500" {
+		t.Errorf("rows after the refused batch: %s, want 500", got)
+	}
 }

@@ -13,7 +13,7 @@ func TestOpenRefusesBadSinkURLsWithASentenceThatSaysWhatToWrite(t *testing.T) {
 		want []string
 	}{
 		{"", Options{}, []string{"no sink URL", "grpc://host:port"}},
-		{"classifier:9000", Options{}, []string{`scheme "classifier" is not supported`, "grpc://host:port, grpcs://host:port, clickhouse://host:8123/database or file:///"}},
+		{"classifier:9000", Options{}, []string{`scheme "classifier" is not supported`, "grpc://host:port, grpcs://host:port, clickhouse://host:8123/database, clickhouses://host:8443/database or file:///"}},
 		{"localhost", Options{}, []string{"has no scheme", "grpc://host:port"}},
 		{"http://classifier:9000", Options{}, []string{`scheme "http" is not supported`}},
 		{"grpc://", Options{}, []string{"has no host", "grpc://host:port"}},

@@ -58,11 +58,12 @@ type Options struct {
 	// is trimmed.
 	TokenFile string
 
-	// TLSConfig is the client TLS configuration of a grpcs:// sink (a
-	// copy is used). Nil means the system's roots and TLS 1.2 or later.
-	// It must be nil for grpc:// sinks, which are plaintext.
+	// TLSConfig is the client TLS configuration of a grpcs:// or
+	// clickhouses:// sink (a copy is used). Nil means the system's roots
+	// and TLS 1.2 or later. It must be nil for grpc:// and clickhouse://
+	// sinks, which are plaintext.
 	TLSConfig *tls.Config
-	// CAFile, for a grpcs:// sink, is a PEM file of the CA certificates
+	// CAFile, for a grpcs:// or clickhouses:// sink, is a PEM file of the CA certificates
 	// the sink's certificate must chain to, instead of the system's
 	// roots. It is read at Open and again at each handshake after it
 	// changed, so a CA replaced in a mounted Secret is trusted at the next
@@ -102,7 +103,7 @@ type Counters struct {
 }
 
 // URLs the sinks accept, for error messages.
-const urlForms = "grpc://host:port, grpcs://host:port, clickhouse://host:8123/database or file:///absolute/path.pcapng"
+const urlForms = "grpc://host:port, grpcs://host:port, clickhouse://host:8123/database, clickhouses://host:8443/database or file:///absolute/path.pcapng"
 
 // Open returns the sink rawURL names:
 //
@@ -112,6 +113,7 @@ const urlForms = "grpc://host:port, grpcs://host:port, clickhouse://host:8123/da
 //	                          new section when a file sink wrote it
 //	clickhouse://host:port/db the packets table of a ClickHouse database,
 //	                          over its HTTP interface (port 8123 by default)
+//	clickhouses://host:port/db the same over HTTPS (port 8443 by default)
 //
 // A gRPC sink connects lazily: Open does not fail when the receiver is
 // down, the first Send does. A file sink creates its file at once.
@@ -142,7 +144,7 @@ func Open(rawURL string, o Options) (Sink, error) {
 			return nil, fmt.Errorf("sink URL %q is plaintext gRPC but a TLS configuration was given: use grpcs://%s", rawURL, target)
 		}
 		return openGRPC(target, u.Scheme == "grpcs", o)
-	case "clickhouse":
+	case "clickhouse", "clickhouses":
 		return openClickHouse(rawURL, o)
 	case "file":
 		path, err := filePath(rawURL, u)

@@ -297,6 +297,44 @@ type ClickHouseSpec struct {
 	// Unset, ClickHouse's default user without a password is used.
 	// +optional
 	CredentialsSecret *SecretKeysRef `json:"credentialsSecret,omitempty"`
+
+	// tls, when set, makes the agents and the classifier speak HTTPS to
+	// ClickHouse: address is then its HTTPS port (https_port, e.g.
+	// "clickhouse.db.svc:8443"), the rows and the credentials cross the
+	// network encrypted, and ClickHouse's certificate is checked against
+	// caSecret's CA, or the system's roots without one ("tls: {}").
+	// Unset, plain HTTP.
+	// +optional
+	TLS *ClickHouseTLS `json:"tls,omitempty"`
+}
+
+// ClickHouseTLS says how ClickHouse's certificate is checked.
+type ClickHouseTLS struct {
+	// caSecret names a Secret whose key holds the PEM certificates of the
+	// CA that signed ClickHouse's certificate. Create it in the
+	// classifier's namespace and in the agents' namespace, as the
+	// credentials Secret; the controller never reads it. The agents and
+	// the classifier read it again when it changes, at their next
+	// connection. Unset, the system's roots are trusted.
+	// +optional
+	CASecret *SecretKeyRef `json:"caSecret,omitempty"`
+}
+
+// SecretKeyRef is one key of a Secret.
+type SecretKeyRef struct {
+	// name of the Secret.
+	// +required
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=253
+	// +kubebuilder:validation:XValidation:rule="self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*$')",message="caSecret.name must be a Secret name: lower-case letters, digits, '-' and '.', starting and ending with a letter or digit"
+	Name string `json:"name"`
+	// key holding the PEM certificates; default "ca.crt".
+	// +optional
+	// +kubebuilder:default=ca.crt
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=253
+	// +kubebuilder:validation:XValidation:rule="self.matches('^[-._a-zA-Z0-9]+$')",message="caSecret.key must be a Secret key: letters, digits, '-', '_' and '.'"
+	Key string `json:"key,omitempty"`
 }
 
 // SecretKeysRef names a Secret and the keys of a user name and password.

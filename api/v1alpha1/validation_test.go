@@ -243,6 +243,17 @@ func TestValidationRefusesBadInputWithItsMessage(t *testing.T) {
 			set(o, "spec.sink.clickhouse.address", "clickhouse:8123")
 			set(o, "spec.sink.clickhouse.credentialsSecret.name", "Bad_Name")
 		}, "credentialsSecret.name must be a Secret name", "spec.sink.clickhouse.credentialsSecret.name"},
+		{"ClickHouse CA Secret with an upper-case name", func(o map[string]any) {
+			set(o, "spec.sink.type", "ClickHouse")
+			set(o, "spec.sink.clickhouse.address", "clickhouse:8443")
+			set(o, "spec.sink.clickhouse.tls.caSecret.name", "Bad_Name")
+		}, "caSecret.name must be a Secret name", "spec.sink.clickhouse.tls.caSecret.name"},
+		{"ClickHouse CA Secret key that is no Secret key", func(o map[string]any) {
+			set(o, "spec.sink.type", "ClickHouse")
+			set(o, "spec.sink.clickhouse.address", "clickhouse:8443")
+			set(o, "spec.sink.clickhouse.tls.caSecret.name", "clickhouse-ca")
+			set(o, "spec.sink.clickhouse.tls.caSecret.key", "ca crt")
+		}, "caSecret.key must be a Secret key", "spec.sink.clickhouse.tls.caSecret.key"},
 		{"ClickHouse credentials with a user name key that is no Secret key", func(o map[string]any) {
 			set(o, "spec.sink.type", "ClickHouse")
 			set(o, "spec.sink.clickhouse.address", "clickhouse:8123")
@@ -363,6 +374,16 @@ func TestValidationAcceptsGoodInput(t *testing.T) {
 			set(o, "spec.sink.type", "ClickHouse")
 			set(o, "spec.sink.clickhouse.address", "[fd00::1]:9000")
 			set(o, "spec.sink.classifier.replicas", 20)
+		},
+		func(o map[string]any) {
+			set(o, "spec.sink.type", "ClickHouse")
+			set(o, "spec.sink.clickhouse.address", "clickhouse.db.svc:8443")
+			set(o, "spec.sink.clickhouse.tls.caSecret.name", "clickhouse-ca")
+		},
+		func(o map[string]any) {
+			set(o, "spec.sink.type", "ClickHouse")
+			set(o, "spec.sink.clickhouse.address", "clickhouse.db.svc:8443")
+			set(o, "spec.sink.clickhouse.tls", map[string]any{})
 		},
 		func(o map[string]any) { set(o, "spec.sink.classifier.storage.size", "1Gi") },
 		func(o map[string]any) {

@@ -7,6 +7,8 @@ package chstore_test
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -124,6 +126,37 @@ func TestMain(m *testing.M) {
 		os.RemoveAll(filepath.Dir(capPath))
 	}
 	os.Exit(code)
+}
+
+// TestOpenOverHTTPS: the store creates its database and tables, and
+// reads them back, over ClickHouse's HTTPS interface with the server's CA.
+func TestOpenOverHTTPS(t *testing.T) {
+	srv := chtest.Start(t)
+	pem, err := os.ReadFile(srv.CAFile())
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots := x509.NewCertPool()
+	roots.AppendCertsFromPEM(pem)
+	cfg, err := chclient.ParseURL(srv.TLSURL("overtls"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.TLS, cfg.Timeout = &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}, time.Minute
+	st, err := chstore.Open(context.Background(), cfg)
+	if err != nil {
+		t.Fatalf("Open over HTTPS: %v", err)
+	}
+	defer st.Close()
+	rows, err := st.Client().QueryTSV(context.Background(), "SELECT count() FROM system.tables WHERE database = 'overtls' AND name = 'packets'")
+	if err != nil || len(rows) != 1 || rows[0][0] != "1" {
+		t.Fatalf("the packets table over HTTPS: %v %v", rows, err)
+	}
+	// Without the CA the system's roots do not know the server's.
+	cfg.TLS = nil
+	if _, err := chstore.Open(context.Background(), cfg); err == nil || !strings.Contains(err.Error(), "certificate") {
+		t.Errorf("Open with the system's roots: %v, want a certificate error", err)
+	}
 }
 
 func readRecords(t *testing.T, path string) []packet.Record {

@@ -55,7 +55,7 @@ that was acknowledged: accepted batches are journaled and replayed.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			var err error
-			if strings.HasPrefix(storeURL, "clickhouse:") {
+			if strings.HasPrefix(storeURL, "clickhouse:") || strings.HasPrefix(storeURL, "clickhouses:") {
 				ret, err := parseRetention(retention)
 				if err != nil {
 					return err
@@ -66,6 +66,9 @@ that was acknowledged: accepted batches are journaled and replayed.`,
 			}
 			if cfg.StorePath, err = parseStoreURL(storeURL); err != nil {
 				return err
+			}
+			if chf.caFile != "" {
+				return fmt.Errorf("--store-ca-file %s: only a clickhouses:// store checks a certificate, and the store is %q", chf.caFile, storeURL)
 			}
 			if cfg.Retention, err = parseRetention(retention); err != nil {
 				return err
@@ -104,7 +107,7 @@ that was acknowledged: accepted batches are journaled and replayed.`,
 	f.DurationVar(&cfg.IdleTimeout, "idle-timeout", flow.DefaultIdleTimeout, "silence after which a connection without RST, FIN or cap is judged timed out")
 	f.DurationVar(&cfg.Hold, "hold", 0, holdUsage)
 	f.IntVar(&cfg.PacketCap, "packet-cap", flow.DefaultPacketCap, "client packets of a connection that count (the agents' cap)")
-	f.StringVar(&storeURL, "store", "sqlite:///var/lib/connscope/connscope.db", "where aggregates and the journal are kept: sqlite:///absolute/path.db, or clickhouse://host:8123/database (the agents insert packets there; replicas classify windows)")
+	f.StringVar(&storeURL, "store", "sqlite:///var/lib/connscope/connscope.db", "where aggregates and the journal are kept: sqlite:///absolute/path.db, clickhouse://host:8123/database, or clickhouses://host:8443/database over HTTPS (the agents insert packets there; replicas classify windows)")
 	f.StringVar(&cfg.GeoIPDir, "geoip-dir", "", "directory with GeoLite2-Country.mmdb and GeoLite2-ASN.mmdb (optional; absent means unknown)")
 	f.StringVar(&tokenFile, "ingest-token-file", "", "file holding the bearer token agents must present")
 	f.StringVar(&cfg.TLSCertFile, "ingest-tls-cert-file", "", "PEM certificate chain for serving Ingest over TLS (agents then use a grpcs:// sink); read again when it changes")
@@ -126,7 +129,7 @@ func parseStoreURL(s string) (string, error) {
 	switch u.Scheme {
 	case "sqlite":
 	default:
-		return "", fmt.Errorf("--store %q: scheme %q is not supported; write sqlite:///absolute/path.db or clickhouse://host:8123/database", s, u.Scheme)
+		return "", fmt.Errorf("--store %q: scheme %q is not supported; write sqlite:///absolute/path.db, clickhouse://host:8123/database or clickhouses://host:8443/database", s, u.Scheme)
 	}
 	if u.Host != "" || u.Opaque != "" || !filepath.IsAbs(u.Path) || strings.HasSuffix(u.Path, "/") {
 		return "", fmt.Errorf("--store %q: give an absolute file path with three slashes, e.g. sqlite:///var/lib/connscope/connscope.db", s)

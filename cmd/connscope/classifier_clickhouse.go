@@ -28,6 +28,7 @@ type clickhouseFlags struct {
 	window, guard, delay time.Duration
 	parts                int
 	replica              string
+	caFile               string
 }
 
 func addClickHouseFlags(f *pflag.FlagSet) *clickhouseFlags {
@@ -37,6 +38,7 @@ func addClickHouseFlags(f *pflag.FlagSet) *clickhouseFlags {
 	f.DurationVar(&c.delay, "window-delay", chstore.DefaultDelay, "with a ClickHouse store: how long after its end a window is queried (the agents' shipping delay)")
 	f.IntVar(&c.parts, "window-parts", chstore.DefaultParts, "with a ClickHouse store: parts (shards of connections) a window is classified in, shared by the replicas")
 	f.StringVar(&c.replica, "replica", "", "with a ClickHouse store: this replica's name in claims and commits (default $POD_NAME, else the host name)")
+	f.StringVar(&c.caFile, "store-ca-file", "", "with a clickhouses:// store: PEM file of the CA certificates ClickHouse's certificate must chain to (default: the system's roots)")
 	return c
 }
 
@@ -49,6 +51,15 @@ func runClickHouseClassifier(ctx context.Context, cmd *cobra.Command, storeURL s
 	cfg, err := chclient.ParseURL(storeURL)
 	if err != nil {
 		return fmt.Errorf("--store: %w", err)
+	}
+	if chf.caFile != "" {
+		if !cfg.Secure {
+			return fmt.Errorf("--store-ca-file %s: the store %q is plain HTTP: use clickhouses://%s/%s (ClickHouse's https_port)", chf.caFile, storeURL, cfg.Addr, cfg.Database)
+		}
+		host, _, _ := net.SplitHostPort(cfg.Addr)
+		if cfg.TLS, err = ship.CAFileTLS(chf.caFile, host); err != nil {
+			return fmt.Errorf("--store-ca-file: %w", err)
+		}
 	}
 	cfg.User, cfg.Password = os.Getenv(ship.EnvClickHouseUser), os.Getenv(ship.EnvClickHousePassword)
 	cfg.Timeout = 10 * time.Minute

@@ -11,6 +11,9 @@
 // against current releases; the native Go clients do not cover both (see
 // the README's ClickHouse section).
 //
+// clickhouses:// URLs speak HTTPS to ClickHouse's https_port, checking its
+// certificate (Config.Secure, Config.TLS).
+//
 // What it does not do: pool sessions, retry (callers decide), compress, or
 // know connscope's schema beyond the packets row (classifier/chstore owns
 // the schema and its migrations).
@@ -19,6 +22,7 @@ package chclient
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -30,8 +34,12 @@ import (
 	"time"
 )
 
-// DefaultPort is ClickHouse's HTTP port.
-const DefaultPort = "8123"
+// DefaultPort is ClickHouse's HTTP port, DefaultTLSPort its HTTPS port
+// (https_port in its configuration).
+const (
+	DefaultPort    = "8123"
+	DefaultTLSPort = "8443"
+)
 
 // Config says how to reach a database.
 type Config struct {
@@ -45,19 +53,34 @@ type Config struct {
 	// Timeout bounds one request, connection included; 0 means none
 	// (the caller's context still applies).
 	Timeout time.Duration
+	// Secure speaks HTTPS (clickhouses://): the statements, the rows and
+	// the credentials then cross the network encrypted, and the server's
+	// certificate is checked.
+	Secure bool
+	// TLS is the TLS configuration of a Secure client (which CAs to trust,
+	// usually); nil means TLS 1.2 or later with the system's roots. Set
+	// only with Secure.
+	TLS *tls.Config
 }
 
-// ParseURL reads clickhouse://host[:port]/database. The port is the HTTP
-// interface's (default 8123). A user or password in the URL is refused:
-// credentials come from elsewhere (environment, files), not from flags that
-// show in process listings.
+// ParseURL reads clickhouse://host[:port]/database, the HTTP interface
+// (default port 8123), or clickhouses://host[:port]/database, HTTPS
+// (default port 8443; Config.Secure). A user or password in the URL is
+// refused: credentials come from elsewhere (environment, files), not from
+// flags that show in process listings.
 func ParseURL(raw string) (Config, error) {
-	const form = "clickhouse://host:8123/database"
+	form := "clickhouse://host:8123/database or clickhouses://host:8443/database"
 	u, err := url.Parse(raw)
 	if err != nil {
 		return Config{}, fmt.Errorf("ClickHouse URL %q: %v; write %s", raw, err, form)
 	}
-	if u.Scheme != "clickhouse" {
+	secure := u.Scheme == "clickhouses"
+	switch {
+	case u.Scheme == "clickhouse":
+		form = "clickhouse://host:8123/database"
+	case secure:
+		form = "clickhouses://host:8443/database"
+	default:
 		return Config{}, fmt.Errorf("ClickHouse URL %q: scheme %q; write %s", raw, u.Scheme, form)
 	}
 	if u.User != nil {
@@ -75,6 +98,9 @@ func ParseURL(raw string) (Config, error) {
 	}
 	if port == "" {
 		port = DefaultPort
+		if secure {
+			port = DefaultTLSPort
+		}
 	}
 	if n, err := strconv.ParseUint(port, 10, 16); err != nil || n == 0 {
 		return Config{}, fmt.Errorf("ClickHouse URL %q: port %q is not a number from 1 to 65535", raw, port)
@@ -86,7 +112,7 @@ func ParseURL(raw string) (Config, error) {
 	if !IsIdentifier(db) {
 		return Config{}, fmt.Errorf("ClickHouse URL %q: database %q must be a plain identifier (letters, digits, '_', not starting with a digit)", raw, db)
 	}
-	return Config{Addr: net.JoinHostPort(host, port), Database: db}, nil
+	return Config{Addr: net.JoinHostPort(host, port), Database: db, Secure: secure}, nil
 }
 
 // IsIdentifier reports whether s is a plain SQL identifier.
@@ -120,13 +146,25 @@ func New(cfg Config) (*Client, error) {
 	if cfg.Database != "" && !IsIdentifier(cfg.Database) {
 		return nil, fmt.Errorf("ClickHouse: database %q must be a plain identifier", cfg.Database)
 	}
+	if cfg.TLS != nil && !cfg.Secure {
+		return nil, fmt.Errorf("ClickHouse at %s: a TLS configuration for plain HTTP: use clickhouses://", cfg.Addr)
+	}
 	tr := &http.Transport{
 		Proxy:               nil, // loopback and in-cluster: never a proxy
 		DialContext:         (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
 		MaxIdleConnsPerHost: 8,
 		IdleConnTimeout:     60 * time.Second,
 	}
-	return &Client{cfg: cfg, base: "http://" + cfg.Addr + "/", hc: &http.Client{Transport: tr, Timeout: cfg.Timeout}}, nil
+	scheme := "http://"
+	if cfg.Secure {
+		scheme = "https://"
+		tr.TLSClientConfig = &tls.Config{MinVersion: tls.VersionTLS12}
+		if cfg.TLS != nil {
+			tr.TLSClientConfig = cfg.TLS.Clone()
+		}
+		tr.TLSHandshakeTimeout = 10 * time.Second
+	}
+	return &Client{cfg: cfg, base: scheme + cfg.Addr + "/", hc: &http.Client{Transport: tr, Timeout: cfg.Timeout}}, nil
 }
 
 // Config returns the client's configuration.

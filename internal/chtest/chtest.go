@@ -1,7 +1,9 @@
 // Package chtest starts a real ClickHouse server for tests and benchmarks:
 // its own process, listening on loopback only, on free ports, with its
 // configuration and data in a folder of its own, stopped by its PID. It
-// never touches the machine's clickhouse-server service or its files.
+// never touches the machine's clickhouse-server service or its files. It
+// serves HTTP and HTTPS, the latter with a certificate for 127.0.0.1 signed
+// by a CA made for that server alone (CAFile).
 //
 // The server binary is Debian's clickhouse-server (hack/setup-clickhouse.sh
 // installs it), or CONNSCOPE_CLICKHOUSE_SERVER naming another (a current
@@ -12,8 +14,15 @@ package chtest
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
 	"errors"
 	"fmt"
+	"math/big"
 	"net"
 	"os"
 	"os/exec"
@@ -28,12 +37,13 @@ import (
 
 // Server is a running (or stopped) ClickHouse server.
 type Server struct {
-	dir      string
-	bin      []string
-	httpPort int
-	tcpPort  int
-	cmd      *exec.Cmd
-	done     chan struct{}
+	dir       string
+	bin       []string
+	httpPort  int
+	httpsPort int
+	tcpPort   int
+	cmd       *exec.Cmd
+	done      chan struct{}
 }
 
 // Binary returns the command that runs a server, or an error saying how to
@@ -99,7 +109,14 @@ func StartIn(dir string, bin []string) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{dir: dir, bin: bin, httpPort: hp, tcpPort: tp}
+	sp, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{dir: dir, bin: bin, httpPort: hp, httpsPort: sp, tcpPort: tp}
+	if err := s.writeCerts(); err != nil {
+		return nil, err
+	}
 	if err := s.writeConfig(); err != nil {
 		return nil, err
 	}
@@ -117,6 +134,68 @@ func (s *Server) TCPPort() int { return s.tcpPort }
 
 // URL returns clickhouse://ADDR/db.
 func (s *Server) URL(db string) string { return "clickhouse://" + s.Addr() + "/" + db }
+
+// HTTPSAddr returns the HTTPS interface's host:port. Its certificate is
+// for 127.0.0.1, signed by the test CA in CAFile.
+func (s *Server) HTTPSAddr() string { return net.JoinHostPort("127.0.0.1", strconv.Itoa(s.httpsPort)) }
+
+// TLSURL returns clickhouses://HTTPSADDR/db.
+func (s *Server) TLSURL(db string) string { return "clickhouses://" + s.HTTPSAddr() + "/" + db }
+
+// CAFile returns the PEM file of the CA that signed the server's
+// certificate (made for this server only).
+func (s *Server) CAFile() string { return filepath.Join(s.dir, "ca.pem") }
+
+// writeCerts makes a CA and a server certificate for 127.0.0.1 signed by
+// it (ECDSA P-256, valid for a day), for the HTTPS interface.
+func (s *Server) writeCerts() error {
+	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return err
+	}
+	now := time.Now()
+	ca := &x509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "connscope chtest CA"},
+		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(24 * time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
+	}
+	caDER, err := x509.CreateCertificate(rand.Reader, ca, ca, &caKey.PublicKey, caKey)
+	if err != nil {
+		return err
+	}
+	caCert, err := x509.ParseCertificate(caDER)
+	if err != nil {
+		return err
+	}
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return err
+	}
+	leaf := &x509.Certificate{
+		SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "127.0.0.1"},
+		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(24 * time.Hour),
+		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)},
+		KeyUsage:    x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	leafDER, err := x509.CreateCertificate(rand.Reader, leaf, caCert, &key.PublicKey, caKey)
+	if err != nil {
+		return err
+	}
+	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		return err
+	}
+	for name, b := range map[string]*pem.Block{
+		"ca.pem":     {Type: "CERTIFICATE", Bytes: caDER},
+		"server.pem": {Type: "CERTIFICATE", Bytes: leafDER},
+		"server.key": {Type: "PRIVATE KEY", Bytes: keyDER},
+	} {
+		if err := os.WriteFile(filepath.Join(s.dir, name), pem.EncodeToMemory(b), 0o600); err != nil {
+			return err
+		}
+	}
+	return nil
+}
 
 // Client returns a client of database db (not created).
 func (s *Server) Client(db string) *chclient.Client {
@@ -239,6 +318,8 @@ func (s *Server) writeConfig() error {
   <listen_host>127.0.0.1</listen_host>
   <http_port>%[2]d</http_port>
   <tcp_port>%[3]d</tcp_port>
+  <https_port>%[4]d</https_port>
+  <openSSL><server><certificateFile>%[1]s/server.pem</certificateFile><privateKeyFile>%[1]s/server.key</privateKeyFile><verificationMode>none</verificationMode><loadDefaultCAFile>false</loadDefaultCAFile><disableProtocols>sslv2,sslv3,tlsv1,tlsv1_1</disableProtocols></server></openSSL>
   <path>%[1]s/data/</path>
   <tmp_path>%[1]s/tmp/</tmp_path>
   <user_files_path>%[1]s/user_files/</user_files_path>
@@ -251,7 +332,7 @@ func (s *Server) writeConfig() error {
   <uncompressed_cache_size>67108864</uncompressed_cache_size>
   <mlock_executable>false</mlock_executable>
 </yandex>
-`, s.dir, s.httpPort, s.tcpPort)
+`, s.dir, s.httpPort, s.tcpPort, s.httpsPort)
 	users := `<?xml version="1.0"?>
 <yandex>
   <profiles><default><max_memory_usage>4000000000</max_memory_usage></default></profiles>
