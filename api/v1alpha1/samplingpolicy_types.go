@@ -274,7 +274,8 @@ type GeoIPSpec struct {
 type ClickHouseSpec struct {
 	// address of ClickHouse's HTTP interface, HOST:PORT, e.g.
 	// "clickhouse.db.svc:8123" (connscope speaks HTTP, not the native
-	// protocol of port 9000). The agents insert packets there and the
+	// protocol of port 9000), or of its HTTPS interface with tls, e.g.
+	// "clickhouse.db.svc:8443". The agents insert packets there and the
 	// classifier replicas read and write there.
 	// +required
 	// +kubebuilder:validation:MaxLength=255
