@@ -92,7 +92,12 @@ const (
 )
 
 // clickHouseCAVolume is the volume and mount of the policy's ClickHouse CA
-// Secret, or ok false when the policy has none.
+// Secret, or ok false when the policy has none. The volume is optional: a
+// missing Secret would otherwise hold the pods in ContainerCreating, which
+// no condition explains, while this way the agents and the classifier
+// start, fail on the missing CA file with a message that names it, and the
+// policy's status quotes that (AgentPodsFailing), as it does for a missing
+// credentials Secret (CreateContainerConfigError).
 func clickHouseCAVolume(p *samplingv1alpha1.SamplingPolicy) (v corev1.Volume, m corev1.VolumeMount, ok bool) {
 	ch := p.Spec.Sink.ClickHouse
 	if servesIngest(p) || ch.TLS == nil || ch.TLS.CASecret == nil {
@@ -106,6 +111,7 @@ func clickHouseCAVolume(p *samplingv1alpha1.SamplingPolicy) (v corev1.Volume, m 
 		SecretName:  ch.TLS.CASecret.Name,
 		Items:       []corev1.KeyToPath{{Key: key, Path: clickHouseCAFile}},
 		DefaultMode: ptr.To[int32](0o444),
+		Optional:    ptr.To(true),
 	}}}
 	return v, corev1.VolumeMount{Name: "clickhouse-ca", MountPath: clickHouseCADir, ReadOnly: true}, true
 }

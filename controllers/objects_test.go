@@ -196,6 +196,9 @@ func TestClickHouseOverTLS(t *testing.T) {
 			if v.Secret == nil || v.Secret.SecretName != "clickhouse-ca" {
 				continue
 			}
+			if v.Secret.Optional == nil || !*v.Secret.Optional {
+				t.Errorf("the ClickHouse CA volume is not optional: a missing Secret would hold the pod in ContainerCreating")
+			}
 			for _, m := range spec.Containers[0].VolumeMounts {
 				if m.Name == v.Name && len(v.Secret.Items) == 1 {
 					return m.MountPath + "/" + v.Secret.Items[0].Path + " from key " + v.Secret.Items[0].Key
