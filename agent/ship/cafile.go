@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"sync"
 )
@@ -31,12 +32,16 @@ func CheckCAFile(path string) error {
 	return (&caFile{path: path}).load()
 }
 
-// CAFileTLS is the client TLS configuration (TLS 1.2 or later) for a
-// server at host that trusts the CA certificates of the PEM file at path,
-// read again when the file changes (as a grpcs:// sink's CAFile): what a
-// clickhouses:// sink and the classifier's clickhouses:// store use. An
-// error names the file.
-func CAFileTLS(path, host string) (*tls.Config, error) {
+// CAFileTLS is the client TLS configuration (TLS 1.2 or later) for the
+// server at addr (host:port; its certificate must hold the host) that
+// trusts the CA certificates of the PEM file at path, read again when the
+// file changes: what a grpcs:// or clickhouses:// sink with a CA file and
+// the classifier's clickhouses:// store use. An error names the file.
+func CAFileTLS(path, addr string) (*tls.Config, error) {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return nil, err
+	}
 	c, err := loadCAFile(path)
 	if err != nil {
 		return nil, err

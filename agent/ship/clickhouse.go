@@ -5,7 +5,6 @@ import (
 	"crypto/rand"
 	"encoding/binary"
 	"fmt"
-	"net"
 	"os"
 	"sync"
 	"time"
@@ -61,8 +60,7 @@ func openClickHouse(rawURL string, o Options) (*clickhouseSink, error) {
 	}
 	switch {
 	case o.CAFile != "":
-		host, _, _ := net.SplitHostPort(cfg.Addr)
-		if cfg.TLS, err = CAFileTLS(o.CAFile, host); err != nil {
+		if cfg.TLS, err = CAFileTLS(o.CAFile, cfg.Addr); err != nil {
 			return nil, fmt.Errorf("ClickHouse sink: %w", err)
 		}
 	case o.TLSConfig != nil:

@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"strings"
 	"sync"
@@ -85,15 +84,10 @@ func openGRPC(target string, useTLS bool, o Options) (*grpcSink, error) {
 			cfg = o.TLSConfig.Clone()
 		}
 		if o.CAFile != "" {
-			ca, err := loadCAFile(o.CAFile)
-			if err != nil {
+			var err error
+			if cfg, err = CAFileTLS(o.CAFile, target); err != nil {
 				return nil, fmt.Errorf("gRPC sink %s: %w", target, err)
 			}
-			host, _, err := net.SplitHostPort(target)
-			if err != nil {
-				return nil, fmt.Errorf("gRPC sink %s: %w", target, err)
-			}
-			cfg = ca.clientTLS(host)
 		}
 		creds = credentials.NewTLS(cfg)
 	}

@@ -63,9 +63,9 @@ type Options struct {
 	// and TLS 1.2 or later. It must be nil for grpc:// and clickhouse://
 	// sinks, which are plaintext.
 	TLSConfig *tls.Config
-	// CAFile, for a grpcs:// or clickhouses:// sink, is a PEM file of the CA certificates
-	// the sink's certificate must chain to, instead of the system's
-	// roots. It is read at Open and again at each handshake after it
+	// CAFile, for a grpcs:// or clickhouses:// sink, is a PEM file of the
+	// CA certificates the sink's certificate must chain to, instead of the
+	// system's roots. It is read at Open and again at each handshake after it
 	// changed, so a CA replaced in a mounted Secret is trusted at the next
 	// reconnection. At most one of TLSConfig and CAFile may be set.
 	CAFile string

@@ -56,8 +56,7 @@ func runClickHouseClassifier(ctx context.Context, cmd *cobra.Command, storeURL s
 		if !cfg.Secure {
 			return fmt.Errorf("--store-ca-file %s: the store %q is plain HTTP: use clickhouses://%s/%s (ClickHouse's https_port)", chf.caFile, storeURL, cfg.Addr, cfg.Database)
 		}
-		host, _, _ := net.SplitHostPort(cfg.Addr)
-		if cfg.TLS, err = ship.CAFileTLS(chf.caFile, host); err != nil {
+		if cfg.TLS, err = ship.CAFileTLS(chf.caFile, cfg.Addr); err != nil {
 			return fmt.Errorf("--store-ca-file: %w", err)
 		}
 	}

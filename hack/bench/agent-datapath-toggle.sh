@@ -193,17 +193,15 @@ set_state() {
 # and dies when that does not fit STATE: none (and, with nft, no hook) for
 # off and acct, none (with the hook) for hook, the agent's rules for on.
 state_check() {
-	local n=-1
-	if [[ $backend == legacy ]]; then
-		n=$(ipt -S | grep -c -- '^-A ' || true)
-		[[ $1 == off || $1 == acct ]] && [[ $n -eq 0 ]] && { echo 0 && return; }
-	elif in_ns "$SRV" nft list chain ip mangle PREROUTING >/dev/null 2>&1; then
+	local n=-1 off=-1
+	[[ $backend == legacy ]] && off=0 # legacy's table stays hooked: off is no rule
+	if [[ $backend == legacy ]] || in_ns "$SRV" nft list chain ip mangle PREROUTING >/dev/null 2>&1; then
 		n=$(ipt -S | grep -c -- '^-A ' || true)
 	elif [[ $(ipt -S | grep -c -- '^-A ' || true) -gt 0 ]]; then
 		n=-2 # rules but no hook: never a state of ours
 	fi
 	case $1 in
-	off | acct) [[ $n -eq -1 ]] ;;
+	off | acct) [[ $n -eq $off ]] ;;
 	hook) [[ $n -eq 0 ]] ;;
 	on) [[ $n -eq $AGENT_RULES ]] ;;
 	twojumps) [[ $n -eq $((AGENT_RULES + 1)) ]] ;;
