@@ -53,6 +53,12 @@
 #         client packets enter the chain) replaced by two: SYNs of new
 #         connections, and connections with the policy's label. A what-if,
 #         not what the agent installs: the issue asks for one jump.
+#   nocount  (not in the default set) a what-if without connbytes, so
+#         without accounting: two jumps as twojumps (the SYN jump without
+#         its conntrack match), the log rule without its connbytes (every
+#         packet of a labelled connection is logged; an agent would have
+#         to stop it after N, e.g. by clearing the label over ctnetlink),
+#         accounting off. What the rules cost when nothing counts packets.
 #
 # BENCH_TOGGLE_BACKEND=legacy runs the agent, and every rule of the
 # benchmark, on iptables-legacy instead of iptables-nft. There a table's
@@ -95,7 +101,7 @@
 #
 # Output: Markdown on stdout and in .cache/bench/agent-datapath-toggle.md
 # (with BENCH_OFFLOADS=on: agent-datapath-toggle-offloads.md; with acct,
-# hook or twojumps among the states, -apart added to the name; with the
+# hook, twojumps or nocount among the states, -apart added to the name; with the
 # legacy backend, -legacy); raw rows in
 # .cache/bench/agent-out/NAME/runs.tsv, logs next to it.
 source "$(dirname "${BASH_SOURCE[0]}")/agent-lib.sh"
@@ -113,7 +119,7 @@ if [[ $(nproc) -ge 2 ]]; then server_cpu=${BENCH_SERVER_CPU:-1}; else server_cpu
 [[ ${states[0]:-} == off ]] || { echo "agent-datapath-toggle: BENCH_TOGGLE_STATES must start with off (the baseline): ${states[*]}" >&2 && exit 1; }
 [[ $backend == nft || $backend == legacy ]] || { echo "agent-datapath-toggle: BENCH_TOGGLE_BACKEND=$backend: want nft or legacy" >&2 && exit 1; }
 for s in "${states[@]}"; do
-	case $s in off | acct | hook | on | twojumps) ;; *) echo "agent-datapath-toggle: unknown state $s (off, acct, hook, on, twojumps)" >&2 && exit 1 ;; esac
+	case $s in off | acct | hook | on | twojumps | nocount) ;; *) echo "agent-datapath-toggle: unknown state $s (off, acct, hook, on, twojumps, nocount)" >&2 && exit 1 ;; esac
 	[[ $backend == legacy && $s == hook ]] && { echo "agent-datapath-toggle: no hook state with the legacy backend: its mangle table hooks PREROUTING from its first use, so off already has the hook" >&2 && exit 1; }
 done
 for p in "${probabilities[@]}"; do
@@ -123,7 +129,7 @@ metrics=127.0.0.1:19479
 http_port=8080
 name=agent-datapath-toggle
 [[ ${BENCH_OFFLOADS:-off} == on ]] && name+=-offloads
-[[ " ${states[*]} " == *" acct "* || " ${states[*]} " == *" hook "* || " ${states[*]} " == *" twojumps "* ]] && name+=-apart
+[[ " ${states[*]} " == *" acct "* || " ${states[*]} " == *" hook "* || " ${states[*]} " == *" twojumps "* || " ${states[*]} " == *" nocount "* ]] && name+=-apart
 [[ $backend == legacy ]] && name+=-legacy
 
 bench_init "$name"
@@ -179,6 +185,11 @@ set_state() {
 		restore6 <<<"$SAVED6"
 		in_ns "$SRV" sysctl -qw net.netfilter.nf_conntrack_acct=1
 		;;
+	nocount)
+		restore4 <<<"$NOCOUNT4"
+		restore6 <<<"$NOCOUNT6"
+		in_ns "$SRV" sysctl -qw net.netfilter.nf_conntrack_acct=0
+		;;
 	on)
 		restore4 <<<"$SAVED4"
 		restore6 <<<"$SAVED6"
@@ -204,7 +215,7 @@ state_check() {
 	off | acct) [[ $n -eq $off ]] ;;
 	hook) [[ $n -eq 0 ]] ;;
 	on) [[ $n -eq $AGENT_RULES ]] ;;
-	twojumps) [[ $n -eq $((AGENT_RULES + 1)) ]] ;;
+	twojumps | nocount) [[ $n -eq $((AGENT_RULES + 1)) ]] ;;
 	esac || die "state $1: the IPv4 mangle table has $n rules (-1: no PREROUTING base chain)"
 	echo "$n"
 }
@@ -271,6 +282,15 @@ for p in "${probabilities[@]}"; do
 	# connections' SYNs, and connections with the policy's label
 	chain=$(ipt -S PREROUTING | sed -n 's/^-A PREROUTING .* -j \(CONNSCOPE-[A-Z0-9-]*\)$/\1/p')
 	TWOJUMPS4=$(sed "s|^-A PREROUTING .* -j $chain\$|-A PREROUTING -p tcp -m tcp --tcp-flags FIN,SYN,RST,ACK SYN -m conntrack --ctstate NEW -j $chain\n-A PREROUTING -m connlabel --label 7 -j $chain|" <<<"$SAVED4")
+	# nocount: two jumps (SYNs, by flags alone; labelled connections) and
+	# the log rule without connbytes, in both families
+	nocount() {
+		sed -e "s|^-A PREROUTING .* -j $chain\$|-A PREROUTING -p tcp -m tcp --tcp-flags FIN,SYN,RST,ACK SYN -j $chain\n-A PREROUTING -m connlabel --label 7 -j $chain|" \
+			-e 's| -m connbytes ! --connbytes [0-9]* --connbytes-mode packets --connbytes-dir original||'
+	}
+	NOCOUNT4=$(nocount <<<"$SAVED4")
+	NOCOUNT6=$(nocount <<<"$SAVED6")
+	grep -q connbytes <<<"$NOCOUNT4$NOCOUNT6" && die "nocount: a connbytes match is left: $NOCOUNT4"
 	[[ $(ipt -S PREROUTING | grep -c -- '^-A PREROUTING' || true) -eq 1 ]] || die "expected the agent's one jump in mangle PREROUTING: $(ipt -S PREROUTING)"
 	log "p=$p: the agent's IPv4 mangle rules ($AGENT_RULES):"$'\n'"$(ipt -S | grep -- '^-A ')"
 	# one warm-up run in each state, not counted
@@ -321,6 +341,7 @@ done
 	[[ " ${states[*]} " == *" acct "* ]] && hookinfo+=" acct: as off, accounting on."
 	[[ " ${states[*]} " == *" hook "* ]] && hookinfo+=" hook: an empty mangle PREROUTING base chain, accounting on."
 	[[ " ${states[*]} " == *" twojumps "* ]] && hookinfo+=" twojumps: on, with the one jump replaced by two (SYNs of new connections; labelled connections)."
+	[[ " ${states[*]} " == *" nocount "* ]] && hookinfo+=" nocount: two jumps (SYNs; labelled connections), the log rule without connbytes (every packet of a labelled connection logged), accounting off."
 	if [[ $backend == legacy ]]; then
 		echo "Backend iptables-legacy. off: no connscope rule (both mangle tables empty; legacy's mangle hooks stay, as on a Kubernetes node on iptables-legacy, whose kubelet keeps chains in that table), conntrack accounting off (conntrack on). on: the agent's rules as it installed them, accounting on.$hookinfo"
 	else
