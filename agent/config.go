@@ -216,17 +216,29 @@ func (c *Config) AddFlags(fs *pflag.FlagSet) {
 }
 
 // Resolve returns the configuration that fs's flags, parsed, describe:
-// when --config names a file, its settings over the defaults, and then
-// every flag given on the command line over those. c is the Config that
-// AddFlags bound to fs. Only flags are read; nothing else is touched.
+// when --config names a file, its settings over the command's defaults,
+// and then every flag given on the command line over those. c is the
+// Config that AddFlags bound to fs. The command's defaults are its
+// flags' defaults, which are DefaultConfig's unless the command changed
+// them before AddFlags (standalone has no agent metrics address): a key
+// the file leaves out keeps the command's default, as the flag would.
+// Only flags are read; nothing else is touched.
 func (c *Config) Resolve(fs *pflag.FlagSet) (Config, error) {
 	path, err := fs.GetString(ConfigFlag)
 	if err != nil || path == "" {
 		return *c, nil
 	}
-	fromFile, err := LoadFile(path)
+	base, err := flagDefaults(fs)
 	if err != nil {
 		return Config{}, err
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return Config{}, fmt.Errorf("--config: %w", err)
+	}
+	fromFile, err := parseConfigOver(base, b)
+	if err != nil {
+		return Config{}, fmt.Errorf("--config %s: %w", path, err)
 	}
 	// Bind a second flag set to the file's configuration and replay on it
 	// the flags the command line set.
@@ -255,6 +267,34 @@ func (c *Config) Resolve(fs *pflag.FlagSet) (Config, error) {
 	return fromFile, nil
 }
 
+// flagDefaults returns DefaultConfig with the settings whose flag in fs
+// has another default than DefaultConfig's set to that default.
+func flagDefaults(fs *pflag.FlagSet) (Config, error) {
+	base := DefaultConfig()
+	bound := pflag.NewFlagSet("defaults", pflag.ContinueOnError)
+	base.AddFlags(bound)
+	var err error
+	fs.VisitAll(func(f *pflag.Flag) {
+		b := bound.Lookup(f.Name)
+		if err != nil || b == nil || f.Name == ConfigFlag || b.DefValue == f.DefValue {
+			return
+		}
+		if sv, ok := b.Value.(pflag.SliceValue); ok {
+			var items []string
+			if d := strings.Trim(f.DefValue, "[]"); d != "" {
+				items = strings.Split(d, ",")
+			}
+			err = sv.Replace(items)
+		} else {
+			err = b.Value.Set(f.DefValue)
+		}
+		if err != nil {
+			err = fmt.Errorf("the default of --%s, %q: %w", f.Name, f.DefValue, err)
+		}
+	})
+	return base, err
+}
+
 // LoadFile reads a configuration file over DefaultConfig. A file whose
 // first non-blank character is '{' is JSON; anything else is read as YAML
 // (the flat subset that ParseYAML describes). Unknown keys are errors.
@@ -271,8 +311,10 @@ func LoadFile(path string) (Config, error) {
 }
 
 // ParseConfig reads a configuration in JSON or YAML over DefaultConfig.
-func ParseConfig(b []byte) (Config, error) {
-	c := DefaultConfig()
+func ParseConfig(b []byte) (Config, error) { return parseConfigOver(DefaultConfig(), b) }
+
+// parseConfigOver reads a configuration in JSON or YAML over c.
+func parseConfigOver(c Config, b []byte) (Config, error) {
 	js := b
 	if t := bytes.TrimSpace(b); len(t) == 0 || t[0] != '{' {
 		var err error

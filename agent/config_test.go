@@ -278,6 +278,48 @@ func parseFlags(t *testing.T, args ...string) (Config, error) {
 	return c.Resolve(fs)
 }
 
+// TestTheFileIsReadOverTheCommandsDefaults: a command that changes a
+// default before AddFlags (standalone: no agent metrics address) keeps it
+// when --config names a file without that key, as the flag alone would;
+// a file that sets the key, and a flag over that, still win.
+func TestTheFileIsReadOverTheCommandsDefaults(t *testing.T) {
+	dir := t.TempDir()
+	without := filepath.Join(dir, "without.yaml")
+	with := filepath.Join(dir, "with.yaml")
+	if err := os.WriteFile(without, []byte("probability: 1\nlabelBit: 3\nnflogGroup: 5\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(with, []byte("probability: 1\nlabelBit: 3\nnflogGroup: 5\nmetricsAddr: 127.0.0.1:9\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	resolve := func(args ...string) Config {
+		t.Helper()
+		c := DefaultConfig()
+		c.MetricsAddr = ""
+		c.IPFamilies = []string{"IPv6"}
+		fs := pflag.NewFlagSet("standalone", pflag.ContinueOnError)
+		c.AddFlags(fs)
+		if err := fs.Parse(args); err != nil {
+			t.Fatal(err)
+		}
+		got, err := c.Resolve(fs)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return got
+	}
+	if got := resolve("--config", without); got.MetricsAddr != "" || !reflect.DeepEqual(got.IPFamilies, []string{"IPv6"}) || got.LabelBit != 3 {
+		t.Errorf("file without metricsAddr and ipFamilies: metricsAddr %q, ipFamilies %v, labelBit %d; want the command's defaults \"\" and [IPv6], and 3 from the file",
+			got.MetricsAddr, got.IPFamilies, got.LabelBit)
+	}
+	if got := resolve("--config", with); got.MetricsAddr != "127.0.0.1:9" {
+		t.Errorf("file with metricsAddr: %q, want the file's 127.0.0.1:9", got.MetricsAddr)
+	}
+	if got := resolve("--config", with, "--metrics-addr", "127.0.0.1:10"); got.MetricsAddr != "127.0.0.1:10" {
+		t.Errorf("flag over the file: %q, want the flag's 127.0.0.1:10", got.MetricsAddr)
+	}
+}
+
 func TestFlagsOverrideTheFile(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "agent.yaml")
 	if err := os.WriteFile(path, []byte(exampleYAML), 0o644); err != nil {
