@@ -2,13 +2,14 @@
 # setup-scenarios.sh installs the tools the traffic scenario tests
 # (classifier/scenarios) drive: namespaces and netfilter (iproute2, iptables,
 # conntrack), captures (tcpdump, tshark), traffic (curl, openssl, python3 with
-# scapy, hping3) and scanners (zmap, nmap, masscan).
+# scapy, hping3) and scanners (zmap, nmap, masscan); and what the systemd
+# unit's tests (config/systemd) use: systemd-analyze, setpriv.
 #
 # Idempotent: it asks apt only about packages that are missing, and runs
 # `apt-get update` only then. Needs root on Debian 12.
 set -euo pipefail
 
-packages=(iproute2 iptables conntrack tcpdump tshark hping3 zmap nmap masscan
+packages=(iproute2 iptables conntrack tcpdump tshark hping3 zmap nmap masscan systemd util-linux
 	python3 python3-scapy curl ethtool openssl)
 
 if [ "$(id -u)" -ne 0 ]; then

@@ -1,12 +1,8 @@
 package main
 
 import (
-	"bufio"
-	"encoding/json"
-	"fmt"
 	"io"
 	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -90,28 +86,7 @@ func TestStandaloneClassifiesRealTraffic(t *testing.T) {
 
 	// post_ack: handshake, then abort. post_psh: a request, then abort.
 	// post_syn: a SYN to a port without listener (the server's RST ends it).
-	err := client.Do(func() error {
-		for i := 0; i < 3; i++ {
-			for _, send := range []bool{false, true} {
-				c, err := net.DialTimeout("tcp", "10.233.1.2:8000", 5*time.Second)
-				if err != nil {
-					return err
-				}
-				if send {
-					c.Write([]byte("GET / HTTP/1.0\r\n\r\n"))
-					time.Sleep(50 * time.Millisecond)
-				}
-				c.(*net.TCPConn).SetLinger(0)
-				c.Close()
-			}
-			if c, err := net.DialTimeout("tcp", "10.233.1.2:8001", 5*time.Second); err == nil {
-				c.Close()
-				return fmt.Errorf("port 8001 answered")
-			}
-		}
-		return nil
-	})
-	if err != nil {
+	if err := client.EndEarly("10.233.1.2:8000", "10.233.1.2:8001", 3); err != nil {
 		t.Fatal(err)
 	}
 
@@ -149,37 +124,11 @@ func nonZero(share string) bool {
 // standaloneSummary reads the Radar summary's stage shares from inside ns.
 func standaloneSummary(t *testing.T, ns *netnstest.NS, running string) map[string]string {
 	t.Helper()
-	var body []byte
-	err := ns.Do(func() error {
-		// Dial here: Do's thread is the namespace's, http.Get's dialer
-		// goroutine's may not be.
-		c, err := net.DialTimeout("tcp", "127.0.0.1:18080", 5*time.Second)
-		if err != nil {
-			return err
-		}
-		defer c.Close()
-		c.SetDeadline(time.Now().Add(10 * time.Second))
-		fmt.Fprint(c, "GET /radar/tcp_resets_timeouts/summary?dateRange=1d HTTP/1.0\r\nHost: localhost\r\n\r\n")
-		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
-		if err != nil {
-			return err
-		}
-		defer resp.Body.Close()
-		body, err = io.ReadAll(resp.Body)
-		return err
-	})
+	got, err := ns.RadarSummary("127.0.0.1:18080")
 	if err != nil {
 		t.Fatalf("%v; is it running: %v", err, running)
 	}
-	var r struct {
-		Result struct {
-			Summary0 map[string]string `json:"summary_0"`
-		} `json:"result"`
-	}
-	if err := json.Unmarshal(body, &r); err != nil {
-		t.Fatalf("summary %s: %v", body, err)
-	}
-	return r.Result.Summary0
+	return got
 }
 
 // connscopeRuleCount counts lines of connscope (chains, jumps, comments) in

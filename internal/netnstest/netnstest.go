@@ -17,12 +17,14 @@
 package netnstest
 
 import (
+	"bufio"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"runtime"
@@ -197,6 +199,38 @@ func (ns *NS) Listen(tb testing.TB, network, addr string, handle func(net.Conn))
 		}
 	}()
 	return ln
+}
+
+// Get sends an HTTP/1.0 GET for path to addr ("127.0.0.1:8080") from
+// inside the namespace and returns the response's status code and body.
+// It dials on the namespace's thread (Do), as an http.Client's dialer
+// goroutine may run on another; the whole exchange is bounded by timeout.
+func (ns *NS) Get(addr, path string, timeout time.Duration) (int, []byte, error) {
+	var (
+		code int
+		body []byte
+	)
+	err := ns.Do(func() error {
+		c, err := net.DialTimeout("tcp", addr, timeout)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(timeout))
+		fmt.Fprintf(c, "GET %s HTTP/1.0\r\nHost: %s\r\n\r\n", path, addr)
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		code = resp.StatusCode
+		body, err = io.ReadAll(resp.Body)
+		return err
+	})
+	if err != nil {
+		return 0, nil, fmt.Errorf("[%s] GET http://%s%s: %w", ns.name, addr, path, err)
+	}
+	return code, body, nil
 }
 
 // Discard is a Listen handler that reads and discards what the peer sends.
