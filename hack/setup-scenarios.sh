@@ -3,13 +3,13 @@
 # (classifier/scenarios) drive: namespaces and netfilter (iproute2, iptables,
 # conntrack), captures (tcpdump, tshark), traffic (curl, openssl, python3 with
 # scapy, hping3) and scanners (zmap, nmap, masscan); and what the systemd
-# unit's tests (config/systemd) use: systemd-analyze, setpriv.
+# unit's tests (config/systemd) use: systemd-analyze, systemd-nspawn.
 #
 # Idempotent: it asks apt only about packages that are missing, and runs
 # `apt-get update` only then. Needs root on Debian 12.
 set -euo pipefail
 
-packages=(iproute2 iptables conntrack tcpdump tshark hping3 zmap nmap masscan systemd util-linux
+packages=(iproute2 iptables conntrack tcpdump tshark hping3 zmap nmap masscan systemd systemd-container
 	python3 python3-scapy curl ethtool openssl)
 
 if [ "$(id -u)" -ne 0 ]; then

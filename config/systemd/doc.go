@@ -4,10 +4,10 @@
 // code of its own.
 //
 // The tests check the unit with systemd-analyze (verify, and the offline
-// security exposure), and run its ExecStart and ExecStopPost lines, with
-// the unit's capability bounding set and no_new_privs applied by setpriv,
-// in network namespaces they create, against real traffic. The rest of
-// the unit's sandbox (ProtectSystem, the system call filter, ...) needs
-// systemd as PID 1, which this machine's test environment does not have:
-// those directives are checked by systemd-analyze only.
+// security exposure), read the example settings with the agent's own
+// reader, and boot systemd as PID 1 in a systemd-nspawn container of this
+// machine's /usr, with a network namespace of its own, to run the unit
+// with its whole sandbox against real connections on the container's
+// loopback (testdata/check.sh does that inside and writes what it sees;
+// the Go test judges).
 package systemd

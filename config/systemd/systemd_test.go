@@ -2,11 +2,13 @@ package systemd
 
 import (
 	"bufio"
+	"context"
+	"encoding/json"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"regexp"
 	"strconv"
 	"strings"
@@ -61,51 +63,38 @@ func readUnit(t *testing.T) unit {
 	return u
 }
 
-// command returns the unit's only KEY= command line as arguments, with
-// the installed paths replaced: the binary by bin, the configuration file
-// by config, the state directory by state. The unit quotes nothing, so
-// splitting at spaces is what systemd does with it.
-func (u unit) command(t *testing.T, key, bin, config, state string) []string {
+// args returns the unit's only KEY= command line as arguments. The unit
+// quotes nothing, so splitting at spaces is what systemd does with it.
+func (u unit) args(t *testing.T, key string) []string {
 	t.Helper()
 	if len(u[key]) != 1 {
 		t.Fatalf("%s: want one %s=, have %d", unitFile, key, len(u[key]))
 	}
-	line := u[key][0]
-	if strings.ContainsAny(line, `"'\$%`) {
-		t.Fatalf("%s: %s=%s: quoting, escapes or specifiers: split it as systemd does", unitFile, key, line)
+	if strings.ContainsAny(u[key][0], `"'\$%`) {
+		t.Fatalf("%s: %s=%s: quoting, escapes or specifiers: split it as systemd does", unitFile, key, u[key][0])
 	}
-	args := strings.Fields(line)
-	if args[0] != installedBinary {
-		t.Fatalf("%s: %s runs %s, want %s", unitFile, key, args[0], installedBinary)
-	}
-	args[0] = bin
-	for i, a := range args {
-		a = strings.ReplaceAll(a, installedConfig, config)
-		args[i] = strings.ReplaceAll(a, stateDirectory, state)
-	}
-	return args
+	return strings.Fields(u[key][0])
 }
 
-// boundingSet returns setpriv's --bounding-set argument for the unit's
-// CapabilityBoundingSet, and the capability mask it leaves.
-func (u unit) boundingSet(t *testing.T) (string, uint64) {
+// boundingSet returns the capability mask of the unit's
+// CapabilityBoundingSet.
+func (u unit) boundingSet(t *testing.T) uint64 {
 	t.Helper()
 	bits := map[string]uint{"CAP_NET_ADMIN": 12, "CAP_NET_RAW": 13}
-	arg, mask := "-all", uint64(0)
+	mask := uint64(0)
 	for _, v := range u["CapabilityBoundingSet"] {
 		for _, c := range strings.Fields(v) {
 			b, ok := bits[c]
 			if !ok {
 				t.Fatalf("%s: CapabilityBoundingSet has %s; this test knows only %v", unitFile, c, bits)
 			}
-			arg += ",+" + strings.ToLower(strings.TrimPrefix(c, "CAP_"))
 			mask |= 1 << b
 		}
 	}
 	if mask == 0 {
 		t.Fatalf("%s: no CapabilityBoundingSet", unitFile)
 	}
-	return arg, mask
+	return mask
 }
 
 func buildConnscope(t *testing.T) string {
@@ -166,166 +155,8 @@ func TestExampleConfigIsValid(t *testing.T) {
 	if err := c.Validate(); err != nil {
 		t.Fatalf("%s: %v", configFile, err)
 	}
-	if len(c.Ports) < 2 {
-		t.Errorf("%s: ports %v: TestUnitRunsWithItsCapabilities wants two", configFile, c.Ports)
-	}
-}
-
-// TestUnitRunsWithItsCapabilities runs the unit's ExecStart, as systemd
-// would with CapabilityBoundingSet and NoNewPrivileges (setpriv applies
-// both), in a server namespace, with the example configuration at
-// probability 1. It checks the process holds exactly the unit's
-// capabilities, that real connections from a client namespace reach the
-// Radar API, and that SIGTERM (systemd's KillSignal) removes the rules.
-// Then it kills a second run with SIGKILL and checks that ExecStopPost,
-// run the same way, removes what the killed process left.
-func TestUnitRunsWithItsCapabilities(t *testing.T) {
-	netnstest.NeedRoot(t, "network namespaces and iptables")
-	netnstest.NeedTools(t, "apt-get install iptables util-linux", "setpriv", "iptables-nft-save", "iptables-legacy-save")
-	u := readUnit(t)
-	bounding, mask := u.boundingSet(t)
-	if got := u["NoNewPrivileges"]; len(got) != 1 || got[0] != "yes" {
-		t.Fatalf("%s: NoNewPrivileges=%v, want yes", unitFile, got)
-	}
-	if got := u["KillSignal"]; len(got) != 1 || got[0] != "SIGTERM" {
-		t.Fatalf("%s: KillSignal=%v, this test sends SIGTERM", unitFile, got)
-	}
-	bin := buildConnscope(t)
-	dir := t.TempDir()
-	state := filepath.Join(dir, "state")
-	if err := os.Mkdir(state, 0o750); err != nil {
-		t.Fatal(err)
-	}
-	// The example configuration as it is, but at probability 1 so that
-	// every test connection is sampled.
-	example, err := agent.LoadFile(configFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	data, err := os.ReadFile(configFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	probability := regexp.MustCompile(`(?m)^probability: .*$`)
-	if n := len(probability.FindAll(data, -1)); n != 1 {
-		t.Fatalf("%s: %d lines 'probability: ...', want 1", configFile, n)
-	}
-	config := filepath.Join(dir, configFile)
-	if err := os.WriteFile(config, probability.ReplaceAll(data, []byte("probability: 1")), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if len(example.Ports) < 2 {
-		t.Fatalf("%s: the test wants two sampled ports, one with a listener and one without: %v", configFile, example.Ports)
-	}
-	open, closed := strconv.Itoa(example.Ports[0]), strconv.Itoa(example.Ports[1])
-	sandbox := []string{"setpriv", "--bounding-set", bounding, "--no-new-privs", "--"}
-	start := append(sandbox, u.command(t, "ExecStart", bin, config, state)...)
-	stopPost := append(sandbox, u.command(t, "ExecStopPost", bin, config, state)...)
-	httpAddr := ""
-	for i, a := range start {
-		if a == "--http-addr" && i+1 < len(start) {
-			httpAddr = start[i+1]
-		}
-	}
-	if httpAddr == "" {
-		t.Fatalf("%s: ExecStart gives no --http-addr", unitFile)
-	}
-
-	client, server := netnstest.New(t, "sd-client"), netnstest.New(t, "sd-server")
-	client.Must(t, "ip", "link", "add", "cs-c0", "type", "veth", "peer", "name", "cs-s0", "netns", server.Name())
-	client.Must(t, "ip", "addr", "add", "10.233.9.1/24", "dev", "cs-c0")
-	server.Must(t, "ip", "addr", "add", "10.233.9.2/24", "dev", "cs-s0")
-	client.Must(t, "ip", "link", "set", "cs-c0", "up")
-	server.Must(t, "ip", "link", "set", "cs-s0", "up")
-	server.Must(t, "ip", "link", "set", "lo", "up")
-	server.Listen(t, "tcp", "10.233.9.2:"+open, func(c net.Conn) {
-		buf := make([]byte, 512)
-		if _, err := c.Read(buf); err == nil {
-			c.Write([]byte("HTTP/1.0 200 OK\r\n\r\nok\n"))
-		}
-		c.SetReadDeadline(time.Now().Add(10 * time.Second))
-		netnstest.Discard(c)
-	})
-
-	p := server.Start(t, dir, "connscope", start...)
-	p.WaitOutput(t, "rules installed", 30*time.Second)
-	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", p.Pid()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	want := fmt.Sprintf("%016x", mask)
-	for _, field := range []string{"CapEff", "CapPrm", "CapBnd"} {
-		if got := statusField(string(status), field); got != want {
-			t.Errorf("%s %s, want %s (the unit's bounding set)", field, got, want)
-		}
-	}
-	if got := statusField(string(status), "NoNewPrivs"); got != "1" {
-		t.Errorf("NoNewPrivs %s, want 1", got)
-	}
-	if n := ruleCount(t, server); n == 0 {
-		t.Fatalf("no connscope rule installed:\n%s", p.Output())
-	}
-	// It listens on the HTTP address and, for its agent's gRPC, on
-	// loopback only: nothing else (no agent metrics port of its own).
-	ss := server.Must(t, "ss", "-Hltnp")
-	for _, l := range strings.Split(strings.TrimSpace(ss), "\n") {
-		f := strings.Fields(l)
-		if len(f) < 4 || !strings.Contains(l, fmt.Sprintf("pid=%d,", p.Pid())) {
-			continue
-		}
-		if local := f[3]; local != httpAddr && !strings.HasPrefix(local, "127.0.0.1:") {
-			t.Errorf("listens on %s, beyond %s and loopback:\n%s", local, httpAddr, ss)
-		}
-	}
-
-	// post_ack: handshake, then abort; post_psh: a request, then abort;
-	// post_syn: a SYN to the sampled port without a listener.
-	if err := client.EndEarly("10.233.9.2:"+open, "10.233.9.2:"+closed, 3); err != nil {
-		t.Fatal(err)
-	}
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		got := summary(t, server, httpAddr, p)
-		if nonZero(got["post_syn"]) && nonZero(got["post_ack"]) && nonZero(got["post_psh"]) {
-			t.Logf("summary: %v", got)
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("summary %v lacks post_syn, post_ack or post_psh; log:\n%s", got, p.Output())
-		}
-		time.Sleep(500 * time.Millisecond)
-	}
-	if _, err := os.Stat(filepath.Join(state, "connscope.db")); err != nil {
-		t.Errorf("the store is not in the state directory: %v", err)
-	}
-
-	syscall.Kill(p.Pid(), syscall.SIGTERM)
-	if code := p.Wait(t, 60*time.Second); code != 0 {
-		t.Fatalf("exited %d after SIGTERM:\n%s", code, p.Output())
-	}
-	if n := ruleCount(t, server); n != 0 {
-		t.Fatalf("%d connscope rules left after SIGTERM:\n%s", n, p.Output())
-	}
-
-	// A crash: the rules stay until ExecStopPost.
-	p = server.Start(t, dir, "connscope-killed", start...)
-	p.WaitOutput(t, "rules installed", 30*time.Second)
-	syscall.Kill(p.Pid(), syscall.SIGKILL)
-	p.Wait(t, 30*time.Second)
-	if n := ruleCount(t, server); n == 0 {
-		t.Fatal("no rule left after SIGKILL: nothing for ExecStopPost to do, so this checks nothing")
-	}
-	out, err := server.Run(time.Minute, stopPost...)
-	if err != nil {
-		t.Fatalf("ExecStopPost: %v", err)
-	}
-	if n := ruleCount(t, server); n != 0 {
-		t.Fatalf("%d connscope rules left after ExecStopPost:\n%s", n, out)
-	}
-	t.Logf("ExecStopPost after SIGKILL:\n%s", out)
-	// Run again on a clean host: nothing to do, exit 0.
-	if out, err := server.Run(time.Minute, stopPost...); err != nil {
-		t.Fatalf("ExecStopPost with nothing to remove: %v\n%s", err, out)
+	if !reflect.DeepEqual(c.Ports, []int{80, 443}) {
+		t.Errorf("%s: ports %v: testdata/check.sh connects to 80 and 443", configFile, c.Ports)
 	}
 }
 
@@ -339,31 +170,221 @@ func statusField(status, name string) string {
 	return ""
 }
 
-func summary(t *testing.T, ns *netnstest.NS, addr string, p *netnstest.Proc) map[string]string {
-	t.Helper()
-	got, err := ns.RadarSummary(addr)
-	if err != nil {
-		t.Fatalf("%v; log:\n%s", err, p.Output())
-	}
-	return got
-}
-
 func nonZero(share string) bool {
 	f, err := strconv.ParseFloat(share, 64)
 	return err == nil && f > 0
 }
 
-// ruleCount counts the lines naming connscope in both backends' rule sets
-// of ns, both families.
-func ruleCount(t *testing.T, ns *netnstest.NS) int {
-	t.Helper()
-	n := 0
-	for _, prog := range []string{"iptables-nft-save", "ip6tables-nft-save", "iptables-legacy-save", "ip6tables-legacy-save"} {
-		out, err := ns.Run(time.Minute, prog, "-t", "mangle")
-		if err != nil {
-			continue
+// TestUnitUnderSystemd boots systemd as PID 1 in a systemd-nspawn
+// container of this machine's own /usr (--volatile=yes: a tmpfs root, an
+// empty /etc but for what the test binds, a network namespace of its own
+// with loopback only), with the unit, the example settings at
+// probability 1 and a freshly built binary at the unit's paths, into a
+// target that starts connscope.service and testdata/check.sh. So the whole
+// sandbox of the unit applies: capability bounding set, NoNewPrivileges,
+// the system call filter, ProtectSystem and the rest. check.sh makes real
+// connections on the container's loopback and writes what it sees to a
+// directory the test reads: the process's status and mounts, the rules,
+// the Radar summary, and the journal after systemctl stop and after a
+// SIGKILL (ExecStopPost). The container is the test's own and is gone
+// when it powers off; the test kills it if it overstays.
+func TestUnitUnderSystemd(t *testing.T) {
+	netnstest.NeedRoot(t, "systemd-nspawn")
+	netnstest.NeedTools(t, "apt-get install systemd-container", "systemd-nspawn")
+	u := readUnit(t)
+	mask := u.boundingSet(t)
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "bin")
+	out := filepath.Join(dir, "out")
+	for _, d := range []string{bin, out} {
+		if err := os.Mkdir(d, 0o755); err != nil {
+			t.Fatal(err)
 		}
-		n += strings.Count(strings.ToLower(out), "connscope")
 	}
-	return n
+	built := buildConnscope(t)
+	if err := os.Rename(built, filepath.Join(bin, "connscope")); err != nil {
+		t.Fatal(err)
+	}
+	data, err := os.ReadFile(configFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	config := filepath.Join(dir, configFile)
+	probability := regexp.MustCompile(`(?m)^probability: .*$`)
+	if err := os.WriteFile(config, probability.ReplaceAll(data, []byte("probability: 1")), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	abs := func(p string) string {
+		a, err := filepath.Abs(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return a
+	}
+	name := fmt.Sprintf("cs-unit-%d", os.Getpid())
+	args := []string{"systemd-nspawn", "--quiet", "-D", "/", "--volatile=yes", "--private-network",
+		"--register=no", "--keep-unit", "-M", name,
+		"--bind-ro=" + bin + ":" + filepath.Dir(installedBinary),
+		"--bind-ro=" + abs(unitFile) + ":/etc/systemd/system/connscope.service",
+		"--bind-ro=" + config + ":" + installedConfig,
+		"--bind-ro=" + abs("testdata/connscope-test.target") + ":/etc/systemd/system/connscope-test.target",
+		"--bind-ro=" + abs("testdata/connscope-check.service") + ":/etc/systemd/system/connscope-check.service",
+		"--bind-ro=" + abs("testdata/check.sh") + ":/check.sh",
+		// iptables is reached through /etc/alternatives on Debian
+		"--bind-ro=/etc/alternatives", "--bind-ro=/etc/passwd", "--bind-ro=/etc/group",
+		"--bind=" + out + ":/out",
+		"-b", "--",
+		"systemd.unit=connscope-test.target", "systemd.firstboot=off", "systemd.mask=systemd-firstboot.service",
+		// The container has loopback only: network-online.target, which
+		// the unit waits for, would wait for wait-online's 2-minute
+		// timeout. nftables.service would load this host's ruleset file.
+		"systemd.mask=systemd-networkd-wait-online.service", "systemd.mask=nftables.service",
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, args[0], args[1:]...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
+	console, err := cmd.CombinedOutput() // the container's console: shown when check.sh did not finish
+	read := func(f string) string {
+		b, err := os.ReadFile(filepath.Join(out, f))
+		if err != nil {
+			t.Errorf("check.sh wrote no %s: %v", f, err)
+		}
+		return string(b)
+	}
+	if _, serr := os.Stat(filepath.Join(out, "done")); err != nil || serr != nil {
+		t.Fatalf("the container: %v; check.sh done: %v; console:\n%s", err, serr, tail(string(console), 60))
+	}
+
+	if show := read("show.txt"); !strings.Contains(show, "ActiveState=active") {
+		t.Fatalf("connscope.service is not running: %s\njournal:\n%s", show, tail(read("journal-started.txt"), 30))
+	}
+	status := read("status.txt")
+	want := fmt.Sprintf("%016x", mask)
+	for _, field := range []string{"CapEff", "CapPrm", "CapBnd"} {
+		if got := statusField(status, field); got != want {
+			t.Errorf("%s %s, want %s (the unit's bounding set)", field, got, want)
+		}
+	}
+	for field, want := range map[string]string{"NoNewPrivs": "1", "Seccomp": "2"} {
+		if got := statusField(status, field); got != want {
+			t.Errorf("%s %s, want %s", field, got, want)
+		}
+	}
+	mounts := mountOptions(read("mountinfo.txt"))
+	for path, want := range map[string]string{"/": "ro", "/usr": "ro", "/etc": "ro", "/run": "rw", stateDirectory: "rw"} {
+		if got := mounts.optionAt(path); got != want {
+			t.Errorf("%s is mounted %q for the service, want %s (mounts: %v)", path, got, want, mounts)
+		}
+	}
+	// It listens on its HTTP address and, for its agent's gRPC, on
+	// loopback: nothing else (no agent metrics port of its own).
+	pid := ""
+	for _, l := range strings.Split(read("show.txt"), "\n") {
+		if v, ok := strings.CutPrefix(l, "MainPID="); ok {
+			pid = v
+		}
+	}
+	httpAddr := ""
+	start := u.args(t, "ExecStart")
+	for i, a := range start {
+		if v, ok := strings.CutPrefix(a, "--http-addr="); ok {
+			httpAddr = v
+		} else if a == "--http-addr" && i+1 < len(start) {
+			httpAddr = start[i+1]
+		}
+	}
+	listeners := read("listeners.txt")
+	n := 0
+	for _, l := range strings.Split(strings.TrimSpace(listeners), "\n") {
+		if f := strings.Fields(l); len(f) >= 4 && strings.Contains(l, "pid="+pid+",") {
+			n++
+			if f[3] != httpAddr && !strings.HasPrefix(f[3], "127.0.0.1:") {
+				t.Errorf("connscope listens on %s, beyond %s and loopback:\n%s", f[3], httpAddr, listeners)
+			}
+		}
+	}
+	if n == 0 || httpAddr == "" {
+		t.Errorf("no listener of connscope (pid %s, HTTP address %q) in:\n%s", pid, httpAddr, listeners)
+	}
+	if !strings.Contains(read("rules-running.txt"), "connscope policy server") {
+		t.Errorf("no rule of policy server while running:\n%s", read("rules-running.txt"))
+	}
+
+	var summary struct {
+		Result struct {
+			Summary0 map[string]string `json:"summary_0"`
+		} `json:"result"`
+	}
+	if err := json.Unmarshal([]byte(read("summary.json")), &summary); err != nil {
+		t.Errorf("summary: %v", err)
+	}
+	if s := summary.Result.Summary0; !nonZero(s["post_syn"]) || !nonZero(s["no_match"]) {
+		t.Errorf("summary %v: want post_syn (SYNs to 443) and no_match (closed with FIN)", s)
+	} else {
+		t.Logf("summary: %v", s)
+	}
+
+	// What check.sh saw after systemctl stop, and after a SIGKILL.
+	for _, c := range []struct {
+		file, text string
+		want       bool
+		what       string
+	}{
+		{"stopped.txt", "Result=success", true, "systemctl stop ends in success"},
+		{"rules-stopped.txt", "connscope", false, "no rule is left after systemctl stop"},
+		{"journal-stopped.txt", "rules removed", true, "the journal says the rules were removed at stop"},
+		{"rules-before-kill.txt", "connscope policy server", true, "the rules are back before the SIGKILL (or the kill checks nothing)"},
+		{"rules-killed.txt", "connscope", false, "no rule is left after the SIGKILL and ExecStopPost"},
+		{"journal-killed.txt", "deleted chain CONNSCOPE-", true, "ExecStopPost's cleanup is in the journal after the SIGKILL"},
+	} {
+		if got := read(c.file); strings.Contains(got, c.text) != c.want {
+			t.Errorf("want: %s; %s has:\n%s", c.what, c.file, tail(got, 20))
+		}
+	}
+}
+
+// mounts maps a mount point to its per-mount options (mountinfo's sixth
+// field), the last mount of a point winning.
+type mounts map[string]string
+
+func mountOptions(mountinfo string) mounts {
+	m := mounts{}
+	for _, l := range strings.Split(mountinfo, "\n") {
+		f := strings.Fields(l)
+		if len(f) >= 6 {
+			m[f[4]] = f[5]
+		}
+	}
+	return m
+}
+
+// optionAt says whether path is on a read-only ("ro") or writable ("rw")
+// mount: that of the longest mount point that contains it.
+func (m mounts) optionAt(path string) string {
+	best := ""
+	for p := range m {
+		if (p == "/" || path == p || strings.HasPrefix(path, p+"/")) && len(p) > len(best) {
+			best = p
+		}
+	}
+	if best == "" {
+		return ""
+	}
+	for _, o := range strings.Split(m[best], ",") {
+		if o == "ro" || o == "rw" {
+			return o
+		}
+	}
+	return ""
+}
+
+// tail returns the last n lines of s.
+func tail(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
 }
