@@ -59,6 +59,15 @@
 #         packet of a labelled connection is logged; an agent would have
 #         to stop it after N, e.g. by clearing the label over ctnetlink),
 #         accounting off. What the rules cost when nothing counts packets.
+#   native  (not in the default set; nft only) a what-if in native
+#         nftables instead of iptables: the agent's rules written as nft
+#         expressions (ct original packets for connbytes, numgen for
+#         statistic, ct label, log group ... snaplen), in a table inet of
+#         the benchmark's own hooked at mangle priority, the iptables
+#         mangle tables empty and unhooked, accounting on (nft's packet
+#         counter needs it as connbytes does). What the same rules cost
+#         without nft_compat's x_tables matches: the agent cannot install
+#         them through go-iptables, which the design chose.
 #
 # BENCH_TOGGLE_BACKEND=legacy runs the agent, and every rule of the
 # benchmark, on iptables-legacy instead of iptables-nft. There a table's
@@ -101,7 +110,7 @@
 #
 # Output: Markdown on stdout and in .cache/bench/agent-datapath-toggle.md
 # (with BENCH_OFFLOADS=on: agent-datapath-toggle-offloads.md; with acct,
-# hook, twojumps or nocount among the states, -apart added to the name; with the
+# hook, twojumps, nocount or native among the states, -apart added to the name; with the
 # legacy backend, -legacy); raw rows in
 # .cache/bench/agent-out/NAME/runs.tsv, logs next to it.
 source "$(dirname "${BASH_SOURCE[0]}")/agent-lib.sh"
@@ -119,7 +128,8 @@ if [[ $(nproc) -ge 2 ]]; then server_cpu=${BENCH_SERVER_CPU:-1}; else server_cpu
 [[ ${states[0]:-} == off ]] || { echo "agent-datapath-toggle: BENCH_TOGGLE_STATES must start with off (the baseline): ${states[*]}" >&2 && exit 1; }
 [[ $backend == nft || $backend == legacy ]] || { echo "agent-datapath-toggle: BENCH_TOGGLE_BACKEND=$backend: want nft or legacy" >&2 && exit 1; }
 for s in "${states[@]}"; do
-	case $s in off | acct | hook | on | twojumps | nocount) ;; *) echo "agent-datapath-toggle: unknown state $s (off, acct, hook, on, twojumps, nocount)" >&2 && exit 1 ;; esac
+	case $s in off | acct | hook | on | twojumps | nocount | native) ;; *) echo "agent-datapath-toggle: unknown state $s (off, acct, hook, on, twojumps, nocount, native)" >&2 && exit 1 ;; esac
+	[[ $backend == legacy && $s == native ]] && { echo "agent-datapath-toggle: the native state is nftables: use it with the nft backend" >&2 && exit 1; }
 	[[ $backend == legacy && $s == hook ]] && { echo "agent-datapath-toggle: no hook state with the legacy backend: its mangle table hooks PREROUTING from its first use, so off already has the hook" >&2 && exit 1; }
 done
 for p in "${probabilities[@]}"; do
@@ -129,7 +139,7 @@ metrics=127.0.0.1:19479
 http_port=8080
 name=agent-datapath-toggle
 [[ ${BENCH_OFFLOADS:-off} == on ]] && name+=-offloads
-[[ " ${states[*]} " == *" acct "* || " ${states[*]} " == *" hook "* || " ${states[*]} " == *" twojumps "* || " ${states[*]} " == *" nocount "* ]] && name+=-apart
+[[ " ${states[*]} " == *" acct "* || " ${states[*]} " == *" hook "* || " ${states[*]} " == *" twojumps "* || " ${states[*]} " == *" nocount "* || " ${states[*]} " == *" native "* ]] && name+=-apart
 [[ $backend == legacy ]] && name+=-legacy
 
 bench_init "$name"
@@ -161,6 +171,7 @@ SAVED4="" SAVED6=""
 # both families), which is part of what the agent costs.
 rules_off() {
 	local family tool
+	[[ $backend == nft ]] && { in_ns "$SRV" nft delete table inet csbench 2>/dev/null || true; }
 	for family in ip ip6; do
 		tool=ipt
 		[[ $family == ip6 ]] && tool=ip6t
@@ -183,6 +194,11 @@ set_state() {
 	twojumps)
 		restore4 <<<"$TWOJUMPS4"
 		restore6 <<<"$SAVED6"
+		in_ns "$SRV" sysctl -qw net.netfilter.nf_conntrack_acct=1
+		;;
+	native)
+		rules_off
+		in_ns "$SRV" nft -f - <<<"$NATIVE"
 		in_ns "$SRV" sysctl -qw net.netfilter.nf_conntrack_acct=1
 		;;
 	nocount)
@@ -216,6 +232,7 @@ state_check() {
 	hook) [[ $n -eq 0 ]] ;;
 	on) [[ $n -eq $AGENT_RULES ]] ;;
 	twojumps | nocount) [[ $n -eq $((AGENT_RULES + 1)) ]] ;;
+	native) [[ $n -eq -1 ]] && in_ns "$SRV" nft list chain inet csbench pre >/dev/null 2>&1 ;;
 	esac || die "state $1: the IPv4 mangle table has $n rules (-1: no PREROUTING base chain)"
 	echo "$n"
 }
@@ -288,6 +305,18 @@ for p in "${probabilities[@]}"; do
 		sed -e "s|^-A PREROUTING .* -j $chain\$|-A PREROUTING -p tcp -m tcp --tcp-flags FIN,SYN,RST,ACK SYN -j $chain\n-A PREROUTING -m connlabel --label 7 -j $chain|" \
 			-e 's| -m connbytes ! --connbytes [0-9]* --connbytes-mode packets --connbytes-dir original||'
 	}
+	# native: the same rules in nft's own expressions (probability as
+	# numgen's 1 in round(1/p)), one table for both families
+	NATIVE="table inet csbench {
+	chain pre {
+		type filter hook prerouting priority mangle; policy accept;
+		meta l4proto tcp ct original packets 0-10 jump cs
+	}
+	chain cs {
+		tcp flags & (fin|syn|rst|ack) == syn ct state new numgen random mod $(awk -v p="$p" 'BEGIN { printf "%d", 1 / p + 0.5 }') 0 ct label set 7
+		ct label 7 ct direction original ct original packets 0-10 log group 43 snaplen 128
+	}
+}"
 	NOCOUNT4=$(nocount <<<"$SAVED4")
 	NOCOUNT6=$(nocount <<<"$SAVED6")
 	grep -q connbytes <<<"$NOCOUNT4$NOCOUNT6" && die "nocount: a connbytes match is left: $NOCOUNT4"
@@ -341,6 +370,7 @@ done
 	[[ " ${states[*]} " == *" acct "* ]] && hookinfo+=" acct: as off, accounting on."
 	[[ " ${states[*]} " == *" hook "* ]] && hookinfo+=" hook: an empty mangle PREROUTING base chain, accounting on."
 	[[ " ${states[*]} " == *" twojumps "* ]] && hookinfo+=" twojumps: on, with the one jump replaced by two (SYNs of new connections; labelled connections)."
+	[[ " ${states[*]} " == *" native "* ]] && hookinfo+=" native: the agent's rules as native nftables expressions in a table of their own (no x_tables match), accounting on."
 	[[ " ${states[*]} " == *" nocount "* ]] && hookinfo+=" nocount: two jumps (SYNs; labelled connections), the log rule without connbytes (every packet of a labelled connection logged), accounting off."
 	if [[ $backend == legacy ]]; then
 		echo "Backend iptables-legacy. off: no connscope rule (both mangle tables empty; legacy's mangle hooks stay, as on a Kubernetes node on iptables-legacy, whose kubelet keeps chains in that table), conntrack accounting off (conntrack on). on: the agent's rules as it installed them, accounting on.$hookinfo"
