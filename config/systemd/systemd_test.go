@@ -244,7 +244,11 @@ func TestUnitUnderSystemd(t *testing.T) {
 	defer cancel()
 	cmd := exec.CommandContext(ctx, args[0], args[1:]...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
+	// Past the deadline: SIGTERM, on which systemd-nspawn powers the
+	// container off in order (a SIGKILL of nspawn alone would leave the
+	// container's own PID 1 running); SIGKILL if that takes 30 s.
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM) }
+	cmd.WaitDelay = 30 * time.Second
 	console, err := cmd.CombinedOutput() // the container's console: shown when check.sh did not finish
 	read := func(f string) string {
 		b, err := os.ReadFile(filepath.Join(out, f))
