@@ -96,6 +96,13 @@ const (
 	// holds until it has been empty this long, and drainMax bounds that.
 	drainIdle = 50 * time.Millisecond
 	drainMax  = 5 * time.Second
+	// removeRetry: when removing the rules at a stop fails, the agent
+	// tries once more after this long. An iptables run can fail for a
+	// passing reason: a service manager that signals every process of the
+	// service (systemd's default KillMode=control-group) kills the
+	// iptables runs the agent starts as it stops, or another program
+	// held the xtables lock past the wait.
+	removeRetry = 500 * time.Millisecond
 	// sinkPoll is how often the sink's health is sampled.
 	sinkPoll = time.Second
 )
@@ -302,7 +309,13 @@ func (a *Agent) Run(ctx context.Context) error {
 	stopBackground()
 	wg.Wait()
 	var rmErr error
-	switch err := m.Remove(); {
+	removeErr := m.Remove()
+	if removeErr != nil && (m.Wrote() || a.rulesSeen.Load()) {
+		a.log.Warn("removing the rules failed; trying once more", "err", removeErr, "after", removeRetry)
+		time.Sleep(removeRetry)
+		removeErr = m.Remove()
+	}
+	switch err := removeErr; {
 	case err == nil:
 		a.log.Info("rules removed", "chain", m.Chain())
 	case !m.Wrote() && !a.rulesSeen.Load():

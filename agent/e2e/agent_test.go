@@ -465,6 +465,47 @@ func TestRulesNeverInstalledAreNotReportedLeft(t *testing.T) {
 	golden.Require(t, "removed-nft", ns.rules())
 }
 
+// TestAStopSurvivesAnIptablesRunKilledBySignal: as under systemd's
+// default KillMode=control-group, which signals every process of a
+// service, the first iptables run of the removal at SIGTERM dies by a
+// signal (a wrapper kills itself, once, after the test armed it). The
+// agent tries once more, removes every rule and exits 0.
+func TestAStopSurvivesAnIptablesRunKilledBySignal(t *testing.T) {
+	needRoot(t)
+	ns := newNS(t, "")
+	bin := t.TempDir()
+	armed := filepath.Join(bin, "armed")
+	real, err := exec.LookPath("iptables-nft")
+	if err != nil {
+		t.Fatal(err)
+	}
+	script := fmt.Sprintf("#!/bin/sh\n# dies by SIGTERM at the first listing of PREROUTING once %[1]s exists, once\n"+
+		"case \" $* \" in *\" -S PREROUTING \"*) rm %[1]s 2>/dev/null && kill -TERM $$ ;; esac\nexec %[2]s \"$@\"\n", armed, real)
+	if err := os.WriteFile(filepath.Join(bin, "iptables-nft"), []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	_, sink := fileSink(t)
+	a := ns.start("agent", append([]string{"env", "PATH=" + bin + ":" + os.Getenv("PATH"), connscopeBin, "agent"},
+		policyA("--backend", "nft", "--resync", "1h", "--sink", sink)...)...)
+	eventually(t, pollTimeout, "the rules installed", func() bool { return strings.Contains(a.Output(), "rules installed") }, a.Output)
+	if !strings.Contains(ns.rules(), "CONNSCOPE-") {
+		t.Fatalf("no rule installed:\n%s", ns.rules())
+	}
+	if err := os.WriteFile(armed, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if code := a.signal(syscall.SIGTERM, stopTimeout); code != 0 {
+		t.Fatalf("exit status %d after SIGTERM:\n%s", code, a.Output())
+	}
+	if _, err := os.Stat(armed); err == nil {
+		t.Fatal("the wrapper never fired: the removal did not list PREROUTING through it, so this checks nothing")
+	}
+	if out := a.Output(); !strings.Contains(out, "trying once more") || !strings.Contains(out, "rules removed") {
+		t.Errorf("want a retry, then the rules removed:\n%s", out)
+	}
+	golden.Require(t, "removed-nft", ns.rules())
+}
+
 // sinkDown starts an agent whose gRPC sink is a receiver that was stopped
 // at once (its port is closed), with a queue of sinkDownCapacity records,
 // sampling only a server of the namespace (so that the agent's own
