@@ -232,13 +232,9 @@ func (c *Config) Resolve(fs *pflag.FlagSet) (Config, error) {
 	if err != nil {
 		return Config{}, err
 	}
-	b, err := os.ReadFile(path)
+	fromFile, err := loadFileOver(base, path)
 	if err != nil {
-		return Config{}, fmt.Errorf("--config: %w", err)
-	}
-	fromFile, err := parseConfigOver(base, b)
-	if err != nil {
-		return Config{}, fmt.Errorf("--config %s: %w", path, err)
+		return Config{}, err
 	}
 	// Bind a second flag set to the file's configuration and replay on it
 	// the flags the command line set.
@@ -298,12 +294,15 @@ func flagDefaults(fs *pflag.FlagSet) (Config, error) {
 // LoadFile reads a configuration file over DefaultConfig. A file whose
 // first non-blank character is '{' is JSON; anything else is read as YAML
 // (the flat subset that ParseYAML describes). Unknown keys are errors.
-func LoadFile(path string) (Config, error) {
+func LoadFile(path string) (Config, error) { return loadFileOver(DefaultConfig(), path) }
+
+// loadFileOver reads a configuration file over c.
+func loadFileOver(c Config, path string) (Config, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return Config{}, fmt.Errorf("--config: %w", err)
 	}
-	c, err := ParseConfig(b)
+	c, err = parseConfigOver(c, b)
 	if err != nil {
 		return Config{}, fmt.Errorf("--config %s: %w", path, err)
 	}

@@ -14,15 +14,8 @@ package chtest
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"errors"
 	"fmt"
-	"math/big"
 	"net"
 	"os"
 	"os/exec"
@@ -32,6 +25,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/connscope/connscope/internal/certtest"
 	"github.com/connscope/connscope/internal/chclient"
 )
 
@@ -42,6 +36,7 @@ type Server struct {
 	httpPort  int
 	httpsPort int
 	tcpPort   int
+	caFile    string
 	cmd       *exec.Cmd
 	done      chan struct{}
 }
@@ -144,57 +139,18 @@ func (s *Server) TLSURL(db string) string { return "clickhouses://" + s.HTTPSAdd
 
 // CAFile returns the PEM file of the CA that signed the server's
 // certificate (made for this server only).
-func (s *Server) CAFile() string { return filepath.Join(s.dir, "ca.pem") }
+func (s *Server) CAFile() string { return s.caFile }
 
-// writeCerts makes a CA and a server certificate for 127.0.0.1 signed by
-// it (ECDSA P-256, valid for a day), for the HTTPS interface.
+// writeCerts makes a CA (certtest) and a certificate for 127.0.0.1 it
+// signs, for the HTTPS interface (server.pem and server.key, which the
+// configuration names).
 func (s *Server) writeCerts() error {
-	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	ca, err := certtest.WriteCA(s.dir, "chtest")
 	if err != nil {
 		return err
 	}
-	now := time.Now()
-	ca := &x509.Certificate{
-		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "connscope chtest CA"},
-		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(24 * time.Hour),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
-	}
-	caDER, err := x509.CreateCertificate(rand.Reader, ca, ca, &caKey.PublicKey, caKey)
-	if err != nil {
-		return err
-	}
-	caCert, err := x509.ParseCertificate(caDER)
-	if err != nil {
-		return err
-	}
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return err
-	}
-	leaf := &x509.Certificate{
-		SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "127.0.0.1"},
-		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(24 * time.Hour),
-		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)},
-		KeyUsage:    x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}
-	leafDER, err := x509.CreateCertificate(rand.Reader, leaf, caCert, &key.PublicKey, caKey)
-	if err != nil {
-		return err
-	}
-	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		return err
-	}
-	for name, b := range map[string]*pem.Block{
-		"ca.pem":     {Type: "CERTIFICATE", Bytes: caDER},
-		"server.pem": {Type: "CERTIFICATE", Bytes: leafDER},
-		"server.key": {Type: "PRIVATE KEY", Bytes: keyDER},
-	} {
-		if err := os.WriteFile(filepath.Join(s.dir, name), pem.EncodeToMemory(b), 0o600); err != nil {
-			return err
-		}
-	}
-	return nil
+	s.caFile = ca.CertFile
+	return ca.WriteServer("127.0.0.1", filepath.Join(s.dir, "server.pem"), filepath.Join(s.dir, "server.key"))
 }
 
 // Client returns a client of database db (not created).

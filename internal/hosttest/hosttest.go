@@ -3,7 +3,8 @@
 // cluster end-to-end test, hack/cluster/e2e): the lines of the machine's
 // own rule sets that mention given words, read before and compared after,
 // and processes left running that carry the test's marker in their
-// environment.
+// environment; and how a process connscope runs is confined
+// (CheckConfined: the cluster test's agent pod, config/systemd's units).
 //
 // What it does not do: it only reads, never changes a rule, stops a
 // process or deletes anything; it reads the IPv4 rule sets only
@@ -16,6 +17,7 @@ package hosttest
 
 import (
 	"bytes"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -69,4 +71,28 @@ func CheckNoProcessWithEnv(t testing.TB, name, value string) {
 			t.Errorf("process left: %s %s", e, bytes.ReplaceAll(cmdline, []byte{0}, []byte{' '}))
 		}
 	}
+}
+
+// CheckConfined fails t (and lets it go on) unless status, the text of
+// /proc/PID/status of the process name says, shows exactly the
+// capabilities of mask as its effective, permitted and bounding sets,
+// no_new_privs, and a seccomp filter (mode 2). It returns status's fields.
+func CheckConfined(t testing.TB, name, status string, mask uint64) map[string]string {
+	t.Helper()
+	fields := map[string]string{}
+	for _, l := range strings.Split(status, "\n") {
+		if k, v, ok := strings.Cut(l, ":"); ok {
+			fields[k] = strings.TrimSpace(v)
+		}
+	}
+	want := fmt.Sprintf("%016x", mask)
+	for _, k := range []string{"CapEff", "CapPrm", "CapBnd"} {
+		if fields[k] != want {
+			t.Errorf("%s of %s is %q, want %s", k, name, fields[k], want)
+		}
+	}
+	if fields["NoNewPrivs"] != "1" || fields["Seccomp"] != "2" {
+		t.Errorf("NoNewPrivs %q Seccomp %q of %s, want 1 and 2 (filter)", fields["NoNewPrivs"], fields["Seccomp"], name)
+	}
+	return fields
 }

@@ -92,3 +92,24 @@ func TestMachineRulesPrefixesEachLineWithItsProgramAndCheckSeesAChange(t *testin
 		t.Errorf("changed: got %q, want one failure", r.errs)
 	}
 }
+
+func TestCheckConfinedNamesWhatIsNotConfined(t *testing.T) {
+	good := "Name:\tconnscope\nCapInh:\t0000000000000000\nCapPrm:\t0000000000003000\nCapEff:\t0000000000003000\n" +
+		"CapBnd:\t0000000000003000\nNoNewPrivs:\t1\nSeccomp:\t2\n"
+	r := &recorder{}
+	if f := CheckConfined(r, "agent", good, 1<<12|1<<13); len(r.errs) != 0 || f["Name"] != "connscope" {
+		t.Errorf("a confined process: errors %v, fields %v", r.errs, f)
+	}
+	for _, tc := range []struct{ from, to, want string }{
+		{"CapBnd:\t0000000000003000", "CapBnd:\t000001ffffffffff", "CapBnd of agent"},
+		{"CapEff:\t0000000000003000", "CapEff:\t0000000000001000", "CapEff of agent"},
+		{"NoNewPrivs:\t1", "NoNewPrivs:\t0", "NoNewPrivs"},
+		{"Seccomp:\t2", "Seccomp:\t0", "Seccomp"},
+	} {
+		r := &recorder{}
+		CheckConfined(r, "agent", strings.Replace(good, tc.from, tc.to, 1), 1<<12|1<<13)
+		if len(r.errs) != 1 || !strings.Contains(r.errs[0], tc.want) {
+			t.Errorf("%s: errors %v, want one naming %s", tc.to, r.errs, tc.want)
+		}
+	}
+}

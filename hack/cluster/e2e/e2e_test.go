@@ -342,21 +342,7 @@ func (c *cluster) checkAgentCapabilities(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := fmt.Sprintf("%016x", uint64(1)<<capNetAdmin|uint64(1)<<capNetRaw)
-	fields := map[string]string{}
-	for _, l := range strings.Split(string(status), "\n") {
-		if k, v, ok := strings.Cut(l, ":"); ok {
-			fields[k] = strings.TrimSpace(v)
-		}
-	}
-	for _, k := range []string{"CapEff", "CapPrm", "CapBnd"} {
-		if fields[k] != want {
-			t.Errorf("%s of the agent is %s, want %s (NET_ADMIN and NET_RAW only)", k, fields[k], want)
-		}
-	}
-	if fields["NoNewPrivs"] != "1" || fields["Seccomp"] != "2" {
-		t.Errorf("NoNewPrivs %s Seccomp %s, want 1 and 2 (filter)", fields["NoNewPrivs"], fields["Seccomp"])
-	}
+	fields := hosttest.CheckConfined(t, "the agent (NET_ADMIN and NET_RAW only)", string(status), uint64(1)<<capNetAdmin|uint64(1)<<capNetRaw)
 	t.Logf("agent pid %s: CapEff %s NoNewPrivs %s Seccomp %s", pid, fields["CapEff"], fields["NoNewPrivs"], fields["Seccomp"])
 
 	// Its /metrics and probes listen on the node's address only, not on
